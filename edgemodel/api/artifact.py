@@ -1,0 +1,79 @@
+"""The artifact manifest the conversion Job writes, signs and the agents verify.
+
+Layout in the artifact store, under ``{namespace}/{model}/{revision}/``:
+``manifest.json`` (this model), ``manifest.json.sig`` (base64 ed25519 over the exact bytes of
+manifest.json), ``model-{hardwareClass}.onnx`` (one per hardware class), ``report.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from edgemodel.api.base import StatusModel
+from edgemodel.api.edgemodel import HardwareClass, Precision
+from edgemodel.api.tensors import TensorSpec
+
+
+class LatencyStats(StatusModel):
+    batch_size: int
+    p50_ms: float
+    p95_ms: float
+    runs: int
+    provider: str = "CPUExecutionProvider"
+
+
+class CandidateResult(StatusModel):
+    """A built and measured candidate."""
+
+    name: str
+    """e.g. fp32-opt, int8-dynamic, int8-static-qdq-u8s8-perchannel-minmax, fp16."""
+    hardware_class: HardwareClass
+    precision: Precision
+    settings: dict[str, Any] = Field(default_factory=dict)
+    metric: float | None = None
+    metric_drop: float | None = None
+    latency: list[LatencyStats] = Field(default_factory=list)
+    size_bytes: int = 0
+    sha256: str = ""
+    accepted: bool = False
+    reject_reason: str = ""
+    error: str = ""
+
+
+class ArtifactChoice(StatusModel):
+    """The candidate chosen for one hardware class and why."""
+
+    hardware_class: HardwareClass
+    candidate: str
+    file: str
+    """File name beside manifest.json, e.g. model-cpu.onnx."""
+    sha256: str
+    size_bytes: int
+    precision: Precision
+    reason: str
+
+
+class ArtifactManifest(StatusModel):
+    """manifest.json: everything about one converted revision."""
+
+    schema_version: int = 1
+    model: str
+    namespace: str = "default"
+    revision: int = 1
+    created_at: str = ""
+    source_uri: str = ""
+    source_format: str = ""
+    source_sha256: str = ""
+    opset: int = 0
+    export_tolerance: float | None = None
+    """Largest absolute difference between the original model and the exported ONNX model."""
+    inputs: list[TensorSpec] = Field(default_factory=list)
+    outputs: list[TensorSpec] = Field(default_factory=list)
+    validation: dict[str, Any] = Field(default_factory=dict)
+    """Metric, data source (validation data, or agreement on generated inputs) and sample count."""
+    candidates: list[CandidateResult] = Field(default_factory=list)
+    choices: list[ArtifactChoice] = Field(default_factory=list)
+    files: dict[str, str] = Field(default_factory=dict)
+    """sha256 of every file in the revision folder except the manifest and its signature."""

@@ -1,0 +1,144 @@
+"""The EdgeAgent custom resource: one per edge node, spec written by the operator, status by the agent."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from edgemodel.api.base import ApiModel, Condition, ObjectMeta, StatusModel
+from edgemodel.api.edgemodel import Accelerator, Batching, HardwareClass, Precision
+
+
+class ModelAssignment(ApiModel):
+    """One model revision the operator assigns to this node."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Name the model is served under (the Open Inference Protocol model name)."""
+    namespace: str = Field(min_length=1, max_length=63)
+    """Namespace of the EdgeModel this assignment comes from."""
+    revision: int = Field(ge=1)
+    """Revision of the EdgeModel; served as the model version."""
+    artifact_uri: str = Field(pattern=r"^(file|https?)://.+")
+    """URL of the ONNX file in the artifact store."""
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """Expected sha256 of the ONNX file."""
+    manifest_uri: str = Field(pattern=r"^(file|https?)://.+")
+    """URL of the signed manifest.json that lists the file's sha256."""
+    signature: str = Field(min_length=1)
+    """Base64 ed25519 signature of manifest.json; the agent verifies it with the fleet's public key."""
+    precision: Precision = Precision.FP32
+    """Precision of the artifact (informational)."""
+    accelerator: Accelerator = Accelerator.AUTO
+    """Execution provider preference: auto, gpu or cpu."""
+    gpu_fallback_to_cpu: bool = True
+    """With accelerator gpu: serve on CPU when no GPU provider loads."""
+    batching: Batching = Field(default_factory=Batching)
+    """Dynamic batching settings."""
+
+
+class EdgeAgentSpec(ApiModel):
+    """Desired state of one node: the models it should serve."""
+
+    node_name: str = Field(default="", max_length=253)
+    """The Kubernetes node this agent runs on."""
+    models: list[ModelAssignment] = Field(default_factory=list)
+    """Assigned models; the agent downloads, verifies, loads and serves each."""
+
+
+class GpuInfo(StatusModel):
+    name: str
+    """GPU model name."""
+    memory_bytes: int | None = None
+    """GPU memory."""
+
+
+class Capabilities(StatusModel):
+    """What the node can do, as probed by the agent."""
+
+    arch: str = ""
+    """CPU architecture: amd64, arm64 or arm."""
+    cpu_count: float = 0
+    """CPUs available to the agent (cgroup limit, not host cores)."""
+    cpu_flags: list[str] = Field(default_factory=list)
+    """Relevant CPU features, e.g. avx2, avx512_vnni, amx_int8, neon."""
+    memory_bytes: int = 0
+    """Memory available to the agent (cgroup limit or host memory)."""
+    providers: list[str] = Field(default_factory=list)
+    """ONNX Runtime execution providers that really load (verified by creating a session)."""
+    gpus: list[GpuInfo] = Field(default_factory=list)
+    """GPUs found on the node."""
+    hardware_class: HardwareClass = HardwareClass.CPU
+    """gpu when a GPU execution provider really loads, else cpu."""
+    onnxruntime_version: str = ""
+    """ONNX Runtime version of the agent."""
+    agent_version: str = ""
+    """edgemodel version of the agent."""
+
+
+class ModelPhase(StrEnum):
+    PENDING = "Pending"
+    DOWNLOADING = "Downloading"
+    VERIFYING = "Verifying"
+    LOADING = "Loading"
+    READY = "Ready"
+    FAILED = "Failed"
+    UNLOADING = "Unloading"
+
+
+class ModelState(StatusModel):
+    """State of one assigned model on this node."""
+
+    name: str
+    """Served model name."""
+    namespace: str = ""
+    """Namespace of the EdgeModel."""
+    revision: int = 0
+    """The revision this state is about (the one being loaded or served)."""
+    serving_revision: int | None = None
+    """The revision answering requests now (may be the previous one while a new one loads)."""
+    state: ModelPhase = ModelPhase.PENDING
+    """Pending, Downloading, Verifying, Loading, Ready, Failed or Unloading."""
+    reason: str = ""
+    """CamelCase reason, e.g. SignatureInvalid, DigestMismatch, LoadFailed."""
+    message: str = ""
+    """Human-readable details; says what to do on failure."""
+    provider: str = ""
+    """Execution provider in use, e.g. CPUExecutionProvider."""
+    request_count: int = 0
+    """Requests served by this revision since it was loaded."""
+    error_count: int = 0
+    """Failed requests of this revision."""
+    p50_ms: float | None = None
+    """Median request latency in ms over the recent window."""
+    p95_ms: float | None = None
+    """95th percentile request latency in ms over the recent window."""
+    last_transition_time: str | None = None
+    """When state last changed (RFC 3339)."""
+
+
+class EdgeAgentStatus(StatusModel):
+    """Observed state of the node, written by its agent."""
+
+    capabilities: Capabilities = Field(default_factory=Capabilities)
+    heartbeat_time: str | None = None
+    """Last time the agent reported (RFC 3339)."""
+    endpoint: str = ""
+    """URL of the agent's Open Inference Protocol endpoint."""
+    models: list[ModelState] = Field(default_factory=list)
+    """State of every assigned model."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Ready and similar conditions (metav1.Condition shape)."""
+    observed_generation: int | None = None
+    """The .metadata.generation of the spec the agent last acted on."""
+
+
+class EdgeAgent(StatusModel):
+    """An EdgeAgent object as stored in the API."""
+
+    api_version: Literal["edgemodel.io/v1alpha1"] = "edgemodel.io/v1alpha1"
+    kind: Literal["EdgeAgent"] = "EdgeAgent"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: EdgeAgentSpec = Field(default_factory=EdgeAgentSpec)
+    status: EdgeAgentStatus | None = None

@@ -1,0 +1,455 @@
+"""The EdgeModel custom resource: what a user applies to put a model on edge nodes."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from edgemodel.api.base import (
+    ApiModel,
+    Condition,
+    LabelSelector,
+    ObjectMeta,
+    StatusModel,
+)
+from edgemodel.api.tensors import TensorSpec
+
+URI_PATTERN = r"^(file|https?|s3)://.+"
+
+
+class SourceFormat(StrEnum):
+    """How the source model is stored."""
+
+    TORCHSCRIPT = "TorchScript"
+    TORCH_EXPORT = "TorchExport"
+    ONNX = "ONNX"
+
+
+class HardwareClass(StrEnum):
+    """Classes of edge hardware an artifact is built and chosen for."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+class ModelSource(ApiModel):
+    """Where the trained model is and in which format."""
+
+    uri: str = Field(pattern=URI_PATTERN)
+    """Location of the model file: file://, http(s):// or s3:// (S3-compatible), e.g. s3://models/digits.pt."""
+    format: SourceFormat
+    """TorchScript (.pt from torch.jit.save), TorchExport (.pt2 from torch.export.save) or ONNX."""
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Optional expected sha256 of the file; the conversion fails when it differs."""
+
+
+class OptimizationMode(StrEnum):
+    AUTO = "auto"
+    EXPLICIT = "explicit"
+
+
+class GraphOptimizationLevel(StrEnum):
+    """ONNX Runtime offline graph optimisation level."""
+
+    DISABLED = "disabled"
+    BASIC = "basic"
+    EXTENDED = "extended"
+    ALL = "all"
+
+
+class QuantMethod(StrEnum):
+    DYNAMIC = "dynamic"
+    STATIC = "static"
+
+
+class QuantFormat(StrEnum):
+    QDQ = "QDQ"
+    QOPERATOR = "QOperator"
+
+
+class ActivationType(StrEnum):
+    """Activation type of static INT8: uint8 (U8S8) or int8 (S8S8); weights are int8."""
+
+    UINT8 = "uint8"
+    INT8 = "int8"
+
+
+class CalibrationMethod(StrEnum):
+    MIN_MAX = "MinMax"
+    ENTROPY = "Entropy"
+    PERCENTILE = "Percentile"
+
+
+class Int8Options(ApiModel):
+    """INT8 quantisation settings (explicit mode pins them; auto mode searches around them)."""
+
+    enabled: bool = True
+    """Whether INT8 candidates are built at all."""
+    method: QuantMethod = QuantMethod.STATIC
+    """dynamic (weights only, no calibration data) or static (needs calibrationDataUri)."""
+    format: QuantFormat = QuantFormat.QDQ
+    """Static quantisation graph format: QDQ or QOperator."""
+    activation_type: ActivationType = ActivationType.UINT8
+    """Static activation type: uint8 (U8S8) or int8 (S8S8)."""
+    per_channel: bool = True
+    """Per-channel weight scales (usually more accurate for convolutions)."""
+    calibration_method: CalibrationMethod = CalibrationMethod.MIN_MAX
+    """How activation ranges are calibrated."""
+    calibration_data_uri: str | None = Field(default=None, pattern=URI_PATTERN)
+    """An .npz file with representative inputs (one array per input name), e.g. file:///data/calib.npz."""
+    calibration_samples: int = Field(default=128, ge=1, le=100000)
+    """How many calibration samples to use at most."""
+
+
+class TargetHardware(ApiModel):
+    """Per-hardware-class choices: which precisions may be shipped to that class."""
+
+    hardware_class: HardwareClass
+    """The hardware class, e.g. cpu or gpu."""
+    precisions: list[Precision] = Field(default_factory=lambda: [Precision.FP32, Precision.INT8, Precision.FP16], min_length=1)
+    """Precisions allowed for this class; the fastest accurate one is chosen."""
+
+
+class Optimization(ApiModel):
+    """What the conversion Job tries; in auto mode it measures every candidate and keeps the best."""
+
+    mode: OptimizationMode = OptimizationMode.AUTO
+    """auto: search graph levels, INT8 variants and FP16 and measure; explicit: build only what is pinned here."""
+    graph_optimization_level: GraphOptimizationLevel = GraphOptimizationLevel.ALL
+    """ONNX Runtime offline graph optimisation level applied to every candidate."""
+    int8: Int8Options = Field(default_factory=Int8Options)
+    """INT8 quantisation settings."""
+    fp16: bool = True
+    """Build an FP16 candidate for GPU targets."""
+    opset: int | None = Field(default=None, ge=13, le=23)
+    """ONNX opset to export with; empty chooses the exporter's recommended opset."""
+    targets: list[TargetHardware] = Field(default_factory=lambda: [TargetHardware(hardware_class=HardwareClass.CPU)], min_length=1)
+    """Hardware classes to build artifacts for, e.g. [{hardwareClass: cpu}, {hardwareClass: gpu}]."""
+
+
+class ValidationMetric(StrEnum):
+    TOP1 = "top1"
+    COSINE = "cosine"
+    AGREEMENT = "agreement"
+
+
+class Validation(ApiModel):
+    """How candidates are checked against the original model."""
+
+    data_uri: str | None = Field(default=None, pattern=URI_PATTERN)
+    """An .npz with inputs (one array per input name) and, for top1, a "labels" array. Empty: agreement with the original model on calibration or generated inputs."""
+    metric: ValidationMetric = ValidationMetric.TOP1
+    """top1 accuracy (needs labels), cosine similarity of outputs (embeddings), or agreement of top-1 with the original model."""
+    max_accuracy_drop: float = Field(default=0.01, ge=0.0, le=1.0)
+    """Largest allowed drop of the metric versus the original model, as a fraction (0.005 = 0.5 percentage points)."""
+    samples: int = Field(default=512, ge=1, le=1000000)
+    """How many validation samples to use at most."""
+
+
+class HardwareRequirements(ApiModel):
+    """Hardware an edge node must have to be selected."""
+
+    require_gpu: bool = False
+    """Select only nodes whose agent reports a GPU execution provider that really loads."""
+    architectures: list[Literal["amd64", "arm64", "arm"]] = Field(default_factory=list)
+    """Allowed CPU architectures; empty allows all."""
+    min_memory_mi_b: int | None = Field(default=None, ge=1, alias="minMemoryMiB")
+    """Smallest node memory in MiB."""
+
+
+class Accelerator(StrEnum):
+    AUTO = "auto"
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+class Batching(ApiModel):
+    """Server-side dynamic batching on the agent."""
+
+    enabled: bool = False
+    """Whether concurrent requests are batched together."""
+    max_batch_size: int = Field(default=8, ge=1, le=1024)
+    """Largest batch formed."""
+    max_queue_delay_ms: float = Field(default=2.0, ge=0.0, le=1000.0)
+    """Longest a request waits for others to join its batch, in milliseconds."""
+
+
+class Serving(ApiModel):
+    """How agents serve the model."""
+
+    accelerator: Accelerator = Accelerator.AUTO
+    """auto prefers TensorRT, CUDA, OpenVINO, then CPU; gpu requires a GPU provider; cpu forces CPU."""
+    gpu_fallback_to_cpu: bool = True
+    """With accelerator gpu: serve on CPU when no GPU provider loads (true) or fail the node (false)."""
+    batching: Batching = Field(default_factory=Batching)
+    """Dynamic batching settings."""
+
+
+class RolloutStrategy(StrEnum):
+    ALL_AT_ONCE = "AllAtOnce"
+    CANARY = "Canary"
+
+
+class Analysis(ApiModel):
+    """Checks run after each rollout step on the nodes that got the new revision."""
+
+    max_p95_latency_ms: float | None = Field(default=None, gt=0)
+    """Largest acceptable p95 inference latency in milliseconds; empty disables the check."""
+    max_error_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    """Largest acceptable fraction of failed requests."""
+    min_requests: int = Field(default=0, ge=0)
+    """Requests needed on the new revision before the window can pass (0: pass without traffic)."""
+    window_seconds: int = Field(default=30, ge=1, le=86400)
+    """How long each step is observed before it is judged."""
+
+
+class Rollout(ApiModel):
+    """How a new revision reaches the selected nodes."""
+
+    strategy: RolloutStrategy = RolloutStrategy.CANARY
+    """AllAtOnce or Canary (by steps)."""
+    steps: list[int] = Field(default_factory=lambda: [10, 50, 100], min_length=1, max_length=20)
+    """Canary steps as percentages of the selected nodes (at least one node per step); must rise and end at 100."""
+    max_unavailable: int | str = Field(default="25%", json_schema_extra={"x-kubernetes-int-or-string": True})
+    """Nodes that may be switching at once, as a number or a percentage, e.g. 1 or "25%"."""
+    analysis: Analysis = Field(default_factory=Analysis)
+    """Checks after each step."""
+    auto_rollback: bool = True
+    """Roll the nodes back to the previous good revision when a check fails."""
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_rise_to_100(cls, steps: list[int]) -> list[int]:
+        if any(s < 1 or s > 100 for s in steps):
+            raise ValueError("every step must be a percentage between 1 and 100, e.g. [10, 50, 100]")
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ValueError("steps must rise strictly, e.g. [10, 50, 100]")
+        if steps[-1] != 100:
+            raise ValueError("the last step must be 100 so every selected node gets the revision")
+        return steps
+
+    @field_validator("max_unavailable")
+    @classmethod
+    def _max_unavailable_form(cls, value: int | str) -> int | str:
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError("maxUnavailable must be at least 1, e.g. 1 or \"25%\"")
+            return value
+        if not value.endswith("%") or not value[:-1].isdigit() or not 0 < int(value[:-1]) <= 100:
+            raise ValueError("maxUnavailable must be a number or a percentage like \"25%\"")
+        return value
+
+
+class EdgeModelSpec(ApiModel):
+    """Desired state: which model, optimised how, served where, rolled out how."""
+
+    source: ModelSource
+    """The trained model."""
+    inputs: list[TensorSpec] = Field(min_length=1, max_length=32)
+    """Model inputs with names, element types and shapes (-1 for dynamic dimensions)."""
+    optimization: Optimization = Field(default_factory=Optimization)
+    """Conversion and quantisation choices."""
+    validation: Validation = Field(default_factory=Validation)
+    """Accuracy check against the original model."""
+    selector: LabelSelector = Field(default_factory=LabelSelector)
+    """Which edge nodes (by their EdgeAgent labels) get the model; empty selects all."""
+    hardware: HardwareRequirements = Field(default_factory=HardwareRequirements)
+    """Hardware a node must have."""
+    serving: Serving = Field(default_factory=Serving)
+    """Serving settings on the agents."""
+    rollout: Rollout = Field(default_factory=Rollout)
+    """Rollout strategy and analysis."""
+    suspend: bool = False
+    """Pause conversion and rollout; nodes keep what they serve."""
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> EdgeModelSpec:
+        for rule in CROSS_FIELD_RULES:
+            if not rule.check(self):
+                raise ValueError(f"{rule.field}: {rule.message}")
+        return self
+
+
+class CrossFieldRule:
+    """A rule checked in Python and, as CEL, by the API server (x-kubernetes-validations)."""
+
+    def __init__(self, field: str, message: str, cel: str, check: Any) -> None:
+        self.field = field
+        self.message = message
+        self.cel = cel
+        self.check = check
+
+
+CROSS_FIELD_RULES: list[CrossFieldRule] = [
+    CrossFieldRule(
+        field="spec.optimization.int8.calibrationDataUri",
+        message="explicit static INT8 needs calibrationDataUri (an .npz of representative inputs); "
+        "set it or use method: dynamic",
+        cel="!has(self.optimization) || !has(self.optimization.mode) || self.optimization.mode != 'explicit' "
+        "|| !has(self.optimization.int8) || (has(self.optimization.int8.enabled) && !self.optimization.int8.enabled) "
+        "|| (has(self.optimization.int8.method) && self.optimization.int8.method == 'dynamic') "
+        "|| has(self.optimization.int8.calibrationDataUri)",
+        check=lambda s: not (
+            s.optimization.mode == OptimizationMode.EXPLICIT
+            and s.optimization.int8.enabled
+            and s.optimization.int8.method == QuantMethod.STATIC
+            and not s.optimization.int8.calibration_data_uri
+        ),
+    ),
+    CrossFieldRule(
+        field="spec.hardware.requireGpu",
+        message="requireGpu contradicts serving.accelerator: cpu; drop one of them",
+        cel="!has(self.hardware) || !has(self.hardware.requireGpu) || !self.hardware.requireGpu "
+        "|| !has(self.serving) || !has(self.serving.accelerator) || self.serving.accelerator != 'cpu'",
+        check=lambda s: not (s.hardware.require_gpu and s.serving.accelerator == Accelerator.CPU),
+    ),
+]
+
+
+class EdgeModelPhase(StrEnum):
+    PENDING = "Pending"
+    CONVERTING = "Converting"
+    ROLLING_OUT = "RollingOut"
+    AVAILABLE = "Available"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class ArtifactRef(StatusModel):
+    """A signed artifact built for one hardware class."""
+
+    hardware_class: HardwareClass
+    """The class of node this artifact is served on."""
+    uri: str
+    """Where the ONNX file is (artifact store URL)."""
+    sha256: str
+    """sha256 of the ONNX file."""
+    size_bytes: int
+    """Size of the ONNX file."""
+    precision: Precision
+    """Numeric precision of the chosen candidate."""
+    candidate: str = ""
+    """Name of the chosen candidate, e.g. int8-static-qdq-u8s8."""
+    manifest_uri: str = ""
+    """Where manifest.json is."""
+    signature: str = ""
+    """Base64 ed25519 signature of manifest.json."""
+
+
+class CandidateSummary(StatusModel):
+    """One measured candidate, as summarised in status."""
+
+    name: str
+    """Candidate name, e.g. int8-static-qdq-u8s8."""
+    hardware_class: HardwareClass
+    """Hardware class it was measured for."""
+    precision: Precision
+    """Numeric precision."""
+    p50_ms: float | None = None
+    """Batch-1 median latency in ms."""
+    metric: float | None = None
+    """Validation metric (top1 accuracy, cosine or agreement)."""
+    size_bytes: int | None = None
+    """Size of the ONNX file."""
+    accepted: bool = False
+    """Whether it met the accuracy budget and was not slower than the FP32 baseline."""
+    chosen: bool = False
+    """Whether it was chosen for its hardware class."""
+    reason: str = ""
+    """Why it was rejected or chosen."""
+
+
+class RolloutStatus(StatusModel):
+    """Progress of the current rollout."""
+
+    revision: int = 0
+    """Revision being rolled out."""
+    step: int = 0
+    """Index of the current canary step (1-based; 0 before the first)."""
+    total_steps: int = 0
+    """Number of steps of the strategy."""
+    desired_nodes: int = 0
+    """Selected nodes."""
+    updated_nodes: int = 0
+    """Nodes assigned the new revision."""
+    ready_nodes: int = 0
+    """Nodes serving the new revision."""
+    failed_nodes: int = 0
+    """Nodes where the new revision failed to load or failed a check."""
+    stale_nodes: int = 0
+    """Selected nodes whose heartbeat is stale."""
+    step_started_at: str | None = None
+    """When the current step started (RFC 3339)."""
+    message: str = ""
+    """What the rollout is doing or waiting for."""
+
+
+class RevisionOutcome(StrEnum):
+    CONVERTING = "Converting"
+    ROLLING_OUT = "RollingOut"
+    AVAILABLE = "Available"
+    SUPERSEDED = "Superseded"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+
+class RevisionRecord(StatusModel):
+    """One revision in the history."""
+
+    revision: int
+    """Revision number (increases with each new spec generation)."""
+    generation: int
+    """The .metadata.generation the revision was built from."""
+    outcome: RevisionOutcome
+    """Converting, RollingOut, Available, Superseded, RolledBack or Failed."""
+    created_at: str
+    """When the revision was created (RFC 3339)."""
+    message: str = ""
+    """Details, e.g. why it was rolled back."""
+    artifacts: list[ArtifactRef] = Field(default_factory=list)
+    """Artifacts of the revision."""
+
+
+class EdgeModelStatus(StatusModel):
+    """Observed state, written by the operator."""
+
+    observed_generation: int | None = None
+    """The .metadata.generation the operator last acted on."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Converted, Progressing, Available, Degraded, InvalidSpec (metav1.Condition shape)."""
+    phase: EdgeModelPhase = EdgeModelPhase.PENDING
+    """Pending, Converting, RollingOut, Available, Degraded, Failed or Suspended."""
+    revision: int | None = None
+    """Revision currently considered good (serving on the nodes)."""
+    previous_revision: int | None = None
+    """The good revision before the current one (the rollback target)."""
+    target_revision: int | None = None
+    """Revision being converted or rolled out."""
+    ready: str = "0/0"
+    """Nodes serving the current revision over selected nodes, e.g. 3/3."""
+    artifacts: list[ArtifactRef] = Field(default_factory=list)
+    """Artifacts of the target revision, one per hardware class."""
+    candidates: list[CandidateSummary] = Field(default_factory=list)
+    """Every candidate the conversion measured, with the chosen one marked."""
+    rollout: RolloutStatus = Field(default_factory=RolloutStatus)
+    history: list[RevisionRecord] = Field(default_factory=list)
+    """Revisions with their outcome, newest last (bounded)."""
+
+
+class EdgeModel(StatusModel):
+    """An EdgeModel object as stored in the API."""
+
+    api_version: Literal["edgemodel.io/v1alpha1"] = "edgemodel.io/v1alpha1"
+    kind: Literal["EdgeModel"] = "EdgeModel"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: EdgeModelSpec
+    status: EdgeModelStatus | None = None

@@ -1,0 +1,5 @@
+import sys
+
+from edgemodel.cli import main
+
+sys.exit(main())

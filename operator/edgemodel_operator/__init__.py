@@ -1,0 +1,1 @@
+"""The edgemodel operator (kopf): conversion Jobs, scheduling and canary rollouts."""
