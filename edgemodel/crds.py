@@ -158,7 +158,7 @@ def _crd(kind: str, plural: str, short: str, scope: str, spec: dict[str, Any], s
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": [short],
-                "categories": ["edgemodel", "all"] if scope == "Namespaced" else ["edgemodel"],
+                "categories": ["edge", "all"] if scope == "Namespaced" else ["edge"],
             },
             "scope": scope,
             "versions": [

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# The Kubernetes API emulator fixtures (kube_cluster, kube_cluster_auth, ...) for every test folder.
+pytest_plugins = ["edgemodel.dev.testing"]
+
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS_BIN = ROOT / ".tools" / "bin"
 

@@ -2,7 +2,8 @@
 
 Layout in the artifact store, under ``{namespace}/{model}/{revision}/``:
 ``manifest.json`` (this model), ``manifest.json.sig`` (base64 ed25519 over the exact bytes of
-manifest.json), ``model-{hardwareClass}.onnx`` (one per hardware class), ``report.md``.
+manifest.json), ``model-{hardwareClass}.onnx`` (one per hardware class), ``report.md`` (and
+``report.png`` when matplotlib is installed), ``result.json`` (the ConversionResult, written last).
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ class ArtifactChoice(StatusModel):
     size_bytes: int
     precision: Precision
     reason: str
+    metric: float | None = None
+    """Validation metric of the chosen candidate (see ArtifactManifest.validation.metric)."""
+    p50_ms: float | None = None
+    """p50 latency at the selection batch size, on the provider it was measured on."""
+    speedup_vs_baseline: float | None = None
+    """FP32 baseline p50 over this candidate's p50 (None when latency was not measured on the target)."""
 
 
 class ArtifactManifest(StatusModel):
@@ -76,4 +83,12 @@ class ArtifactManifest(StatusModel):
     candidates: list[CandidateResult] = Field(default_factory=list)
     choices: list[ArtifactChoice] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)
-    """sha256 of every file in the revision folder except the manifest and its signature."""
+    """sha256 of every file in the revision folder except the manifest, its signature and result.json."""
+    exporter: str = ""
+    """How the ONNX model was produced, e.g. "torch.onnx dynamo, torch 2.13.0" or "none (ONNX source)"."""
+    export_check: dict[str, Any] = Field(default_factory=dict)
+    """The export comparison: samples, rtol, atol, maxAbsDiff, passed."""
+    environment: dict[str, Any] = Field(default_factory=dict)
+    """Where candidates were measured: library versions, provider, threads, CPU, load average."""
+    notes: list[str] = Field(default_factory=list)
+    """Things the reader should know, e.g. that GPU latency was not measured."""

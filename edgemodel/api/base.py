@@ -80,36 +80,18 @@ def set_condition(
     if isinstance(status, bool):
         status = ConditionStatus.TRUE if status else ConditionStatus.FALSE
     timestamp = now or now_rfc3339()
-    result: list[Condition] = []
-    found = False
-    for cond in conditions:
-        if cond.type != type_:
-            result.append(cond)
-            continue
-        found = True
-        transition = timestamp if cond.status != status else cond.last_transition_time
-        result.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=transition,
-                observed_generation=observed_generation,
-            )
-        )
-    if not found:
-        result.append(
-            Condition(
-                type=type_,
-                status=status,
-                reason=reason,
-                message=message,
-                last_transition_time=timestamp,
-                observed_generation=observed_generation,
-            )
-        )
-    return result
+    previous = get_condition(conditions, type_)
+    updated = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=previous.last_transition_time if previous and previous.status == status else timestamp,
+        observed_generation=observed_generation,
+    )
+    if previous is None:
+        return [*conditions, updated]
+    return [updated if cond.type == type_ else cond for cond in conditions]
 
 
 def get_condition(conditions: list[Condition], type_: str) -> Condition | None:

@@ -20,8 +20,11 @@ class ConversionResult(StatusModel):
     """Whether a signed artifact was produced for every target hardware class."""
     revision: int = 0
     reason: str = ""
-    """CamelCase reason on failure: SourceUnreadable, WrongFormat, InputMismatch, NonFiniteOutput,
-    MissingCalibrationData, AccuracyBudgetNotMet, StoreUnavailable, InvalidSpec, Internal."""
+    """Converted on success; on failure a CamelCase reason (``edgemodel.convert.errors.Reason``):
+    bad input (exit 2) InvalidSpec, SourceUnreadable, SourceDigestMismatch, WrongFormat, InputMismatch,
+    NonFiniteOutput, MissingCalibrationData, InvalidData, ExportFailed, ExportMismatch,
+    AccuracyBudgetNotMet, NoAcceptableCandidate, SigningKeyUnreadable; retryable (exit 1)
+    SourceUnavailable, StoreUnavailable (exit 2 when the store refuses the token), Internal."""
     message: str = ""
     """One line a person can act on."""
     retryable: bool = False

@@ -389,6 +389,8 @@ class RolloutStatus(StatusModel):
     """Selected nodes whose heartbeat is stale."""
     step_started_at: str | None = None
     """When the current step started (RFC 3339)."""
+    analysis_started_at: str | None = None
+    """When the analysis window of the current step started: all of the step's nodes were ready (RFC 3339)."""
     message: str = ""
     """What the rollout is doing or waiting for."""
 
@@ -417,6 +419,8 @@ class RevisionRecord(StatusModel):
     """Details, e.g. why it was rolled back."""
     artifacts: list[ArtifactRef] = Field(default_factory=list)
     """Artifacts of the revision."""
+    spec_hash: str = ""
+    """sha256 of the spec parts the revision was built from (source, inputs, optimization, validation)."""
 
 
 class EdgeModelStatus(StatusModel):

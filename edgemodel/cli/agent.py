@@ -1,16 +1,82 @@
-"""``edgemodel agent``: not built yet (filled in by its issue)."""
+"""``edgemodel agent``: the edge agent (ONNX Runtime on the Open Inference Protocol v2).
+
+Standalone: ``edgemodel agent --model digits=./digits.onnx --port 8080`` serves local files.
+In a cluster (DaemonSet): ``--in-cluster`` (or ``--kubeconfig``), ``--node-name`` (or NODE_NAME),
+``--public-key`` and ``--cache-dir``; the agent registers its EdgeAgent and serves what the
+operator assigns. Every flag also reads from ``EDGEMODEL_AGENT_<FLAG>`` (flags win).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 from typing import Any
-
-from edgemodel.errors import UserError
 
 
 def add_parser(sub: Any) -> None:
-    sub.add_parser("agent", help="(agent: not built yet)")
+    p = sub.add_parser(
+        "agent",
+        help="run the edge agent (Open Inference Protocol v2 over ONNX Runtime, /metrics)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serving = p.add_argument_group("serving")
+    serving.add_argument("--model", action="append", metavar="NAME[:VERSION]=PATH", dest="models",
+                         help="serve a local .onnx file (repeatable); version defaults to 1")
+    serving.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a DaemonSet)")
+    serving.add_argument("--port", type=int, help="HTTP port for v2 and /metrics (default 8080; 0 = any free port)")
+    serving.add_argument("--token-file", type=Path, help="require 'Authorization: Bearer <token from this file>'")
+    serving.add_argument("--metrics-require-token", action="store_true", default=None, help="also protect /metrics")
+    serving.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS (with --tls-key)")
+    serving.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serving.add_argument("--max-body-bytes", type=int, help="largest request body; larger gets 413 (default 64 MiB)")
+    serving.add_argument("--accelerator", choices=["auto", "gpu", "cpu"],
+                         help="execution provider for --model files: auto (TensorRT > CUDA > OpenVINO > CPU), gpu, cpu")
+    serving.add_argument("--no-gpu-fallback", dest="gpu_fallback_to_cpu", action="store_false", default=None,
+                         help="with --accelerator gpu: fail instead of serving on CPU when no GPU provider loads")
+    serving.add_argument("--threads", type=int, dest="intra_op_threads", metavar="N",
+                         help="ONNX Runtime intra-op threads (default: the container's CPU limit)")
+    serving.add_argument("--workers", type=int, dest="inference_workers", metavar="N",
+                         help="inferences running at once (default: the container's CPU limit)")
+    serving.add_argument("--batching", action="store_true", default=None, help="dynamic batching for --model files")
+    serving.add_argument("--max-batch-size", type=int, help="rows per batched run (default 8)")
+    serving.add_argument("--max-queue-delay-ms", type=float, help="longest wait for a batch to fill (default 2)")
+    serving.add_argument("--allow-non-finite", action="store_true", default=None, help="accept NaN/Inf inputs")
+    cluster = p.add_argument_group("cluster (EdgeAgent)")
+    cluster.add_argument("--in-cluster", action="store_true", default=None, help="use the pod's service account")
+    cluster.add_argument("--kubeconfig", type=Path,
+                         help="kubeconfig file (token or client certificate); without --model, $KUBECONFIG is used when $NODE_NAME is set")
+    cluster.add_argument("--node-name", help="EdgeAgent name (default: $NODE_NAME from the downward API)")
+    cluster.add_argument("--public-key", type=Path, help="fleet ed25519 public key (PEM) that signs artifacts")
+    cluster.add_argument("--cache-dir", type=Path, help="artifact cache + saved assignment (default /var/lib/edgemodel-agent)")
+    cluster.add_argument("--cache-max-bytes", type=int, help="artifact cache bound (default 2 GiB)")
+    cluster.add_argument("--store-token-file", type=Path, help="bearer token for artifact store downloads")
+    cluster.add_argument("--label", action="append", metavar="KEY=VALUE", dest="label_flags",
+                         help="extra EdgeAgent label (repeatable), on top of the Node's labels")
+    cluster.add_argument("--endpoint", help="URL clients reach this agent at (default http(s)://$POD_IP:PORT)")
+    cluster.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s", metavar="SECONDS",
+                         help="seconds between heartbeats (default 10, at least 1)")
 
 
 def run(args: argparse.Namespace) -> int:
-    raise UserError("'agent' is not built yet in this version")
+    from edge_agent.app import run as run_agent
+    from edge_agent.settings import load_settings, parse_label, parse_model_spec
+
+    labels = dict(parse_label(spec) for spec in args.label_flags or []) or None
+    keys = ("host", "port", "models", "token_file", "metrics_require_token", "tls_cert", "tls_key", "max_body_bytes",
+            "accelerator", "gpu_fallback_to_cpu", "intra_op_threads", "inference_workers", "batching", "max_batch_size",
+            "max_queue_delay_ms", "allow_non_finite", "in_cluster", "kubeconfig", "node_name", "public_key",
+            "cache_dir", "cache_max_bytes", "store_token_file", "endpoint", "heartbeat_interval_s")  # fmt: skip
+    settings = load_settings(labels=labels, **{k: getattr(args, k) for k in keys})
+    if not settings.cluster_mode and not settings.models and settings.node_name and os.environ.get("KUBECONFIG"):
+        # A node process started with NODE_NAME and KUBECONFIG (e.g. the local cluster's run_on_nodes).
+        first = os.environ["KUBECONFIG"].split(os.pathsep)[0]
+        settings = settings.model_copy(update={"kubeconfig": Path(first)})
+    local = [parse_model_spec(spec) for spec in settings.models]
+    if not local and not settings.cluster_mode:
+        from edgemodel.errors import UserError
+
+        raise UserError("nothing to serve: pass --model NAME=PATH.onnx, or --in-cluster / --kubeconfig to take assignments")
+    run_agent(settings, local)
+    return 0

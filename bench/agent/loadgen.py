@@ -1,0 +1,102 @@
+"""Keep-alive aiohttp load generator for Open Inference Protocol v2 servers (the agent, KServe, ...).
+
+``concurrency`` workers share one connection pool of that size; each sends the same prepared
+request (JSON, or Triton's binary tensor extension) back to back and records its latency.
+
+    .venv/bin/python -m bench.agent.loadgen --url http://127.0.0.1:8080 --model digits \\
+        --shape 1,1,8,8 --concurrency 8 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import aiohttp
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    throughput: float
+    """Successful requests per second."""
+
+
+def build_request(input_name: str, shape: tuple[int, ...], binary: bool, seed: int = 0) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one FP32 inference request."""
+    data = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    if not binary:
+        body = {"id": "1", "inputs": [{"name": input_name, "shape": list(shape), "datatype": "FP32", "data": data.ravel().tolist()}]}
+        return json.dumps(body).encode(), {"Content-Type": "application/json"}
+    raw = data.tobytes()
+    head = json.dumps({
+        "id": "1",
+        "inputs": [{"name": input_name, "shape": list(shape), "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
+        "parameters": {"binary_data_output": True},
+    }).encode()  # fmt: skip
+    return head + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
+
+
+async def run_load(
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, duration_s: float, warmup_s: float = 1.0,
+    max_requests: int = 1_000_000,
+) -> LoadResult:
+    """Send ``body`` to ``url`` from ``concurrency`` workers for ``duration_s`` after a warm-up."""
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def worker(until: float, record: bool) -> None:
+            nonlocal errors
+            while time.perf_counter() < until and len(latencies) < max_requests:  # bounded in time and count
+                start = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    ok = resp.status == 200
+                if record:
+                    if ok:
+                        latencies.append(time.perf_counter() - start)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(worker(time.perf_counter() + warmup_s, False) for _ in range(concurrency)))
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(started + duration_s, True) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    values = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
+    return LoadResult(
+        concurrency=concurrency, requests=len(latencies), errors=errors, seconds=round(elapsed, 3),
+        p50_ms=round(float(np.percentile(values, 50)), 3), p99_ms=round(float(np.percentile(values, 99)), 3),
+        throughput=round(len(latencies) / elapsed, 1),
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8080")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--input", default="input", help="input tensor name")
+    parser.add_argument("--shape", default="1,1,8,8", help="input shape, comma separated")
+    parser.add_argument("--binary", action="store_true", help="use the binary tensor extension")
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    args = parser.parse_args()
+    body, headers = build_request(args.input, tuple(int(d) for d in args.shape.split(",")), args.binary)
+    url = f"{args.url.rstrip('/')}/v2/models/{args.model}/infer"
+    result = asyncio.run(run_load(url, body, headers, args.concurrency, args.duration, args.warmup))
+    print(json.dumps(asdict(result)))
+
+
+if __name__ == "__main__":
+    main()

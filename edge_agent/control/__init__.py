@@ -1,0 +1,1 @@
+"""The agent's control-plane side: EdgeAgent registration, heartbeat, watch and model reconcile."""

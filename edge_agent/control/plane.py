@@ -1,0 +1,308 @@
+"""The agent's side of the control plane: its own EdgeAgent object, heartbeat, watch, offline autonomy.
+
+On start the agent restores the last assignment from its cache and serves it before it has
+talked to the API server. Then, in a loop with backoff:
+
+1. GET (or create) ``EdgeAgent/<node>`` with the Node's labels plus ``--label`` flags,
+2. write the whole status (capabilities, endpoint, heartbeat, per-model state),
+3. apply ``spec.models`` when it changed, and watch that one object
+   (``fieldSelector=metadata.name=<node>``) until the watch ends or fails.
+
+Status writes are coalesced (at most one per ``status_min_interval_s``) and a heartbeat is
+written every ``heartbeat_interval_s``. When the API server is unreachable nothing stops
+serving; when it returns, the agent re-registers, reports and reconciles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from edge_agent.control.kube import ApiError, ApiUnavailable, KubeClient, resource_path
+from edge_agent.control.reconciler import Reconciler
+from edgemodel.api import (
+    API_VERSION,
+    GROUP,
+    VERSION,
+    Capabilities,
+    Condition,
+    ConditionStatus,
+    EdgeAgentSpec,
+    ModelAssignment,
+    now_rfc3339,
+    set_condition,
+)
+from edgemodel.errors import describe_validation_error
+
+log = logging.getLogger(__name__)
+
+PLURAL = "edgeagents"
+
+
+class ControlPlane:
+    """Registers, heartbeats, watches and reconciles; survives API outages."""
+
+    def __init__(
+        self,
+        node_name: str,
+        client: KubeClient,
+        reconciler: Reconciler,
+        capabilities: Capabilities,
+        endpoint: str,
+        labels: dict[str, str],
+        heartbeat_interval_s: float = 10.0,
+        status_min_interval_s: float = 1.0,
+        resync_interval_s: float = 60.0,
+        watch_timeout_s: float = 300.0,
+        retry_backoff_s: float = 1.0,
+    ) -> None:
+        self.node_name = node_name
+        self.client = client
+        self.reconciler = reconciler
+        self.capabilities = capabilities
+        self.endpoint = endpoint
+        self.labels = labels
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.status_min_interval_s = status_min_interval_s
+        self.resync_interval_s = resync_interval_s
+        self.watch_timeout_s = watch_timeout_s
+        self.retry_backoff_s = retry_backoff_s
+        self.online: bool | None = None
+        self.registered = asyncio.Event()
+        """Set after the first successful registration (tests wait on it)."""
+        self.observed_generation: int | None = None
+        self._spec_fingerprint: bytes | None = None
+        self._created_fingerprint: bytes | None = None
+        self._conditions: list[Condition] = []
+        self._dirty = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.status_writes = 0
+        reconciler.on_change = self._dirty.set
+
+    @property
+    def object_path(self) -> str:
+        return resource_path(GROUP, VERSION, PLURAL, self.node_name)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def restore(self) -> int:
+        """Serve the assignment saved before the last shutdown (before any API call); how many models."""
+        saved = self.reconciler.cache.load_assignment()
+        if not saved:
+            return 0
+        try:
+            models = [ModelAssignment.model_validate(m) for m in saved.get("models") or []]
+        except ValidationError as exc:
+            log.warning("Ignored the saved assignment: %s", describe_validation_error(exc))
+            return 0
+        log.info("Restoring %d model(s) from the saved assignment of %s", len(models), saved.get("savedAt", "?"))
+        self.reconciler.apply(models, persist=False)
+        self.observed_generation = saved.get("generation")
+        return len(models)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._watch_loop(), name="edgeagent-watch"),
+            loop.create_task(self._status_loop(), name="edgeagent-status"),
+            loop.create_task(self._resync_loop(), name="edgeagent-resync"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.reconciler.close()
+        await self.client.close()
+
+    def _set_online(self, online: bool, detail: str = "") -> None:
+        if online and self.online is not True:
+            log.info("Connected to the Kubernetes API at %s as EdgeAgent %s", self.client.credentials.server, self.node_name)
+        elif not online and self.online is not False:
+            log.warning("Lost the Kubernetes API (%s); serving the cached assignment until it returns", detail)
+        self.online = online
+
+    # -- registration and watch --------------------------------------------------------------
+    async def _node_labels(self) -> dict[str, str]:
+        try:
+            node = await self.client.get(resource_path("", "v1", "nodes", self.node_name))
+        except ApiError as exc:
+            log.info("Could not read Node %s for its labels (%s); using --label flags only", self.node_name, exc.status)
+            return {}
+        labels = (node.get("metadata") or {}).get("labels") or {}
+        return {str(k): str(v) for k, v in labels.items()}
+
+    async def register(self) -> dict[str, Any]:
+        """Create or refresh the EdgeAgent; returns the object as the API server has it."""
+        labels = {**await self._node_labels(), **self.labels}
+        try:
+            obj = await self.client.get(self.object_path)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            body = {
+                "apiVersion": API_VERSION,
+                "kind": "EdgeAgent",
+                "metadata": {"name": self.node_name, "labels": labels},
+                "spec": {"nodeName": self.node_name},
+            }
+            try:
+                obj = await self.client.create(resource_path(GROUP, VERSION, PLURAL), body)
+                log.info("Created EdgeAgent %s with %d labels", self.node_name, len(labels))
+                self._created_fingerprint = _fingerprint(obj.get("spec") or {})
+            except ApiError as create_exc:
+                if create_exc.status != 409:
+                    raise
+                obj = await self.client.get(self.object_path)
+        else:
+            current = (obj.get("metadata") or {}).get("labels") or {}
+            missing = {k: v for k, v in labels.items() if current.get(k) != v}
+            if missing:
+                obj = await self.client.merge_patch(self.object_path, {"metadata": {"labels": missing}})
+                log.info("Refreshed %d label(s) of EdgeAgent %s", len(missing), self.node_name)
+        await self.write_status()
+        self.registered.set()
+        return obj
+
+    def handle(self, obj: dict[str, Any]) -> None:
+        """Apply the object's spec.models when the spec changed."""
+        raw_spec = obj.get("spec") or {}
+        fingerprint = _fingerprint(raw_spec)
+        if fingerprint == self._spec_fingerprint:
+            return
+        generation = (obj.get("metadata") or {}).get("generation")
+        if fingerprint == self._created_fingerprint and self.reconciler.tracked:
+            # We just (re)created the object: its empty spec was written by us, not the operator.
+            log.info("EdgeAgent %s is new; serving the saved assignment until the operator writes spec.models", self.node_name)
+            self._spec_fingerprint = fingerprint
+            return
+        self._created_fingerprint = None  # from now on every spec is the operator's
+        try:
+            spec = EdgeAgentSpec.model_validate(raw_spec)
+        except ValidationError as exc:
+            message = describe_validation_error(exc, "spec")
+            log.error("Ignored an invalid EdgeAgent spec (generation %s): %s", generation, message)
+            self._conditions = set_condition(self._conditions, "SpecValid", False, "InvalidSpec", message[:1000], generation)
+            self._spec_fingerprint = fingerprint
+            self._dirty.set()
+            return
+        self._conditions = set_condition(self._conditions, "SpecValid", True, "Valid", "", generation)
+        self._spec_fingerprint = fingerprint
+        self.observed_generation = generation
+        log.info("Applying spec.models of EdgeAgent %s (generation %s): %s", self.node_name, generation,
+                 ", ".join(f"{m.name}@{m.revision}" for m in spec.models) or "no models")  # fmt: skip
+        self.reconciler.apply(spec.models, generation=generation)
+
+    async def _watch_once(self) -> None:
+        obj = await self.register()
+        self._set_online(True)
+        self.handle(obj)
+        version = (obj.get("metadata") or {}).get("resourceVersion", "")
+        params = {"fieldSelector": f"metadata.name={self.node_name}", "allowWatchBookmarks": "true"}
+        if version:
+            params["resourceVersion"] = str(version)
+        async for kind, event in self.client.watch(resource_path(GROUP, VERSION, PLURAL), params, self.watch_timeout_s):
+            if kind in ("ADDED", "MODIFIED"):
+                self.handle(event)
+            elif kind == "DELETED":
+                log.warning("EdgeAgent %s was deleted; re-creating it", self.node_name)
+                self._spec_fingerprint = None
+                return
+            elif kind == "ERROR":
+                log.info("Watch of EdgeAgent %s ended with %s; re-reading it", self.node_name, event.get("message", event))
+                return
+
+    async def _watch_loop(self) -> None:
+        failures = 0
+        while True:  # runs until cancelled; each pass is bounded by the watch timeout or a failure
+            started = time.monotonic()
+            try:
+                await self._watch_once()
+                failures = 0
+                if time.monotonic() - started < 1.0:  # a watch that ends at once must not spin
+                    await asyncio.sleep(self.retry_backoff_s)
+                continue
+            except ApiUnavailable as exc:
+                self._set_online(False, str(exc))
+            except ApiError as exc:
+                log.warning("The Kubernetes API refused a request for EdgeAgent %s: %s", self.node_name, exc)
+            except Exception:  # a malformed event or a bug: log it, keep the loop alive
+                log.exception("Watching EdgeAgent %s failed unexpectedly; retrying", self.node_name)
+            failures += 1
+            await asyncio.sleep(min(30.0, self.retry_backoff_s * 2 ** min(failures - 1, 8)))
+
+    # -- status ------------------------------------------------------------------------------
+    def status_body(self) -> dict[str, Any]:
+        models = self.reconciler.states()
+        not_ready = [m for m in models if m.state.value != "Ready"]
+        if not_ready:
+            detail = ", ".join(f"{m.name}: {m.state.value}{' ' + m.reason if m.reason else ''}" for m in not_ready)
+            self._conditions = set_condition(self._conditions, "Ready", ConditionStatus.FALSE, "ModelsNotReady", detail[:1000])
+        else:
+            self._conditions = set_condition(self._conditions, "Ready", ConditionStatus.TRUE, "AllModelsReady",
+                                             f"{len(models)} model(s) serving")  # fmt: skip
+        body: dict[str, Any] = {
+            "capabilities": self.capabilities.to_k8s(),
+            "heartbeatTime": now_rfc3339(),
+            "endpoint": self.endpoint,
+            "models": [m.to_k8s() for m in models],
+            "conditions": [c.to_k8s() for c in self._conditions],
+        }
+        if self.observed_generation is not None:
+            body["observedGeneration"] = self.observed_generation
+        return body
+
+    async def write_status(self) -> None:
+        await self.client.merge_patch(resource_path(GROUP, VERSION, PLURAL, self.node_name, "status"), {"status": self.status_body()})
+        self.status_writes += 1
+
+    async def _status_loop(self) -> None:
+        last = time.monotonic()
+        while True:  # runs until cancelled; one write per pass, at most one per min interval
+            wait = max(0.0, self.heartbeat_interval_s - (time.monotonic() - last))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._dirty.wait()
+            pause = self.status_min_interval_s - (time.monotonic() - last)
+            if pause > 0:
+                await asyncio.sleep(pause)
+            self._dirty.clear()
+            if not self.registered.is_set():
+                last = time.monotonic()
+                continue
+            try:
+                await self.write_status()
+                self._set_online(True)
+            except ApiUnavailable as exc:
+                self._set_online(False, str(exc))
+            except ApiError as exc:
+                log.warning("Writing the status of EdgeAgent %s failed: %s", self.node_name, exc)
+            except Exception:
+                log.exception("Writing the status of EdgeAgent %s failed unexpectedly", self.node_name)
+            last = time.monotonic()
+
+    async def _resync_loop(self) -> None:
+        while True:  # runs until cancelled
+            await asyncio.sleep(min(self.resync_interval_s, 1.0))
+            self.reconciler.retry_due()
+
+
+def _fingerprint(spec: dict[str, Any]) -> bytes:
+    return orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)
+
+
+def default_endpoint(scheme: str, host: str, port: int) -> str:
+    """Where clients reach this agent: POD_IP (downward API) when set, else the bind host."""
+    address = os.environ.get("POD_IP") or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
+    if ":" in address and not address.startswith("["):
+        address = f"[{address}]"
+    return f"{scheme}://{address}:{port}"

@@ -1,0 +1,178 @@
+"""The serving half of the agent: thread pool, repository, data plane and the HTTP server.
+
+``AgentServer`` is what tests and the CLI start; the control plane (``edge_agent.control``) drives
+it through ``load_version`` / ``repository.swap`` / ``repository.remove``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from edge_agent.cgroup import available_cpus, thread_count
+from edge_agent.dataplane import DataPlane
+from edge_agent.errors import LoadError
+from edge_agent.metrics import AgentMetrics
+from edge_agent.model import ModelOptions, OnnxModel, SessionFactory
+from edge_agent.pool import InferencePool
+from edge_agent.repository import BatchingConfig, ModelRepository, ModelVersion, version_key
+from edge_agent.rest import RestApi, build_app
+from edge_agent.settings import AgentSettings, LocalModel
+from edgemodel import __version__
+from edgemodel.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def read_token(path: Path) -> str:
+    """The bearer token in a file (e.g. a mounted Secret), without surrounding whitespace."""
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise UserError(f"--token-file {path}: cannot read it ({exc.strerror}); mount the Secret or fix the path") from exc
+    if not token:
+        raise UserError(f"--token-file {path}: the file is empty; put the bearer token in it")
+    return token
+
+
+def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server TLS context from PEM files."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise UserError(f"--tls-cert {cert} / --tls-key {key}: cannot load them as a PEM certificate and key ({exc})") from exc
+    return context
+
+
+class AgentServer:
+    """Everything that answers requests; start() binds the port, stop() drains and closes."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        metrics: AgentMetrics | None = None,
+        session_factory: SessionFactory | None = None,
+        available_providers: Sequence[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or AgentMetrics()
+        self.cpus = available_cpus()
+        threads = thread_count(self.cpus)
+        self.intra_op_threads = settings.intra_op_threads or threads
+        self.pool = InferencePool(settings.inference_workers or threads)
+        self.repository = ModelRepository(drain_timeout_s=settings.drain_timeout_s)
+        self.dataplane = DataPlane(self.repository, self.metrics, __version__)
+        self.session_factory = session_factory
+        self.available_providers = available_providers
+        token = read_token(settings.token_file) if settings.token_file else None
+        self.api = RestApi(
+            self.dataplane,
+            self.metrics.exposition,
+            token=token,
+            metrics_require_token=settings.metrics_require_token,
+            max_body_bytes=settings.max_body_bytes,
+        )
+        self.app = build_app(self.api, client_max_size=settings.max_body_bytes)
+        self._ssl = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
+        self._runner: web.AppRunner | None = None
+        self.port = settings.port
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self._ssl else "http"
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind the HTTP(S) port (models may still be loading: /v2/health/ready says when)."""
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.drain_timeout_s
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, ssl_context=self._ssl, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        log.info(
+            "Serving the Open Inference Protocol on %s (%s inference workers, %d ONNX Runtime threads each, %.2g CPUs)",
+            self.url,
+            self.pool.workers,
+            self.intra_op_threads,
+            self.cpus,
+        )
+
+    async def load_version(
+        self,
+        name: str,
+        version: str,
+        source: Path,
+        sha256: str = "",
+        accelerator: str | None = None,
+        gpu_fallback_to_cpu: bool | None = None,
+        batching: BatchingConfig | None = None,
+    ) -> ModelVersion:
+        """Load and warm up a version in a background thread; it is not serving until added or swapped in."""
+        s = self.settings
+        options = ModelOptions(
+            accelerator=accelerator or s.accelerator,
+            gpu_fallback_to_cpu=s.gpu_fallback_to_cpu if gpu_fallback_to_cpu is None else gpu_fallback_to_cpu,
+            intra_op_threads=self.intra_op_threads,
+            warmup_runs=s.warmup_runs,
+        )
+        model = OnnxModel(
+            name, version, source, options, sha256=sha256,
+            session_factory=self.session_factory, available_providers=self.available_providers,
+        )  # fmt: skip
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(model.load)
+        except LoadError:
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LoadError("LoadFailed", f"ONNX Runtime cannot load {source.name}: {first[:400]}") from exc
+        self.metrics.model_load_duration.labels(name, version).observe(time.perf_counter() - started)
+        if batching is None:
+            batching = BatchingConfig(s.batching, s.max_batch_size, s.max_queue_delay_ms)
+        return ModelVersion(
+            model, self.pool, self.metrics, batching=batching,
+            allow_non_finite=s.allow_non_finite, stats_window_s=s.stats_window_s, inline_max_ms=s.inline_max_ms,
+        )  # fmt: skip
+
+    async def load_local(self, models: Sequence[LocalModel]) -> None:
+        """Load standalone ``--model`` files; the highest version of each name answers unversioned requests."""
+        from edgemodel.signing import sha256_file
+
+        for local in models:
+            self.repository.set_waiting(local.name, "loading")
+        highest: dict[str, str] = {}
+        for local in models:
+            if local.name not in highest or version_key(local.version) > version_key(highest[local.name]):
+                highest[local.name] = local.version
+        for local in models:
+            log.info("Loading model %s version %s from %s", local.name, local.version, local.path)
+            try:
+                mv = await self.load_version(local.name, local.version, local.path, sha256=sha256_file(local.path))
+            except LoadError as exc:
+                raise UserError(f"--model {local.name}={local.path}: {exc.message}") from exc
+            self.repository.add(mv, make_default=highest[local.name] == local.version)
+
+    async def stop(self) -> None:
+        """Stop accepting connections, let in-flight requests finish, unload models."""
+        self.dataplane.live = False
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.repository.close()
+        self.pool.shutdown()

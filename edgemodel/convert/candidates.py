@@ -1,0 +1,272 @@
+"""Plan and build candidate ONNX models: ORT-optimised FP32, INT8 dynamic/static, FP16.
+
+Offline optimisation is saved at level ``extended`` for CPU and ``basic`` for GPU classes even
+when ``graphOptimizationLevel: all`` is asked for: level ``all`` adds layout transforms for the
+CPU it runs on (e.g. NCHWc blocks for AVX-512), which must not be baked into an artifact that
+runs on other hardware. The agent applies level ``all`` online when it loads the model, and
+candidates are measured that way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgemodel.api import EdgeModelSpec, HardwareClass, Precision
+from edgemodel.api.edgemodel import (
+    ActivationType,
+    CalibrationMethod,
+    GraphOptimizationLevel,
+    OptimizationMode,
+    QuantFormat,
+    QuantMethod,
+)
+from edgemodel.convert.data import Dataset
+from edgemodel.convert.errors import first_line
+from edgemodel.convert.runners import ort_session
+
+log = logging.getLogger(__name__)
+
+BASELINE = "fp32-opt"
+CHEAP_BUILD_S = 2.0
+"""Auto mode adds more INT8 variants when the first INT8 candidate built faster than this."""
+LEVEL_ORDER = ["disabled", "basic", "extended", "all"]
+
+
+@dataclass(frozen=True)
+class StaticSettings:
+    format: QuantFormat
+    activation: ActivationType
+    per_channel: bool
+    method: CalibrationMethod
+
+    @property
+    def name(self) -> str:
+        fmt = "qdq" if self.format == QuantFormat.QDQ else "qop"
+        act = "u8s8" if self.activation == ActivationType.UINT8 else "s8s8"
+        channel = "perchannel" if self.per_channel else "pertensor"
+        return f"int8-static-{fmt}-{act}-{channel}-{self.method.value.lower()}"
+
+
+@dataclass
+class CandidatePlan:
+    name: str
+    hardware_class: HardwareClass
+    precision: Precision
+    kind: str
+    """fp32, fp16, dynamic or static."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    static: StaticSettings | None = None
+
+
+@dataclass
+class BuiltCandidate:
+    plan: CandidatePlan
+    path: Path | None
+    build_s: float = 0.0
+    error: str = ""
+
+
+def offline_level(requested: GraphOptimizationLevel, hardware_class: HardwareClass) -> str:
+    """The level baked into the artifact: at most extended (CPU) / basic (GPU), never above the request."""
+    cap = "extended" if hardware_class == HardwareClass.CPU else "basic"
+    return LEVEL_ORDER[min(LEVEL_ORDER.index(requested.value), LEVEL_ORDER.index(cap))]
+
+
+def _static_plan(s: StaticSettings, samples: int) -> CandidatePlan:
+    return CandidatePlan(
+        s.name, HardwareClass.CPU, Precision.INT8, "static",
+        {"method": "static", "format": s.format.value, "activationType": s.activation.value, "weightType": "int8",
+         "perChannel": s.per_channel, "calibrationMethod": s.method.value, "calibrationSamples": samples,
+         "preprocess": "quant_pre_process"},
+        static=s,
+    )
+
+
+AUTO_STATIC = [
+    StaticSettings(QuantFormat.QDQ, ActivationType.UINT8, True, CalibrationMethod.MIN_MAX),
+    StaticSettings(QuantFormat.QDQ, ActivationType.INT8, True, CalibrationMethod.MIN_MAX),
+    StaticSettings(QuantFormat.QOPERATOR, ActivationType.UINT8, True, CalibrationMethod.MIN_MAX),
+]
+AUTO_STATIC_EXTRA = [
+    StaticSettings(QuantFormat.QDQ, ActivationType.UINT8, False, CalibrationMethod.MIN_MAX),
+    StaticSettings(QuantFormat.QDQ, ActivationType.UINT8, True, CalibrationMethod.PERCENTILE),
+    StaticSettings(QuantFormat.QDQ, ActivationType.UINT8, True, CalibrationMethod.ENTROPY),
+]
+
+
+def _dynamic_plan(per_channel: bool) -> CandidatePlan:
+    name = f"int8-dynamic-{'perchannel' if per_channel else 'pertensor'}"
+    return CandidatePlan(name, HardwareClass.CPU, Precision.INT8, "dynamic",
+                         {"method": "dynamic", "weightType": "int8", "perChannel": per_channel,
+                          "preprocess": "quant_pre_process"})
+
+
+def plan_candidates(spec: EdgeModelSpec, calibration: Dataset | None) -> tuple[list[CandidatePlan], list[CandidatePlan], list[str]]:
+    """Candidates to build, more to add when INT8 builds turn out cheap (auto mode), and notes for the report.
+
+    Auto mode builds the FP32 baseline per class, INT8 dynamic (per-channel weights), INT8 static
+    QDQ U8S8 and S8S8 and QOperator U8S8 (per-channel, MinMax) when calibration data exists, and
+    FP16 for GPU classes; the pinned INT8 settings are always among them. Explicit mode builds the
+    baseline plus exactly what is pinned.
+    """
+    opt = spec.optimization
+    auto = opt.mode == OptimizationMode.AUTO
+    classes = {t.hardware_class: t for t in opt.targets}
+    plans: list[CandidatePlan] = []
+    notes: list[str] = []
+    extras: list[CandidatePlan] = []
+    for hw in classes:
+        level = offline_level(opt.graph_optimization_level, hw)
+        plans.append(CandidatePlan(BASELINE, hw, Precision.FP32, "fp32",
+                                   {"offlineLevel": level, "onlineLevel": "all",
+                                    "requestedLevel": opt.graph_optimization_level.value}))
+    wants_int8 = opt.int8.enabled and HardwareClass.CPU in classes and Precision.INT8 in classes[HardwareClass.CPU].precisions
+    if wants_int8:
+        samples = min(opt.int8.calibration_samples, len(calibration)) if calibration else 0
+        if auto or opt.int8.method == QuantMethod.DYNAMIC:
+            plans.append(_dynamic_plan(opt.int8.per_channel))
+            if auto:
+                extras.append(_dynamic_plan(not opt.int8.per_channel))
+        if auto or opt.int8.method == QuantMethod.STATIC:
+            pinned = StaticSettings(opt.int8.format, opt.int8.activation_type, opt.int8.per_channel,
+                                    opt.int8.calibration_method)
+            wanted = [pinned] + ([s for s in AUTO_STATIC if s != pinned] if auto else [])
+            if calibration is None:
+                notes.append("Static INT8 was not tried: spec.optimization.int8.calibrationDataUri is empty "
+                             "(auto mode builds static candidates only with calibration data).")
+            else:
+                plans.extend(_static_plan(s, samples) for s in wanted)
+                if auto:
+                    extras.extend(_static_plan(s, samples) for s in AUTO_STATIC_EXTRA if s not in wanted)
+    elif opt.int8.enabled and HardwareClass.GPU in classes and HardwareClass.CPU not in classes:
+        notes.append("INT8 is not built for gpu targets: GPU INT8 needs TensorRT, which cannot be measured here.")
+    if HardwareClass.GPU in classes:
+        gpu = classes[HardwareClass.GPU]
+        if opt.fp16 and Precision.FP16 in gpu.precisions:
+            plans.append(CandidatePlan("fp16", HardwareClass.GPU, Precision.FP16, "fp16",
+                                       {"keepIoTypes": True, "from": f"{BASELINE} (gpu)",
+                                        "converter": "onnxruntime.transformers.float16"}))
+    return plans, extras, notes
+
+
+class CandidateBuilder:
+    """Builds candidate files in ``workdir`` from the exported model."""
+
+    def __init__(self, exported: Path, workdir: Path, calibration: Dataset | None, calib_batch: int,
+                 threads: int) -> None:
+        self.exported = exported.resolve()  # builds run inside workdir (see build), so no relative paths
+        self.workdir = workdir.resolve()
+        self.calibration = calibration
+        self.calib_batch = calib_batch
+        self.threads = threads
+        self._preprocessed: Path | None = None
+        self._preprocess_note = ""
+        self.built: dict[tuple[str, HardwareClass], BuiltCandidate] = {}
+
+    def preprocessed(self) -> Path:
+        """The exported model after ``quant_pre_process`` (shape inference + basic optimisation), once."""
+        if self._preprocessed is None:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            out = self.workdir / "preprocessed.onnx"
+            try:
+                quant_pre_process(str(self.exported), str(out))
+                self._preprocess_note = "quant_pre_process"
+            except Exception as exc:
+                log.warning("quant_pre_process with symbolic shape inference failed (%s); retrying without it",
+                            first_line(exc))
+                quant_pre_process(str(self.exported), str(out), skip_symbolic_shape=True)
+                self._preprocess_note = "quant_pre_process (without symbolic shape inference)"
+            self._preprocessed = out
+        return self._preprocessed
+
+    def build(self, plan: CandidatePlan) -> BuiltCandidate:
+        out = self.workdir / f"{plan.name}-{plan.hardware_class.value}.onnx"
+        start = time.perf_counter()
+        try:
+            # ORT calibration prints progress to stdout, and a failed symbolic shape inference leaves
+            # a <uuid>.data file in the current folder: keep both out of the caller's way.
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.chdir(self.workdir):
+                getattr(self, f"_build_{plan.kind}")(plan, out)
+            if plan.kind in ("dynamic", "static"):
+                plan.settings["preprocess"] = self._preprocess_note
+            built = BuiltCandidate(plan, out, time.perf_counter() - start)
+            log.info("Built candidate %s (%s) in %.1fs, %s bytes", plan.name, plan.hardware_class.value,
+                     built.build_s, f"{out.stat().st_size:,}")
+        except Exception as exc:
+            built = BuiltCandidate(plan, None, time.perf_counter() - start, first_line(exc))
+            log.warning("Could not build candidate %s (%s): %s", plan.name, plan.hardware_class.value, built.error)
+        self.built[(plan.name, plan.hardware_class)] = built
+        return built
+
+    def _build_fp32(self, plan: CandidatePlan, out: Path) -> None:
+        level = plan.settings["offlineLevel"]
+        if level == "disabled":
+            shutil.copyfile(self.exported, out)
+            return
+        ort_session(self.exported, level, self.threads, optimized_path=out)
+
+    def _build_fp16(self, plan: CandidatePlan, out: Path) -> None:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        source = self.built.get((BASELINE, HardwareClass.GPU))
+        base = source.path if source and source.path else self.exported
+        model = convert_float_to_float16(onnx.load_model(str(base)), keep_io_types=True)
+        onnx.save_model(model, str(out))
+
+    def _build_dynamic(self, plan: CandidatePlan, out: Path) -> None:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(self.preprocessed()), str(out), weight_type=QuantType.QInt8,
+                         per_channel=bool(plan.settings["perChannel"]))
+
+    def _build_static(self, plan: CandidatePlan, out: Path) -> None:
+        from onnxruntime.quantization import CalibrationMethod as OrtCalibration
+        from onnxruntime.quantization import QuantFormat as OrtFormat
+        from onnxruntime.quantization import QuantType, quantize_static
+
+        assert plan.static is not None
+        assert self.calibration is not None
+        s = plan.static
+        samples = int(plan.settings["calibrationSamples"])
+        quantize_static(
+            str(self.preprocessed()), str(out), _Reader(self.calibration.take(samples), self.calib_batch),
+            quant_format=OrtFormat.QDQ if s.format == QuantFormat.QDQ else OrtFormat.QOperator,
+            activation_type=QuantType.QUInt8 if s.activation == ActivationType.UINT8 else QuantType.QInt8,
+            weight_type=QuantType.QInt8, per_channel=s.per_channel,
+            calibrate_method={CalibrationMethod.MIN_MAX: OrtCalibration.MinMax,
+                              CalibrationMethod.ENTROPY: OrtCalibration.Entropy,
+                              CalibrationMethod.PERCENTILE: OrtCalibration.Percentile}[s.method],
+        )
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over a Dataset (duck-typed: get_next/rewind)."""
+
+    def __init__(self, dataset: Dataset, batch: int) -> None:
+        self.dataset = dataset
+        self.batch = batch
+        self._iter = iter(dataset.batches(batch))
+
+    def get_next(self) -> dict[str, Any] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self.dataset.batches(self.batch))
+
+    def __iter__(self) -> _Reader:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item

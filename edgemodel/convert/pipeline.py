@@ -1,0 +1,393 @@
+"""The conversion pipeline: fetch -> load and check -> export -> build candidates -> measure -> choose -> sign.
+
+``convert()`` leaves every file of the revision except ``result.json`` in one folder; the
+caller publishes it (``--output DIR`` locally, the artifact store in a Job) and writes the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgemodel.api import (
+    ArtifactChoice,
+    ArtifactManifest,
+    ArtifactRef,
+    CandidateResult,
+    CandidateSummary,
+    ConversionResult,
+    EdgeModel,
+    HardwareClass,
+    now_rfc3339,
+)
+from edgemodel.api.edgemodel import OptimizationMode, QuantMethod, ValidationMetric
+from edgemodel.convert import candidates as cands
+from edgemodel.convert.data import Dataset, generate, load_npz
+from edgemodel.convert.environment import describe, gpu_provider
+from edgemodel.convert.errors import ConversionError, Reason, first_line
+from edgemodel.convert.export import check_export, export
+from edgemodel.convert.fetch import fetch
+from edgemodel.convert.measure import Evaluator, evaluate, measure_latency
+from edgemodel.convert.progress import LogProgress, Progress
+from edgemodel.convert.report import render_markdown, render_plot
+from edgemodel.convert.runners import (
+    all_finite,
+    available_threads,
+    ort_runner,
+    ort_session,
+    run_dataset,
+    torch_runner,
+)
+from edgemodel.convert.select import choose, latency_key
+from edgemodel.convert.source import LoadedSource, load_source
+from edgemodel.signing import sha256_file, sign
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+log = logging.getLogger(__name__)
+
+GENERATED_SAMPLES = 64
+EVAL_BATCH = 64
+CALIB_BATCH = 8
+
+
+@dataclass
+class ConvertOptions:
+    """How thoroughly to measure; defaults suit a conversion Job."""
+
+    workdir: Path
+    revision: int = 1
+    threads: int | None = None
+    """ONNX Runtime intra-op threads for measuring (default: CPUs available to the process)."""
+    latency_runs: int = 50
+    """Timed runs per candidate and batch size at most."""
+    latency_budget_s: float = 2.0
+    """Seconds of timing per candidate and batch size at most (at least 5 runs are always made)."""
+    batch_size: int | None = None
+    """The larger batch measured besides batch 1 (default 8, or serving.batching.maxBatchSize)."""
+    export_check_samples: int = 16
+    plot: bool = True
+
+
+@dataclass
+class ConversionOutput:
+    """A converted, signed revision in ``directory`` (everything but result.json)."""
+
+    directory: Path
+    manifest: ArtifactManifest
+    manifest_bytes: bytes
+    signature: str
+    files: dict[str, Path] = field(default_factory=dict)
+    """File name -> path of every file to publish, manifest.json and manifest.json.sig included."""
+
+
+@dataclass
+class _Inputs:
+    source: LoadedSource
+    source_sha: str
+    calibration: Dataset | None
+    evaluation: Dataset
+    metric: ValidationMetric
+    notes: list[str]
+
+
+def _fetch_and_load(model: EdgeModel, workdir: Path, progress: Progress) -> _Inputs:
+    spec = model.spec
+    opt = spec.optimization
+    # Calibration data feeds static INT8 and, without validation data, the agreement check.
+    calib_uri = opt.int8.calibration_data_uri if (opt.int8.enabled or not spec.validation.data_uri) else None
+    if opt.mode == OptimizationMode.EXPLICIT and opt.int8.enabled and opt.int8.method == QuantMethod.STATIC and not calib_uri:
+        raise ConversionError(Reason.MISSING_CALIBRATION_DATA, "spec.optimization.int8.calibrationDataUri: explicit "
+                              "static INT8 needs calibration data (an .npz of representative inputs); set it or use "
+                              "method: dynamic")
+    progress.stage("Fetching the model and data", 1 + bool(calib_uri) + bool(spec.validation.data_uri))
+    name = Path(spec.source.uri.split("?")[0]).name or "model"
+    source_path, source_sha = fetch(spec.source.uri, workdir / "source" / name, "spec.source.uri",
+                                    Reason.SOURCE_UNREADABLE)
+    progress.advance(f"fetched {spec.source.uri}")
+    if spec.source.sha256 and spec.source.sha256 != source_sha:
+        raise ConversionError(Reason.SOURCE_DIGEST_MISMATCH, f"spec.source.sha256 is {spec.source.sha256} but "
+                              f"{spec.source.uri} has sha256 {source_sha}; update the digest or the file")
+    calib_path = val_path = None
+    if calib_uri:
+        calib_path, _ = fetch(calib_uri, workdir / "data" / "calibration.npz",
+                              "spec.optimization.int8.calibrationDataUri", Reason.MISSING_CALIBRATION_DATA)
+        progress.advance(f"fetched {calib_uri}")
+    if spec.validation.data_uri:
+        val_path, _ = fetch(spec.validation.data_uri, workdir / "data" / "validation.npz", "spec.validation.dataUri",
+                            Reason.INVALID_DATA)
+        progress.advance(f"fetched {spec.validation.data_uri}")
+
+    progress.stage("Loading and checking the model", 1)
+    source = load_source(source_path, spec.source.uri, spec.source.format, spec.inputs)
+    notes: list[str] = []
+    metric = spec.validation.metric
+    calibration = (load_npz(calib_path, str(calib_uri), spec.inputs, "calibration", opt.int8.calibration_samples)
+                   if calib_path else None)
+    validation = (load_npz(val_path, str(spec.validation.data_uri), spec.inputs, "validation", spec.validation.samples,
+                           need_labels=metric == ValidationMetric.TOP1) if val_path else None)
+    if validation is not None:
+        evaluation = validation
+    else:
+        evaluation = (calibration.take(spec.validation.samples) if calibration is not None
+                      else generate(spec.inputs, min(GENERATED_SAMPLES, spec.validation.samples)))
+        if metric == ValidationMetric.TOP1:
+            metric = ValidationMetric.AGREEMENT
+        notes.append(f"No validation data (spec.validation.dataUri is empty): candidates are scored by {metric.value} "
+                     f"with the original model on {evaluation.origin}, not by accuracy against labels.")
+    fixed = spec.inputs[0].shape[0]
+    if fixed > 0:  # a model with a fixed batch size is fed whole batches only
+        evaluation = (evaluation.take(len(evaluation) // fixed * fixed) if len(evaluation) >= fixed else
+                      Dataset(evaluation.repeat_to(fixed), None if evaluation.labels is None else
+                              np.resize(evaluation.labels, fixed), evaluation.origin))
+    progress.advance(f"loaded {spec.source.format.value} model and {len(evaluation)} samples of {evaluation.origin}")
+    return _Inputs(source, source_sha, calibration, evaluation, metric, notes)
+
+
+def _reference(inputs: _Inputs, model: EdgeModel, batch: int, threads: int) -> list[np.ndarray]:
+    """The original model's outputs on the evaluation set (InputMismatch / NonFiniteOutput on failure)."""
+    names = [i.name for i in model.spec.inputs]
+    if inputs.source.torch_model is not None:
+        runner = torch_runner(inputs.source.torch_model, names)
+    else:
+        assert inputs.source.onnx_path is not None
+        runner = ort_runner(ort_session(inputs.source.onnx_path, "disabled", threads))
+    try:
+        outputs = run_dataset(runner, inputs.evaluation, batch)
+    except Exception as exc:
+        raise ConversionError(Reason.INPUT_MISMATCH, f"the model rejects inputs shaped like spec.inputs "
+                              f"({first_line(exc, 200)}); check spec.inputs shapes and dtypes against the model") from exc
+    if not outputs:
+        raise ConversionError(Reason.INPUT_MISMATCH, "the model returned no tensors; it must return a tensor, "
+                              "a tuple of tensors or a dict of tensors")
+    if not all_finite(outputs):
+        raise ConversionError(Reason.NON_FINITE_OUTPUT, f"the original model outputs NaN or Inf on "
+                              f"{inputs.evaluation.origin}; fix the model (or the data) before converting")
+    return outputs
+
+
+def _measure_all(built: list[cands.BuiltCandidate], evaluator: Evaluator, options: ConvertOptions, threads: int,
+                 batches: dict[int, dict[str, np.ndarray]], providers: dict[HardwareClass, str],
+                 progress: Progress) -> list[CandidateResult]:
+    results: list[CandidateResult] = []
+    sessions: dict[str, Any] = {}
+    keyed: dict[str, CandidateResult] = {}
+    provider_of: dict[str, str] = {}
+    progress.stage("Measuring candidates", len(built) + 1)
+    for b in built:
+        plan = b.plan
+        result = CandidateResult(name=plan.name, hardware_class=plan.hardware_class, precision=plan.precision,
+                                 settings={**plan.settings, "buildSeconds": round(b.build_s, 2)}, error=b.error)
+        results.append(result)
+        if b.path is None:
+            progress.advance(f"{plan.name} ({plan.hardware_class.value}): not built")
+            continue
+        result.size_bytes = b.path.stat().st_size
+        result.sha256 = sha256_file(b.path)
+        provider = providers[plan.hardware_class]
+        try:
+            session = ort_session(b.path, "all", threads, providers=[provider, "CPUExecutionProvider"])
+        except Exception as exc:
+            result.error = f"ONNX Runtime cannot load it: {first_line(exc)}"
+            progress.advance(f"{plan.name} ({plan.hardware_class.value}): {result.error}")
+            continue
+        measured = evaluate(session, evaluator)
+        result.metric, result.metric_drop, result.error = measured.metric, measured.drop, measured.error
+        if measured.metric is not None:
+            result.metric = round(measured.metric, 6)
+            result.metric_drop = round(measured.drop or 0.0, 6)
+        result.settings.update(measured.details)
+        if not result.error:
+            key = f"{plan.name}@{plan.hardware_class.value}"
+            sessions[key], keyed[key], provider_of[key] = session, result, provider
+        progress.advance(f"{plan.name} ({plan.hardware_class.value}): {evaluator.metric.value} "
+                         f"{'-' if result.metric is None else f'{result.metric:.4f}'}"
+                         f"{' - ' + result.error if result.error else ''}")
+    timings = measure_latency(sessions, batches, provider_of, runs=options.latency_runs,
+                              budget_s=options.latency_budget_s, baseline=f"{cands.BASELINE}@cpu")
+    for key, stats in timings.items():
+        keyed[key].latency = stats
+    summary = ", ".join(f"{k} {latency_key(keyed[k], 1):.3f} ms" for k in timings)
+    progress.advance(f"timed batch sizes {', '.join(map(str, batches))}: {summary}")
+    log.info("Measured p50 latency at batch 1: %s", summary)
+    return results
+
+
+def _build_all(model: EdgeModel, exported: Path, inputs: _Inputs, workdir: Path, threads: int,
+               progress: Progress) -> tuple[list[cands.BuiltCandidate], list[str]]:
+    plans, extras, notes = cands.plan_candidates(model.spec, inputs.calibration)
+    builder = cands.CandidateBuilder(exported, workdir / "candidates", inputs.calibration, CALIB_BATCH, threads)
+    (workdir / "candidates").mkdir(parents=True, exist_ok=True)
+    progress.stage("Building candidates", len(plans))
+    built: list[cands.BuiltCandidate] = []
+    queue = list(plans)
+    while queue:
+        plan = queue.pop(0)
+        b = builder.build(plan)
+        built.append(b)
+        progress.advance(f"{plan.name} ({plan.hardware_class.value})" + (f": {b.error}" if b.error else f" in {b.build_s:.1f}s"))
+        more = [p for p in extras if p.kind == plan.kind]
+        if more and not b.error:
+            # The first build of a kind tells whether its variants are cheap enough to try as well.
+            extras = [p for p in extras if p.kind != plan.kind]
+            if b.build_s < cands.CHEAP_BUILD_S:
+                queue[0:0] = more
+                progress.add_steps(len(more))
+                notes.append(f"{plan.kind.capitalize()} INT8 builds are cheap here ({b.build_s:.1f}s), so auto mode "
+                             f"also tried {', '.join(p.name for p in more)}.")
+    baseline_failed = [b for b in built if b.plan.kind == "fp32" and b.error]
+    if baseline_failed:
+        raise ConversionError(Reason.INTERNAL, f"the FP32 baseline could not be built ({baseline_failed[0].error})")
+    return built, notes
+
+
+def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOptions,
+            progress: Progress | None = None) -> ConversionOutput:
+    """Run the whole pipeline; raise ConversionError with a reason on failure."""
+    progress = progress or LogProgress()
+    spec = model.spec
+    workdir = options.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
+    threads = options.threads or available_threads()
+    if not model.metadata.name:
+        raise ConversionError(Reason.INVALID_SPEC, "metadata.name: the EdgeModel needs a name")
+
+    inputs = _fetch_and_load(model, workdir, progress)
+    fixed_batch = spec.inputs[0].shape[0] if spec.inputs[0].shape[0] > 0 else None
+    eval_batch = fixed_batch or EVAL_BATCH
+    reference = _reference(inputs, model, eval_batch, threads)
+
+    progress.stage("Exporting to ONNX", 2)
+    n_check = fixed_batch or min(options.export_check_samples, len(inputs.evaluation))
+    sample = inputs.evaluation.repeat_to(fixed_batch or 2)
+    info = export(inputs.source, spec.inputs, sample, workdir / "exported.onnx", spec.optimization.opset)
+    progress.advance(f"exported opset {info.opset} with {info.exporter}")
+    check_export(info, [r[:n_check] for r in reference], inputs.evaluation.slice(0, n_check), threads)
+    progress.advance(f"outputs match the original within {info.max_abs_diff:.2g}")
+
+    built, build_notes = _build_all(model, info.path, inputs, workdir, threads, progress)
+
+    classes = [t.hardware_class for t in spec.optimization.targets]
+    providers: dict[HardwareClass, str] = {HardwareClass.CPU: "CPUExecutionProvider"}
+    notes = inputs.notes + build_notes
+    if HardwareClass.GPU in classes:
+        gpu = gpu_provider(info.path)
+        providers[HardwareClass.GPU] = gpu or "CPUExecutionProvider"
+        if gpu is None:
+            notes.append("GPU latency is not measured: no GPU execution provider loads here. GPU candidates were "
+                         "validated (and timed) on CPUExecutionProvider; the GPU choice follows the precision rule.")
+    measured_on_target = {hw: hw == HardwareClass.CPU or providers[hw] != "CPUExecutionProvider" for hw in classes}
+    evaluator = Evaluator(inputs.metric, inputs.evaluation, reference, eval_batch)
+    big = options.batch_size or (spec.serving.batching.max_batch_size if spec.serving.batching.enabled else 8)
+    batch_sizes = [fixed_batch] if fixed_batch else sorted({1, big})
+    batches = {b: inputs.evaluation.repeat_to(b) for b in batch_sizes}
+    env_before = describe(threads, {hw.value: p for hw, p in providers.items()})
+    results = _measure_all(built, evaluator, options, threads, batches, providers, progress)
+
+    progress.stage("Choosing, writing and signing", 1)
+    selection_batch = big if (spec.serving.batching.enabled and not fixed_batch) else batch_sizes[0]
+    choices = choose(results, spec.optimization.targets, spec.validation.max_accuracy_drop, inputs.metric.value,
+                     measured_on_target, selection_batch)
+    out = workdir / "out"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    artifact_choices: list[ArtifactChoice] = []
+    files: dict[str, Path] = {}
+    for hw, choice in choices.items():
+        c = choice.candidate
+        built_path = next(b.path for b in built if b.plan.name == c.name and b.plan.hardware_class == hw)
+        assert built_path is not None
+        filename = f"model-{hw.value}.onnx"
+        shutil.copyfile(built_path, out / filename)
+        files[filename] = out / filename
+        artifact_choices.append(ArtifactChoice(
+            hardware_class=hw, candidate=c.name, file=filename, sha256=c.sha256, size_bytes=c.size_bytes,
+            precision=c.precision, reason=choice.reason, metric=c.metric,
+            p50_ms=latency_key(c, selection_batch) if c.latency else None,
+            speedup_vs_baseline=round(choice.speedup, 3) if choice.speedup else None))
+        log.info("Chose %s for %s: %s", c.name, hw.value, choice.reason)
+    manifest = ArtifactManifest(
+        model=str(model.metadata.name), namespace=model.metadata.namespace or "default", revision=options.revision,
+        created_at=now_rfc3339(), source_uri=spec.source.uri, source_format=spec.source.format.value,
+        source_sha256=inputs.source_sha, opset=info.opset, export_tolerance=info.max_abs_diff,
+        inputs=spec.inputs, outputs=info.outputs, exporter=info.exporter, export_check=info.check,
+        validation={"metric": inputs.metric.value, "requestedMetric": spec.validation.metric.value,
+                    "data": inputs.evaluation.origin, "samples": len(inputs.evaluation),
+                    "original": round(evaluator.original, 6), "maxAccuracyDrop": spec.validation.max_accuracy_drop,
+                    "selectionBatch": selection_batch},
+        candidates=results, choices=artifact_choices, environment=env_before, notes=notes,
+    )
+    plot_name = None
+    if options.plot and render_plot(results, inputs.metric.value,
+                                    {f"{c.candidate}@{c.hardware_class.value}" for c in artifact_choices},
+                                    out / "report.png"):
+        plot_name = "report.png"
+        files[plot_name] = out / plot_name
+    (out / "report.md").write_text(render_markdown(manifest, plot_name))
+    files["report.md"] = out / "report.md"
+    manifest.files = {name: sha256_file(path) for name, path in sorted(files.items())}
+    manifest_bytes = (json.dumps(manifest.to_k8s(), indent=2) + "\n").encode()
+    signature = sign(manifest_bytes, signing_key)
+    (out / "manifest.json").write_bytes(manifest_bytes)
+    (out / "manifest.json.sig").write_text(signature + "\n")
+    files["manifest.json"] = out / "manifest.json"
+    files["manifest.json.sig"] = out / "manifest.json.sig"
+    progress.advance("signed manifest.json with ed25519")
+    return ConversionOutput(out, manifest, manifest_bytes, signature, files)
+
+
+def success_result(output: ConversionOutput, uris: dict[str, str]) -> ConversionResult:
+    """The ConversionResult of a published revision; ``uris`` maps file names to where they are."""
+    m = output.manifest
+    chosen = {(c.hardware_class, c.candidate): c for c in m.choices}
+    artifacts = [
+        ArtifactRef(hardware_class=c.hardware_class, uri=uris[c.file], sha256=c.sha256, size_bytes=c.size_bytes,
+                    precision=c.precision, candidate=c.candidate, manifest_uri=uris["manifest.json"],
+                    signature=output.signature)
+        for c in m.choices
+    ]
+    summaries = []
+    for c in m.candidates:
+        choice = chosen.get((c.hardware_class, c.name))
+        b1 = next((s for s in c.latency if s.batch_size == 1), c.latency[0] if c.latency else None)
+        summaries.append(CandidateSummary(
+            name=c.name, hardware_class=c.hardware_class, precision=c.precision, p50_ms=b1.p50_ms if b1 else None,
+            metric=c.metric, size_bytes=c.size_bytes or None, accepted=c.accepted, chosen=choice is not None,
+            reason=(choice.reason if choice else c.reject_reason or "accepted")[:300]))
+    parts = []
+    for a in m.choices:
+        speed = f", {a.speedup_vs_baseline:.2f}x FP32" if a.speedup_vs_baseline and a.candidate != cands.BASELINE else ""
+        parts.append(f"{a.hardware_class.value}: {a.candidate}{speed}, {m.validation['metric']} {a.metric:.4f}"
+                     if a.metric is not None else f"{a.hardware_class.value}: {a.candidate}")
+    return ConversionResult(ok=True, revision=m.revision, reason="Converted",
+                            message=f"Converted revision {m.revision} ({'; '.join(parts)})",
+                            manifest_uri=uris["manifest.json"], artifacts=artifacts, candidates=summaries)
+
+
+def failure_result(error: ConversionError, revision: int) -> ConversionResult:
+    return ConversionResult(ok=False, revision=revision, reason=error.reason.value, message=str(error),
+                            retryable=error.retryable)
+
+
+TERMINATION_LIMIT = 4096
+
+
+def termination_message(result: ConversionResult) -> str:
+    """The result as JSON within the 4 KiB termination-message limit (candidates dropped first)."""
+    text = json.dumps(result.to_k8s(), separators=(",", ":"))
+    if len(text.encode()) <= TERMINATION_LIMIT:
+        return text
+    slim = result.model_copy(update={"candidates": []})
+    text = json.dumps(slim.to_k8s(), separators=(",", ":"))
+    while len(text.encode()) > TERMINATION_LIMIT and slim.message:
+        slim = slim.model_copy(update={"message": slim.message[: max(0, len(slim.message) - 256)]})
+        text = json.dumps(slim.to_k8s(), separators=(",", ":"))
+    return text

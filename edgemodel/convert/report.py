@@ -1,0 +1,112 @@
+"""The human report (Markdown) and a latency-vs-metric plot (PNG) of a conversion."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from edgemodel.api import ArtifactManifest, CandidateResult, LatencyStats
+from edgemodel.convert.errors import first_line
+
+log = logging.getLogger(__name__)
+
+
+def _lat(stats: list[LatencyStats], batch: int) -> str:
+    s = next((x for x in stats if x.batch_size == batch), None)
+    return f"{s.p50_ms:.3f} / {s.p95_ms:.3f}" if s else "-"
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.2f}"
+
+
+def candidate_table(manifest: ArtifactManifest, batches: list[int]) -> list[str]:
+    chosen = {(c.hardware_class, c.candidate) for c in manifest.choices}
+    metric = manifest.validation.get("metric", "metric")
+    head = ["candidate", "class", "precision", metric, "drop"] + [f"p50 / p95 ms (batch {b})" for b in batches] + \
+        ["MB", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in manifest.candidates:
+        verdict = "**chosen**" if (c.hardware_class, c.name) in chosen else ("accepted" if c.accepted else
+                                                                              f"rejected: {c.reject_reason}")
+        row = [f"`{c.name}`", c.hardware_class.value, c.precision.value,
+               "-" if c.metric is None else f"{c.metric:.4f}", "-" if c.metric_drop is None else f"{c.metric_drop:+.4f}",
+               *[_lat(c.latency, b) for b in batches], _mb(c.size_bytes) if c.size_bytes else "-", verdict]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def render_markdown(manifest: ArtifactManifest, plot_name: str | None) -> str:
+    v = manifest.validation
+    batches = sorted({s.batch_size for c in manifest.candidates for s in c.latency})
+    env = manifest.environment
+    lines = [
+        f"# Conversion report: {manifest.namespace}/{manifest.model} revision {manifest.revision}",
+        "",
+        f"- Source: `{manifest.source_uri}` ({manifest.source_format}, sha256 `{manifest.source_sha256[:16]}...`)",
+        f"- Export: {manifest.exporter}; ONNX opset {manifest.opset}; largest |ONNX - original| "
+        f"{manifest.export_tolerance:.3g} on {manifest.export_check.get('samples', '?')} samples "
+        f"(tolerance rtol {manifest.export_check.get('rtol')}, atol {manifest.export_check.get('atol')} x max|output|)"
+        if manifest.export_tolerance is not None else f"- Export: {manifest.exporter}; ONNX opset {manifest.opset}",
+        f"- Inputs: {', '.join(f'`{t.name}` {t.dtype.value} {t.shape}' for t in manifest.inputs)}; "
+        f"outputs: {', '.join(f'`{t.name}` {t.dtype.value} {t.shape}' for t in manifest.outputs)}",
+        f"- Validation: {v.get('metric')} on {v.get('samples')} samples of {v.get('data')}; original model "
+        f"{v.get('metric')} {v.get('original', 0):.4f}; budget: drop <= {v.get('maxAccuracyDrop')}",
+        f"- Measured with ONNX Runtime {env.get('onnxruntime', '?')} on {env.get('provider', 'CPUExecutionProvider')}, "
+        f"{env.get('threads', '?')} threads, {env.get('cpu', '')}; load average {env.get('loadAverage', '?')}",
+        "",
+        "## Choice",
+        "",
+    ]
+    for choice in manifest.choices:
+        lines.append(f"- **{choice.hardware_class.value}**: `{choice.candidate}` ({choice.precision.value}, "
+                     f"{_mb(choice.size_bytes)} MB, `{choice.file}`, sha256 `{choice.sha256[:16]}...`): {choice.reason}")
+    lines += ["", "## Candidates", "", *candidate_table(manifest, batches), ""]
+    if v.get("note") or manifest.notes:
+        lines += ["## Notes", ""]
+        lines += [f"- {n}" for n in ([v["note"]] if v.get("note") else []) + manifest.notes]
+        lines.append("")
+    if plot_name:
+        lines += [f"![latency vs {v.get('metric')}]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def render_plot(candidates: list[CandidateResult], metric: str, chosen: set[str], path: Path) -> bool:
+    """Latency (batch 1) against the metric per candidate; False when matplotlib is unavailable or fails."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    try:
+        from matplotlib.ticker import ScalarFormatter
+
+        fig, ax = plt.subplots(figsize=(9, 4.8), dpi=110)
+        for index, c in enumerate(candidates, start=1):
+            b1 = next((s for s in c.latency if s.batch_size == 1), None)
+            if b1 is None or c.metric is None:
+                continue
+            key = f"{c.name}@{c.hardware_class.value}"
+            colour = "tab:green" if key in chosen else ("tab:blue" if c.accepted else "tab:red")
+            state = "chosen" if key in chosen else ("accepted" if c.accepted else "rejected")
+            ax.scatter(b1.p50_ms, c.metric, c=colour, s=70 if key in chosen else 35, zorder=3,
+                       label=f"{index}. {c.name} ({c.hardware_class.value}, {state})")
+            ax.annotate(str(index), (b1.p50_ms, c.metric), fontsize=8, xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.set_xlabel("p50 latency at batch 1 (ms, log scale)")
+        ax.set_ylabel(metric)
+        ax.set_title("Candidates: green chosen, blue accepted, red rejected")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        return True
+    except Exception as exc:  # a plot is a nice-to-have; never fail a conversion for it
+        log.warning("Could not draw the report plot: %s", first_line(exc))
+        return False

@@ -1,0 +1,301 @@
+"""The demo story: train, apply, convert, canary, serve, break, roll back, summarise."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from edgemodel.demo.stack import DemoStack
+from edgemodel.demo.traffic import TrafficStats, run_traffic
+from edgemodel.demo.views import candidates_table, model_panel, nodes_table, traffic_panel
+
+log = logging.getLogger("edgemodel.demo")
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "digits"
+
+
+@dataclass
+class DemoOptions:
+    workdir: Path
+    keep: bool = False
+    live: bool = True
+    prometheus: bool = True
+    traffic_seconds: float = 12.0
+    epochs: int = 40
+    latency_budget_ms: float = 5.0
+    stage_timeout_s: float = 240.0
+
+
+@dataclass
+class DemoResult:
+    ok: bool = False
+    message: str = ""
+    test_accuracy: float | None = None
+    served_accuracy: float | None = None
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    requests: int = 0
+    errors: int = 0
+    chosen: list[str] = field(default_factory=list)
+    rollback_message: str = ""
+    history: list[tuple[int, str]] = field(default_factory=list)
+    prometheus_p95_ms: float | None = None
+    seconds: float = 0.0
+
+
+class TrafficThread:
+    """Background v2 traffic to every node serving the model, until stopped."""
+
+    def __init__(self, endpoints: Callable[[], list[str]], x: np.ndarray, y: np.ndarray) -> None:
+        self.stats = TrafficStats()
+        self._endpoints = endpoints
+        self._x, self._y = x, y
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-traffic", daemon=True)
+
+    def start(self) -> TrafficThread:
+        self._thread.start()
+        return self
+
+    def restart_stats(self) -> TrafficStats:
+        self.stats.__init__()  # type: ignore[misc]
+        return self.stats
+
+    def _run(self) -> None:
+        asyncio.run(run_traffic(self._endpoints, MODEL, "input", self._x, self._y, self.stats,
+                                duration_s=1800, concurrency=3, stop=self._stop))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+class Demo:
+    def __init__(self, options: DemoOptions, console: Console) -> None:
+        self.opt = options
+        self.console = console
+        self.stack = DemoStack(options.workdir, with_prometheus=options.prometheus)
+        self.traffic: TrafficThread | None = None
+        self.result = DemoResult()
+
+    # ---------------------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        self.console.print(f"[bold cyan]==>[/] {text}")
+
+    def ready_endpoints(self) -> list[str]:
+        """Endpoints of agents that report the model Ready."""
+        out = []
+        for agent in self.stack.agents():
+            status = agent.get("status") or {}
+            if any(m.get("name") == MODEL and m.get("state") == "Ready" for m in status.get("models", [])):
+                out.append(status.get("endpoint", ""))
+        return [e for e in out if e]
+
+    def view(self) -> Group:
+        em = self.stack.edgemodel(MODEL)
+        return Group(
+            Panel(model_panel(em), title="edgemodel demo", border_style="cyan"),
+            candidates_table(em),
+            nodes_table(self.stack.agents(), MODEL),
+            traffic_panel(self.traffic.stats if self.traffic else None),
+        )
+
+    def follow(self, what: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """Show the live view until ``done(status)``; fail after the stage timeout."""
+        deadline = time.monotonic() + self.opt.stage_timeout_s
+        last_line = ""
+
+        def status() -> dict[str, Any]:
+            return (self.stack.edgemodel(MODEL) or {}).get("status") or {}
+
+        def check() -> dict[str, Any] | None:
+            st = status()
+            return st if done(st) else None
+
+        if self.opt.live and self.console.is_terminal:
+            with Live(self.view(), console=self.console, refresh_per_second=4, transient=False) as live:
+                while (st := check()) is None:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.5)
+                    live.update(self.view())
+                live.update(self.view())
+        else:
+            while (st := check()) is None:
+                if time.monotonic() > deadline:
+                    break
+                st_now = status()
+                line = (f"phase={st_now.get('phase', '-')} revision={st_now.get('revision', '-')} "
+                        f"target={st_now.get('targetRevision', '-')} step={(st_now.get('rollout') or {}).get('step', 0)} "
+                        f"ready={st_now.get('ready', '0/0')}")
+                if line != last_line:
+                    self.console.print(f"    {line}")
+                    last_line = line
+                time.sleep(0.5)
+        if st is None:
+            raise TimeoutError(f"{what} did not happen within {self.opt.stage_timeout_s:.0f} s; "
+                               f"see the logs in {self.opt.workdir / 'logs'} and {self.opt.workdir / 'kube'}")
+        return st
+
+    # ---------------------------------------------------------------------------------------
+    def manifest(self, source: Path, example: Any, samples: int = 360, pinned: bool = False) -> dict[str, Any]:
+        doc = yaml.safe_load((ROOT / "examples" / "digits-edgemodel.yaml").read_text())
+        spec = doc["spec"]
+        spec["source"]["uri"] = source.resolve().as_uri()
+        spec["optimization"]["int8"]["calibrationDataUri"] = example.calib_npz.resolve().as_uri()
+        spec["optimization"]["int8"]["calibrationSamples"] = 32
+        spec["validation"]["dataUri"] = example.val_npz.resolve().as_uri()
+        spec["validation"]["samples"] = samples
+        if pinned:  # explicit FP32 + dynamic INT8: a short conversion for the demo's second revision
+            spec["optimization"]["mode"] = "explicit"
+            spec["optimization"]["int8"]["method"] = "dynamic"
+        spec["rollout"]["analysis"].update({"windowSeconds": 8, "minRequests": 20,
+                                            "maxP95LatencyMs": self.opt.latency_budget_ms})
+        return dict(doc)
+
+    def run(self) -> DemoResult:
+        from edgemodel.demo.models import write_slow_revision
+        from edgemodel.examples_models import load_digits_data, write_digits_example
+
+        started = time.monotonic()
+        with self.console.status("Starting the emulated control plane, kubelet and artifact store"):
+            self.stack.start_control_plane()
+            self.stack.start_store()
+        self.say(f"Control plane on {self.stack.cluster.url} (kubeconfig {self.stack.cluster.kubeconfig}); "
+                 f"artifact store on {self.stack.store_url}")
+        with self.console.status("Starting 3 edge agents on simulated k3s edge nodes"):
+            self.stack.start_agents()
+        self.say(f"Edge nodes {', '.join(self.stack.nodes)} registered their EdgeAgents")
+        with self.console.status("Starting Prometheus and the operator"):
+            self.stack.start_prometheus()
+            self.stack.start_operator()
+        self.say(f"Prometheus on {self.stack.prometheus.url}" if self.stack.prometheus else self.stack.prometheus_note)
+        self.say("Operator running (kopf)")
+
+        with self.console.status(f"Training a CNN on scikit-learn's digits ({self.opt.epochs} epochs)"):
+            example = write_digits_example(self.opt.workdir / "models" / MODEL, epochs=self.opt.epochs)
+        self.result.test_accuracy = example.test_accuracy
+        self.say(f"Trained: test accuracy {example.test_accuracy * 100:.2f}% -> {example.model_pt}")
+
+        data = load_digits_data()
+        self.traffic = TrafficThread(self.ready_endpoints, data.x_test, data.y_test).start()
+
+        self.say("kubectl apply -f digits-edgemodel.yaml  (revision 1)")
+        self.console.print("    " + self.stack.apply(self.manifest(example.model_pt, example), "digits-edgemodel.yaml"))
+        st = self.follow("conversion and canary rollout of revision 1", lambda s: s.get("phase") == "Available"
+                         and s.get("revision") == 1 and s.get("ready") == "3/3")
+        self.result.chosen = [f"{c['name']} ({c['hardwareClass']})" for c in st.get("candidates", []) if c.get("chosen")]
+        self.console.print(candidates_table(self.stack.edgemodel(MODEL)))
+        self.say(f"Revision 1 is Available on {st['ready']} nodes; chosen: {', '.join(self.result.chosen)}")
+
+        self.say(f"Sending held-out digits to every node for {self.opt.traffic_seconds:.0f} s")
+        stats = self.traffic.restart_stats()
+        end = time.monotonic() + self.opt.traffic_seconds
+        if self.opt.live and self.console.is_terminal:
+            with Live(traffic_panel(stats), console=self.console, refresh_per_second=4) as live:
+                while time.monotonic() < end:
+                    time.sleep(0.25)
+                    live.update(traffic_panel(stats))
+        else:
+            time.sleep(self.opt.traffic_seconds)
+            self.console.print(traffic_panel(stats))
+        self.result.served_accuracy = stats.accuracy
+        self.result.p50_ms, self.result.p95_ms = stats.percentile(50), stats.percentile(95)
+        self.result.requests, self.result.errors = stats.ok, stats.errors
+
+        with self.console.status("Building a deliberately slow revision (same predictions, heavy extra branch)"):
+            slow = write_slow_revision(example.model_pt, self.opt.workdir / "models" / MODEL / "model-slow.pt")
+        self.say(f"kubectl apply (revision 2: {slow.name}, over the {self.opt.latency_budget_ms:.0f} ms p95 budget)")
+        self.console.print("    " + self.stack.apply(self.manifest(slow, example, samples=64, pinned=True), "digits-edgemodel-r2.yaml"))
+        st = self.follow("the automatic rollback of revision 2", lambda s: any(
+            c["type"] == "Degraded" and c["status"] == "True" and c["reason"] == "RolledBack"
+            for c in s.get("conditions", [])))
+        degraded = next(c for c in st["conditions"] if c["type"] == "Degraded")
+        self.result.rollback_message = degraded["message"]
+        self.say(f"[bold red]Rolled back[/]: {degraded['message']}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(self.ready_endpoints()) < 3:
+            time.sleep(0.5)
+        final = (self.stack.edgemodel(MODEL) or {}).get("status") or {}
+        self.result.history = [(r["revision"], r["outcome"]) for r in final.get("history", [])]
+        if self.stack.prometheus is not None:
+            q = ('histogram_quantile(0.95, sum by (le) (rate(edgemodel_request_duration_seconds_bucket'
+                 f'{{model="{MODEL}",version="1"}}[2m])))')
+            try:
+                res = self.stack.prometheus.query(q)
+                value = float(res[0]["value"][1]) if res else float("nan")
+                self.result.prometheus_p95_ms = None if np.isnan(value) else value * 1000.0
+            except Exception as exc:  # the summary still stands without it
+                log.warning("Prometheus query failed: %s", exc)
+        self.result.ok = final.get("revision") == 1 and (1, "Available") in self.result.history
+        self.result.message = "the whole loop ran" if self.result.ok else f"unexpected final state: {final}"
+        self.result.seconds = time.monotonic() - started
+        return self.result
+
+    def summary(self) -> Table:
+        r = self.result
+        table = Table(title="edgemodel demo summary", title_justify="left", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+
+        def pct(v: float | None) -> str:
+            return "-" if v is None else f"{v * 100:.2f}%"
+
+        def ms(v: float | None) -> str:
+            return "-" if v is None else f"{v:.2f} ms"
+
+        table.add_row("trained model (torch) test accuracy", pct(r.test_accuracy))
+        table.add_row("chosen artifacts", ", ".join(r.chosen) or "-")
+        table.add_row("served accuracy on held-out digits", pct(r.served_accuracy))
+        table.add_row("client p50 / p95", f"{ms(r.p50_ms)} / {ms(r.p95_ms)} ({r.requests} requests, {r.errors} errors)")
+        table.add_row("Prometheus p95 (revision 1)", ms(r.prometheus_p95_ms))
+        table.add_row("rollback", r.rollback_message or "-")
+        table.add_row("revision history", ", ".join(f"r{n} {o}" for n, o in r.history) or "-")
+        table.add_row("wall time", f"{r.seconds:.0f} s")
+        table.add_row("kubeconfig", str(self.stack.cluster.kubeconfig))
+        table.add_row("try (with --keep)", f"KUBECONFIG={self.stack.cluster.kubeconfig} .tools/bin/kubectl get em,ea")
+        if self.stack.prometheus is not None:
+            table.add_row("Prometheus UI", self.stack.prometheus.url)
+        table.add_row("logs", str(self.opt.workdir / "logs"))
+        return table
+
+    def close(self) -> None:
+        if self.traffic is not None:
+            self.traffic.stop()
+        self.stack.close()
+
+
+def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult:
+    """Run the demo end to end; stop everything it started unless ``keep`` (then until Ctrl-C)."""
+    console = console or Console()
+    if options.workdir.exists():
+        shutil.rmtree(options.workdir)
+    options.workdir.mkdir(parents=True)
+    demo = Demo(options, console)
+    try:
+        result = demo.run()
+        console.print(demo.summary())
+        if options.keep:
+            console.print("[bold]--keep[/]: everything stays up; press Ctrl-C to stop.")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                console.print("stopping")
+        return result
+    finally:
+        demo.close()

@@ -1,0 +1,50 @@
+"""Prometheus metrics of split requests, by stage (prometheus-client only; the agent registers them).
+
+- ``edgemodel_split_stage_duration_seconds{model,version,stage}``: ``head`` (edge compute),
+  ``encode``, ``transfer`` (network round trip minus the server's time), ``tail`` (cloud compute),
+  ``local`` (the whole model run locally after a fallback)
+- ``edgemodel_split_transfer_bytes_total{model,version,direction}``: ``up`` (features) / ``down`` (outputs)
+- ``edgemodel_split_requests_total{model,version,path}``: ``split``, ``local`` (fell back) or ``unavailable`` (503)
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from edgemodel.split.remote import SplitOutcome
+
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class SplitMetrics:
+    """The split metrics in ``registry`` (the agent's dedicated registry)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.stage_seconds = Histogram(
+            "edgemodel_split_stage_duration_seconds", "Time of one stage of a split request.",
+            ["model", "version", "stage"], buckets=STAGE_BUCKETS, registry=registry)
+        self.transfer_bytes = Counter(
+            "edgemodel_split_transfer_bytes_total", "Feature (up) and output (down) bytes sent over the split link.",
+            ["model", "version", "direction"], registry=registry)
+        self.requests = Counter(
+            "edgemodel_split_requests_total", "Split requests by the path that answered them.",
+            ["model", "version", "path"], registry=registry)
+
+    def observe(self, model: str, version: str, outcome: SplitOutcome) -> None:
+        """Record one answered request."""
+        self.requests.labels(model, version, outcome.path).inc()
+        stages = {"head": outcome.head_s, "encode": outcome.encode_s}
+        if outcome.path == "split":
+            stages.update(transfer=outcome.transfer_s, tail=outcome.tail_s)
+            self.transfer_bytes.labels(model, version, "up").inc(outcome.bytes_up)
+            self.transfer_bytes.labels(model, version, "down").inc(outcome.bytes_down)
+        else:
+            stages["local"] = outcome.local_s
+        for stage, seconds in stages.items():
+            if stage in ("head", "encode") and seconds == 0.0 and outcome.path != "split":
+                continue  # the head never ran (cool-down): no sample rather than a fake zero
+            self.stage_seconds.labels(model, version, stage).observe(seconds)
+
+    def unavailable(self, model: str, version: str) -> None:
+        """Record a request answered with 503 (``SplitUnavailable``)."""
+        self.requests.labels(model, version, "unavailable").inc()

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Generate the Grafana dashboards (JSON, schemaVersion 39) in this folder.
+
+The dashboards are data: this script is their source so that every panel is built the same way
+(datasource variable, the namespace/model/node variables, units). Edit here, then run
+  .venv/bin/python helm/dashboards/generate.py && .venv/bin/python helm/sync-chart-files.py
+tests/helm checks the JSON files are what this script writes, and evaluates every panel query
+against a real Prometheus scraping real agents (tests/helm/test_prometheus_e2e.py).
+
+Variables: $namespace (EdgeModel namespace, from the operator's metrics), $model, $node (the
+scrape target's node label). Grafana's $__rate_interval and $__range are used in range selectors.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DS = {"type": "prometheus", "uid": "${datasource}"}
+AGENT_SEL = 'model=~"$model", node=~"$node"'
+OP_SEL = 'namespace=~"$namespace", model=~"$model"'
+RATE = "$__rate_interval"
+
+
+def variables() -> list[dict[str, Any]]:
+    """datasource, namespace, model and node template variables."""
+
+    def query_var(name: str, label: str, query: str) -> dict[str, Any]:
+        return {
+            "name": name, "label": label, "type": "query", "datasource": DS,
+            "query": {"query": query, "refId": f"{name}-var"}, "definition": query,
+            "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "sort": 1,
+        }
+
+    return [
+        {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
+         "current": {}, "hide": 0},
+        query_var("namespace", "Namespace", "label_values(edgemodel_operator_nodes, namespace)"),
+        query_var("model", "Model", "label_values(edgemodel_model_info, model)"),
+        query_var("node", "Node", "label_values(edgemodel_model_info, node)"),
+    ]
+
+
+class Board:
+    """Collects panels on a 24-column grid."""
+
+    def __init__(self, uid: str, title: str, description: str) -> None:
+        self.uid, self.title, self.description = uid, title, description
+        self.panels: list[dict[str, Any]] = []
+        self.x = self.y = self.row_h = 0
+
+    def add(self, kind: str, title: str, exprs: list[tuple[str, str]], *, w: int = 12, h: int = 8,
+            unit: str = "short", description: str = "", instant: bool = False, **options: Any) -> None:
+        if self.x + w > 24:
+            self.x, self.y = 0, self.y + self.row_h
+            self.row_h = 0
+        targets = [
+            {"refId": chr(ord("A") + i), "datasource": DS, "expr": expr, "legendFormat": legend,
+             "instant": instant, "range": not instant, **({"format": "table"} if kind == "table" else {})}
+            for i, (expr, legend) in enumerate(exprs)
+        ]
+        panel: dict[str, Any] = {
+            "id": len(self.panels) + 1, "type": kind, "title": title, "description": description,
+            "datasource": DS, "gridPos": {"x": self.x, "y": self.y, "w": w, "h": h},
+            "targets": targets, "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+            "options": options,
+        }
+        self.panels.append(panel)
+        self.x += w
+        self.row_h = max(self.row_h, h)
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid, "title": self.title, "description": self.description,
+            "tags": ["edgemodel"], "timezone": "browser", "editable": True, "graphTooltip": 1,
+            "schemaVersion": 39, "version": 1, "refresh": "30s",
+            "time": {"from": "now-3h", "to": "now"},
+            "templating": {"list": variables()},
+            "annotations": {"list": []},
+            "links": [{"title": "edgemodel dashboards", "type": "dashboards", "tags": ["edgemodel"], "asDropdown": True}],
+            "panels": self.panels,
+        }
+
+
+def fleet() -> Board:
+    b = Board("edgemodel-fleet", "edgemodel / Fleet overview",
+              "Agents, the models and revisions each node serves, their states, and rollout progress.")
+    b.add("stat", "Agents up", [('sum(up{component=~"agent|cloud-agent", node=~"$node"})', "up")], w=6, h=4,
+          description="Agent pods Prometheus scraped successfully.")
+    b.add("stat", "Agents down", [('count(up{component=~"agent|cloud-agent", node=~"$node"} == 0)', "down")], w=6, h=4,
+          description="Agent pods that did not answer the last scrape (EdgemodelAgentDown fires after 5 minutes).")
+    b.add("stat", "Operator replicas up", [('sum(up{component="operator"})', "up")], w=6, h=4,
+          description="Operator replicas (one works, the other waits: kopf peering).")
+    b.add("stat", "Model versions ready", [(f'count(max by (model, version, node) (edgemodel_model_state{{state="Ready", {AGENT_SEL}}}) == 1)', "ready")],
+          w=6, h=4, description="(node, model, version) pairs in state Ready.")
+    b.add("table", "Model state per node", [(f'max by (node, model, version, state) (edgemodel_model_state{{{AGENT_SEL}}}) == 1', "")],
+          w=12, h=9, instant=True, description="Current state of every assigned model version on every node.")
+    b.add("table", "Served revisions", [(f'max by (node, model, version, provider, sha256) (edgemodel_model_info{{{AGENT_SEL}}})', "")],
+          w=12, h=9, instant=True, description="Model versions answering requests, with execution provider and artifact sha256.")
+    b.add("timeseries", "Rollout progress (nodes per state)", [(f'sum by (namespace, model, state) (edgemodel_operator_nodes{{{OP_SEL}}})', "{{namespace}}/{{model}} {{state}}")],
+          w=12, description="Selected nodes of each EdgeModel by state: ready, updating, failed, stale, unassigned.")
+    b.add("timeseries", "Rollouts and analysis verdicts", [
+        ('sum by (outcome) (increase(edgemodel_operator_rollouts_total[$__range]))', "rollout {{outcome}}"),
+        ('sum by (result, source) (increase(edgemodel_operator_analysis_total[$__range]))', "analysis {{result}} ({{source}})"),
+    ], w=12, description="Finished rollouts by outcome and canary analysis verdicts in the time range.")
+    b.add("timeseries", "Artifact downloads", [(f'sum by (node) (rate(edgemodel_artifact_download_bytes_total{{node=~"$node"}}[{RATE}]))', "{{node}}")],
+          w=8, unit="Bps", description="Bytes per second agents download from the artifact store.")
+    b.add("timeseries", "Artifacts rejected or failed", [('sum by (node, reason) (increase(edgemodel_artifact_download_failures_total{node=~"$node"}[$__range]))', "{{node}} {{reason}}")],
+          w=8, description="Downloads that failed or artifacts rejected (DigestMismatch, SignatureInvalid) in the time range.")
+    b.add("timeseries", "Model load time", [(
+        f'max by (model, version, node) (edgemodel_model_load_duration_seconds_sum{{{AGENT_SEL}}} '
+        f'/ edgemodel_model_load_duration_seconds_count{{{AGENT_SEL}}})', "{{node}} {{model}} v{{version}}")],
+          w=8, unit="s", description="Session creation and warm-up time of each loaded model version (mean over its loads).")
+    return b
+
+
+def latency() -> Board:
+    b = Board("edgemodel-latency", "edgemodel / Inference latency",
+              "Request latency percentiles by model, revision, provider and node; throughput, errors, queue wait, batch size.")
+    for q in ("0.5", "0.95", "0.99"):
+        b.add("timeseries", f"Request latency p{round(float(q) * 100)}", [(
+            f'histogram_quantile({q}, sum by (le, model, version, provider, node) '
+            f'(rate(edgemodel_request_duration_seconds_bucket{{{AGENT_SEL}}}[{RATE}])))',
+            "{{node}} {{model}} v{{version}} {{provider}}")], w=8, unit="s",
+            description=f"{q} quantile of the time from the request body read to the response built.")
+    b.add("timeseries", "ONNX Runtime compute p95", [(
+        f'histogram_quantile(0.95, sum by (le, model, version, provider, node) (rate(edgemodel_inference_duration_seconds_bucket{{{AGENT_SEL}}}[{RATE}])))',
+        "{{node}} {{model}} v{{version}} {{provider}}")], w=12, unit="s",
+        description="Compute time per ONNX Runtime run (a batched run counts once).")
+    b.add("timeseries", "Throughput", [(
+        f'sum by (model, version, node) (rate(edgemodel_requests_total{{{AGENT_SEL}}}[{RATE}]))', "{{node}} {{model}} v{{version}}")],
+        w=12, unit="reqps", description="Inference requests per second.")
+    b.add("timeseries", "Errors by code", [(
+        f'sum by (model, version, node, code) (rate(edgemodel_requests_total{{code=~"[45]..", {AGENT_SEL}}}[{RATE}]))',
+        "{{node}} {{model}} v{{version}} {{code}}")], w=12, unit="reqps",
+        description="Failed requests per second (4xx: bad input, 5xx: server errors).")
+    b.add("timeseries", "Error ratio", [(
+        f'sum by (model, version) (rate(edgemodel_requests_total{{code=~"[45]..", {AGENT_SEL}}}[{RATE}])) '
+        f'/ sum by (model, version) (rate(edgemodel_requests_total{{{AGENT_SEL}}}[{RATE}]))', "{{model}} v{{version}}")],
+        w=12, unit="percentunit", description="Fraction of requests that failed.")
+    b.add("timeseries", "Queue wait p95", [(
+        f'histogram_quantile(0.95, sum by (le, model, version, node) (rate(edgemodel_queue_wait_seconds_bucket{{{AGENT_SEL}}}[{RATE}])))',
+        "{{node}} {{model}} v{{version}}")], w=12, unit="s",
+        description="Time a request waited for a worker (and for its batch to form).")
+    b.add("timeseries", "Mean batch size", [(
+        f'sum by (model, version, node) (rate(edgemodel_batch_size_sum{{{AGENT_SEL}}}[{RATE}])) '
+        f'/ sum by (model, version, node) (rate(edgemodel_batch_size_count{{{AGENT_SEL}}}[{RATE}]))',
+        "{{node}} {{model}} v{{version}}")], w=12,
+        description="Requests per ONNX Runtime run (1 without dynamic batching).")
+    b.add("heatmap", "Request latency distribution", [(
+        f'sum by (le) (increase(edgemodel_request_duration_seconds_bucket{{{AGENT_SEL}}}[{RATE}]))', "{{le}}")],
+        w=24, unit="s", description="Histogram buckets of request latency over time.",
+        calculate=False, yAxis={"unit": "s"}, cellGap=1)
+    for target in b.panels[-1]["targets"]:
+        target["format"] = "heatmap"
+    return b
+
+
+def conversion() -> Board:
+    b = Board("edgemodel-conversion", "edgemodel / Conversion",
+              "Conversion Jobs: outcomes and durations, the candidates measured, which was chosen and its speedup over FP32.")
+    b.add("stat", "Conversions succeeded", [('sum(increase(edgemodel_operator_conversions_total{outcome="succeeded"}[$__range]))', "succeeded")],
+          w=8, h=4, description="Conversion Jobs that produced a signed artifact in the time range.")
+    b.add("stat", "Conversions failed", [('sum(increase(edgemodel_operator_conversions_total{outcome="failed"}[$__range]))', "failed")],
+          w=8, h=4, description="Conversion Jobs that failed in the time range (EdgemodelConversionFailing).")
+    b.add("stat", "Conversions started", [('sum(increase(edgemodel_operator_conversions_total{outcome="started"}[$__range]))', "started")],
+          w=8, h=4, description="Conversion Jobs created in the time range.")
+    b.add("timeseries", "Conversion duration p50 / p95", [
+        (f'histogram_quantile(0.5, sum by (le, namespace, model) (rate(edgemodel_operator_conversion_duration_seconds_bucket{{{OP_SEL}}}[$__range])))', "p50 {{namespace}}/{{model}}"),
+        (f'histogram_quantile(0.95, sum by (le, namespace, model) (rate(edgemodel_operator_conversion_duration_seconds_bucket{{{OP_SEL}}}[$__range])))', "p95 {{namespace}}/{{model}}"),
+    ], w=12, unit="s", description="Time from Job creation to its result, per EdgeModel.")
+    b.add("table", "Candidates of the latest revision", [(
+        f'max by (namespace, model, revision, hardware_class, candidate, precision, chosen) (edgemodel_operator_candidate_latency_seconds{{{OP_SEL}}})', "")],
+        w=12, h=9, unit="s", instant=True,
+        description="Batch-1 median latency of every measured candidate; chosen=true marks the shipped one.")
+    b.add("bargauge", "Speedup of the chosen candidate over FP32", [(
+        f'max by (namespace, model, hardware_class, candidate) (edgemodel_operator_candidate_speedup{{chosen="true", {OP_SEL}}})',
+        "{{namespace}}/{{model}} {{hardware_class}} {{candidate}}")], w=12, unit="x", instant=True,
+        description="FP32 baseline p50 divided by the chosen candidate's p50.")
+    b.add("timeseries", "Operator reconcile p95", [(
+        'histogram_quantile(0.95, sum by (le, result) (rate(edgemodel_operator_reconcile_duration_seconds_bucket[$__rate_interval])))', "{{result}}")],
+        w=12, unit="s", description="Duration of one EdgeModel reconcile by result.")
+    return b
+
+
+BOARDS = {"edgemodel-fleet.json": fleet, "edgemodel-latency.json": latency, "edgemodel-conversion.json": conversion}
+
+
+def render(name: str) -> str:
+    return json.dumps(BOARDS[name]().json(), indent=2, sort_keys=False) + "\n"
+
+
+def main() -> int:
+    check = "--check" in sys.argv[1:]
+    stale = []
+    for name in BOARDS:
+        path, text = HERE / name, render(name)
+        if check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print(f"stale dashboards: {', '.join(stale)}; run helm/dashboards/generate.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""EdgeAgent.spec.models entries and the JSON patches that change exactly one of them.
+
+Each write touches only this model's entry and is guarded by a ``test`` of the agent's
+``metadata.generation`` (it moves only when spec changes), so two EdgeModels writing the same
+agent never overwrite each other: the loser gets a 422, re-reads and retries. Pure functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from edgemodel.api import ArtifactRef, ModelAssignment
+from edgemodel.api.edgemodel import Serving
+from edgemodel_operator.scheduling import AgentView, choose_artifact
+
+JsonPatch = list[dict[str, Any]]
+
+
+def rebase_uri(uri: str, store_url: str, agent_base_url: str) -> str:
+    """The artifact URI as agents reach the store (a different base URL may be configured)."""
+    store = store_url.rstrip("/")
+    if agent_base_url.rstrip("/") != store and uri.startswith(store + "/"):
+        return agent_base_url.rstrip("/") + uri[len(store):]
+    return uri
+
+
+def desired_assignment(
+    namespace: str,
+    name: str,
+    revision: int,
+    agent: AgentView,
+    artifacts: Sequence[ArtifactRef],
+    serving: Serving,
+    store_url: str,
+    agent_base_url: str,
+) -> dict[str, Any] | None:
+    """The spec.models entry for ``agent`` (its hardware class's artifact), or None without one."""
+    artifact = choose_artifact(agent.hardware_class, artifacts)
+    if artifact is None or not artifact.manifest_uri or not artifact.signature:
+        return None
+    assignment = ModelAssignment(
+        name=name,
+        namespace=namespace,
+        revision=revision,
+        artifact_uri=rebase_uri(artifact.uri, store_url, agent_base_url),
+        sha256=artifact.sha256,
+        manifest_uri=rebase_uri(artifact.manifest_uri, store_url, agent_base_url),
+        signature=artifact.signature,
+        precision=artifact.precision,
+        accelerator=serving.accelerator,
+        gpu_fallback_to_cpu=serving.gpu_fallback_to_cpu,
+        batching=serving.batching,
+    )
+    return assignment.to_k8s()
+
+
+def same_entry(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether an existing entry already says what ``desired`` says (defaults filled in on both)."""
+    try:
+        normalised = ModelAssignment.model_validate(dict(current)).to_k8s()
+    except ValueError:
+        return False
+    return normalised == dict(desired)
+
+
+def patch_for(agent: AgentView, namespace: str, name: str, desired: Mapping[str, Any] | None) -> JsonPatch | None:
+    """JSON patch moving the agent's entry for the model to ``desired`` (None: remove); None if nothing to do."""
+    index = agent.assignment_index(namespace, name)
+    guard: JsonPatch = [{"op": "test", "path": "/metadata/generation", "value": agent.generation}]
+    if desired is None:
+        if index is None:
+            return None
+        return [*guard, *_entry_guard(index, namespace, name), {"op": "remove", "path": f"/spec/models/{index}"}]
+    if index is None:
+        if not agent.has_spec:
+            return [*guard, {"op": "add", "path": "/spec", "value": {"models": [dict(desired)]}}]
+        if not agent.spec_models:
+            return [*guard, {"op": "add", "path": "/spec/models", "value": [dict(desired)]}]
+        return [*guard, {"op": "add", "path": "/spec/models/-", "value": dict(desired)}]
+    if same_entry(agent.spec_models[index], desired):
+        return None
+    return [*guard, *_entry_guard(index, namespace, name),
+            {"op": "replace", "path": f"/spec/models/{index}", "value": dict(desired)}]
+
+
+def _entry_guard(index: int, namespace: str, name: str) -> JsonPatch:
+    return [
+        {"op": "test", "path": f"/spec/models/{index}/name", "value": name},
+        {"op": "test", "path": f"/spec/models/{index}/namespace", "value": namespace},
+    ]

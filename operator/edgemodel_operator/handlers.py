@@ -1,0 +1,113 @@
+"""Bodies of the kopf handlers: each one is a few lines calling the reconciler or the pure modules."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aiohttp
+import kopf
+
+from edgemodel_operator import validation
+from edgemodel_operator.constants import LABEL_MODEL
+from edgemodel_operator.fleet import woken_models
+from edgemodel_operator.kube import ApiError, ApiUnavailable
+from edgemodel_operator.reconciler import Reconciler
+from edgemodel_operator.runtime import Runtime
+from edgemodel_operator.scheduling import AgentView
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE_SECONDS = 0.2
+"""Pause after a wake-up so that a burst of agent events makes one reconcile."""
+MAX_ERROR_BACKOFF = 60.0
+TRANSIENT = (ApiUnavailable, ApiError, aiohttp.ClientError, TimeoutError)
+
+
+async def reconcile_once(runtime: Runtime, namespace: str, name: str) -> None:
+    """create/update/resume: reconcile now; an invalid spec fails the handler for good (after its condition)."""
+    outcome = await Reconciler(runtime).reconcile(namespace, name)
+    runtime.wakeups.wake([(namespace, name)])
+    if outcome.invalid:
+        raise kopf.PermanentError(f"invalid spec: {outcome.invalid}")
+
+
+async def reconcile_loop(runtime: Runtime, namespace: str, name: str, stopped: kopf.DaemonStopped) -> None:
+    """The daemon of one EdgeModel: reconcile, then sleep until woken, requeued or stopped."""
+    key = (namespace, name)
+    wake = runtime.wakeups.event(key)
+    reconciler = Reconciler(runtime)
+    backoff = 1.0
+    try:
+        while not stopped:
+            wake.clear()
+            delay: float
+            try:
+                outcome = await reconciler.reconcile(namespace, name)
+                delay = outcome.requeue_after or runtime.settings.resync_seconds
+                backoff = 1.0
+            except TRANSIENT as exc:
+                delay, backoff = backoff, min(backoff * 2, MAX_ERROR_BACKOFF)
+                log.warning("Reconcile of EdgeModel %s/%s failed (%s); retrying in %.0f s", namespace, name, exc, delay)
+            except Exception:
+                delay, backoff = backoff, min(backoff * 2, MAX_ERROR_BACKOFF)
+                log.exception("Reconcile of EdgeModel %s/%s crashed; retrying in %.0f s", namespace, name, delay)
+            await _sleep_until(wake, stopped, min(delay, runtime.settings.resync_seconds))
+            if not stopped:
+                await asyncio.sleep(DEBOUNCE_SECONDS)
+    finally:
+        runtime.wakeups.forget(key)
+
+
+async def _sleep_until(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:
+    waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waits, timeout=max(timeout, 0.05), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def unassign_on_delete(runtime: Runtime, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    """Deletion: remove the model from every agent before kopf removes the finalizer; then retention."""
+    reconciler = Reconciler(runtime)
+    try:
+        left = await reconciler.unassign_everywhere(namespace, name)
+    except TRANSIENT as exc:
+        raise kopf.TemporaryError(f"could not unassign {namespace}/{name} from the EdgeAgents: {exc}", delay=5) from exc
+    if left:
+        raise kopf.TemporaryError(f"still assigned on {len(left)} EdgeAgent(s): {', '.join(left[:5])}", delay=5)
+    if runtime.settings.artifact_retention == "delete":
+        revisions = sorted({int(r.get("revision", 0)) for r in status.get("history") or []} - {0})
+        await reconciler.delete_artifacts(namespace, name, revisions)
+    runtime.metrics.forget_model(namespace, name)
+    runtime.wakeups.forget((namespace, name))
+
+
+def index_agent(runtime: Runtime, body: Mapping[str, Any], index: Mapping[str, Iterable[AgentView]]) -> dict[str, AgentView]:
+    """The EdgeAgent index entry; wakes the EdgeModels this change matters to."""
+    runtime.fleet.attach(index)
+    view = AgentView.from_body(body)
+    previous = next(iter(index.get(view.name, ())), None)
+    runtime.wakeups.wake(
+        woken_models(previous, view, dt.datetime.now(dt.UTC), runtime.settings.heartbeat_timeout_seconds)
+    )
+    return {view.name: view}
+
+
+def job_event(runtime: Runtime, namespace: str | None, labels: Mapping[str, str]) -> None:
+    """A conversion Job changed: wake its EdgeModel."""
+    model = labels.get(LABEL_MODEL)
+    if namespace and model:
+        runtime.wakeups.wake([(namespace, model)])
+
+
+def admission_check(body: Mapping[str, Any]) -> None:
+    """The validating webhook: refuse an EdgeModel the operator could not act on, saying why."""
+    _, problems = validation.problems(body)
+    if problems:
+        raise kopf.AdmissionError(validation.message(problems), code=422)

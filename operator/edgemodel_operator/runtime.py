@@ -1,0 +1,63 @@
+"""What one operator process shares between its handlers: settings, clients, metrics, wake-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from edgemodel_operator.fleet import Fleet, ModelKey
+from edgemodel_operator.kube import KubeClient
+from edgemodel_operator.metrics import OperatorMetrics
+from edgemodel_operator.settings import OperatorSettings
+
+
+class Wakeups:
+    """One event per EdgeModel: set when something it waits for changed (an agent, its Job, its spec)."""
+
+    def __init__(self) -> None:
+        self._events: dict[ModelKey, asyncio.Event] = {}
+
+    def event(self, key: ModelKey) -> asyncio.Event:
+        return self._events.setdefault(key, asyncio.Event())
+
+    def forget(self, key: ModelKey) -> None:
+        self._events.pop(key, None)
+
+    def wake(self, keys: Iterable[ModelKey] | None) -> None:
+        """Wake these models (a namespace of "" matches any namespace); None wakes all."""
+        if keys is None:
+            for event in self._events.values():
+                event.set()
+            return
+        for namespace, name in keys:
+            for (ns, nm), event in self._events.items():
+                if nm == name and namespace in ("", ns):
+                    event.set()
+
+
+@dataclass
+class Runtime:
+    settings: OperatorSettings
+    client: KubeClient
+    metrics: OperatorMetrics
+    fleet: Fleet = field(default_factory=Fleet)
+    wakeups: Wakeups = field(default_factory=Wakeups)
+    locks: dict[ModelKey, asyncio.Lock] = field(default_factory=dict)
+    http: aiohttp.ClientSession | None = None
+    """For Prometheus and the artifact store (opened on startup)."""
+
+    def lock(self, key: ModelKey) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def session(self) -> aiohttp.ClientSession:
+        if self.http is None or self.http.closed:
+            self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        return self.http
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.http is not None:
+            await self.http.close()

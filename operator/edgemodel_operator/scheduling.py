@@ -1,0 +1,218 @@
+"""Which edge nodes get a model, and which artifact variant each one gets.
+
+An agent is selected when its EdgeAgent labels match ``spec.selector``, it meets
+``spec.hardware`` and an artifact class exists for its hardware; it counts only while its
+heartbeat is fresh. Stale agents are reported and keep what they have. Pure functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgemodel.api import ArtifactRef, EdgeModelSpec, HardwareClass, ModelPhase
+
+MIB = 1024 * 1024
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    """An RFC 3339 timestamp as an aware datetime; None when empty or malformed."""
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class ReportedModel:
+    """What an agent reports about one model (a slim ModelState)."""
+
+    name: str
+    namespace: str
+    revision: int
+    state: str
+    serving_revision: int | None = None
+    reason: str = ""
+    message: str = ""
+    request_count: int = 0
+    error_count: int = 0
+    p95_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """The parts of one EdgeAgent the operator decides on, parsed once per watch event."""
+
+    name: str
+    generation: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    hardware_class: str = HardwareClass.CPU.value
+    arch: str = ""
+    memory_bytes: int = 0
+    providers: tuple[str, ...] = ()
+    heartbeat: dt.datetime | None = None
+    endpoint: str = ""
+    spec_models: tuple[Mapping[str, Any], ...] = ()
+    """spec.models exactly as stored (the JSON patches index into this list)."""
+    reported: tuple[ReportedModel, ...] = ()
+    deleting: bool = False
+    has_spec: bool = True
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> AgentView:
+        """Parse an EdgeAgent object (tolerant: a new agent may have no status yet)."""
+        meta = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        caps = status.get("capabilities") or {}
+        reported = []
+        for m in status.get("models") or []:
+            try:
+                reported.append(
+                    ReportedModel(
+                        name=str(m.get("name", "")),
+                        namespace=str(m.get("namespace", "")),
+                        revision=int(m.get("revision") or 0),
+                        state=str(m.get("state") or ModelPhase.PENDING.value),
+                        serving_revision=int(m["servingRevision"]) if m.get("servingRevision") is not None else None,
+                        reason=str(m.get("reason") or ""),
+                        message=str(m.get("message") or ""),
+                        request_count=int(m.get("requestCount") or 0),
+                        error_count=int(m.get("errorCount") or 0),
+                        p95_ms=float(m["p95Ms"]) if m.get("p95Ms") is not None else None,
+                    )
+                )
+            except (TypeError, ValueError):
+                continue
+        return cls(
+            name=str(meta.get("name", "")),
+            generation=int(meta.get("generation") or 0),
+            labels=dict(meta.get("labels") or {}),
+            hardware_class=str(caps.get("hardwareClass") or HardwareClass.CPU.value),
+            arch=str(caps.get("arch") or ""),
+            memory_bytes=int(caps.get("memoryBytes") or 0),
+            providers=tuple(caps.get("providers") or ()),
+            heartbeat=parse_time(status.get("heartbeatTime")),
+            endpoint=str(status.get("endpoint") or ""),
+            spec_models=tuple(spec.get("models") or ()),
+            reported=tuple(reported),
+            deleting=bool(meta.get("deletionTimestamp")),
+            has_spec=isinstance(body.get("spec"), Mapping),
+        )
+
+    def assignment_index(self, namespace: str, name: str) -> int | None:
+        """Position of the model's entry in spec.models, or None."""
+        for i, m in enumerate(self.spec_models):
+            if m.get("name") == name and m.get("namespace") == namespace:
+                return i
+        return None
+
+    def assigned_revision(self, namespace: str, name: str) -> int | None:
+        """Revision of the model assigned to this node, or None."""
+        i = self.assignment_index(namespace, name)
+        return int(self.spec_models[i].get("revision") or 0) if i is not None else None
+
+    def report(self, namespace: str, name: str) -> ReportedModel | None:
+        """What the agent reports about the model, or None."""
+        return next((r for r in self.reported if r.name == name and r.namespace in (namespace, "")), None)
+
+    def is_fresh(self, now: dt.datetime, timeout_seconds: float) -> bool:
+        """Whether the agent reported within the heartbeat timeout."""
+        return self.heartbeat is not None and (now - self.heartbeat).total_seconds() <= timeout_seconds
+
+    def with_spec_models(self, models: Sequence[Mapping[str, Any]], generation: int) -> AgentView:
+        """A copy with spec.models as the operator just wrote them."""
+        return dataclasses.replace(self, spec_models=tuple(models), generation=generation)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The agents a model goes to: fresh ones take part, stale ones are reported."""
+
+    fresh: list[AgentView]
+    stale: list[AgentView]
+    excluded: dict[str, str]
+    """Agents that match the selector but cannot take the model, with the reason."""
+
+    @property
+    def total(self) -> int:
+        return len(self.fresh) + len(self.stale)
+
+
+def target_classes(spec: EdgeModelSpec) -> set[str]:
+    """Hardware classes the conversion builds artifacts for."""
+    return {t.hardware_class.value for t in spec.optimization.targets}
+
+
+def variant_class(node_class: str, built: Iterable[str]) -> str | None:
+    """The artifact class a node gets: its own; a GPU node falls back to the CPU artifact."""
+    built = set(built)
+    if node_class in built:
+        return node_class
+    if node_class == HardwareClass.GPU.value and HardwareClass.CPU.value in built:
+        return HardwareClass.CPU.value
+    return None
+
+
+def choose_artifact(node_class: str, artifacts: Sequence[ArtifactRef]) -> ArtifactRef | None:
+    """The artifact of a revision for a node of ``node_class`` (see ``variant_class``)."""
+    by_class = {a.hardware_class.value: a for a in artifacts}
+    chosen = variant_class(node_class, by_class)
+    return by_class[chosen] if chosen else None
+
+
+def hardware_mismatch(spec: EdgeModelSpec, agent: AgentView) -> str | None:
+    """Why the agent's hardware does not fit the spec, or None."""
+    hw = spec.hardware
+    if hw.require_gpu and agent.hardware_class != HardwareClass.GPU.value:
+        return "hardware.requireGpu: the agent reports no GPU execution provider"
+    if hw.architectures and agent.arch not in hw.architectures:
+        return f"hardware.architectures: arch {agent.arch or 'unknown'} is not in {hw.architectures}"
+    if hw.min_memory_mi_b is not None and agent.memory_bytes < hw.min_memory_mi_b * MIB:
+        return f"hardware.minMemoryMiB: {agent.memory_bytes // MIB} MiB < {hw.min_memory_mi_b} MiB"
+    if variant_class(agent.hardware_class, target_classes(spec)) is None:
+        return f"optimization.targets: no artifact is built for hardware class {agent.hardware_class}"
+    return None
+
+
+def select(
+    spec: EdgeModelSpec,
+    namespace: str,
+    name: str,
+    agents: Iterable[AgentView],
+    now: dt.datetime,
+    heartbeat_timeout_seconds: float,
+) -> Selection:
+    """Split the agents matching the selector into fresh, stale and excluded (with reasons)."""
+    fresh: list[AgentView] = []
+    stale: list[AgentView] = []
+    excluded: dict[str, str] = {}
+    for agent in agents:
+        if agent.deleting or not spec.selector.matches(dict(agent.labels)):
+            continue
+        reason = hardware_mismatch(spec, agent)
+        if reason is None:
+            clash = next(
+                (m for m in agent.spec_models if m.get("name") == name and m.get("namespace") != namespace), None
+            )
+            if clash is not None:
+                reason = (
+                    f"the node already serves a model named {name!r} from namespace {clash.get('namespace')!r}; "
+                    "rename one of the EdgeModels or narrow spec.selector"
+                )
+        if reason is not None:
+            excluded[agent.name] = reason
+        elif agent.is_fresh(now, heartbeat_timeout_seconds):
+            fresh.append(agent)
+        else:
+            stale.append(agent)
+    fresh.sort(key=lambda a: a.name)
+    stale.sort(key=lambda a: a.name)
+    return Selection(fresh=fresh, stale=stale, excluded=excluded)

@@ -1,0 +1,169 @@
+"""The chart speaks the components' real interfaces: settings names, CLI flags, Job labels, ports."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from edgemodel.cli import build_parser
+from tests.conftest import ROOT
+from tests.helm.chart import SWITCHES, find, full, one, pod_specs, render
+
+# Variables the chart sets that are not settings fields: the downward API values the agent reads.
+NOT_SETTINGS = {"NODE_NAME", "POD_IP", "PYTHONDONTWRITEBYTECODE"}
+
+
+def _all_env(prefix: str) -> set[str]:
+    names = set()
+    for values in SWITCHES.values():
+        for _where, spec in pod_specs(render(values)):
+            for c in spec["containers"]:
+                names |= {e["name"] for e in c.get("env", []) if e["name"].startswith(prefix)}
+    return names
+
+
+def test_operator_env_names_are_operator_settings() -> None:
+    from edgemodel_operator.settings import OperatorSettings
+
+    fields = {f"EDGEMODEL_OPERATOR_{n.upper()}" for n in OperatorSettings.model_fields}
+    used = _all_env("EDGEMODEL_OPERATOR_")
+    assert used - fields == set(), f"unknown operator settings: {used - fields}"
+    assert len(used) >= 15
+
+
+def test_agent_env_names_are_agent_settings() -> None:
+    from edge_agent.settings import AgentSettings
+
+    fields = {f"EDGEMODEL_AGENT_{n.upper()}" for n in AgentSettings.model_fields}
+    used = _all_env("EDGEMODEL_AGENT_")
+    assert used - fields == set(), f"unknown agent settings: {used - fields}"
+    node = AgentSettings.model_fields["node_name"].validation_alias
+    assert "NODE_NAME" in str(node), "the agent must read NODE_NAME (downward API) for its node name"
+
+
+def test_operator_settings_from_the_chart_env_validate() -> None:
+    """The operator's real settings class accepts exactly what the Deployment sets."""
+    import os
+
+    from edgemodel_operator.settings import OperatorSettings
+
+    for switch in ("defaults", "watch-namespaces", "external-store", "prometheus-analysis"):
+        dep = one(render(SWITCHES[switch]), "Deployment", full("operator"))
+        env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        saved = dict(os.environ)
+        try:
+            os.environ.update(env)
+            settings = OperatorSettings()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        assert settings.bind_address == "0.0.0.0"
+        assert settings.metrics_port == 8080
+        assert settings.liveness_port == 8081
+        if switch == "watch-namespaces":
+            assert settings.namespaces == ["ml-a", "ml-b"]
+
+
+def test_agent_settings_from_the_chart_env_validate() -> None:
+    import os
+
+    from edge_agent.settings import AgentSettings
+
+    ds = one(render({"agent": {"labels": {"edgemodel.io/site": "s1"}}}), "DaemonSet", full("agent"))
+    env = {e["name"]: e.get("value", "edge-1") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env)
+        settings = AgentSettings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert settings.host == "0.0.0.0"
+    assert settings.port == 8080
+    assert settings.public_key == Path("/etc/edgemodel/signing/public.pem")
+    assert settings.cache_dir == Path("/var/lib/edgemodel-agent")
+    assert settings.labels == {"edgemodel.io/site": "s1"}
+    assert settings.node_name == "edge-1"
+
+
+def test_container_args_parse_with_the_real_cli() -> None:
+    """Every args list the chart passes to `edgemodel` parses with the real argument parser."""
+    parser = build_parser()
+    seen = set()
+    for values in SWITCHES.values():
+        for where, spec in pod_specs(render(values)):
+            for c in spec["containers"]:
+                if c.get("command"):  # the keygen hook runs python, not edgemodel
+                    continue
+                args = parser.parse_args(c["args"])
+                seen.add(args.command)
+                if args.command == "store":
+                    assert str(args.root) == "/data", where
+                    assert args.host == "0.0.0.0", where
+    assert seen == {"operator", "store", "agent"}
+
+
+def test_store_networkpolicy_admits_the_operators_conversion_pods() -> None:
+    from edgemodel_operator.jobs import job_labels
+
+    policy = one(render({}), "NetworkPolicy", full("store"))
+    selectors = [p["podSelector"]["matchLabels"] for p in policy["spec"]["ingress"][0]["from"] if "namespaceSelector" in p]
+    labels = job_labels("digits", 3)
+    assert any(sel.items() <= labels.items() for sel in selectors), (selectors, labels)
+
+
+def test_converter_resources_reach_the_job() -> None:
+    """converter.resources -> operator settings -> the Job the operator builds."""
+    import os
+
+    from edgemodel_operator.jobs import build_conversion_job
+    from edgemodel_operator.settings import OperatorSettings
+
+    from edgemodel.api import EdgeModelSpec
+
+    values = {"operator": {"converter": {"resources": {"requests": {"cpu": "3", "memory": "5Gi"},
+                                                         "limits": {"cpu": "4", "memory": "6Gi"}}}}}
+    env = {e["name"]: e["value"] for e in one(render(values), "Deployment", full("operator"))["spec"]["template"]["spec"]["containers"][0]["env"]}
+    saved = dict(os.environ)
+    try:
+        os.environ.update(env)
+        settings = OperatorSettings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    owner = {"apiVersion": "edgemodel.io/v1alpha1", "kind": "EdgeModel",
+             "metadata": {"name": "digits", "namespace": "ml", "uid": "u1", "generation": 1}}
+    spec = EdgeModelSpec.model_validate({"source": {"uri": "file:///m.pt", "format": "TorchScript"},
+                                         "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3]}]})
+    job = build_conversion_job(owner, spec, 1, "h", settings)
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["resources"] == {"requests": {"cpu": "3", "memory": "5Gi"}, "limits": {"cpu": "4", "memory": "6Gi"}}
+    assert job["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"] == full("signing")
+    assert c["image"] == "ghcr.io/edgemodel/converter:0.1.0"
+
+
+def test_dockerfiles() -> None:
+    """Non-root numeric users, the right extras, torch only in the converter, the CLI as entrypoint."""
+    docker = ROOT / "docker"
+    texts = {p.name: p.read_text() for p in docker.glob("*.Dockerfile")}
+    assert set(texts) == {"agent.Dockerfile", "converter.Dockerfile", "operator.Dockerfile"}
+    for name, text in texts.items():
+        assert re.search(r"^USER 10001:10001$", text, re.M), name
+        assert 'ENTRYPOINT ["edgemodel"]' in text, name
+    agent_installs = [line for line in texts["agent.Dockerfile"].splitlines() if "bin/pip install" in line]
+    assert agent_installs
+    assert all('".[agent]"' in line and "torch" not in line for line in agent_installs)
+    assert "slim" in texts["agent.Dockerfile"]
+    assert "torch==2.13.0" in texts["converter.Dockerfile"]
+    assert '".[convert]"' in texts["converter.Dockerfile"]
+    assert '".[operator]"' in texts["operator.Dockerfile"]
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    agent_deps = " ".join(extras["agent"]).lower()
+    assert "torch" not in agent_deps
+    assert "kopf" not in agent_deps
+    assert "cryptography" in " ".join(extras["operator"]), "the keygen hook runs in the operator image"
+    values = (ROOT / "helm" / "edgemodel" / "values.yaml").read_text()
+    assert "runAsUser: 10001" in values
+    assert not find(render({}), "StatefulSet")

@@ -1,0 +1,256 @@
+"""The whole system as real processes for the operator's end-to-end tests.
+
+The Kubernetes API emulator with its Job controller and kubelet (conversion Jobs run as local
+processes), the artifact store, three edge agents (one per emulated node, each with a token that
+reaches only its own EdgeAgent) and two operator replicas with kopf peering, the operator
+authenticated with exactly the permissions of ``edgemodel_operator.rbac``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from edgemodel_operator.rbac import PERMISSIONS
+
+from edgemodel.dev.auth import Identity, Rule
+from edgemodel.dev.cluster import LocalCluster
+from edgemodel.examples_models import DigitsExample, load_digits_data, write_digits_example
+from edgemodel.signing import generate_keypair
+from tests.operator.procs import Proc, free_port, http_ok, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+EDGEMODEL = str(VENV_BIN / "edgemodel")
+EM = ("edgemodel.io/v1alpha1", "EdgeModel")
+EA = ("edgemodel.io/v1alpha1", "EdgeAgent")
+PEERING = "edgemodel"
+PEERING_LIFETIME = 6
+
+
+def operator_identity() -> Identity:
+    rules = tuple(Rule(p.verbs, (p.api_group,), (p.resource,)) for p in PERMISSIONS)
+    return Identity("system:serviceaccount:edgemodel:edgemodel-operator", ("system:serviceaccounts",), rules)
+
+
+@dataclass
+class OperatorReplica:
+    name: str
+    priority: int
+    metrics_port: int
+    liveness_port: int
+    webhook_port: int
+    proc: Proc | None = None
+
+
+@dataclass
+class Traffic:
+    """Inference requests to every agent, in a background thread, bounded by ``stop``."""
+
+    stack: Stack
+    stop: threading.Event = field(default_factory=threading.Event)
+    served: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(agent endpoint, model version) -> successful requests."""
+    failures: int = 0
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import tritonclient.http as httpclient
+
+        images = self.stack.images[:1]
+        clients: dict[str, Any] = {}
+        deadline = time.monotonic() + 900
+        next_refresh = 0.0
+        endpoints: list[str] = []
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            if time.monotonic() > next_refresh:
+                with contextlib.suppress(Exception):  # the API may be down on purpose: keep the last list
+                    endpoints = self.stack.endpoints()
+                next_refresh = time.monotonic() + 2
+            for endpoint in endpoints:
+                client = clients.setdefault(endpoint, httpclient.InferenceServerClient(
+                    url=endpoint.removeprefix("http://"), connection_timeout=2, network_timeout=5))
+                try:
+                    inp = httpclient.InferInput("input", list(images.shape), "FP32")
+                    inp.set_data_from_numpy(images)
+                    result = client.infer("digits", [inp])
+                    self.served[(endpoint, str(result.get_response().get("model_version")))] += 1
+                except Exception:
+                    self.failures += 1
+            self.stop.wait(0.03)
+        for client in clients.values():
+            client.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=15)
+
+
+class Stack:
+    """Start with ``Stack(tmp).start()``; ``close()`` stops every process it started."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.cluster = LocalCluster(workdir / "kube", auth=True)
+        self.procs: list[Proc] = []
+        self.store_port = free_port()
+        self.replicas = [
+            OperatorReplica("operator-a", 200, free_port(), free_port(), free_port()),
+            OperatorReplica("operator-b", 100, free_port(), free_port(), free_port()),
+        ]
+        self.example: DigitsExample | None = None
+        data = load_digits_data()
+        self.images = data.x_test[:64].astype(np.float32)
+        self.labels = data.y_test[:64]
+        self.traffic: Traffic | None = None
+        self.nodes: list[str] = []
+
+    # lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> Stack:
+        cluster = self.cluster.start()
+        cluster.apply_crds()
+        cluster.apply_crds([Path(__file__).parent / "data" / "kopf-peering.yaml"])
+        cluster.create({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": PEERING}})
+        generate_keypair(self.dir / "signing" / "private.pem", self.dir / "signing" / "public.pem")
+        pem = (self.dir / "signing" / "private.pem").read_bytes()
+        cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "edgemodel-signing",
+                        "namespace": "default"}, "data": {"private.pem": base64.b64encode(pem).decode()}})
+        token = cluster.add_token(operator_identity())
+        self.operator_kubeconfig = cluster.kubeconfig_for(token, "edgemodel-operator")
+        self.procs.append(Proc("store", [EDGEMODEL, "store", "--root", str(self.dir / "store"),
+                                         "--port", str(self.store_port)], self.dir))
+        wait_for("the artifact store", lambda: http_ok(f"http://127.0.0.1:{self.store_port}/healthz"), 30,
+                 log=self.procs[-1].log)
+        self.example = write_digits_example(self.dir / "models" / "digits", epochs=15)
+        self.nodes = cluster.add_nodes(3)
+        cluster.run_on_nodes([
+            "sh", "-c",
+            f'exec {EDGEMODEL} agent --kubeconfig "$KUBECONFIG" --public-key {self.dir / "signing" / "public.pem"} '
+            '--cache-dir "$EDGEMODEL_NODE_DIR/cache" --port 0 --heartbeat-interval 2 --threads 1 --workers 1',
+        ])
+        wait_for("3 EdgeAgents with an endpoint", lambda: len(self.endpoints()) == 3, 60,
+                 log=self.dir / "kube" / "nodes" / self.nodes[0] / "process.log")
+        for replica in self.replicas:
+            self.start_operator(replica)
+        self.traffic = Traffic(self)
+        self.traffic.start()
+        return self
+
+    def start_operator(self, replica: OperatorReplica) -> None:
+        argv = [
+            EDGEMODEL, "-v", "operator", "--kubeconfig", str(self.operator_kubeconfig),
+            "--peering", PEERING, "--priority", str(replica.priority),
+            "--peering-lifetime-seconds", str(PEERING_LIFETIME),
+            "--store-url", f"http://127.0.0.1:{self.store_port}", "--converter-image", "edgemodel-convert:dev",
+            "--signing-key-secret", "edgemodel-signing", "--converter-backoff-limit", "1",
+            "--metrics-port", str(replica.metrics_port), "--liveness-port", str(replica.liveness_port),
+            "--webhook-port", str(replica.webhook_port), "--heartbeat-timeout-seconds", "20",
+            "--resync-seconds", "5", "--history-limit", "2", "--artifact-retention", "delete",
+        ]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        replica.proc = Proc(replica.name, argv, self.dir, env=env)
+        self.procs.append(replica.proc)
+        wait_for(f"{replica.name}'s liveness probe", lambda: http_ok(f"http://127.0.0.1:{replica.liveness_port}/healthz"),
+                 60, log=replica.proc.log)
+
+    def close(self) -> None:
+        if self.traffic is not None:
+            self.traffic.close()
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.cluster.close()
+
+    # reading -----------------------------------------------------------------------------------
+    def edgemodel(self, name: str) -> dict[str, Any] | None:
+        return self.cluster.get(*EM, name, "default")
+
+    def status(self, name: str) -> dict[str, Any]:
+        return (self.edgemodel(name) or {}).get("status") or {}
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), {})
+
+    def agents(self) -> list[dict[str, Any]]:
+        return self.cluster.list_objects(*EA)
+
+    def endpoints(self) -> list[str]:
+        return sorted(a["status"]["endpoint"] for a in self.agents() if (a.get("status") or {}).get("endpoint"))
+
+    def assigned(self, model: str = "digits") -> dict[str, list[int]]:
+        """Agent -> revisions of ``model`` in its spec.models (a list, so duplicates would show)."""
+        return {a["metadata"]["name"]: [m["revision"] for m in (a.get("spec") or {}).get("models") or []
+                                        if m["name"] == model] for a in self.agents()}
+
+    def reported(self, model: str = "digits") -> dict[str, tuple[int, str] | None]:
+        out: dict[str, tuple[int, str] | None] = {}
+        for agent in self.agents():
+            states = [(m["revision"], m["state"]) for m in (agent.get("status") or {}).get("models") or []
+                      if m["name"] == model]
+            out[agent["metadata"]["name"]] = states[0] if states else None
+        return out
+
+    def jobs(self, model: str) -> list[str]:
+        return sorted(j["metadata"]["name"] for j in self.cluster.list_objects("batch/v1", "Job", "default")
+                      if (j["metadata"].get("labels") or {}).get("edgemodel.io/model") == model)
+
+    def events(self, name: str) -> list[tuple[str, str, str]]:
+        return [(e.get("type", ""), e.get("reason", ""), e.get("message", ""))
+                for e in self.cluster.list_objects("v1", "Event", "default")
+                if (e.get("involvedObject") or {}).get("name") == name
+                and (e.get("involvedObject") or {}).get("kind") == "EdgeModel"]
+
+    def stored(self, key: str) -> bool:
+        """Whether the artifact store has ``key`` (e.g. default/digits/1/manifest.json)."""
+        return http_ok(f"http://127.0.0.1:{self.store_port}/{key}")
+
+    def metrics(self, replica: OperatorReplica) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{replica.metrics_port}/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    # writing -----------------------------------------------------------------------------------
+    def manifest(self, name: str = "digits", **rollout: Any) -> dict[str, Any]:
+        """examples/digits-edgemodel.yaml pointed at this test's trained files, rollout windows short."""
+        assert self.example is not None
+        doc = yaml.safe_load((ROOT / "examples" / "digits-edgemodel.yaml").read_text())
+        doc["metadata"]["name"] = name
+        spec = doc["spec"]
+        spec["source"]["uri"] = self.example.model_pt.resolve().as_uri()
+        spec["optimization"]["int8"]["calibrationDataUri"] = self.example.calib_npz.resolve().as_uri()
+        spec["validation"]["dataUri"] = self.example.val_npz.resolve().as_uri()
+        spec["rollout"]["analysis"]["windowSeconds"] = 3
+        spec["rollout"]["analysis"].update(rollout)
+        return doc
+
+    def apply(self, doc: dict[str, Any], file_name: str) -> str:
+        path = self.dir / file_name
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return self.cluster.kubectl("apply", "-f", str(path)).stdout
+
+    def predict(self, endpoint: str) -> tuple[np.ndarray, str]:
+        """Predicted classes of the test images and the model version that answered (a v2 client)."""
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(url=endpoint.removeprefix("http://"), network_timeout=10)
+        try:
+            output = client.get_model_metadata("digits")["outputs"][0]["name"]
+            inp = httpclient.InferInput("input", list(self.images.shape), "FP32")
+            inp.set_data_from_numpy(self.images)
+            result = client.infer("digits", [inp])
+            return result.as_numpy(output).argmax(axis=1), str(result.get_response().get("model_version"))
+        finally:
+            client.close()

@@ -1,0 +1,77 @@
+"""Analysis verdicts from numbers, and which agent events wake which EdgeModel."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from edgemodel_operator.analysis import Measurements, VerdictStatus, judge, measure_from_agents, promql
+from edgemodel_operator.fleet import Fleet, woken_models
+from edgemodel_operator.scheduling import AgentView
+
+from edgemodel.api.edgemodel import Analysis
+from tests.operator.builders import NOW, agent_body, assignment, report
+
+BUDGET = Analysis(max_p95_latency_ms=20, max_error_rate=0.01, min_requests=10, window_seconds=30)
+
+
+def test_verdicts_carry_the_numbers() -> None:
+    ok = judge(Measurements("agents", 200, 1, 12.5, 2), BUDGET)
+    assert ok.status == VerdictStatus.PASS
+    assert "p95 12.50 ms <= maxP95LatencyMs 20 ms" in ok.message
+    assert "error rate 0.50% <= maxErrorRate 1.00%" in ok.message
+    slow = judge(Measurements("agents", 200, 0, 31.0, 2), BUDGET)
+    assert (slow.status, slow.reason) == (VerdictStatus.FAIL, "LatencyBudgetExceeded")
+    assert "p95 31.00 ms > maxP95LatencyMs 20 ms" in slow.message
+    assert "200 requests on 2 node(s)" in slow.message
+    errors = judge(Measurements("prometheus", 100, 5, 1.0, 1), BUDGET)
+    assert (errors.status, errors.reason) == (VerdictStatus.FAIL, "ErrorRateExceeded")
+    assert "error rate 5.00% > maxErrorRate 1.00%" in errors.message
+    assert judge(Measurements("agents", 3, 0, 1.0, 1), BUDGET).status == VerdictStatus.WAIT
+    assert judge(Measurements("agents", 50, 0, None, 1), BUDGET).status == VerdictStatus.WAIT
+    no_traffic = judge(Measurements("agents", 0, 0, None, 1), Analysis(max_p95_latency_ms=20))
+    assert no_traffic.status == VerdictStatus.PASS
+
+
+def test_agent_reports_sum_requests_and_take_the_worst_p95() -> None:
+    m = measure_from_agents([
+        AgentView.from_body(agent_body("a", reported=[report(2, requests=40, errors=1, p95=3.0)])).reported[0],
+        AgentView.from_body(agent_body("b", reported=[report(2, requests=60, errors=0, p95=9.0)])).reported[0],
+    ])
+    assert (m.requests, m.errors, m.p95_ms, m.nodes) == (100, 1, 9.0, 2)
+
+
+def test_promql_selects_the_model_version() -> None:
+    queries = promql("digits", 3, 30)
+    assert queries["p95"] == ('1000 * histogram_quantile(0.95, sum by (le) '
+                              '(rate(edgemodel_request_duration_seconds_bucket{model="digits",version="3"}[30s])))')
+    assert 'code=~"[45].."' in queries["errors"]
+
+
+def test_woken_models_only_on_changes_that_matter() -> None:
+    base = AgentView.from_body(agent_body("a", reported=[report(1, requests=5)]))
+    assert woken_models(None, base, NOW, 60) is None, "a new agent wakes everything"
+    relabelled = AgentView.from_body(agent_body("a", labels={"edge": "no"}, reported=[report(1, requests=5)]))
+    assert woken_models(base, relabelled, NOW, 60) is None
+    more_traffic = AgentView.from_body(agent_body("a", reported=[report(1, requests=50)],
+                                                  heartbeat=NOW + dt.timedelta(seconds=10)))
+    assert woken_models(base, more_traffic, NOW, 60) == set()
+    loading = AgentView.from_body(agent_body("a", reported=[report(2, "Loading")]))
+    assert woken_models(base, loading, NOW, 60) == {("default", "digits")}
+    stale = AgentView.from_body(agent_body("a", reported=[report(1)], heartbeat=NOW - dt.timedelta(minutes=5)))
+    assert woken_models(stale, base, NOW, 60) is None, "an agent coming back wakes everything"
+
+
+def test_fleet_overlays_its_own_writes_until_the_watch_catches_up() -> None:
+    index: dict[str, list[AgentView]] = {"a": [AgentView.from_body(agent_body("a", generation=1))]}
+    fleet = Fleet()
+    fleet.attach(index)
+    fleet.record_write(agent_body("a", generation=2, models=[assignment(1)]))
+    seen = fleet.get("a")
+    assert seen is not None
+    assert seen.assigned_revision("default", "digits") == 1
+    index["a"] = [AgentView.from_body(agent_body("a", generation=3, models=[assignment(2)]))]
+    seen = fleet.get("a")
+    assert seen is not None
+    assert seen.assigned_revision("default", "digits") == 2
+    del index["a"]
+    assert fleet.snapshot() == []
