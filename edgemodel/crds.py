@@ -36,7 +36,7 @@ class _WithFactoryDefaults(GenerateJsonSchema):
             return super().default_schema(schema)
         patched = dict(schema)
         patched.pop("default_factory", None)
-        patched["default"] = value.model_dump(mode="json", by_alias=True, exclude_none=True) if isinstance(value, BaseModel) else _dump(value)
+        patched["default"] = _dump(value)
         return super().default_schema(patched)  # type: ignore[arg-type]
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -32,15 +31,10 @@ import requests
 
 from bench.agent import raw_ort
 from bench.agent.models import MODELS, build
+from edgemodel.dev.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONCURRENCY = (1, 8, 32)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load_average() -> str:

@@ -24,7 +24,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from edgemodel.dev.net import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 EDGEMODEL = str(ROOT / ".venv" / "bin" / "edgemodel")
 EA_PATH = "/apis/edgemodel.io/v1alpha1/edgeagents"
@@ -46,12 +47,6 @@ EM_PATH = "/apis/edgemodel.io/v1alpha1/namespaces/default/edgemodels"
 HEARTBEAT_SECONDS = 10.0
 LOAD_DELAY_SECONDS = 0.2
 TIMEOUT_SECONDS = 600.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def log(message: str) -> None:

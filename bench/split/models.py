@@ -37,37 +37,7 @@ def _resnet18():  # type: ignore[no-untyped-def]
     import torch
     from torch import nn
 
-    class BasicBlock(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.down: nn.Module = nn.Identity()
-            if stride != 1 or cin != cout:
-                self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = torch.relu(self.bn1(self.conv1(x)))
-            return torch.relu(self.bn2(self.conv2(out)) + self.down(x))
-
-    class ResNet18(nn.Module):
-        def __init__(self, classes: int = 1000) -> None:
-            super().__init__()
-            self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                                      nn.MaxPool2d(3, 2, 1))
-            blocks: list[nn.Module] = []
-            cin = 64
-            for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-                blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout)]
-                cin = cout
-            self.blocks = nn.Sequential(*blocks)
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(512, classes)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+    from bench.convert.models import ResNet18  # the one ResNet-18 the benchmarks share
 
     torch.manual_seed(0)
     model = ResNet18()

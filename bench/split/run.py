@@ -32,6 +32,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parents[1]))  # the repository root, for bench.convert.models
 
 import models  # noqa: E402
 import report  # noqa: E402

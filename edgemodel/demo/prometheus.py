@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from edgemodel.demo.processes import ProcessGroup, free_port, wait_http
+from edgemodel.demo.processes import ProcessGroup, wait_http
+from edgemodel.dev.net import free_port
 
 
 def find_prometheus(tools_bin: Path | None = None) -> str | None:

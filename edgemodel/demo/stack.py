@@ -16,9 +16,10 @@ from typing import Any
 
 import yaml
 
-from edgemodel.demo.processes import ProcessGroup, free_port, wait_http
+from edgemodel.demo.processes import ProcessGroup, wait_http
 from edgemodel.demo.prometheus import Prometheus, find_prometheus
 from edgemodel.dev.cluster import LocalCluster
+from edgemodel.dev.net import free_port
 from edgemodel.signing import generate_keypair
 
 EM = ("edgemodel.io/v1alpha1", "EdgeModel")

@@ -18,7 +18,6 @@ import numpy as np
 class TrafficStats:
     """Running numbers of one traffic run (per endpoint and overall)."""
 
-    window: int = 2000
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     sent: int = 0
     ok: int = 0

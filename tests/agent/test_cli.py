@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,9 @@ import numpy as np
 import requests
 import tritonclient.http as httpclient
 
+from edgemodel.dev.net import free_port
+
 EDGEMODEL = [sys.executable, "-m", "edgemodel.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_standalone_agent_serves_files_and_stops_on_sigterm(model_files: dict[str, Path]) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -18,16 +17,11 @@ import yaml
 
 from edgemodel.dev.auth import Identity, Rule
 from edgemodel.dev.cluster import LocalCluster
+from edgemodel.dev.net import free_port
 from edgemodel.signing import generate_keypair
 from tests.helm.chart import find, full, render
 
 EDGEMODEL = [sys.executable, "-m", "edgemodel.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def chart_identity(name: str, cluster_role: str) -> Identity:

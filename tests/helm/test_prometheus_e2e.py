@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ import numpy as np
 import pytest
 import yaml
 
+from edgemodel.dev.net import free_port
 from tests.conftest import ROOT, require_tool
 from tests.helm.cluster_stack import ClusterSide, broken_edgemodel, start_cluster_side
 
@@ -61,12 +61,6 @@ def no_series_expected(expr: str) -> bool:
     refs = selectors_of(expr)
     return bool(refs) and all(any(ref == key or ref.startswith(key) and (key.endswith('"') or ref[len(key)] in "{")
                                   for key in NO_SERIES_HERE) for ref in refs)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http(url: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[int, bytes]:

@@ -25,9 +25,10 @@ from edgemodel_operator.rbac import PERMISSIONS
 
 from edgemodel.dev.auth import Identity, Rule
 from edgemodel.dev.cluster import LocalCluster
+from edgemodel.dev.net import free_port
 from edgemodel.examples_models import DigitsExample, load_digits_data, write_digits_example
 from edgemodel.signing import generate_keypair
-from tests.operator.procs import Proc, free_port, http_ok, wait_for
+from tests.operator.procs import Proc, http_ok, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"

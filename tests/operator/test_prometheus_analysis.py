@@ -15,8 +15,9 @@ from edgemodel_operator.analysis import VerdictStatus, judge, measure_with_prome
 
 from edge_agent.metrics import AgentMetrics
 from edgemodel.api.edgemodel import Analysis
+from edgemodel.dev.net import free_port
 from tests.conftest import require_tool
-from tests.operator.procs import Proc, free_port, http_ok, wait_for
+from tests.operator.procs import Proc, http_ok, wait_for
 
 pytestmark = pytest.mark.slow
 

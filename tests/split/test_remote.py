@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -13,6 +12,7 @@ import onnx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from edgemodel.dev.net import free_port
 from edgemodel.split import codec
 from edgemodel.split.devpki import Pki, make_pki
 from edgemodel.split.graph import split_model
@@ -87,12 +87,6 @@ async def tls_server(parts: Parts, pki: Pki) -> AsyncIterator[RunningServer]:
 
 def client_tls(pki: Pki) -> TlsFiles:
     return TlsFiles(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_split_over_http_reproduces_the_whole_model(parts: Parts, plain_server: RunningServer) -> None:
