@@ -75,6 +75,10 @@ class Agent:
                 reconciler=reconciler,
                 capabilities=capabilities,
                 endpoint=s.endpoint or default_endpoint(self.server.scheme, s.host, self.server.port),
+                split_endpoint=(
+                    default_endpoint(self.server.split_scheme, s.host, self.server.split_port)
+                    if self.server.split_port is not None else ""
+                ),
                 labels=s.labels,
                 heartbeat_interval_s=s.heartbeat_interval_s,
                 status_min_interval_s=s.status_min_interval_s,

@@ -53,6 +53,12 @@ class ModelNotReady(AgentError):
     status = 503
 
 
+class SplitUnavailableError(AgentError):
+    """A split model cannot answer: the cloud tail failed and the fallback policy allows no local answer."""
+
+    status = 503
+
+
 class InferenceFailed(AgentError):
     """ONNX Runtime failed on valid input: a server-side fault, logged with the model name."""
 

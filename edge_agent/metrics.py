@@ -23,6 +23,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
+from edgemodel.split.metrics import SplitMetrics
+
 #: Request, inference and queue-wait buckets: sub-millisecond to seconds.
 LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -183,6 +185,8 @@ class AgentMetrics:
             "1 for the current state of each assigned model version, 0 for the other states.",
             ["model", "version", "state"], registry=r,
         )  # fmt: skip
+        self.split = SplitMetrics(r)
+        """Per-stage metrics of split requests (heads); docs/split-inference.md."""
 
     def info_acquire(self, labels: tuple[str, str, str, str]) -> None:
         """Mark a (model, version, sha256, provider) as served; counted, since a reload may overlap."""

@@ -22,6 +22,11 @@ class InferencePool:
         self.workers = max(1, workers)
         self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ort")
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The threads themselves, for code that takes an executor (split inference)."""
+        return self._executor
+
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn`` in the pool and await its result."""
         loop = asyncio.get_running_loop()

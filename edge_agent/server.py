@@ -1,7 +1,8 @@
 """The serving half of the agent: thread pool, repository, data plane and the HTTP server.
 
 ``AgentServer`` is what tests and the CLI start; the control plane (``edge_agent.control``) drives
-it through ``load_version`` / ``repository.swap`` / ``repository.remove``.
+it through ``load_version`` / ``load_head`` / ``repository.swap`` / ``repository.remove``, and
+``load_tail`` / ``tails`` for split tails, which the tail server (``--split-port``) serves.
 """
 
 from __future__ import annotations
@@ -19,13 +20,23 @@ from edge_agent.cgroup import available_cpus, thread_count
 from edge_agent.dataplane import DataPlane
 from edge_agent.errors import LoadError
 from edge_agent.metrics import AgentMetrics
-from edge_agent.model import ModelOptions, OnnxModel, SessionFactory
+from edge_agent.model import ModelOptions, OnnxModel, SessionFactory, TensorMeta
 from edge_agent.pool import InferencePool
 from edge_agent.repository import BatchingConfig, ModelRepository, ModelVersion, version_key
 from edge_agent.rest import RestApi, build_app
 from edge_agent.settings import AgentSettings, LocalModel
+from edge_agent.split import SplitModelVersion, TailPart
 from edgemodel import __version__
 from edgemodel.errors import UserError
+from edgemodel.split.remote import (
+    FallbackPolicy,
+    RemoteTail,
+    RunningServer,
+    TailRegistry,
+    TlsFiles,
+    make_tail_app,
+    start_tail_server,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +60,21 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise UserError(f"--tls-cert {cert} / --tls-key {key}: cannot load them as a PEM certificate and key ({exc})") from exc
     return context
+
+
+def split_tls_files(settings: AgentSettings) -> TlsFiles | None:
+    """The split link's mTLS files, checked by building the contexts they are used for; None without them."""
+    if not settings.split_tls:
+        return None
+    files = TlsFiles(settings.split_tls_ca, settings.split_tls_cert, settings.split_tls_key)
+    flags = f"--split-tls-ca {files.ca_file} / --split-tls-cert {files.cert_file} / --split-tls-key {files.key_file}"
+    try:
+        files.client_context()
+        if settings.split_port is not None:
+            files.server_context(require_client_cert=True)
+    except (ValueError, OSError, ssl.SSLError) as exc:
+        raise UserError(f"{flags}: cannot load them as a PEM CA, certificate and key ({exc})") from exc
+    return files
 
 
 class AgentServer:
@@ -83,6 +109,13 @@ class AgentServer:
         self._ssl = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
         self._runner: web.AppRunner | None = None
         self.port = settings.port
+        self.split_tls = split_tls_files(settings)
+        """mTLS files of the split link: the tail server's identity, and the heads' client identity."""
+        self.tails = TailRegistry()
+        """Split tails served on the split port (cloud side), by model name, revision and cut."""
+        self.split_port = settings.split_port
+        """Port of the tail server once started (None: no tail server)."""
+        self._tail_server: RunningServer | None = None
 
     @property
     def scheme(self) -> str:
@@ -92,6 +125,18 @@ class AgentServer:
     def url(self) -> str:
         host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
         return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def split_scheme(self) -> str:
+        return "https" if self.split_tls else "http"
+
+    @property
+    def split_url(self) -> str:
+        """Base URL of the tail server ('' without one)."""
+        if self.split_port is None:
+            return ""
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+        return f"{self.split_scheme}://{host}:{self.split_port}"
 
     async def start(self) -> None:
         """Bind the HTTP(S) port (models may still be loading: /v2/health/ready says when)."""
@@ -111,18 +156,26 @@ class AgentServer:
             self.intra_op_threads,
             self.cpus,
         )
+        if self.settings.split_port is not None:
+            await self._start_tail_server()
 
-    async def load_version(
-        self,
-        name: str,
-        version: str,
-        source: Path,
-        sha256: str = "",
-        accelerator: str | None = None,
-        gpu_fallback_to_cpu: bool | None = None,
-        batching: BatchingConfig | None = None,
-    ) -> ModelVersion:
-        """Load and warm up a version in a background thread; it is not serving until added or swapped in."""
+    async def _start_tail_server(self) -> None:
+        s = self.settings
+        app = make_tail_app(self.tails, max_request_bytes=s.max_body_bytes, executor=self.pool.executor)
+        context = self.split_tls.server_context(require_client_cert=True) if self.split_tls else None
+        self._tail_server = await start_tail_server(app, s.host, s.split_port or 0, context)
+        self.split_port = self._tail_server.port
+        if context is None:
+            log.warning("Serving split tails on %s without TLS: features travel in plaintext and any client may "
+                        "send them; pass --split-tls-ca/--split-tls-cert/--split-tls-key for mTLS", self.split_url)
+        else:
+            log.info("Serving split tails on %s (mTLS: clients need a certificate signed by %s)", self.split_url,
+                     self.split_tls.ca_file if self.split_tls else "")
+
+    async def _load_model(
+        self, name: str, version: str, source: Path, sha256: str, accelerator: str | None, gpu_fallback_to_cpu: bool | None
+    ) -> OnnxModel:
+        """Create and warm up an ONNX Runtime session in a background thread; LoadError when it cannot."""
         s = self.settings
         options = ModelOptions(
             accelerator=accelerator or s.accelerator,
@@ -143,12 +196,73 @@ class AgentServer:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise LoadError("LoadFailed", f"ONNX Runtime cannot load {source.name}: {first[:400]}") from exc
         self.metrics.model_load_duration.labels(name, version).observe(time.perf_counter() - started)
+        return model
+
+    async def load_version(
+        self,
+        name: str,
+        version: str,
+        source: Path,
+        sha256: str = "",
+        accelerator: str | None = None,
+        gpu_fallback_to_cpu: bool | None = None,
+        batching: BatchingConfig | None = None,
+    ) -> ModelVersion:
+        """Load and warm up a version in a background thread; it is not serving until added or swapped in."""
+        s = self.settings
+        model = await self._load_model(name, version, source, sha256, accelerator, gpu_fallback_to_cpu)
         if batching is None:
             batching = BatchingConfig(s.batching, s.max_batch_size, s.max_queue_delay_ms)
         return ModelVersion(
             model, self.pool, self.metrics, batching=batching,
             allow_non_finite=s.allow_non_finite, stats_window_s=s.stats_window_s, inline_max_ms=s.inline_max_ms,
         )  # fmt: skip
+
+    async def load_head(
+        self,
+        name: str,
+        version: str,
+        head_source: Path,
+        head_sha256: str,
+        remote: RemoteTail,
+        policy: FallbackPolicy,
+        full_source: Path | None = None,
+        full_sha256: str = "",
+        outputs: list[TensorMeta] | None = None,
+        accelerator: str | None = None,
+        gpu_fallback_to_cpu: bool | None = None,
+    ) -> SplitModelVersion:
+        """Load a split head (and the whole model for a local fallback) as one version; not serving until swapped in.
+
+        The v2 outputs are the whole model's: ``outputs`` (from the manifest) or, when loaded, the whole model's own.
+        """
+        full = None
+        if full_source is not None:
+            full = await self._load_model(name, version, full_source, full_sha256, accelerator, gpu_fallback_to_cpu)
+        head = await self._load_model(name, version, head_source, head_sha256, accelerator, gpu_fallback_to_cpu)
+        if full is not None:
+            if [t.name for t in head.inputs] != [t.name for t in full.inputs]:
+                raise LoadError("LoadFailed", f"{head_source.name} takes inputs {[t.name for t in head.inputs]} but the whole "
+                                f"model {full_source.name if full_source else ''} takes {[t.name for t in full.inputs]}; "
+                                "they are not parts of one model")
+            outputs = full.outputs
+        if not outputs:
+            raise LoadError("ManifestInvalid", "the signed manifest lists no outputs and no whole model is assigned: "
+                            "the agent cannot describe the split model's outputs; re-run the conversion")
+        s = self.settings
+        return SplitModelVersion(head, full, outputs, remote, policy, self.pool, self.metrics,
+                                 allow_non_finite=s.allow_non_finite, stats_window_s=s.stats_window_s)  # fmt: skip
+
+    async def load_tail(
+        self, name: str, version: str, namespace: str, source: Path, sha256: str, cut: str,
+        accelerator: str | None = None, gpu_fallback_to_cpu: bool | None = None,
+    ) -> TailPart:  # fmt: skip
+        """Load and warm up a split tail; the caller registers it in ``tails``."""
+        model = await self._load_model(name, version, source, sha256, accelerator, gpu_fallback_to_cpu)
+        if cut not in model.input_by_name:
+            raise LoadError("LoadFailed", f"{source.name} takes {[t.name for t in model.inputs]}, not the cut {cut!r} "
+                            "of the assignment: it is not the tail of this split")
+        return TailPart(model, namespace, cut, stats_window_s=self.settings.stats_window_s)
 
     async def load_local(self, models: Sequence[LocalModel]) -> None:
         """Load standalone ``--model`` files; the highest version of each name answers unversioned requests."""
@@ -174,5 +288,8 @@ class AgentServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._tail_server is not None:
+            await self._tail_server.close()
+            self._tail_server = None
         await self.repository.close()
         self.pool.shutdown()

@@ -91,6 +91,16 @@ class AgentSettings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, gt=0)
     """How long an old version may finish in-flight requests after a swap."""
 
+    # Split inference (docs/split-inference.md)
+    split_port: int | None = Field(default=None, ge=0, le=65535)
+    """Serve split tails (cloud side) on this port (0 picks a free port); None: no tail server."""
+    split_tls_ca: Path | None = None
+    """PEM CA that verifies the peer on the split link (client certs on the tail server, the cloud's cert on a head)."""
+    split_tls_cert: Path | None = None
+    """PEM certificate of this agent on the split link: the tail server's identity, or a head's client identity."""
+    split_tls_key: Path | None = None
+    """PEM private key of split_tls_cert."""
+
     # Control plane
     node_name: str = Field(default="", validation_alias=AliasChoices("EDGEMODEL_AGENT_NODE_NAME", "NODE_NAME", "node_name"))
     """Node name (downward API); the EdgeAgent object is named after it."""
@@ -129,7 +139,18 @@ class AgentSettings(BaseSettings):
     def _check_pairs(self) -> AgentSettings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key: give both (the certificate and its key) or neither")
+        split_tls = (self.split_tls_ca, self.split_tls_cert, self.split_tls_key)
+        if any(p is not None for p in split_tls) and not all(p is not None for p in split_tls):
+            raise ValueError(
+                "--split-tls-ca, --split-tls-cert and --split-tls-key (EDGEMODEL_AGENT_SPLIT_TLS_*): give all three "
+                "(the CA, this agent's certificate and its key) for mTLS on the split link, or none"
+            )
         return self
+
+    @property
+    def split_tls(self) -> bool:
+        """Whether the split link uses mTLS."""
+        return self.split_tls_cert is not None
 
     @property
     def cluster_mode(self) -> bool:

@@ -5,6 +5,8 @@ Layout under the cache directory::
     blobs/<sha256>.onnx          verified model files, named by content
     blobs/<sha256>.onnx.part     a download in progress (resumable)
     manifests/<sha256>.json      the signed manifest.json that vouches for the blob, exact bytes
+    manifests/<sha256>.<id>.json further manifests vouching for the same bytes (another model or
+                                 revision with an identical file, e.g. an unchanged split tail)
     assignment.json              the last spec.models received from the API (offline restarts)
 
 A blob's mtime records its last use; eviction removes the oldest blobs that no assignment
@@ -14,6 +16,7 @@ needs until the total is under the bound. Everything is re-verified before it is
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -44,6 +47,11 @@ class ArtifactCache:
     def manifest(self, sha256: str) -> Path:
         return self.manifests / f"{sha256}.json"
 
+    def manifests_for(self, sha256: str) -> list[Path]:
+        """Every cached manifest that vouches for the blob (the first one stored comes first)."""
+        extra = sorted(self.manifests.glob(f"{sha256}.*.json"))
+        return [self.manifest(sha256), *extra] if self.manifest(sha256).is_file() else extra
+
     def has(self, sha256: str) -> bool:
         return self.blob(sha256).is_file() and self.manifest(sha256).is_file()
 
@@ -53,7 +61,14 @@ class ArtifactCache:
             os.utime(self.blob(sha256))
 
     def store_manifest(self, sha256: str, data: bytes) -> None:
-        _atomic_write(self.manifest(sha256), data)
+        """Keep a manifest for the blob; one that differs from those already kept is added beside them."""
+        primary = self.manifest(sha256)
+        if not primary.is_file():
+            _atomic_write(primary, data)
+            return
+        if any(path.read_bytes() == data for path in self.manifests_for(sha256)):
+            return
+        _atomic_write(self.manifests / f"{sha256}.{hashlib.sha256(data).hexdigest()[:16]}.json", data)
 
     def commit(self, sha256: str) -> Path:
         """Move a verified ``.part`` into place."""
@@ -62,8 +77,8 @@ class ArtifactCache:
         return target
 
     def discard(self, sha256: str) -> None:
-        """Forget a blob (e.g. it failed verification)."""
-        for path in (self.blob(sha256), self.part(sha256), self.manifest(sha256)):
+        """Forget a blob (e.g. it failed verification) and its manifests."""
+        for path in (self.blob(sha256), self.part(sha256), *self.manifests_for(sha256)):
             path.unlink(missing_ok=True)
 
     def total_bytes(self) -> int:
@@ -88,7 +103,8 @@ class ArtifactCache:
                 break
             path.unlink(missing_ok=True)
             if path.suffix == ".onnx":
-                self.manifest(sha).unlink(missing_ok=True)
+                for manifest in self.manifests_for(sha):
+                    manifest.unlink(missing_ok=True)
             total -= size
             removed.append(sha)
             log.info("Evicted %s from the artifact cache (%d bytes, least recently used)", path.name, size)

@@ -36,6 +36,7 @@ from edgemodel.api import (
     ConditionStatus,
     EdgeAgentSpec,
     ModelAssignment,
+    ModelRole,
     now_rfc3339,
     set_condition,
 )
@@ -57,6 +58,7 @@ class ControlPlane:
         capabilities: Capabilities,
         endpoint: str,
         labels: dict[str, str],
+        split_endpoint: str = "",
         heartbeat_interval_s: float = 10.0,
         status_min_interval_s: float = 1.0,
         resync_interval_s: float = 60.0,
@@ -68,6 +70,8 @@ class ControlPlane:
         self.reconciler = reconciler
         self.capabilities = capabilities
         self.endpoint = endpoint
+        self.split_endpoint = split_endpoint
+        """URL of this agent's tail server ('' without --split-port), reported as status.splitEndpoint."""
         self.labels = labels
         self.heartbeat_interval_s = heartbeat_interval_s
         self.status_min_interval_s = status_min_interval_s
@@ -112,6 +116,7 @@ class ControlPlane:
             loop.create_task(self._watch_loop(), name="edgeagent-watch"),
             loop.create_task(self._status_loop(), name="edgeagent-status"),
             loop.create_task(self._resync_loop(), name="edgeagent-resync"),
+            loop.create_task(self._rtt_loop(), name="edgeagent-split-rtt"),
         ]
 
     async def stop(self) -> None:
@@ -245,7 +250,8 @@ class ControlPlane:
         models = self.reconciler.states()
         not_ready = [m for m in models if m.state.value != "Ready"]
         if not_ready:
-            detail = ", ".join(f"{m.name}: {m.state.value}{' ' + m.reason if m.reason else ''}" for m in not_ready)
+            detail = ", ".join(f"{m.name}{f' (tail of revision {m.revision})' if m.role == ModelRole.TAIL else ''}: "
+                               f"{m.state.value}{' ' + m.reason if m.reason else ''}" for m in not_ready)  # fmt: skip
             self._conditions = set_condition(self._conditions, "Ready", ConditionStatus.FALSE, "ModelsNotReady", detail[:1000])
         else:
             self._conditions = set_condition(self._conditions, "Ready", ConditionStatus.TRUE, "AllModelsReady",
@@ -254,6 +260,7 @@ class ControlPlane:
             "capabilities": self.capabilities.to_k8s(),
             "heartbeatTime": now_rfc3339(),
             "endpoint": self.endpoint,
+            "splitEndpoint": self.split_endpoint,
             "models": [m.to_k8s() for m in models],
             "conditions": [c.to_k8s() for c in self._conditions],
         }
@@ -294,6 +301,15 @@ class ControlPlane:
         while True:  # runs until cancelled
             await asyncio.sleep(min(self.resync_interval_s, 1.0))
             self.reconciler.retry_due()
+
+    async def _rtt_loop(self) -> None:
+        """Re-measure the heads' cloud RTT on the heartbeat cadence (the next status write reports it)."""
+        while True:  # runs until cancelled
+            await asyncio.sleep(self.heartbeat_interval_s)
+            try:
+                await self.reconciler.measure_rtts()
+            except Exception:  # never let a measurement stop the loop
+                log.exception("Measuring the cloud RTT of the split heads failed unexpectedly")
 
 
 def _fingerprint(spec: dict[str, Any]) -> bytes:

@@ -7,9 +7,17 @@ model file with resume. Verifying: the file's sha256 (a cached file: signature a
 Loading: ONNX Runtime session on the chosen provider and warm-up. A failure never touches the version being served: the previous revision keeps
 answering until a new one is loaded and warmed up, then ``repository.swap`` switches atomically.
 
+Split inference (docs/split-inference.md): a ``head`` entry walks the same steps for head.onnx and,
+with fallback local, the whole model (both vouched for by the same signed manifest), then serves
+as one v2 model version that runs the head here and the tail in the cloud. ``tail`` entries are
+tracked per (namespace, name, revision): a cloud agent may hold several revisions of one model at
+once; each is registered in the tail server's registry when Ready and removed when unassigned.
+
 Reasons (``ModelState.reason``):
   Loaded (Ready), SignatureInvalid, ManifestInvalid, ManifestMismatch, DigestMismatch,
-  DownloadFailed (retried with backoff), LoadFailed, UnsupportedModel, GpuUnavailable, Internal.
+  DownloadFailed (retried with backoff), LoadFailed, UnsupportedModel, GpuUnavailable, Internal,
+  SplitInvalid (a head or tail entry the agent cannot use as given), SplitServerDisabled (a tail on
+  an agent without --split-port), TailConflict (the same model name and revision from two namespaces).
 """
 
 from __future__ import annotations
@@ -30,11 +38,14 @@ from pydantic import ValidationError
 from edge_agent.control.artifacts import FetchError, download, fetch_bytes, sha256_of
 from edge_agent.control.cache import ArtifactCache
 from edge_agent.errors import LoadError
-from edge_agent.repository import BatchingConfig
+from edge_agent.repository import BatchingConfig, ModelVersion
 from edge_agent.server import AgentServer
 from edge_agent.settings import AgentSettings
-from edgemodel.api import ArtifactManifest, ModelAssignment, ModelPhase, ModelState, now_rfc3339
+from edge_agent.split import SplitModelVersion, TailPart, declared_outputs
+from edgemodel.api import ArtifactManifest, ModelAssignment, ModelPhase, ModelRole, ModelState, now_rfc3339
 from edgemodel.signing import SignatureError, verify
+from edgemodel.split.codec import WireFormat
+from edgemodel.split.remote import FallbackPolicy, RemoteTail
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +64,20 @@ class StepFailed(Exception):
         self.retryable = retryable
 
 
+TrackKey = str | tuple[str, str, int]
+"""A full or head entry is tracked by model name (one per name); a tail by (namespace, name, revision)."""
+
+
+def track_key(a: ModelAssignment) -> TrackKey:
+    return (a.namespace, a.name, a.revision) if a.role == ModelRole.TAIL else a.name
+
+
 def load_key(a: ModelAssignment) -> tuple[Any, ...]:
     """What must match for a loaded version to satisfy an assignment."""
     b = a.batching
-    return (a.revision, a.sha256, a.accelerator.value, a.gpu_fallback_to_cpu, b.enabled, b.max_batch_size, b.max_queue_delay_ms)
+    split = a.split.model_dump_json() if a.split is not None else None
+    return (a.revision, a.sha256, a.accelerator.value, a.gpu_fallback_to_cpu, b.enabled, b.max_batch_size, b.max_queue_delay_ms,
+            a.role.value, split)  # fmt: skip
 
 
 def artifact_file_name(uri: str) -> str:
@@ -64,7 +85,7 @@ def artifact_file_name(uri: str) -> str:
 
 
 def check_manifest(data: bytes, a: ModelAssignment, public_key: Ed25519PublicKey) -> ArtifactManifest:
-    """Verify the signature, then that the manifest vouches for exactly this file and revision."""
+    """Verify the signature, then that the manifest vouches for exactly this file and revision (and split cut)."""
     try:
         verify(data, a.signature, public_key)
     except SignatureError as exc:
@@ -92,7 +113,33 @@ def check_manifest(data: bytes, a: ModelAssignment, public_key: Ed25519PublicKey
             "DigestMismatch",
             f"the signed manifest gives {file_name} sha256 {listed}, the assignment says {a.sha256}; refusing it",
         )
+    cut = (manifest.split or {}).get("cut")
+    if a.split is not None and cut and cut != a.split.cut:
+        raise StepFailed(
+            "ManifestMismatch", f"the signed manifest splits at {cut!r}, the assignment's split.cut is {a.split.cut!r}"
+        )
     return manifest
+
+
+def check_split(a: ModelAssignment, split_port: int | None) -> None:
+    """Refuse head and tail entries this agent cannot serve as given, before anything is downloaded."""
+    where = f"spec.models[{a.name}@{a.revision}]"
+    if a.role == ModelRole.FULL:
+        return
+    if a.split is None:
+        raise StepFailed("SplitInvalid", f"{where}: role {a.role.value} needs split (cut, wire...); the operator must set it")
+    if a.role == ModelRole.TAIL:
+        if split_port is None:
+            raise StepFailed(
+                "SplitServerDisabled",
+                "this agent runs no tail server: start it with --split-port PORT (EDGEMODEL_AGENT_SPLIT_PORT) and, "
+                "for mTLS, --split-tls-ca/--split-tls-cert/--split-tls-key to serve split tails",
+            )
+        return
+    if not a.split.cloud_url:
+        raise StepFailed("SplitInvalid", f"{where}.split.cloudUrl is empty: no cloud agent serves the tail yet")
+    if (a.split.full_artifact_uri is None) != (a.split.full_sha256 is None):
+        raise StepFailed("SplitInvalid", f"{where}.split: fullArtifactUri and fullSha256 go together; set both or neither")
 
 
 @dataclass
@@ -107,6 +154,14 @@ class Tracked:
     failures: int = 0
     retry_at: float | None = None
     task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> TrackKey:
+        return track_key(self.assignment)
+
+    @property
+    def is_tail(self) -> bool:
+        return self.assignment.role == ModelRole.TAIL
 
 
 class Reconciler:
@@ -129,7 +184,10 @@ class Reconciler:
         self.settings = settings
         self.on_change = on_change
         self.store_headers = store_headers or {}
-        self.tracked: dict[str, Tracked] = {}
+        self.tracked: dict[TrackKey, Tracked] = {}
+        self.tails: dict[tuple[str, str, int], TailPart] = {}
+        """Loaded tails registered in the server's tail registry, by (namespace, name, revision)."""
+        self._background: set[asyncio.Task[Any]] = set()
         self._http: aiohttp.ClientSession | None = None
         self._fetching: dict[str, asyncio.Lock] = {}
         """One download at a time per sha256 (two names may share an artifact)."""
@@ -142,38 +200,55 @@ class Reconciler:
     # -- desired state -----------------------------------------------------------------------
     def apply(self, assignments: Iterable[ModelAssignment], persist: bool = True, generation: int | None = None) -> None:
         """Adopt a new desired set: start work for new or changed models, unload unassigned ones."""
-        desired: dict[str, ModelAssignment] = {}
+        desired: dict[TrackKey, ModelAssignment] = {}
         for a in assignments:
-            if a.name in desired:
-                log.error("Ignored a second assignment for model %s (namespace %s): names must be unique", a.name, a.namespace)
+            key = track_key(a)
+            if key in desired:
+                what = f"tail revision {a.revision}" if a.role == ModelRole.TAIL else "assignment"
+                log.error("Ignored a second %s for model %s (namespace %s): entries must be unique", what, a.name, a.namespace)
                 continue
-            desired[a.name] = a
+            desired[key] = a
         if persist:
             self.cache.save_assignment(
                 {"generation": generation, "savedAt": now_rfc3339(), "models": [a.to_k8s() for a in desired.values()]}
             )
-        for name in [n for n in self.tracked if n not in desired]:
-            t = self.tracked.pop(name)
+        for key in [k for k in self.tracked if k not in desired]:
+            t = self.tracked.pop(key)
             if t.task is not None:
                 t.task.cancel()
+            if t.is_tail:
+                self._remove_tail(t.assignment)
+                continue
+            name = t.assignment.name
             removed = self.repository.remove(name)
             for mv in removed:
                 self.metrics.forget_state(name, mv.version)
             self.metrics.forget_state(name, str(t.assignment.revision))
             log.info("Unassigned model %s: unloading (revision %s)", name, ", ".join(v.version for v in removed) or "none loaded")
-        for name, a in desired.items():
-            previous = self.tracked.get(name)
+        for key, a in desired.items():
+            previous = self.tracked.get(key)
             if previous is not None:
                 if previous.assignment == a:
                     continue
                 if previous.task is not None:
                     previous.task.cancel()
-                serving = self.repository.default(name)
-                if previous.assignment.revision != a.revision and (serving is None or serving.version != str(previous.assignment.revision)):
-                    self.metrics.forget_state(name, str(previous.assignment.revision))
-            t = self.tracked[name] = Tracked(assignment=a)
+                if not previous.is_tail:
+                    serving = self.repository.default(a.name)
+                    if previous.assignment.revision != a.revision and (serving is None or serving.version != str(previous.assignment.revision)):
+                        self.metrics.forget_state(a.name, str(previous.assignment.revision))
+            t = self.tracked[key] = Tracked(assignment=a)
             self._start(t)
         self.on_change()
+
+    def _remove_tail(self, a: ModelAssignment) -> None:
+        """Take an unassigned tail revision out of the tail server (requests in flight finish)."""
+        self.metrics.forget_state(a.name, str(a.revision))
+        part = self.tails.pop((a.namespace, a.name, a.revision), None)
+        if part is None:
+            return
+        self.server.tails.remove(a.name, str(a.revision))
+        part.unload()
+        log.info("Unassigned the split tail of %s/%s revision %d: removed from the tail server", a.namespace, a.name, a.revision)
 
     def retry_due(self, now: float | None = None) -> int:
         """Restart failed models whose retry time has come; how many restarted."""
@@ -187,21 +262,33 @@ class Reconciler:
         return restarted
 
     def _start(self, t: Tracked) -> None:
-        if self.repository.default(t.assignment.name) is None:
-            self.repository.set_waiting(t.assignment.name, f"revision {t.assignment.revision} pending")
-        t.task = asyncio.get_running_loop().create_task(self._realize(t), name=f"reconcile-{t.assignment.name}")
+        a = t.assignment
+        if t.is_tail:
+            t.task = asyncio.get_running_loop().create_task(self._realize_tail(t), name=f"reconcile-tail-{a.name}-{a.revision}")
+            return
+        if self.repository.default(a.name) is None:
+            self.repository.set_waiting(a.name, f"revision {a.revision} pending")
+        t.task = asyncio.get_running_loop().create_task(self._realize(t), name=f"reconcile-{a.name}")
 
     # -- state -------------------------------------------------------------------------------
+    def _current(self, t: Tracked) -> bool:
+        """Whether ``t`` is still the tracked entry for its key (not superseded or unassigned)."""
+        return self.tracked.get(t.key) is t
+
     def _set(self, t: Tracked, state: ModelPhase, reason: str = "", message: str = "") -> None:
-        if self.tracked.get(t.assignment.name) is not t:
+        if not self._current(t):
             return  # superseded by a newer assignment
         changed = state != t.state
         t.state, t.reason, t.message = state, reason, message
+        a = t.assignment
         if changed:
             t.since = now_rfc3339()
-            log.info("Model %s revision %d is %s%s", t.assignment.name, t.assignment.revision, state.value, f" ({reason}: {message})" if reason and state == ModelPhase.FAILED else "")
-        a = t.assignment
+            what = f"The {a.role.value} of model" if a.role != ModelRole.FULL else "Model"
+            log.info("%s %s revision %d is %s%s", what, a.name, a.revision, state.value, f" ({reason}: {message})" if reason and state == ModelPhase.FAILED else "")
         self.metrics.set_state(a.name, str(a.revision), state.value)
+        if t.is_tail:
+            self.on_change()
+            return
         if self.repository.default(a.name) is None:
             self.repository.set_waiting(a.name, f"{state.value} revision {a.revision}" + (f": {reason}" if reason else ""))
         self.on_change()
@@ -210,7 +297,7 @@ class Reconciler:
         t.failures += 1
         if exc.reason in ARTIFACT_REASONS:
             self.metrics.download_failures.labels(exc.reason).inc()
-        serving = self.repository.default(t.assignment.name)
+        serving = None if t.is_tail else self.repository.default(t.assignment.name)
         message = exc.message
         if serving is not None and serving.version != str(t.assignment.revision):
             message += f"; revision {serving.version} keeps serving"
@@ -223,29 +310,44 @@ class Reconciler:
         self._set(t, ModelPhase.FAILED, exc.reason, message[:1000])
 
     def states(self) -> list[ModelState]:
-        """Per-model status for EdgeAgent.status.models, with counts and latency of the serving version."""
+        """Per-model status for EdgeAgent.status.models, with counts and latency of the serving version.
+
+        Tails are reported one per revision (role tail); heads add the measured cloud RTT and the fallback count.
+        """
         result: list[ModelState] = []
-        for name in sorted(self.tracked):
-            t = self.tracked[name]
-            serving = self.repository.default(name)
+        for key in sorted(self.tracked, key=lambda k: (k, 0) if isinstance(k, str) else (k[1], 1, k[0], k[2])):
+            t = self.tracked[key]
+            a = t.assignment
+            common = {"name": a.name, "namespace": a.namespace, "revision": a.revision, "state": t.state, "reason": t.reason,
+                      "message": t.message, "last_transition_time": t.since, "role": a.role}  # fmt: skip
+            if t.is_tail:
+                part = self.tails.get((a.namespace, a.name, a.revision))
+                p50 = p95 = None
+                if part is not None:
+                    p50, p95 = part.percentiles_ms()
+                result.append(ModelState(
+                    **common, serving_revision=a.revision if part is not None else None,
+                    provider=part.provider if part is not None else "",
+                    request_count=part.request_count if part is not None else 0,
+                    error_count=part.error_count if part is not None else 0, p50_ms=p50, p95_ms=p95,
+                ))  # fmt: skip
+                continue
+            serving = self.repository.default(a.name)
             p50 = p95 = None
             if serving is not None:
                 p50, p95 = serving.latencies.percentiles_ms()
+            split = serving if isinstance(serving, SplitModelVersion) else None
             result.append(
                 ModelState(
-                    name=name,
-                    namespace=t.assignment.namespace,
-                    revision=t.assignment.revision,
+                    **common,
                     serving_revision=int(serving.version) if serving is not None and serving.version.isdigit() else None,
-                    state=t.state,
-                    reason=t.reason,
-                    message=t.message,
                     provider=serving.provider if serving is not None else "",
                     request_count=serving.request_count if serving is not None else 0,
                     error_count=serving.error_count if serving is not None else 0,
                     p50_ms=p50,
                     p95_ms=p95,
-                    last_transition_time=t.since,
+                    cloud_rtt_ms=split.cloud_rtt_ms if split is not None else None,
+                    fallback_count=split.fallback_count if split is not None else 0,
                 )
             )
         return result
@@ -256,9 +358,25 @@ class Reconciler:
     def pinned(self) -> set[str]:
         """sha256s that must stay in the cache: assigned or serving."""
         keep = {t.assignment.sha256 for t in self.tracked.values()}
+        keep.update(t.assignment.split.full_sha256 for t in self.tracked.values() if t.assignment.split and t.assignment.split.full_sha256)
+        keep.update(part.sha256 for part in self.tails.values())
         for name in self.repository.names():
-            keep.update(v.sha256 for v in self.repository.versions(name))
+            for v in self.repository.versions(name):
+                keep.add(v.sha256)
+                if isinstance(v, SplitModelVersion) and v.full_sha256:
+                    keep.add(v.full_sha256)
         return keep
+
+    async def measure_rtts(self) -> None:
+        """Measure every serving head's round trip to its cloud tail (status cloudRttMs); failures only blank it."""
+        heads = [mv for name in self.repository.names() if isinstance(mv := self.repository.default(name), SplitModelVersion)]
+        if heads:
+            await asyncio.gather(*(mv.measure_rtt() for mv in heads if not mv.retired))
+
+    def _in_background(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- the work ----------------------------------------------------------------------------
     async def _realize(self, t: Tracked) -> None:
@@ -268,16 +386,20 @@ class Reconciler:
             self._set(t, ModelPhase.READY, "Loaded", f"serving revision {a.revision} on {serving.provider}")
             return
         try:
+            check_split(a, self.server.split_port)
             async with self._fetching.setdefault(a.sha256, asyncio.Lock()):
-                path = await self._obtain(t)
-            self._set(t, ModelPhase.LOADING, "", f"loading {path.name} into ONNX Runtime ({a.accelerator.value})")
-            b = a.batching
-            mv = await self.server.load_version(
-                a.name, str(a.revision), path, sha256=a.sha256, accelerator=a.accelerator.value,
-                gpu_fallback_to_cpu=a.gpu_fallback_to_cpu,
-                batching=BatchingConfig(b.enabled, b.max_batch_size, b.max_queue_delay_ms),
-            )  # fmt: skip
-            if self.tracked.get(a.name) is not t:
+                path, manifest = await self._obtain(t, a)
+            if a.role == ModelRole.HEAD:
+                mv: ModelVersion = await self._load_head(t, path, manifest)
+            else:
+                self._set(t, ModelPhase.LOADING, "", f"loading {path.name} into ONNX Runtime ({a.accelerator.value})")
+                b = a.batching
+                mv = await self.server.load_version(
+                    a.name, str(a.revision), path, sha256=a.sha256, accelerator=a.accelerator.value,
+                    gpu_fallback_to_cpu=a.gpu_fallback_to_cpu,
+                    batching=BatchingConfig(b.enabled, b.max_batch_size, b.max_queue_delay_ms),
+                )  # fmt: skip
+            if not self._current(t):
                 await mv.close()
                 return
             mv.revision_meta = {"key": repr(load_key(a)), "namespace": a.namespace}
@@ -289,6 +411,10 @@ class Reconciler:
             note = ""
             if a.accelerator.value == "gpu" and mv.provider == "CPUExecutionProvider":
                 note = " (no GPU provider loads here; fell back to CPU per gpuFallbackToCpu)"
+            if isinstance(mv, SplitModelVersion):
+                local = ", the whole model here for a local fallback" if mv.full is not None else ""
+                note += f"; split at {mv.cut_names[0]!r}, tail at {a.split.cloud_url if a.split else ''}{local}"
+                self._in_background(self._first_rtt(mv), f"rtt-{a.name}-{a.revision}")
             self._set(t, ModelPhase.READY, "Loaded", f"serving revision {a.revision} on {mv.provider}{note}")
             await asyncio.to_thread(self.cache.evict, self.pinned())
         except StepFailed as exc:
@@ -301,27 +427,134 @@ class Reconciler:
             log.exception("Reconciling model %s revision %d failed unexpectedly", a.name, a.revision)
             self._fail(t, StepFailed("Internal", f"{type(exc).__name__}: {exc}", retryable=True))
 
-    async def _obtain(self, t: Tracked) -> Path:
-        """A verified local copy of the artifact: from the cache or downloaded."""
+    async def _load_head(self, t: Tracked, head_path: Path, manifest: ArtifactManifest) -> SplitModelVersion:
+        """Fetch the whole model too (fallback local), then load both as one split version."""
         a = t.assignment
+        split = a.split
+        assert split is not None  # check_split
+        full_path: Path | None = None
+        policy = FallbackPolicy(split.fallback.value)
+        if split.full_artifact_uri and split.full_sha256 and policy is FallbackPolicy.LOCAL:  # with fail it never runs
+            full = a.model_copy(update={"artifact_uri": split.full_artifact_uri, "sha256": split.full_sha256})
+            async with self._fetching.setdefault(full.sha256, asyncio.Lock()):
+                full_path, _ = await self._obtain(t, full)
+        try:
+            outputs = declared_outputs(manifest.outputs)
+        except ValueError as exc:
+            raise StepFailed("ManifestInvalid", f"{a.manifest_uri}: {exc}; re-run the conversion") from exc
+        try:
+            remote = RemoteTail(split.cloud_url, a.name, str(a.revision), split.cut, wire=WireFormat.parse(split.wire),
+                                tls=self.server.split_tls)  # fmt: skip
+        except ValueError as exc:
+            raise StepFailed("SplitInvalid", f"spec.models[{a.name}@{a.revision}]: {exc}") from exc
+        what = f"{head_path.name} and the whole model" if full_path is not None else head_path.name
+        self._set(t, ModelPhase.LOADING, "", f"loading {what} into ONNX Runtime ({a.accelerator.value})")
+        try:
+            return await self.server.load_head(
+                a.name, str(a.revision), head_path, a.sha256, remote, policy,
+                full_source=full_path, full_sha256=split.full_sha256 or "", outputs=outputs,
+                accelerator=a.accelerator.value, gpu_fallback_to_cpu=a.gpu_fallback_to_cpu,
+            )  # fmt: skip
+        except BaseException:
+            await remote.close()
+            raise
+
+    async def _first_rtt(self, mv: SplitModelVersion) -> None:
+        """Measure a new head's cloud RTT right away (then on the heartbeat cadence) and report it."""
+        rtt = await mv.measure_rtt()
+        log.info("Cloud RTT of %s:%s to %s: %s", mv.name, mv.version, mv.remote.health_url,
+                 f"{rtt:.2f} ms" if rtt is not None else "not measurable (the tail server does not answer)")  # fmt: skip
+        self.on_change()
+
+    def _check_tail_clash(self, a: ModelAssignment) -> None:
+        clash = next((k for k in self.tails if k[1:] == (a.name, a.revision) and k[0] != a.namespace), None)
+        if clash is not None:
+            raise StepFailed(
+                "TailConflict",
+                f"this agent already serves the tail of {a.name} revision {a.revision} from namespace {clash[0]}; "
+                "tails are addressed by model name and revision, so rename one of the EdgeModels",
+            )
+
+    async def _realize_tail(self, t: Tracked) -> None:
+        """Fetch, verify and load a tail, then register it with the tail server."""
+        a = t.assignment
+        key = (a.namespace, a.name, a.revision)
+        loaded = self.tails.get(key)
+        if loaded is not None and loaded.sha256 == a.sha256 and a.split is not None and loaded.cut == a.split.cut:
+            self._set(t, ModelPhase.READY, "Loaded", f"serving the tail of revision {a.revision} on the split port")
+            return
+        try:
+            check_split(a, self.server.split_port)
+            assert a.split is not None
+            self._check_tail_clash(a)
+            async with self._fetching.setdefault(a.sha256, asyncio.Lock()):
+                path, _ = await self._obtain(t, a)
+            self._set(t, ModelPhase.LOADING, "", f"loading {path.name} into ONNX Runtime ({a.accelerator.value})")
+            part = await self.server.load_tail(a.name, str(a.revision), a.namespace, path, a.sha256, a.split.cut,
+                                               accelerator=a.accelerator.value, gpu_fallback_to_cpu=a.gpu_fallback_to_cpu)
+            if not self._current(t):
+                part.unload()
+                return
+            try:
+                self._check_tail_clash(a)  # another namespace may have registered it while this one loaded
+            except StepFailed:
+                part.unload()
+                raise
+            self.server.tails.add(a.name, str(a.revision), part, cut=a.split.cut)
+            previous = self.tails.get(key)
+            self.tails[key] = part
+            if previous is not None and previous is not part:
+                previous.unload()
+            t.failures = 0
+            self._set(t, ModelPhase.READY, "Loaded",
+                      f"serving the tail of revision {a.revision} (cut {a.split.cut!r}) on {part.provider} at "
+                      f"{self.server.split_url}")  # fmt: skip
+            await asyncio.to_thread(self.cache.evict, self.pinned())
+        except StepFailed as exc:
+            self._fail(t, exc)
+        except LoadError as exc:
+            self._fail(t, StepFailed(exc.reason, exc.message, retryable=False))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("Reconciling the tail of %s revision %d failed unexpectedly", a.name, a.revision)
+            self._fail(t, StepFailed("Internal", f"{type(exc).__name__}: {exc}", retryable=True))
+
+    async def _obtain(self, t: Tracked, a: ModelAssignment) -> tuple[Path, ArtifactManifest]:
+        """A verified local copy of ``a``'s artifact (from the cache or downloaded) and its signed manifest."""
         sha = a.sha256
         if self.cache.has(sha):
-            self._set(t, ModelPhase.VERIFYING, "", "verifying the cached artifact (signature and sha256)")
+            file = artifact_file_name(a.artifact_uri)
+            self._set(t, ModelPhase.VERIFYING, "", f"verifying the cached {file} (signature and sha256)")
+            cached: ArtifactManifest | None = None
+            for path in self.cache.manifests_for(sha):  # the same bytes may be vouched for by several revisions
+                try:
+                    cached = check_manifest(path.read_bytes(), a, self.public_key)
+                    break
+                except (StepFailed, OSError):
+                    continue
             try:
-                check_manifest(self.cache.manifest(sha).read_bytes(), a, self.public_key)
                 actual = await asyncio.to_thread(sha256_of, self.cache.blob(sha))
-            except (StepFailed, OSError) as exc:
-                log.warning("Cached artifact %s failed verification (%s); fetching it again", sha[:12], exc)
-            else:
-                if actual == sha:
-                    self.cache.touch(sha)
-                    return self.cache.blob(sha)
-                log.warning("Cached artifact %s is corrupt (sha256 %s); fetching it again", sha[:12], actual[:12])
+            except OSError as exc:
+                actual = f"unreadable ({exc.strerror})"
+            if actual == sha and cached is not None:
+                self.cache.touch(sha)
+                return self.cache.blob(sha), cached
+            if actual == sha:
+                # Good bytes, but no cached manifest vouches for this assignment: verify its own, keep the file.
+                session = await self._session()
+                self._set(t, ModelPhase.VERIFYING, "", f"the cached {file} is intact; verifying the manifest {a.manifest_uri}")
+                data = await self._retrying(t, lambda: fetch_bytes(session, a.manifest_uri, self.store_headers))
+                checked = check_manifest(data, a, self.public_key)
+                self.cache.store_manifest(sha, data)
+                self.cache.touch(sha)
+                return self.cache.blob(sha), checked
+            log.warning("Cached artifact %s is corrupt (sha256 %s); fetching it again", sha[:12], actual[:12])
             self.cache.discard(sha)
         session = await self._session()
         self._set(t, ModelPhase.DOWNLOADING, "", f"fetching the manifest {a.manifest_uri}")
         manifest = await self._retrying(t, lambda: fetch_bytes(session, a.manifest_uri, self.store_headers))
-        check_manifest(manifest, a, self.public_key)  # before the big download: unsigned artifacts never are
+        checked = check_manifest(manifest, a, self.public_key)  # before the big download: unsigned artifacts never are
         part = self.cache.part(sha)
 
         def progress(done: int, total: int | None) -> None:
@@ -336,7 +569,7 @@ class Reconciler:
                 on_bytes=self.metrics.download_bytes.inc, progress=progress,
             ),  # fmt: skip
         )
-        self._set(t, ModelPhase.VERIFYING, "", "verifying the sha256 of the downloaded file")
+        self._set(t, ModelPhase.VERIFYING, "", f"verifying the sha256 of the downloaded {artifact_file_name(a.artifact_uri)}")
         actual = await asyncio.to_thread(sha256_of, part)
         if actual != sha:
             part.unlink(missing_ok=True)
@@ -345,7 +578,7 @@ class Reconciler:
                 f"{a.artifact_uri} has sha256 {actual}, the signed manifest says {sha}: the file is corrupt or was replaced",
             )
         self.cache.store_manifest(sha, manifest)
-        return self.cache.commit(sha)
+        return self.cache.commit(sha), checked
 
     async def _retrying(self, t: Tracked, attempt: Callable[[], Any]) -> Any:
         attempts = self.settings.download_attempts
@@ -368,7 +601,9 @@ class Reconciler:
         for t in self.tracked.values():
             if t.task is not None:
                 t.task.cancel()
-        tasks = [t.task for t in self.tracked.values() if t.task is not None]
+        for task in self._background:
+            task.cancel()
+        tasks = [t.task for t in self.tracked.values() if t.task is not None] + list(self._background)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._http is not None:

@@ -26,7 +26,9 @@ from edgemodel.api.edgeagent import (
     EdgeAgentStatus,
     ModelAssignment,
     ModelPhase,
+    ModelRole,
     ModelState,
+    SplitAssignment,
 )
 from edgemodel.api.edgemodel import (
     Accelerator,
@@ -43,6 +45,9 @@ from edgemodel.api.edgemodel import (
     RolloutStatus,
     RolloutStrategy,
     SourceFormat,
+    Split,
+    SplitArtifacts,
+    SplitFallback,
 )
 from edgemodel.api.tensors import DType, TensorSpec
 
@@ -74,6 +79,7 @@ __all__ = [
     "LatencyStats",
     "ModelAssignment",
     "ModelPhase",
+    "ModelRole",
     "ModelState",
     "ObjectMeta",
     "Precision",
@@ -82,6 +88,10 @@ __all__ = [
     "RolloutStatus",
     "RolloutStrategy",
     "SourceFormat",
+    "Split",
+    "SplitArtifacts",
+    "SplitAssignment",
+    "SplitFallback",
     "TensorSpec",
     "get_condition",
     "now_rfc3339",

@@ -3,7 +3,8 @@
 Layout in the artifact store, under ``{namespace}/{model}/{revision}/``:
 ``manifest.json`` (this model), ``manifest.json.sig`` (base64 ed25519 over the exact bytes of
 manifest.json), ``model-{hardwareClass}.onnx`` (one per hardware class), ``report.md`` (and
-``report.png`` when matplotlib is installed), ``result.json`` (the ConversionResult, written last).
+``report.png`` when matplotlib is installed), with spec.split on also ``head.onnx``, ``tail.onnx`` and
+``split.json``, and ``result.json`` (the ConversionResult, written last).
 """
 
 from __future__ import annotations
@@ -92,3 +93,6 @@ class ArtifactManifest(StatusModel):
     """Where candidates were measured: library versions, provider, threads, CPU, load average."""
     notes: list[str] = Field(default_factory=list)
     """Things the reader should know, e.g. that GPU latency was not measured."""
+    split: dict[str, Any] | None = None
+    """With spec.split on: the split's essentials (cut, wire, chosenBy auto|manual, predictedMs, featureBytes,
+    maxAbsDiff, file names); head.onnx, tail.onnx and split.json (the full plan and profile) are in ``files``."""

@@ -8,7 +8,34 @@ from typing import Literal
 from pydantic import Field
 
 from edgemodel.api.base import ApiModel, Condition, ObjectMeta, StatusModel
-from edgemodel.api.edgemodel import Accelerator, Batching, HardwareClass, Precision
+from edgemodel.api.edgemodel import Accelerator, Batching, HardwareClass, Precision, SplitFallback
+
+
+class ModelRole(StrEnum):
+    """What part of a model a node runs."""
+
+    FULL = "full"
+    HEAD = "head"
+    """Split inference, edge side: runs the head and sends the features to the cloud tail."""
+    TAIL = "tail"
+    """Split inference, cloud side: serves the tail on the agent's split port."""
+
+
+class SplitAssignment(ApiModel):
+    """How a head or tail takes part in split inference."""
+
+    cut: str = Field(min_length=1)
+    """The cut tensor (the head's output, the tail's input)."""
+    wire: str = Field(default="int8", pattern=r"^(fp32|fp16|int8)(\+zstd)?$")
+    """Wire format of the features."""
+    cloud_url: str = Field(default="", pattern=r"^(https?://.+)?$")
+    """Head only: base URL of the cloud agents' split port."""
+    fallback: SplitFallback = SplitFallback.LOCAL
+    """Head only: what to do when the cloud cannot answer."""
+    full_artifact_uri: str | None = Field(default=None, pattern=r"^(file|https?)://.+")
+    """Head with fallback local: the whole model, run when the cloud is unreachable."""
+    full_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """sha256 of the whole model."""
 
 
 class ModelAssignment(ApiModel):
@@ -36,6 +63,10 @@ class ModelAssignment(ApiModel):
     """With accelerator gpu: serve on CPU when no GPU provider loads."""
     batching: Batching = Field(default_factory=Batching)
     """Dynamic batching settings."""
+    role: ModelRole = ModelRole.FULL
+    """full, head (edge side of a split) or tail (cloud side; one entry per revision in use)."""
+    split: SplitAssignment | None = None
+    """Split settings for role head or tail."""
 
 
 class EdgeAgentSpec(ApiModel):
@@ -116,6 +147,12 @@ class ModelState(StatusModel):
     """95th percentile request latency in ms over the recent window."""
     last_transition_time: str | None = None
     """When state last changed (RFC 3339)."""
+    role: ModelRole = ModelRole.FULL
+    """full, head or tail (tails are reported per revision)."""
+    cloud_rtt_ms: float | None = None
+    """Head only: measured round trip to the cloud tail in ms (plan the split with this)."""
+    fallback_count: int = 0
+    """Head only: requests answered by the whole model on the edge because the cloud failed."""
 
 
 class EdgeAgentStatus(StatusModel):
@@ -126,6 +163,8 @@ class EdgeAgentStatus(StatusModel):
     """Last time the agent reported (RFC 3339)."""
     endpoint: str = ""
     """URL of the agent's Open Inference Protocol endpoint."""
+    split_endpoint: str = ""
+    """URL of the agent's split-tail server (cloud agents started with a split port)."""
     models: list[ModelState] = Field(default_factory=list)
     """State of every assigned model."""
     conditions: list[Condition] = Field(default_factory=list)

@@ -248,6 +248,76 @@ class Rollout(ApiModel):
         return value
 
 
+SPLIT_NONE = "none"
+SPLIT_AUTO = "auto"
+CLOUD_TIER_LABEL = "edgemodel.io/tier"
+"""Label of the EdgeAgents that run in the cloud (value ``cloud``): they serve split tails, never edge models."""
+
+
+class SplitObjective(StrEnum):
+    LATENCY = "latency"
+    EDGE_COMPUTE = "edgeCompute"
+
+
+class SplitFallback(StrEnum):
+    """What an edge node does when the cloud tail cannot answer."""
+
+    LOCAL = "local"
+    FAIL = "fail"
+
+
+class SplitLink(ApiModel):
+    """The edge-cloud link the automatic cut is planned for."""
+
+    bandwidth_mbit_s: float = Field(gt=0, le=1_000_000)
+    """Usable bandwidth between an edge node and the cloud in Mbit/s, e.g. 10."""
+    rtt_ms: float = Field(default=20.0, ge=0, le=60_000)
+    """Round-trip time in ms as measured over HTTPS (the agents report theirs), e.g. 20."""
+
+
+def _cloud_selector() -> LabelSelector:
+    return LabelSelector(match_labels={CLOUD_TIER_LABEL: "cloud"})
+
+
+class SplitCloud(ApiModel):
+    """Where the tail runs: cloud agents (EdgeAgents labelled edgemodel.io/tier=cloud) behind a Service."""
+
+    selector: LabelSelector = Field(default_factory=_cloud_selector)
+    """Which cloud agents load the tail; default {matchLabels: {edgemodel.io/tier: cloud}}."""
+    service_url: str | None = Field(default=None, pattern=r"^https?://[^/]+$")
+    """Base URL of the Service in front of the cloud agents' split port, e.g. https://edgemodel-cloud-agent:8443.
+    Empty: the split endpoint a cloud agent reports (a single cloud agent, or tests)."""
+
+
+class Split(ApiModel):
+    """Edge-cloud split inference: the edge runs the first layers, the cloud the rest."""
+
+    cut: str = Field(default=SPLIT_NONE, min_length=1, max_length=512)
+    """none (the whole model runs on the edge), auto (chosen from measured latencies, the feature size at
+    every cut and the link), or a tensor or layer (node) name of the exported ONNX graph."""
+    wire: str = Field(default="int8", pattern=r"^(fp32|fp16|int8)(\+zstd)?$")
+    """How features travel: fp32, fp16 or int8 (with a scale per tensor), optionally +zstd, e.g. int8+zstd."""
+    link: SplitLink | None = None
+    """The link to plan for; required with cut: auto."""
+    objective: SplitObjective = SplitObjective.LATENCY
+    """latency: lowest end-to-end latency; edgeCompute: least edge compute within budgetMs."""
+    budget_ms: float | None = Field(default=None, gt=0)
+    """End-to-end latency budget in ms for objective edgeCompute."""
+    edge_slowdown: float = Field(default=4.0, gt=0, le=1000)
+    """How much slower the edge is than the conversion Job's CPU (auto only), e.g. 4."""
+    quantize_parts: bool = False
+    """Quantise head and tail independently to static INT8 (needs optimization.int8.calibrationDataUri)."""
+    fallback: SplitFallback = SplitFallback.LOCAL
+    """When the cloud is unreachable: local runs the whole model on the edge (it is assigned there too);
+    fail answers 503."""
+    cloud: SplitCloud = Field(default_factory=SplitCloud)
+    """Which cloud agents run the tail and the URL edge nodes reach them at."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.cut != SPLIT_NONE
+
+
 class EdgeModelSpec(ApiModel):
     """Desired state: which model, optimised how, served where, rolled out how."""
 
@@ -267,6 +337,8 @@ class EdgeModelSpec(ApiModel):
     """Serving settings on the agents."""
     rollout: Rollout = Field(default_factory=Rollout)
     """Rollout strategy and analysis."""
+    split: Split = Field(default_factory=Split)
+    """Edge-cloud split inference; the default cut none serves the whole model on the edge."""
     suspend: bool = False
     """Pause conversion and rollout; nodes keep what they serve."""
 
@@ -311,6 +383,27 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
         "|| !has(self.serving) || !has(self.serving.accelerator) || self.serving.accelerator != 'cpu'",
         check=lambda s: not (s.hardware.require_gpu and s.serving.accelerator == Accelerator.CPU),
     ),
+    CrossFieldRule(
+        field="spec.split.link",
+        message="cut auto needs the link to plan for, e.g. link: {bandwidthMbitS: 10, rttMs: 20}; set it or name a cut",
+        cel="!has(self.split) || !has(self.split.cut) || self.split.cut != 'auto' || has(self.split.link)",
+        check=lambda s: s.split.cut != SPLIT_AUTO or s.split.link is not None,
+    ),
+    CrossFieldRule(
+        field="spec.split.budgetMs",
+        message="objective edgeCompute needs budgetMs (the end-to-end latency budget); set it or use objective latency",
+        cel="!has(self.split) || !has(self.split.objective) || self.split.objective != 'edgeCompute' "
+        "|| has(self.split.budgetMs)",
+        check=lambda s: s.split.objective != SplitObjective.EDGE_COMPUTE or s.split.budget_ms is not None,
+    ),
+    CrossFieldRule(
+        field="spec.split.quantizeParts",
+        message="quantizeParts needs calibration data; set optimization.int8.calibrationDataUri or quantizeParts: false",
+        cel="!has(self.split) || !has(self.split.quantizeParts) || !self.split.quantizeParts "
+        "|| (has(self.optimization) && has(self.optimization.int8) "
+        "&& has(self.optimization.int8.calibrationDataUri))",
+        check=lambda s: not s.split.quantize_parts or bool(s.optimization.int8.calibration_data_uri),
+    ),
 ]
 
 
@@ -322,6 +415,31 @@ class EdgeModelPhase(StrEnum):
     DEGRADED = "Degraded"
     FAILED = "Failed"
     SUSPENDED = "Suspended"
+
+
+class SplitArtifacts(StatusModel):
+    """The head and tail of a split revision, built once from the exported FP32 model (agents optimise on load)."""
+
+    cut: str
+    """The tensor the model is cut at (the feature tensor sent to the cloud)."""
+    wire: str
+    """Wire format of the features, e.g. int8 or int8+zstd."""
+    head_uri: str
+    """Where head.onnx (inputs -> cut) is."""
+    head_sha256: str
+    """sha256 of head.onnx."""
+    tail_uri: str
+    """Where tail.onnx (cut -> outputs) is."""
+    tail_sha256: str
+    """sha256 of tail.onnx."""
+    manifest_uri: str = ""
+    """Where split.json (cut, verification, plan, profiles) is."""
+    chosen_by: str = ""
+    """auto (the planner) or manual (spec.split.cut)."""
+    predicted_ms: float | None = None
+    """The planner's predicted end-to-end latency at the chosen cut (auto only)."""
+    feature_bytes: int | None = None
+    """Encoded size of one sample's features in the wire format."""
 
 
 class ArtifactRef(StatusModel):
@@ -343,6 +461,8 @@ class ArtifactRef(StatusModel):
     """Where manifest.json is."""
     signature: str = ""
     """Base64 ed25519 signature of manifest.json."""
+    split: SplitArtifacts | None = None
+    """Head and tail when spec.split is on (the same pair for every hardware class)."""
 
 
 class CandidateSummary(StatusModel):

@@ -3,7 +3,10 @@
 Standalone: ``edgemodel agent --model digits=./digits.onnx --port 8080`` serves local files.
 In a cluster (DaemonSet): ``--in-cluster`` (or ``--kubeconfig``), ``--node-name`` (or NODE_NAME),
 ``--public-key`` and ``--cache-dir``; the agent registers its EdgeAgent and serves what the
-operator assigns. Every flag also reads from ``EDGEMODEL_AGENT_<FLAG>`` (flags win).
+operator assigns. Split inference: a cloud agent serves tails with ``--split-port``; with
+``--split-tls-ca/--split-tls-cert/--split-tls-key`` the split link is mTLS (the same flags give an
+edge agent its client identity towards the cloud). Every flag also reads from
+``EDGEMODEL_AGENT_<FLAG>`` (flags win).
 """
 
 from __future__ import annotations
@@ -57,6 +60,14 @@ def add_parser(sub: Any) -> None:
     cluster.add_argument("--endpoint", help="URL clients reach this agent at (default http(s)://$POD_IP:PORT)")
     cluster.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s", metavar="SECONDS",
                          help="seconds between heartbeats (default 10, at least 1)")
+    split = p.add_argument_group("split inference (docs/split-inference.md)")
+    split.add_argument("--split-port", type=int, metavar="PORT",
+                       help="serve split tails (cloud agent) on this port; 0 = any free port (default: no tail server)")
+    split.add_argument("--split-tls-ca", type=Path, metavar="PEM",
+                       help="CA that verifies the peer on the split link (client certs here, the cloud's cert on a head)")
+    split.add_argument("--split-tls-cert", type=Path, metavar="PEM",
+                       help="this agent's certificate on the split link (tail server identity / head client identity)")
+    split.add_argument("--split-tls-key", type=Path, metavar="PEM", help="private key of --split-tls-cert")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     keys = ("host", "port", "models", "token_file", "metrics_require_token", "tls_cert", "tls_key", "max_body_bytes",
             "accelerator", "gpu_fallback_to_cpu", "intra_op_threads", "inference_workers", "batching", "max_batch_size",
             "max_queue_delay_ms", "allow_non_finite", "in_cluster", "kubeconfig", "node_name", "public_key",
-            "cache_dir", "cache_max_bytes", "store_token_file", "endpoint", "heartbeat_interval_s")  # fmt: skip
+            "cache_dir", "cache_max_bytes", "store_token_file", "endpoint", "heartbeat_interval_s",
+            "split_port", "split_tls_ca", "split_tls_cert", "split_tls_key")  # fmt: skip
     settings = load_settings(labels=labels, **{k: getattr(args, k) for k in keys})
     if not settings.cluster_mode and not settings.models and settings.node_name and os.environ.get("KUBECONFIG"):
         # A node process started with NODE_NAME and KUBECONFIG (e.g. the local cluster's run_on_nodes).

@@ -34,6 +34,9 @@ class Reason(StrEnum):
     """No allowed candidate stays within spec.validation.maxAccuracyDrop."""
     NO_ACCEPTABLE_CANDIDATE = "NoAcceptableCandidate"
     """Candidates met the budget but none is allowed for a hardware class (precision, speed)."""
+    INVALID_SPLIT = "InvalidSplit"
+    """spec.split cannot be built: the cut is not a valid cut of the exported graph, or the split settings are
+    inconsistent (the message lists valid cuts)."""
     SIGNING_KEY_UNREADABLE = "SigningKeyUnreadable"
     """The ed25519 private key is missing or not an ed25519 PEM key."""
     SOURCE_UNAVAILABLE = "SourceUnavailable"

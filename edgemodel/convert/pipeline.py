@@ -1,4 +1,5 @@
-"""The conversion pipeline: fetch -> load and check -> export -> build candidates -> measure -> choose -> sign.
+"""The conversion pipeline: fetch -> load and check -> export -> build candidates -> measure -> choose
+-> split (with spec.split on) -> sign.
 
 ``convert()`` leaves every file of the revision except ``result.json`` in one folder; the
 caller publishes it (``--output DIR`` locally, the artifact store in a Job) and writes the result.
@@ -24,9 +25,16 @@ from edgemodel.api import (
     ConversionResult,
     EdgeModel,
     HardwareClass,
+    SplitArtifacts,
     now_rfc3339,
 )
-from edgemodel.api.edgemodel import OptimizationMode, QuantMethod, ValidationMetric
+from edgemodel.api.edgemodel import (
+    SPLIT_AUTO,
+    OptimizationMode,
+    QuantMethod,
+    SplitObjective,
+    ValidationMetric,
+)
 from edgemodel.convert import candidates as cands
 from edgemodel.convert.data import Dataset, generate, load_npz
 from edgemodel.convert.environment import describe, gpu_provider
@@ -46,6 +54,7 @@ from edgemodel.convert.runners import (
 )
 from edgemodel.convert.select import choose, latency_key
 from edgemodel.convert.source import LoadedSource, load_source
+from edgemodel.errors import UserError
 from edgemodel.signing import sha256_file, sign
 
 if TYPE_CHECKING:
@@ -56,6 +65,10 @@ log = logging.getLogger(__name__)
 GENERATED_SAMPLES = 64
 EVAL_BATCH = 64
 CALIB_BATCH = 8
+SPLIT_SAMPLES = 16
+"""Evaluation samples the split is verified on (and the auto cut profiled with)."""
+SPLIT_FILES = ("head.onnx", "tail.onnx", "split.json")
+SPLIT_MESSAGE_LIMIT = 600
 
 
 @dataclass
@@ -73,6 +86,8 @@ class ConvertOptions:
     batch_size: int | None = None
     """The larger batch measured besides batch 1 (default 8, or serving.batching.maxBatchSize)."""
     export_check_samples: int = 16
+    split_profile_runs: int = 5
+    """Timed runs of every head and tail when profiling the cuts for spec.split.cut auto."""
     plot: bool = True
 
 
@@ -102,7 +117,9 @@ def _fetch_and_load(model: EdgeModel, workdir: Path, progress: Progress) -> _Inp
     spec = model.spec
     opt = spec.optimization
     # Calibration data feeds static INT8 and, without validation data, the agreement check.
-    calib_uri = opt.int8.calibration_data_uri if (opt.int8.enabled or not spec.validation.data_uri) else None
+    # spec.split.quantizeParts calibrates head and tail on it too.
+    wants_calibration = opt.int8.enabled or spec.split.quantize_parts or not spec.validation.data_uri
+    calib_uri = opt.int8.calibration_data_uri if wants_calibration else None
     if opt.mode == OptimizationMode.EXPLICIT and opt.int8.enabled and opt.int8.method == QuantMethod.STATIC and not calib_uri:
         raise ConversionError(Reason.MISSING_CALIBRATION_DATA, "spec.optimization.int8.calibrationDataUri: explicit "
                               "static INT8 needs calibration data (an .npz of representative inputs); set it or use "
@@ -248,6 +265,97 @@ def _build_all(model: EdgeModel, exported: Path, inputs: _Inputs, workdir: Path,
     return built, notes
 
 
+def _split_error(exc: Exception) -> ConversionError:
+    """InvalidSplit naming the spec.split field at fault (build_split's messages already list valid cuts)."""
+    text = " ".join(str(exc).split())
+    if not text.startswith("spec."):
+        text = f"spec.split.{text}" if text.startswith(("link.", "budgetMs")) else f"spec.split: {text}"
+    if len(text) > SPLIT_MESSAGE_LIMIT:
+        text = text[: SPLIT_MESSAGE_LIMIT - 3] + "..."
+    return ConversionError(Reason.INVALID_SPLIT, text)
+
+
+def _check_cut(exported: Path, cut: str) -> None:
+    """Refuse a manual cut that is not a valid cut of the exported model before any candidate is built."""
+    from edgemodel.split.graph import resolve_cut
+
+    try:
+        resolve_cut(exported, cut)
+    except UserError as exc:
+        raise _split_error(exc) from exc
+
+
+def _feeds(data: Dataset, batch: int, limit: int) -> list[dict[str, np.ndarray]]:
+    """Up to ``limit`` samples of ``data`` (at least one batch) as feeds of exactly ``batch`` samples each."""
+    if len(data) < batch:
+        return [data.repeat_to(batch)]
+    return list(data.take(max(batch, min(limit, len(data)) // batch * batch)).batches(batch))
+
+
+def _build_split(model: EdgeModel, exported: Path, inputs: _Inputs, fixed_batch: int | None, workdir: Path,
+                 threads: int, options: ConvertOptions, progress: Progress) -> dict[str, Any]:
+    """Cut the exported FP32 model (spec.split), verify and write head/tail/split.json; the manifest's summary.
+
+    The exported model is cut, not the offline-optimised ``fp32-opt``: cut names are those of the exported
+    graph (fusion would drop tensors such as a Conv output before its Relu), and the parts stay free of
+    CPU-specific fused operators, so one head and tail serve every hardware class; agents optimise each part
+    when they load it.
+    """
+    from statistics import mean
+
+    from edgemodel.split.artifacts import SplitSettings, build_split
+    from edgemodel.split.codec import CodecError, WireFormat, encode
+    from edgemodel.split.planner import Link, Objective, PlanError
+    from edgemodel.split.runtime import OrtPart
+
+    split = model.spec.split
+    batch = fixed_batch or 1
+    samples = _feeds(inputs.evaluation, batch, SPLIT_SAMPLES)
+    calibration = (_feeds(inputs.calibration, fixed_batch or CALIB_BATCH, len(inputs.calibration))
+                   if split.quantize_parts and inputs.calibration is not None else None)
+    settings = SplitSettings(
+        cut=split.cut, wire=split.wire,
+        link=Link(split.link.bandwidth_mbit_s, split.link.rtt_ms) if split.link else None,
+        objective=Objective.EDGE_COMPUTE if split.objective == SplitObjective.EDGE_COMPUTE else Objective.LATENCY,
+        budget_ms=split.budget_ms, edge_slowdown=split.edge_slowdown, quantize_parts=split.quantize_parts,
+        profile_runs=options.split_profile_runs, threads=threads)
+    progress.stage("Splitting the model", 3)
+    try:
+        result = build_split(exported, samples, workdir, settings, calibration, on_step=progress.advance)
+    except (UserError, PlanError, CodecError) as exc:
+        raise _split_error(exc) from exc
+    m = result.manifest
+    head = OrtPart(result.head_path, threads=threads)
+    fmt = WireFormat.parse(split.wire)
+    feature_bytes = round(mean(len(encode(head.run(feeds), fmt)) for feeds in samples))
+    plan = m["plan"]
+    auto = split.cut == SPLIT_AUTO
+    if plan:
+        chosen, link = plan["chosen"], plan["link"]
+        why = (f"chosen by the planner ({plan['objective']}) for {link['bandwidthMbitS']:g} Mbit/s and RTT "
+               f"{link['rttMs']:g} ms, the edge predicted as this machine x {split.edge_slowdown:g}: edge "
+               f"{chosen['edgeMs']:.3f} ms + codec {chosen['codecMs']:.3f} ms + transfer {chosen['transferMs']:.3f} ms "
+               f"+ cloud {chosen['cloudMs']:.3f} ms")
+        if not plan["budgetMet"]:
+            why += f"; no cut meets budgetMs {plan['budgetMs']:g}, so the fastest was taken"
+    else:
+        why = f"named in spec.split.cut ({split.cut!r})"
+    summary: dict[str, Any] = {
+        "cut": m["cut"]["tensor"], "shape": m["cut"]["shape"], "chosenBy": "auto" if auto else "manual",
+        "reason": why, "wire": m["wire"], "precision": m["precision"],
+        "predictedMs": round(plan["chosen"]["totalMs"], 4) if plan else None,
+        "budgetMet": plan["budgetMet"] if plan else None,
+        "featureBytes": feature_bytes, "featureBatch": batch,
+        "maxAbsDiff": m["verification"]["maxAbsDiff"], "verifiedSamples": m["verification"]["samples"],
+        "quantizedMaxAbsDiff": (m["quantizedVerification"] or {}).get("maxAbsDiff"),
+        "candidates": len(m["profile"]["cuts"]) if m["profile"] else None,
+        "head": result.head_path.name, "tail": result.tail_path.name, "manifest": result.manifest_path.name,
+    }
+    log.info("Split at %s (%s): %s; %d feature bytes in %s; max abs diff %.3g", summary["cut"], summary["chosenBy"],
+             why, feature_bytes, m["wire"], summary["maxAbsDiff"])
+    return {k: v for k, v in summary.items() if v is not None}
+
+
 def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOptions,
             progress: Progress | None = None) -> ConversionOutput:
     """Run the whole pipeline; raise ConversionError with a reason on failure."""
@@ -271,6 +379,8 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
     progress.advance(f"exported opset {info.opset} with {info.exporter}")
     check_export(info, [r[:n_check] for r in reference], inputs.evaluation.slice(0, n_check), threads)
     progress.advance(f"outputs match the original within {info.max_abs_diff:.2g}")
+    if spec.split.enabled and spec.split.cut != SPLIT_AUTO:
+        _check_cut(info.path, spec.split.cut)  # fail fast, before minutes of candidate builds
 
     built, build_notes = _build_all(model, info.path, inputs, workdir, threads, progress)
 
@@ -291,16 +401,23 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
     env_before = describe(threads, {hw.value: p for hw, p in providers.items()})
     results = _measure_all(built, evaluator, options, threads, batches, providers, progress)
 
-    progress.stage("Choosing, writing and signing", 1)
     selection_batch = big if (spec.serving.batching.enabled and not fixed_batch) else batch_sizes[0]
     choices = choose(results, spec.optimization.targets, spec.validation.max_accuracy_drop, inputs.metric.value,
                      measured_on_target, selection_batch)
+    split = (_build_split(model, info.path, inputs, fixed_batch, workdir / "split", threads, options, progress)
+             if spec.split.enabled else None)
+
+    progress.stage("Choosing, writing and signing", 1)
     out = workdir / "out"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     artifact_choices: list[ArtifactChoice] = []
     files: dict[str, Path] = {}
+    if split is not None:
+        for name in SPLIT_FILES:
+            shutil.copyfile(workdir / "split" / name, out / name)
+            files[name] = out / name
     for hw, choice in choices.items():
         c = choice.candidate
         built_path = next(b.path for b in built if b.plan.name == c.name and b.plan.hardware_class == hw)
@@ -323,7 +440,7 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
                     "data": inputs.evaluation.origin, "samples": len(inputs.evaluation),
                     "original": round(evaluator.original, 6), "maxAccuracyDrop": spec.validation.max_accuracy_drop,
                     "selectionBatch": selection_batch},
-        candidates=results, choices=artifact_choices, environment=env_before, notes=notes,
+        candidates=results, choices=artifact_choices, environment=env_before, notes=notes, split=split,
     )
     plot_name = None
     if options.plot and render_plot(results, inputs.metric.value,
@@ -348,10 +465,17 @@ def success_result(output: ConversionOutput, uris: dict[str, str]) -> Conversion
     """The ConversionResult of a published revision; ``uris`` maps file names to where they are."""
     m = output.manifest
     chosen = {(c.hardware_class, c.candidate): c for c in m.choices}
+    split = None
+    if m.split is not None:
+        head, tail, manifest = (m.split[k] for k in ("head", "tail", "manifest"))
+        split = SplitArtifacts(cut=m.split["cut"], wire=m.split["wire"], head_uri=uris[head],
+                               head_sha256=m.files[head], tail_uri=uris[tail], tail_sha256=m.files[tail],
+                               manifest_uri=uris[manifest], chosen_by=m.split["chosenBy"],
+                               predicted_ms=m.split.get("predictedMs"), feature_bytes=m.split.get("featureBytes"))
     artifacts = [
         ArtifactRef(hardware_class=c.hardware_class, uri=uris[c.file], sha256=c.sha256, size_bytes=c.size_bytes,
                     precision=c.precision, candidate=c.candidate, manifest_uri=uris["manifest.json"],
-                    signature=output.signature)
+                    signature=output.signature, split=split)
         for c in m.choices
     ]
     summaries = []
@@ -367,6 +491,8 @@ def success_result(output: ConversionOutput, uris: dict[str, str]) -> Conversion
         speed = f", {a.speedup_vs_baseline:.2f}x FP32" if a.speedup_vs_baseline and a.candidate != cands.BASELINE else ""
         parts.append(f"{a.hardware_class.value}: {a.candidate}{speed}, {m.validation['metric']} {a.metric:.4f}"
                      if a.metric is not None else f"{a.hardware_class.value}: {a.candidate}")
+    if split is not None:
+        parts.append(f"split at {split.cut} ({split.chosen_by})")
     return ConversionResult(ok=True, revision=m.revision, reason="Converted",
                             message=f"Converted revision {m.revision} ({'; '.join(parts)})",
                             manifest_uri=uris["manifest.json"], artifacts=artifacts, candidates=summaries)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from edgemodel.api import ArtifactManifest, CandidateResult, LatencyStats
 from edgemodel.convert.errors import first_line
@@ -36,6 +37,24 @@ def candidate_table(manifest: ArtifactManifest, batches: list[int]) -> list[str]
     return lines
 
 
+def split_section(split: dict[str, Any]) -> list[str]:
+    """The report's split part: cut, why, predicted latency, feature bytes, verification."""
+    per = "sample" if split.get("featureBatch", 1) == 1 else f"request of {split['featureBatch']} samples"
+    shape = "[" + ", ".join(str(d) for d in split.get("shape", [])) + "]"
+    lines = ["", "## Split (edge-cloud)", "",
+             f"- Cut at `{split['cut']}` {shape} ({split['chosenBy']}): {split.get('reason', '')}"]
+    if split.get("predictedMs") is not None:
+        lines.append(f"- Predicted end-to-end latency: {split['predictedMs']:.3f} ms")
+    lines += [f"- Features on the wire: {split.get('featureBytes', '?')} bytes per {per} in {split['wire']}",
+              f"- Head+tail vs the whole model: max abs diff {split['maxAbsDiff']:.3g} on "
+              f"{split.get('verifiedSamples', '?')} inputs; parts in {split.get('precision', 'fp32')}"
+              + (f" (INT8 parts differ by up to {split['quantizedMaxAbsDiff']:.3g})"
+                 if split.get("quantizedMaxAbsDiff") is not None else ""),
+              f"- Files: `{split['head']}` (edge), `{split['tail']}` (cloud), `{split['manifest']}` "
+              "(plan and profiles)"]
+    return lines
+
+
 def render_markdown(manifest: ArtifactManifest, plot_name: str | None) -> str:
     v = manifest.validation
     batches = sorted({s.batch_size for c in manifest.candidates for s in c.latency})
@@ -61,6 +80,7 @@ def render_markdown(manifest: ArtifactManifest, plot_name: str | None) -> str:
     for choice in manifest.choices:
         lines.append(f"- **{choice.hardware_class.value}**: `{choice.candidate}` ({choice.precision.value}, "
                      f"{_mb(choice.size_bytes)} MB, `{choice.file}`, sha256 `{choice.sha256[:16]}...`): {choice.reason}")
+    lines += split_section(manifest.split) if manifest.split else []
     lines += ["", "## Candidates", "", *candidate_table(manifest, batches), ""]
     if v.get("note") or manifest.notes:
         lines += ["## Notes", ""]

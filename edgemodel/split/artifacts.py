@@ -19,7 +19,7 @@ import copy
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,9 +103,15 @@ def plan_auto(profile: SplitProfile, settings: SplitSettings) -> Plan:
 
 
 def build_split(model: onnx.ModelProto | str | Path | bytes, samples: Feeds | Sequence[Feeds], out_dir: Path,
-                settings: SplitSettings | None = None, calibration: Sequence[Feeds] | None = None) -> SplitResult:
-    """Cut, verify, (quantise), profile and write head/tail/split.json; raises UserError on bad settings."""
+                settings: SplitSettings | None = None, calibration: Sequence[Feeds] | None = None, *,
+                on_step: Callable[[str], None] | None = None) -> SplitResult:
+    """Cut, verify, (quantise), profile and write head/tail/split.json; raises UserError on bad settings.
+
+    ``on_step`` (e.g. a progress bar) is called with one line after each of the three steps:
+    cut chosen (profiled for ``auto``), head+tail verified (and quantised), files written.
+    """
     settings = settings or SplitSettings()
+    step = on_step or (lambda _detail: None)
     WireFormat.parse(settings.wire)  # fail early on a bad wire format
     proto = load_model(model)
     candidates = find_cut_candidates(proto)
@@ -127,6 +133,7 @@ def build_split(model: onnx.ModelProto | str | Path | bytes, samples: Feeds | Se
                  plan.chosen.total_ms, plan.link.bandwidth_mbit_s, plan.link.rtt_ms)
     else:
         cut = resolve_cut(proto, settings.cut)
+    step(f"cut at {cut.tensor}" + (f" (auto: predicted {plan.chosen.total_ms:.1f} ms end to end)" if plan else ""))
     split = split_model(proto, cut)
     verification = verify(proto, split, samples, rtol=settings.rtol, atol=settings.atol)
     if not verification.passed:
@@ -140,6 +147,8 @@ def build_split(model: onnx.ModelProto | str | Path | bytes, samples: Feeds | Se
         split = quantize_split(split, calibration)
         recorded = verify(proto, split, samples, rtol=0.0, atol=1e30).to_dict()
         quantized_check = {k: v for k, v in recorded.items() if k not in ("passed", "rtol", "atol")}  # not a gate
+    step(f"head+tail match the whole model within {verification.max_abs_diff:.3g}"
+         + (" (then quantised to INT8)" if settings.quantize_parts else ""))
     out_dir.mkdir(parents=True, exist_ok=True)
     head_path, tail_path = split.save(out_dir)
     manifest: dict[str, Any] = {
@@ -161,6 +170,7 @@ def build_split(model: onnx.ModelProto | str | Path | bytes, samples: Feeds | Se
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     log.info("Wrote split artifacts to %s (cut %s, max abs diff %.3g)", out_dir, cut.tensor,
              verification.max_abs_diff)
+    step(f"wrote {head_path.name}, {tail_path.name}, {manifest_path.name}")
     return SplitResult(head_path, tail_path, manifest_path, manifest)
 
 

@@ -157,6 +157,21 @@ def latency() -> Board:
         calculate=False, yAxis={"unit": "s"}, cellGap=1)
     for target in b.panels[-1]["targets"]:
         target["format"] = "heatmap"
+    # Split inference (docs/split-inference.md): where the time of a split request goes.
+    b.add("timeseries", "Split: time per stage p95", [(
+        f'histogram_quantile(0.95, sum by (le, model, version, stage) '
+        f'(rate(edgemodel_split_stage_duration_seconds_bucket{{{AGENT_SEL}}}[{RATE}])))', "{{model}} v{{version}} {{stage}}")],
+        w=8, unit="s", description="Split requests by stage: head (edge compute), encode, transfer (round trip minus "
+        "the cloud's own time), tail (cloud compute), local (the whole model on the edge after a cloud failure).")
+    b.add("timeseries", "Split: bytes on the link", [(
+        f'sum by (model, version, direction) (rate(edgemodel_split_transfer_bytes_total{{{AGENT_SEL}}}[{RATE}]))',
+        "{{model}} v{{version}} {{direction}}")], w=8, unit="Bps",
+        description="Encoded features sent to the cloud (up) and outputs received (down) per second.")
+    b.add("timeseries", "Split: answered by", [(
+        f'sum by (model, version, path) (rate(edgemodel_split_requests_total{{{AGENT_SEL}}}[{RATE}]))',
+        "{{model}} v{{version}} {{path}}")], w=8, unit="reqps",
+        description="Split requests answered by the cloud tail (split), by the whole model on the edge (local) or "
+        "refused with 503 (unavailable): a rising local or unavailable means the cloud is unreachable.")
     return b
 
 

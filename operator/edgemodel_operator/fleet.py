@@ -60,9 +60,12 @@ class Fleet:
         return len(self._index)
 
 
-def model_signature(view: AgentView) -> dict[ModelKey, tuple[int, str, int | None]]:
-    """Per model: the reported (revision, state, serving revision); what the rollout reacts to."""
-    return {(r.namespace, r.name): (r.revision, r.state, r.serving_revision) for r in view.reported}
+def model_signature(view: AgentView) -> dict[ModelKey, tuple[tuple[str, int, str, int | None], ...]]:
+    """Per model: the reported (role, revision, state, serving revision) of each entry; what the rollout reacts to."""
+    signature: dict[ModelKey, list[tuple[str, int, str, int | None]]] = {}
+    for r in view.reported:
+        signature.setdefault((r.namespace, r.name), []).append((r.role, r.revision, r.state, r.serving_revision))
+    return {key: tuple(sorted(value, key=repr)) for key, value in signature.items()}
 
 
 def woken_models(
@@ -74,6 +77,8 @@ def woken_models(
     if previous.labels != current.labels or previous.hardware_class != current.hardware_class:
         return None
     if previous.arch != current.arch or previous.memory_bytes != current.memory_bytes:
+        return None
+    if previous.split_endpoint != current.split_endpoint:
         return None
     if not previous.is_fresh(now, heartbeat_timeout) and current.is_fresh(now, heartbeat_timeout):
         return None

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ import kopf
 from pydantic import ValidationError
 
 from edgemodel.api import (
+    ArtifactRef,
     ConversionResult,
     EdgeModelSpec,
     EdgeModelStatus,
@@ -39,7 +41,13 @@ from edgemodel_operator.analysis import (
     measure_from_agents,
     measure_with_prometheus,
 )
-from edgemodel_operator.assignments import desired_assignment, patch_for
+from edgemodel_operator.assignments import (
+    JsonPatch,
+    desired_assignment,
+    patch_for,
+    tail_assignment,
+    tails_patch,
+)
 from edgemodel_operator.constants import ANNOTATION_SPEC_HASH, LABEL_MODEL, LABEL_REVISION
 from edgemodel_operator.kube import JSON_PATCH, MERGE_PATCH, ApiError, ApiUnavailable, Paths
 from edgemodel_operator.rollout import (
@@ -254,7 +262,20 @@ class Reconciler:
         agents = rt.fleet.snapshot()
         by_name = {a.name: a for a in agents}
         selection = scheduling.select(spec, namespace, name, agents, now_dt, settings.heartbeat_timeout_seconds)
+        cloud = scheduling.select_cloud(spec, agents, now_dt, settings.heartbeat_timeout_seconds)
+        artifacts = {r.revision: r.artifacts for r in status.history}
         target = newest.revision if newest.outcome == RevisionOutcome.ROLLING_OUT else None
+        split_wait: str | None = None
+        if target is not None and spec.split.enabled and _has_split(artifacts.get(target, [])) and not any(
+                a.assigned_revision(namespace, name) == target for a in selection.fresh + selection.stale):
+            # A split revision reaches the edge only once its tail serves on every fresh cloud agent.
+            split_wait, failure = split_gate(namespace, name, target, cloud, cloud_url(spec, cloud))
+            if failure is not None:
+                status = self._transition(f"{namespace}/{name}", status, Transition.ROLLED_BACK, failure, target,
+                                          outcome)
+                split_wait = None
+            if split_wait is not None or failure is not None:
+                target = None
         hold = {newest.revision} if newest.outcome == RevisionOutcome.FAILED and newest.artifacts else set()
         if status.revision is None:  # nothing verified to fall back to: only a rolled-back revision is removed
             hold |= {r.revision for r in status.history if r.outcome != RevisionOutcome.ROLLED_BACK}
@@ -279,10 +300,21 @@ class Reconciler:
                         "not counted as ready until their agent reports again (check the agent and its node)",
                         len(observed.stale), namespace, name, settings.heartbeat_timeout_seconds,
                         ", ".join(observed.stale[:10]))
-        status = status_mod.summarize(status, plan.progress, observed, generation, now)
+        progress = plan.progress
+        if split_wait is not None:
+            progress = progress.model_copy(update={"message": split_wait})
+            log.info("Holding the rollout of EdgeModel %s/%s: %s", namespace, name, split_wait)
+            _requeue_soon(outcome, 5.0)
+        status = status_mod.summarize(status, progress, observed, generation, now)
         await self._write_status(namespace, name, body.get("status") or {}, status)
         self._emit(body, outcome.events)
-        written = await self._apply(namespace, name, spec, status, plan.desired, by_name)
+        url = cloud_url(spec, cloud)
+        written = await self._apply(namespace, name, spec, status, plan.desired, by_name, url)
+        tails = tail_revisions(namespace, name, agents, plan.desired, artifacts, spec.split.enabled,
+                               newest.revision if split_wait is not None else None)
+        tail_writes = await self._apply_tails(namespace, name, status, agents, cloud, tails)
+        for key, count in tail_writes.items():
+            written[key] = written.get(key, 0) + count
         rt.metrics.set_nodes(namespace, name, {k: v for k, v in counts.items() if k in
                                                ("ready", "updating", "failed", "stale", "unassigned")})
         if plan.requeue_after is not None:
@@ -362,7 +394,8 @@ class Reconciler:
         return True
 
     async def _apply(self, namespace: str, name: str, spec: EdgeModelSpec, status: EdgeModelStatus,
-                     desired: Mapping[str, int | None], by_name: Mapping[str, AgentView]) -> dict[str, int]:
+                     desired: Mapping[str, int | None], by_name: Mapping[str, AgentView],
+                     split_url: str = "") -> dict[str, int]:
         settings = self.rt.settings
         artifacts = {r.revision: r.artifacts for r in status.history}
         cache: dict[tuple[int, str], dict[str, Any] | None] = {}
@@ -376,11 +409,16 @@ class Reconciler:
                 key = (revision, agent.hardware_class)
                 if key not in cache:
                     cache[key] = desired_assignment(namespace, name, revision, agent, artifacts.get(revision, []),
-                                                    spec.serving, settings.store_url, settings.agent_base_url)
+                                                    spec.serving, settings.store_url, settings.agent_base_url,
+                                                    spec.split, split_url)
                 want = cache[key]
                 if want is None:
                     log.warning("Left EdgeAgent %s unchanged: revision %s of %s/%s has no artifact for class %s",
                                 agent_name, revision, namespace, name, agent.hardware_class)
+                    continue
+                if (want.get("split") or {}).get("cloudUrl") == "" and want.get("role") == "head":
+                    log.warning("Left EdgeAgent %s unchanged: no cloud agent reports a split endpoint for %s/%s "
+                                "and spec.split.cloud.serviceUrl is empty", agent_name, namespace, name)
                     continue
             if patch_for(agent, namespace, name, want) is not None:
                 writes.append(self._write_agent(agent, namespace, name, want))
@@ -391,10 +429,40 @@ class Reconciler:
             log.info("Patched %d EdgeAgent(s) for %s/%s: %s", len(writes), namespace, name, results)
         return results
 
+    async def _apply_tails(self, namespace: str, name: str, status: EdgeModelStatus, agents: list[AgentView],
+                           cloud: Selection, revisions_: set[int]) -> dict[str, int]:
+        """Give every selected cloud agent exactly the tails in ``revisions_``; take them from the others."""
+        settings = self.rt.settings
+        artifacts = {r.revision: r.artifacts for r in status.history}
+        entries = {}
+        for revision in sorted(revisions_):
+            entry = tail_assignment(namespace, name, revision, artifacts.get(revision, []), settings.store_url,
+                                    settings.agent_base_url)
+            if entry is not None:
+                entries[revision] = entry
+        selected = {a.name for a in cloud.fresh + cloud.stale}
+        writes = []
+        for agent in agents:
+            want = entries if agent.name in selected else {}
+            if tails_patch(agent, namespace, name, want) is not None:
+                writes.append(self._write_agent_with(agent, functools.partial(
+                    _tails_patch_of, namespace=namespace, name=name, desired=want)))
+        results: dict[str, int] = {}
+        for result in await asyncio.gather(*writes):
+            results[result] = results.get(result, 0) + 1
+        if writes:
+            log.info("Set the split tails of %s/%s (revisions %s) on %d cloud EdgeAgent(s): %s", namespace, name,
+                     sorted(entries) or "none", len(writes), results)
+        return results
+
     async def _write_agent(self, agent: AgentView, namespace: str, name: str, want: dict[str, Any] | None) -> str:
+        return await self._write_agent_with(agent, lambda a: patch_for(a, namespace, name, want))
+
+    async def _write_agent_with(self, agent: AgentView, make_patch: Callable[[AgentView], JsonPatch | None]) -> str:
+        """Apply ``make_patch(agent)``; on a conflict re-read the agent and rebuild the patch."""
         client, fleet, metrics = self.rt.client, self.rt.fleet, self.rt.metrics
         for _ in range(AGENT_WRITE_ATTEMPTS):
-            ops = patch_for(agent, namespace, name, want)
+            ops = make_patch(agent)
             if ops is None:
                 return "noop"
             try:
@@ -428,8 +496,23 @@ class Reconciler:
         async with self.rt.lock((namespace, name)):
             items = await self.rt.client.list(Paths.edgeagents())
             holders = [AgentView.from_body(b) for b in items]
-            holders = [a for a in holders if a.assignment_index(namespace, name) is not None]
-            results = await asyncio.gather(*(self._write_agent(a, namespace, name, None) for a in holders))
+            holders = [a for a in holders
+                       if a.assignment_index(namespace, name) is not None or a.tail_revisions(namespace, name)]
+
+            def removal(agent: AgentView) -> JsonPatch | None:
+                return (patch_for(agent, namespace, name, None) if agent.assignment_index(namespace, name) is not None
+                        else tails_patch(agent, namespace, name, {}))
+
+            async def remove_all(agent: AgentView) -> str:
+                result = "noop"
+                for _ in range(2):  # an entry, then the tails (each write re-reads on conflict)
+                    result = await self._write_agent_with(agent, removal)
+                    if result != "ok":
+                        break
+                    agent = self.rt.fleet.get(agent.name) or agent
+                return "ok" if result in ("ok", "noop") else result
+
+            results = await asyncio.gather(*(remove_all(a) for a in holders))
             left = [a.name for a, r in zip(holders, results, strict=True) if r not in ("ok", "noop", "gone")]
             log.info("Unassigned EdgeModel %s/%s from %d EdgeAgent(s)%s", namespace, name, len(holders) - len(left),
                      f"; failed on {left}" if left else "")
@@ -465,3 +548,64 @@ class Reconciler:
             except LookupError:
                 log.info("Event %s %s: %s", type_, reason, message)
         events.clear()
+
+
+def _has_split(artifacts: list[ArtifactRef]) -> bool:
+    return any(a.split is not None for a in artifacts)
+
+
+def cloud_url(spec: EdgeModelSpec, cloud: Selection) -> str:
+    """Where edge nodes reach the tails: spec.split.cloud.serviceUrl, else a cloud agent's split endpoint."""
+    if spec.split.cloud.service_url:
+        return spec.split.cloud.service_url
+    return next((a.split_endpoint for a in cloud.fresh + cloud.stale if a.split_endpoint), "")
+
+
+def split_gate(namespace: str, name: str, revision: int, cloud: Selection, url: str) -> tuple[str | None, str | None]:
+    """(why the edge must wait, why the revision failed) for a split revision's tail; (None, None) means go."""
+    if not cloud.fresh:
+        stale = f" ({len(cloud.stale)} stale)" if cloud.stale else ""
+        return (f"waiting for a cloud agent for the split tail: none is fresh and matches spec.split.cloud.selector"
+                f"{stale}; run agents labelled edgemodel.io/tier=cloud with --split-port"), None
+    if not url:
+        return ("waiting for a split endpoint: no cloud agent reports status.splitEndpoint and "
+                "spec.split.cloud.serviceUrl is empty"), None
+    waiting = []
+    for agent in cloud.fresh:
+        report = agent.tail_report(namespace, name, revision)
+        if report is not None and report.state == "Failed":
+            return None, (f"the split tail of revision {revision} failed on cloud agent {agent.name}: "
+                          f"{report.reason}: {report.message}")
+        if report is None or report.state != "Ready":
+            waiting.append(agent.name)
+    if waiting:
+        return (f"waiting for the split tail of revision {revision} on cloud agent(s) {', '.join(waiting[:5])}"
+                f" before any edge node gets its head"), None
+    return None, None
+
+
+def tail_revisions(namespace: str, name: str, agents: list[AgentView], desired: Mapping[str, int | None],
+                   artifacts: Mapping[int, list[ArtifactRef]], split_on: bool, pending: int | None) -> set[int]:
+    """Split revisions any edge node runs (or is about to run) a head of: their tails must serve in the cloud."""
+    if not split_on:
+        return set()
+    needed = {pending} if pending is not None else set()
+    for agent in agents:
+        if agent.is_cloud:
+            continue
+        revision = desired[agent.name] if agent.name in desired else agent.assigned_revision(namespace, name)
+        if revision is not None:
+            needed.add(revision)
+        previous = agent.assigned_revision(namespace, name)
+        if previous is not None:  # an agent switching revisions serves the old one until the new one is ready
+            needed.add(previous)
+    return {r for r in needed if _has_split(artifacts.get(r, []))}
+
+
+def _tails_patch_of(agent: AgentView, *, namespace: str, name: str,
+                    desired: Mapping[int, Mapping[str, Any]]) -> JsonPatch | None:
+    return tails_patch(agent, namespace, name, desired)
+
+
+def _requeue_soon(outcome: Outcome, seconds: float) -> None:
+    outcome.requeue_after = seconds if outcome.requeue_after is None else min(outcome.requeue_after, seconds)

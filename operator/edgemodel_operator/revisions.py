@@ -1,7 +1,8 @@
 """Revisions: which spec generation becomes which revision, and the bounded history in status.
 
 A revision is a build: a new one opens when the parts of the spec that decide what the
-conversion Job produces (source, inputs, optimization, validation) change. Changes of the
+conversion Job produces (source, inputs, optimization, validation, and spec.split except its
+fallback and cloud) change. Changes of the
 selector, hardware, serving, rollout or suspend apply to the current revision without a rebuild.
 All functions are pure: they take a status and return a new one.
 """
@@ -20,6 +21,8 @@ from edgemodel.api import (
 )
 
 BUILD_FIELDS = ("source", "inputs", "optimization", "validation")
+SPLIT_IN_PLACE = ("fallback", "cloud")
+"""spec.split fields that apply to the current revision without a rebuild (the rest are BUILD_FIELDS too)."""
 IN_FLIGHT = (RevisionOutcome.CONVERTING, RevisionOutcome.ROLLING_OUT)
 
 
@@ -27,6 +30,8 @@ def build_hash(spec: EdgeModelSpec) -> str:
     """sha256 over the normalised build-relevant spec (defaults applied, camelCase, sorted keys)."""
     wire = spec.to_k8s()
     relevant = {key: wire.get(key) for key in BUILD_FIELDS}
+    if spec.split.enabled:  # only the parts that change head/tail (the fallback and the cloud apply in place)
+        relevant["split"] = {k: v for k, v in wire["split"].items() if k not in SPLIT_IN_PLACE}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgemodel.api import ArtifactRef, EdgeModelSpec, HardwareClass, ModelPhase
+from edgemodel.api import ArtifactRef, EdgeModelSpec, HardwareClass, ModelPhase, ModelRole
+from edgemodel.api.edgemodel import CLOUD_TIER_LABEL
 
 MIB = 1024 * 1024
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "ROCMExecutionProvider", "DmlExecutionProvider")
@@ -44,6 +45,12 @@ class ReportedModel:
     request_count: int = 0
     error_count: int = 0
     p95_ms: float | None = None
+    role: str = ModelRole.FULL.value
+
+
+def is_tail(entry: Mapping[str, Any]) -> bool:
+    """Whether a spec.models entry is a split tail (cloud side; one entry per revision)."""
+    return entry.get("role") == ModelRole.TAIL.value
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class AgentView:
     providers: tuple[str, ...] = ()
     heartbeat: dt.datetime | None = None
     endpoint: str = ""
+    split_endpoint: str = ""
     spec_models: tuple[Mapping[str, Any], ...] = ()
     """spec.models exactly as stored (the JSON patches index into this list)."""
     reported: tuple[ReportedModel, ...] = ()
@@ -87,6 +95,7 @@ class AgentView:
                         request_count=int(m.get("requestCount") or 0),
                         error_count=int(m.get("errorCount") or 0),
                         p95_ms=float(m["p95Ms"]) if m.get("p95Ms") is not None else None,
+                        role=str(m.get("role") or ModelRole.FULL.value),
                     )
                 )
             except (TypeError, ValueError):
@@ -101,18 +110,34 @@ class AgentView:
             providers=tuple(caps.get("providers") or ()),
             heartbeat=parse_time(status.get("heartbeatTime")),
             endpoint=str(status.get("endpoint") or ""),
+            split_endpoint=str(status.get("splitEndpoint") or ""),
             spec_models=tuple(spec.get("models") or ()),
             reported=tuple(reported),
             deleting=bool(meta.get("deletionTimestamp")),
             has_spec=isinstance(body.get("spec"), Mapping),
         )
 
+    @property
+    def is_cloud(self) -> bool:
+        """Whether this agent runs in the cloud (label edgemodel.io/tier=cloud): it serves split tails only."""
+        return self.labels.get(CLOUD_TIER_LABEL) == "cloud"
+
     def assignment_index(self, namespace: str, name: str) -> int | None:
-        """Position of the model's entry in spec.models, or None."""
+        """Position of the model's full or head entry in spec.models, or None (tails are not counted)."""
         for i, m in enumerate(self.spec_models):
-            if m.get("name") == name and m.get("namespace") == namespace:
+            if m.get("name") == name and m.get("namespace") == namespace and not is_tail(m):
                 return i
         return None
+
+    def tail_revisions(self, namespace: str, name: str) -> set[int]:
+        """Revisions of the model whose tail is assigned to this (cloud) agent."""
+        return {int(m.get("revision") or 0) for m in self.spec_models
+                if is_tail(m) and m.get("name") == name and m.get("namespace") == namespace}
+
+    def tail_report(self, namespace: str, name: str, revision: int) -> ReportedModel | None:
+        """What the agent reports about the tail of one revision, or None."""
+        return next((r for r in self.reported if r.role == ModelRole.TAIL.value and r.name == name
+                     and r.namespace in (namespace, "") and r.revision == revision), None)
 
     def assigned_revision(self, namespace: str, name: str) -> int | None:
         """Revision of the model assigned to this node, or None."""
@@ -121,7 +146,8 @@ class AgentView:
 
     def report(self, namespace: str, name: str) -> ReportedModel | None:
         """What the agent reports about the model, or None."""
-        return next((r for r in self.reported if r.name == name and r.namespace in (namespace, "")), None)
+        return next((r for r in self.reported if r.name == name and r.namespace in (namespace, "")
+                     and r.role != ModelRole.TAIL.value), None)
 
     def is_fresh(self, now: dt.datetime, timeout_seconds: float) -> bool:
         """Whether the agent reported within the heartbeat timeout."""
@@ -195,12 +221,13 @@ def select(
     stale: list[AgentView] = []
     excluded: dict[str, str] = {}
     for agent in agents:
-        if agent.deleting or not spec.selector.matches(dict(agent.labels)):
+        if agent.deleting or agent.is_cloud or not spec.selector.matches(dict(agent.labels)):
             continue
         reason = hardware_mismatch(spec, agent)
         if reason is None:
             clash = next(
-                (m for m in agent.spec_models if m.get("name") == name and m.get("namespace") != namespace), None
+                (m for m in agent.spec_models if m.get("name") == name and m.get("namespace") != namespace
+                 and not is_tail(m)), None
             )
             if clash is not None:
                 reason = (
@@ -216,3 +243,18 @@ def select(
     fresh.sort(key=lambda a: a.name)
     stale.sort(key=lambda a: a.name)
     return Selection(fresh=fresh, stale=stale, excluded=excluded)
+
+
+def select_cloud(spec: EdgeModelSpec, agents: Iterable[AgentView], now: dt.datetime,
+                 heartbeat_timeout_seconds: float) -> Selection:
+    """The cloud agents that serve the model's split tail (spec.split.cloud.selector); empty without a split."""
+    fresh: list[AgentView] = []
+    stale: list[AgentView] = []
+    if spec.split.enabled:
+        for agent in agents:
+            if agent.deleting or not agent.is_cloud or not spec.split.cloud.selector.matches(dict(agent.labels)):
+                continue
+            (fresh if agent.is_fresh(now, heartbeat_timeout_seconds) else stale).append(agent)
+    fresh.sort(key=lambda a: a.name)
+    stale.sort(key=lambda a: a.name)
+    return Selection(fresh=fresh, stale=stale, excluded={})

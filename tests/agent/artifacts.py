@@ -127,3 +127,65 @@ class ArtifactStore:
         }  # fmt: skip
         fields.update(assignment)
         return ModelAssignment.model_validate(fields)
+
+
+@dataclass
+class SplitRevision:
+    """A signed split revision in the store (head.onnx, tail.onnx, model-cpu.onnx) and its assignments."""
+
+    name: str
+    namespace: str
+    revision: int
+    cut: str
+    base: str
+    signature: str
+    sha: dict[str, str]
+
+    def _entry(self, file: str, role: str, split: dict[str, object], **extra: object) -> ModelAssignment:
+        fields: dict[str, object] = {
+            "name": self.name, "namespace": self.namespace, "revision": self.revision,
+            "artifactUri": f"{self.base}/{file}", "sha256": self.sha[file], "manifestUri": f"{self.base}/manifest.json",
+            "signature": self.signature, "role": role, "split": split,
+        }  # fmt: skip
+        fields.update(extra)
+        return ModelAssignment.model_validate(fields)
+
+    def head(self, cloud_url: str, wire: str = "int8", fallback: str = "local", with_full: bool = True) -> ModelAssignment:
+        """The edge entry: head.onnx, the cloud URL, the policy and (with_full) the whole model for a local fallback."""
+        split: dict[str, object] = {"cut": self.cut, "wire": wire, "cloudUrl": cloud_url, "fallback": fallback}
+        if with_full:
+            split.update(fullArtifactUri=f"{self.base}/model-cpu.onnx", fullSha256=self.sha["model-cpu.onnx"])
+        return self._entry("head.onnx", "head", split)
+
+    def tail(self, wire: str = "int8") -> ModelAssignment:
+        """The cloud entry: tail.onnx for this revision."""
+        return self._entry("tail.onnx", "tail", {"cut": self.cut, "wire": wire})
+
+
+def publish_split(
+    store: ArtifactStore,
+    keys: Keys,
+    name: str,
+    revision: int,
+    files: dict[str, Path],
+    cut: str,
+    inputs: list[dict[str, object]],
+    outputs: list[dict[str, object]],
+    namespace: str = "default",
+) -> SplitRevision:
+    """Write a signed split revision like the converter: ``files`` maps head.onnx, tail.onnx, model-cpu.onnx to sources."""
+    folder = store.root / namespace / name / str(revision)
+    folder.mkdir(parents=True, exist_ok=True)
+    sha: dict[str, str] = {}
+    for file, source in files.items():
+        (folder / file).write_bytes(source.read_bytes())
+        sha[file] = sha256_file(folder / file)
+    manifest = ArtifactManifest.model_validate({
+        "model": name, "namespace": namespace, "revision": revision, "files": sha, "inputs": inputs, "outputs": outputs,
+        "split": {"cut": cut, "wire": "int8", "chosenBy": "manual", "files": ["head.onnx", "tail.onnx"]},
+    })  # fmt: skip
+    manifest_bytes = (json.dumps(manifest.to_k8s(), indent=2) + "\n").encode()
+    signature = sign(manifest_bytes, load_private_key(keys.private))
+    (folder / "manifest.json").write_bytes(manifest_bytes)
+    (folder / "manifest.json.sig").write_text(signature + "\n")
+    return SplitRevision(name, namespace, revision, cut, f"{store.url}/{namespace}/{name}/{revision}", signature, sha)

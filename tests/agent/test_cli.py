@@ -61,6 +61,8 @@ def test_bad_flags_print_one_line_without_traceback(tmp_path: Path) -> None:
         (["agent", "--kubeconfig", str(tmp_path / "kc"), "--node-name", "n1"], "--public-key is required"),
         (["agent", "--kubeconfig", str(tmp_path / "kc")], "--node-name (or NODE_NAME"),
         (["agent", "--in-cluster", "--node-name", "n1", "--label", "bad key=1"], "Kubernetes label syntax"),
+        (["agent", "--model", f"m={tmp_path}/x", "--split-port", "0", "--split-tls-ca", str(tmp_path / "ca.pem")],
+         "--split-tls-ca, --split-tls-cert and --split-tls-key (EDGEMODEL_AGENT_SPLIT_TLS_*): give all three"),
     ]
     bad_model = tmp_path / "bad.onnx"
     bad_model.write_bytes(b"not onnx")

@@ -35,6 +35,8 @@ SWITCHES: dict[str, dict[str, Any]] = {
     "no-node-isolation": {"agent": {"nodeIsolation": False}},
     "no-agent": {"agent": {"enabled": False}},
     "cloud-agent": {"cloudAgent": {"enabled": True, "replicas": 2}},
+    "split-mtls": {"cloudAgent": {"enabled": True, "split": {"port": 9443, "tlsSecret": "split-cloud"}},
+                   "agent": {"splitTlsSecret": "split-edge"}},
     "signing-keys-given": {"signing": {"generate": False, "privateKey": "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n",
                                        "publicKey": "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n"}},
     "signing-bring-your-own": {"signing": {"generate": False, "existingSecret": "fleet-key", "existingPublicKeyConfigMap": "fleet-pub"}},

@@ -133,6 +133,35 @@ def test_cloud_agent_avoids_edge_nodes_one_per_node() -> None:
     assert one(docs, "Service", full("cloud-agent"))
 
 
+def test_split_port_and_mtls_secrets_reach_the_agents() -> None:
+    """The cloud agents serve tails on the split port (Service, NetworkPolicy) with their Secret; the edge DaemonSet
+    mounts its client identity; both become EDGEMODEL_AGENT_SPLIT_* settings."""
+    docs = render(SWITCHES["split-mtls"])
+    cloud = one(docs, "Deployment", full("cloud-agent"))["spec"]["template"]["spec"]
+    edge = one(docs, "DaemonSet", full("agent"))["spec"]["template"]["spec"]
+    tls_env = {"EDGEMODEL_AGENT_SPLIT_TLS_CA": "/etc/edgemodel/split-tls/ca.crt",
+               "EDGEMODEL_AGENT_SPLIT_TLS_CERT": "/etc/edgemodel/split-tls/tls.crt",
+               "EDGEMODEL_AGENT_SPLIT_TLS_KEY": "/etc/edgemodel/split-tls/tls.key"}
+    for spec, secret in ((cloud, "split-cloud"), (edge, "split-edge")):
+        env = _env(spec["containers"][0])
+        assert {k: env.get(k) for k in tls_env} == tls_env
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        assert volumes["split-tls"]["secret"]["secretName"] == secret
+        assert {"name": "split-tls", "mountPath": "/etc/edgemodel/split-tls", "readOnly": True} in spec["containers"][0]["volumeMounts"]
+    assert _env(cloud["containers"][0])["EDGEMODEL_AGENT_SPLIT_PORT"] == "9443"
+    assert "EDGEMODEL_AGENT_SPLIT_PORT" not in _env(edge["containers"][0])
+    assert {"name": "split", "containerPort": 9443, "protocol": "TCP"} in cloud["containers"][0]["ports"]
+    ports = {p["name"]: p for p in one(docs, "Service", full("cloud-agent"))["spec"]["ports"]}
+    assert (ports["split"]["port"], ports["split"]["targetPort"]) == (9443, "split")
+    policy = one(docs, "NetworkPolicy", full("agent"))
+    assert {"port": "split", "protocol": "TCP"} in policy["spec"]["ingress"][0]["ports"]
+    # Without a cloud agent nothing of it renders; the default cloud agent serves tails on 8443 in plain HTTP.
+    assert "split-tls" not in {v["name"] for v in one(render({}), "DaemonSet", full("agent"))["spec"]["template"]["spec"]["volumes"]}
+    default_cloud = one(render(SWITCHES["cloud-agent"]), "Deployment", full("cloud-agent"))["spec"]["template"]["spec"]
+    assert _env(default_cloud["containers"][0])["EDGEMODEL_AGENT_SPLIT_PORT"] == "8443"
+    assert "EDGEMODEL_AGENT_SPLIT_TLS_CA" not in _env(default_cloud["containers"][0])
+
+
 def test_node_isolation_switch() -> None:
     assert find(render({}), "ValidatingAdmissionPolicy")
     assert not find(render(SWITCHES["no-node-isolation"]), "ValidatingAdmissionPolicy")

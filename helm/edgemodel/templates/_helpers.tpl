@@ -318,6 +318,18 @@ spec:
         - name: EDGEMODEL_AGENT_TOKEN_FILE
           value: /var/run/edgemodel/agent-token/token
         {{- end }}
+        {{- if $a.splitPort }}
+        - name: EDGEMODEL_AGENT_SPLIT_PORT
+          value: {{ $a.splitPort | quote }}
+        {{- end }}
+        {{- if $a.splitTlsSecret }}
+        - name: EDGEMODEL_AGENT_SPLIT_TLS_CA
+          value: /etc/edgemodel/split-tls/ca.crt
+        - name: EDGEMODEL_AGENT_SPLIT_TLS_CERT
+          value: /etc/edgemodel/split-tls/tls.crt
+        - name: EDGEMODEL_AGENT_SPLIT_TLS_KEY
+          value: /etc/edgemodel/split-tls/tls.key
+        {{- end }}
         {{- with $a.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -325,6 +337,11 @@ spec:
         - name: http
           containerPort: {{ $a.port }}
           protocol: TCP
+        {{- if $a.splitPort }}
+        - name: split
+          containerPort: {{ $a.splitPort }}
+          protocol: TCP
+        {{- end }}
       startupProbe:
         httpGet:
           path: /v2/health/live
@@ -359,6 +376,11 @@ spec:
         {{- if $a.tokenSecret }}
         - name: token
           mountPath: /var/run/edgemodel/agent-token
+          readOnly: true
+        {{- end }}
+        {{- if $a.splitTlsSecret }}
+        - name: split-tls
+          mountPath: /etc/edgemodel/split-tls
           readOnly: true
         {{- end }}
   volumes:
@@ -401,6 +423,18 @@ spec:
         items:
           - key: token
             path: token
+    {{- end }}
+    {{- if $a.splitTlsSecret }}
+    - name: split-tls
+      secret:
+        secretName: {{ $a.splitTlsSecret }}
+        items:
+          - key: ca.crt
+            path: ca.crt
+          - key: tls.crt
+            path: tls.crt
+          - key: tls.key
+            path: tls.key
     {{- end }}
   {{- with $a.nodeSelector }}
   nodeSelector:

@@ -1,0 +1,181 @@
+"""A split rollout end to end on the emulated cluster, every component a real process.
+
+kubectl applies an EdgeModel with ``spec.split.cut: auto``; the conversion Job (a local process
+run by the kubelet) builds head and tail; the operator gives the tail to the cloud agent (a node
+labelled edgemodel.io/tier=cloud, serving tails on an mTLS port) and, once it is Ready there, the
+head to the two edge agents. Clients then get ordinary v2 answers from the edge agents that match
+the whole model; with the cloud agent gone the edge answers with the whole model (fallback local).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgemodel.demo.stack import EDGEMODEL, DemoStack
+from edgemodel.examples_models import DIGITS_INPUT_NAME, DigitsExample, load_digits_data, write_digits_example
+from edgemodel.split.devpki import Pki, make_pki
+from tests.conftest import require_tool
+
+T = TypeVar("T")
+NAME = "digits"
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float, stack: DemoStack) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    logs = sorted((stack.dir / "logs").glob("*.log")) + sorted((stack.dir / "kube" / "nodes").glob("*/process.log"))
+    tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
+    status = json.dumps((stack.edgemodel(NAME) or {}).get("status"), indent=1)[-3000:]
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\nstatus: {status}\n{tails}")
+
+
+class SplitStack(DemoStack):
+    """The demo's processes with two edge nodes and one cloud node, the agents talking mTLS."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, with_prometheus=False)
+        self.pki: Pki = make_pki(workdir / "pki")
+        self.edge_nodes: list[str] = []
+        self.cloud_nodes: list[str] = []
+
+    def start_agents(self) -> None:
+        common = (f'exec {EDGEMODEL} agent --kubeconfig "$KUBECONFIG" --public-key {self.dir / "signing" / "public.pem"} '
+                  '--cache-dir "$EDGEMODEL_NODE_DIR/cache" --port 0 --heartbeat-interval 2 --threads 1 --workers 1 '
+                  f'--split-tls-ca {self.pki.ca} ')
+        self.edge_nodes = self.cluster.add_nodes(2, labels={"edgemodel.io/site": "shop"})
+        self.cloud_nodes = self.cluster.add_nodes(1, prefix="cloud-", labels={"edgemodel.io/tier": "cloud"})
+        self.nodes = self.edge_nodes + self.cloud_nodes
+        self.cluster.run_on_nodes(["sh", "-c", common + f"--split-tls-cert {self.pki.client_cert} "
+                                   f"--split-tls-key {self.pki.client_key}"], self.edge_nodes)
+        self.cluster.run_on_nodes(["sh", "-c", common + f"--split-port 0 --split-tls-cert {self.pki.server_cert} "
+                                   f"--split-tls-key {self.pki.server_key}"], self.cloud_nodes)
+        wait_for("3 EdgeAgents with an endpoint", lambda: len(self.endpoints()) == 3, 90, self)
+
+    def agent(self, node: str) -> dict[str, Any]:
+        return next(a for a in self.agents() if a["metadata"]["name"] == node)
+
+    def entries(self, node: str) -> list[dict[str, Any]]:
+        return [m for m in (self.agent(node).get("spec") or {}).get("models") or [] if m["name"] == NAME]
+
+    def states(self, node: str) -> list[dict[str, Any]]:
+        return [m for m in (self.agent(node).get("status") or {}).get("models") or [] if m["name"] == NAME]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SplitStack]:
+    require_tool("kubectl")
+    s = SplitStack(tmp_path_factory.mktemp("split-e2e"))
+    try:
+        s.start_control_plane()
+        s.start_store()
+        s.start_agents()
+        s.start_operator()
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def example(stack: SplitStack) -> DigitsExample:
+    return write_digits_example(stack.dir / "models" / NAME, epochs=15, val_samples=128)
+
+
+def infer(endpoint: str, images: np.ndarray, timeout: float = 10.0) -> np.ndarray:
+    body = {"inputs": [{"name": DIGITS_INPUT_NAME, "datatype": "FP32", "shape": list(images.shape),
+                        "data": images.ravel().tolist()}]}
+    request = urllib.request.Request(f"{endpoint}/v2/models/{NAME}/infer", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        out = json.loads(response.read())["outputs"][0]
+    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def metric(endpoint: str, name: str, **labels: str) -> float:
+    text = urllib.request.urlopen(f"{endpoint}/metrics", timeout=10).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack: SplitStack,
+                                                                           example: DigitsExample) -> None:
+    doc = example.manifest(NAME)
+    doc["spec"]["validation"]["samples"] = 128
+    doc["spec"]["selector"] = {"matchLabels": {"edgemodel.io/site": "shop"}}
+    doc["spec"]["rollout"] = {"strategy": "AllAtOnce", "analysis": {"windowSeconds": 2}}
+    doc["spec"]["split"] = {"cut": "auto", "wire": "int8", "link": {"bandwidthMbitS": 100, "rttMs": 1},
+                            "fallback": "local"}
+    assert "created" in stack.apply(doc, "digits-split.yaml")
+
+    status = wait_for("revision 1 Available", lambda: (s := (stack.edgemodel(NAME) or {}).get("status") or {})
+                      .get("phase") == "Available" and s, 420, stack)
+    assert status["ready"] == "2/2"
+    split = status["artifacts"][0]["split"]
+    assert split["chosenBy"] == "auto"
+    assert split["wire"] == "int8"
+    assert split["headUri"].endswith("/1/head.onnx")
+    assert split["tailUri"].endswith("/1/tail.onnx")
+
+    # The tail went to the cloud node only, the heads to the edge nodes, pointing at the cloud's mTLS port.
+    cloud = stack.cloud_nodes[0]
+    split_endpoint = stack.agent(cloud)["status"]["splitEndpoint"]
+    assert split_endpoint.startswith("https://127.0.0.1:")
+    assert [(m["role"], m["revision"], m["sha256"]) for m in stack.entries(cloud)] == [
+        ("tail", 1, split["tailSha256"])]
+    assert [(m["role"], m["state"]) for m in stack.states(cloud)] == [("tail", "Ready")]
+    for node in stack.edge_nodes:
+        (entry,) = stack.entries(node)
+        assert entry["role"] == "head"
+        assert entry["sha256"] == split["headSha256"]
+        assert entry["split"]["cloudUrl"] == split_endpoint
+        assert entry["split"]["cut"] == split["cut"]
+        assert entry["split"]["fullSha256"] == status["artifacts"][0]["sha256"]
+    assert NAME not in json.dumps(stack.entries(cloud)[0].get("split", {}).get("cloudUrl", ""))
+
+    # Clients see one ordinary v2 endpoint per edge node whose answers match the whole model.
+    data = load_digits_data()
+    images = data.x_test[:32].astype(np.float32)
+    model_path = stack.dir / "model-cpu.onnx"
+    model_path.write_bytes(urllib.request.urlopen(status["artifacts"][0]["uri"], timeout=10).read())
+    whole = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    expected = whole.run(None, {DIGITS_INPUT_NAME: images})[0]
+    edges = [stack.agent(n)["status"]["endpoint"] for n in stack.edge_nodes]
+    for endpoint in edges:
+        got = infer(endpoint, images)
+        assert got.shape == expected.shape
+        assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.97, "INT8 features keep the predictions"
+        assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+        assert metric(endpoint, "edgemodel_split_requests_total", path="split") >= 1
+        assert metric(endpoint, "edgemodel_split_transfer_bytes_total", direction="up") > 0
+        assert metric(endpoint, "edgemodel_split_stage_duration_seconds_count", stage="tail") >= 1
+    wait_for("the heads' measured cloud RTT in status",
+             lambda: all(s.get("cloudRttMs") is not None for n in stack.edge_nodes for s in stack.states(n)), 30, stack)
+
+    # The cloud goes away: the edge keeps answering with the whole model (fallback local).
+    stack.cluster.node_processes[cloud].stop()
+    for endpoint in edges:
+        got = infer(endpoint, images, timeout=30)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+        assert metric(endpoint, "edgemodel_split_requests_total", path="local") >= 1
+    wait_for("fallbackCount in the edge agents' status",
+             lambda: all(s.get("fallbackCount", 0) >= 1 for n in stack.edge_nodes for s in stack.states(n)), 30, stack)
+
+    # Deleting the EdgeModel takes heads and tails off every agent, the stopped cloud agent's included.
+    stack.cluster.kubectl("delete", "edgemodel", NAME, "--wait=true", "--timeout=60s")
+    for node in stack.nodes:
+        assert stack.entries(node) == [], f"{node} still holds {stack.entries(node)}"
