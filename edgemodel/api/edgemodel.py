@@ -250,6 +250,8 @@ class Rollout(ApiModel):
 
 SPLIT_NONE = "none"
 SPLIT_AUTO = "auto"
+DEFAULT_SPLIT_RTT_MS = 20.0
+"""The RTT a cut is planned for when spec.split.link.rttMs is empty and no edge agent measured one yet."""
 CLOUD_TIER_LABEL = "edgemodel.io/tier"
 """Label of the EdgeAgents that run in the cloud (value ``cloud``): they serve split tails, never edge models."""
 
@@ -271,8 +273,9 @@ class SplitLink(ApiModel):
 
     bandwidth_mbit_s: float = Field(gt=0, le=1_000_000)
     """Usable bandwidth between an edge node and the cloud in Mbit/s, e.g. 10."""
-    rtt_ms: float = Field(default=20.0, ge=0, le=60_000)
-    """Round-trip time in ms as measured over HTTPS (the agents report theirs), e.g. 20."""
+    rtt_ms: float | None = Field(default=None, ge=0, le=60_000)
+    """Round-trip time in ms over HTTPS, e.g. 20. Empty: the median RTT the edge agents measured to the cloud
+    tail (status.models[].cloudRttMs of the heads), or 20 ms before any was measured."""
 
 
 def _cloud_selector() -> LabelSelector:

@@ -29,6 +29,7 @@ from edgemodel.api import (
     now_rfc3339,
 )
 from edgemodel.api.edgemodel import (
+    DEFAULT_SPLIT_RTT_MS,
     SPLIT_AUTO,
     OptimizationMode,
     QuantMethod,
@@ -313,9 +314,12 @@ def _build_split(model: EdgeModel, exported: Path, inputs: _Inputs, fixed_batch:
     samples = _feeds(inputs.evaluation, batch, SPLIT_SAMPLES)
     calibration = (_feeds(inputs.calibration, fixed_batch or CALIB_BATCH, len(inputs.calibration))
                    if split.quantize_parts and inputs.calibration is not None else None)
+    link = None
+    if split.link is not None:  # an empty rttMs here: the operator had no RTT measured by the edge agents yet
+        rtt = DEFAULT_SPLIT_RTT_MS if split.link.rtt_ms is None else split.link.rtt_ms
+        link = Link(split.link.bandwidth_mbit_s, rtt)
     settings = SplitSettings(
-        cut=split.cut, wire=split.wire,
-        link=Link(split.link.bandwidth_mbit_s, split.link.rtt_ms) if split.link else None,
+        cut=split.cut, wire=split.wire, link=link,
         objective=Objective.EDGE_COMPUTE if split.objective == SplitObjective.EDGE_COMPUTE else Objective.LATENCY,
         budget_ms=split.budget_ms, edge_slowdown=split.edge_slowdown, quantize_parts=split.quantize_parts,
         profile_runs=options.split_profile_runs, threads=threads)

@@ -72,6 +72,15 @@ def edgemodel_object(owner: Mapping[str, Any], spec: EdgeModelSpec) -> str:
     return json.dumps(obj, separators=(",", ":"), sort_keys=True)
 
 
+def with_measured_rtt(spec: EdgeModelSpec, measured: tuple[float, int] | None) -> EdgeModelSpec:
+    """The spec the Job gets: an empty spec.split.link.rttMs filled with the RTT the edge heads measured."""
+    link = spec.split.link
+    if not spec.split.enabled or link is None or link.rtt_ms is not None or measured is None:
+        return spec
+    split = spec.split.model_copy(update={"link": link.model_copy(update={"rtt_ms": measured[0]})})
+    return spec.model_copy(update={"split": split})
+
+
 def build_conversion_job(
     owner: Mapping[str, Any], spec: EdgeModelSpec, revision: int, spec_hash: str, settings: OperatorSettings
 ) -> dict[str, Any]:

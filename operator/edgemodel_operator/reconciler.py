@@ -191,7 +191,15 @@ class Reconciler:
             return status_mod.conversion_running(status, revision, jname, "replacing a Job of another spec",
                                                  generation, now)
         if job is None:
-            manifest = jobs.build_conversion_job(body, spec, revision, spec_hash, rt.settings)
+            measured = scheduling.measured_rtt_ms(namespace, name, rt.fleet.snapshot())
+            job_spec = jobs.with_measured_rtt(spec, measured)
+            if job_spec is not spec and measured is not None:
+                log.info("Planning the split of revision %s of %s/%s for the RTT the edge measured: %.1f ms "
+                         "(median of %d head(s); spec.split.link.rttMs is empty)", revision, namespace, name,
+                         *measured)
+                outcome.events.append(("Normal", "SplitLinkMeasured", f"revision {revision} plans its cut for a "
+                                       f"{measured[0]:.1f} ms RTT measured by {measured[1]} edge node(s)"))
+            manifest = jobs.build_conversion_job(body, job_spec, revision, spec_hash, rt.settings)
             try:
                 await rt.client.create(Paths.jobs(namespace), manifest)
                 rt.metrics.conversions.labels(outcome="started").inc()

@@ -46,6 +46,7 @@ class ReportedModel:
     error_count: int = 0
     p95_ms: float | None = None
     role: str = ModelRole.FULL.value
+    cloud_rtt_ms: float | None = None
 
 
 def is_tail(entry: Mapping[str, Any]) -> bool:
@@ -96,6 +97,7 @@ class AgentView:
                         error_count=int(m.get("errorCount") or 0),
                         p95_ms=float(m["p95Ms"]) if m.get("p95Ms") is not None else None,
                         role=str(m.get("role") or ModelRole.FULL.value),
+                        cloud_rtt_ms=float(m["cloudRttMs"]) if m.get("cloudRttMs") is not None else None,
                     )
                 )
             except (TypeError, ValueError):
@@ -258,3 +260,14 @@ def select_cloud(spec: EdgeModelSpec, agents: Iterable[AgentView], now: dt.datet
     fresh.sort(key=lambda a: a.name)
     stale.sort(key=lambda a: a.name)
     return Selection(fresh=fresh, stale=stale, excluded={})
+
+
+def measured_rtt_ms(namespace: str, name: str, agents: Iterable[AgentView]) -> tuple[float, int] | None:
+    """(median, count) of the cloud RTTs the model's heads report, or None when no head measured one."""
+    rtts = sorted(r.cloud_rtt_ms for a in agents if not a.is_cloud and (r := a.report(namespace, name)) is not None
+                  and r.role == ModelRole.HEAD.value and r.cloud_rtt_ms is not None)
+    if not rtts:
+        return None
+    mid = len(rtts) // 2
+    median = rtts[mid] if len(rtts) % 2 else (rtts[mid - 1] + rtts[mid]) / 2
+    return round(median, 3), len(rtts)

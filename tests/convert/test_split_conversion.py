@@ -164,7 +164,8 @@ def auto(digits: DigitsExample, keys: Keys, tmp_path_factory: pytest.TempPathFac
     doc = digits_doc(digits, **{
         "spec.optimization.targets": [{"hardwareClass": "cpu", "precisions": ["fp32"]},
                                       {"hardwareClass": "gpu", "precisions": ["fp32"]}],
-        "spec.split": {"cut": "auto", "link": {"bandwidthMbitS": 10, "rttMs": 20}, "edgeSlowdown": 4}})
+        # No rttMs and nothing measured by the operator: the cut is planned for DEFAULT_SPLIT_RTT_MS (20 ms).
+        "spec.split": {"cut": "auto", "link": {"bandwidthMbitS": 10}, "edgeSlowdown": 4}})
     output = run(doc, keys, tmp_path_factory.mktemp("auto"))
     uris = {name: f"{STORE}/{name}" for name in [*output.files, "result.json"]}
     return Auto(output, success_result(output, uris), uris)

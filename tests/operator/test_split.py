@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from edgemodel_operator.assignments import desired_assignment, patch_for, tail_assignment, tails_patch
 from edgemodel_operator.fleet import woken_models
+from edgemodel_operator.jobs import with_measured_rtt
 from edgemodel_operator.reconciler import cloud_url, split_gate, tail_revisions
 from edgemodel_operator.revisions import build_hash
-from edgemodel_operator.scheduling import AgentView, select, select_cloud
+from edgemodel_operator.scheduling import AgentView, measured_rtt_ms, select, select_cloud
 
 from edgemodel.api import ArtifactRef, SplitArtifacts
 from edgemodel.api.edgemodel import Serving, Split
@@ -208,3 +209,28 @@ def test_patch_for_ignores_tails_of_the_same_model() -> None:
     body = cloud_body(models=[{**assignment(1), "role": "tail"}])
     agent = AgentView.from_body(body)
     assert patch_for(agent, "default", "digits", None) is None
+
+
+def head_report(revision: int, rtt: float | None) -> dict[str, Any]:
+    return {**report(revision), "role": "head", "cloudRttMs": rtt}
+
+
+def test_the_rtt_the_heads_measure_plans_the_next_cut_when_the_spec_leaves_it_empty() -> None:
+    agents = [AgentView.from_body(agent_body(f"edge-{i}", reported=[head_report(1, rtt)]))
+              for i, rtt in enumerate((30.0, 10.0, 24.0, None))]
+    agents.append(AgentView.from_body(agent_body("edge-full", reported=[{**report(1), "cloudRttMs": 99.0}])))
+    agents.append(AgentView.from_body(cloud_body(reported=[{**tail_report(1), "cloudRttMs": 99.0}])))
+    measured = measured_rtt_ms("default", "digits", agents)
+    assert measured == (24.0, 3), "the median of the heads that measured one; full models and tails do not count"
+    assert measured_rtt_ms("default", "other", agents) is None
+
+    empty = split_spec(cut="auto", link={"bandwidthMbitS": 10})
+    filled = with_measured_rtt(empty, measured)
+    assert filled.split.link is not None
+    assert filled.split.link.rtt_ms == 24.0
+    assert empty.split.link is not None
+    assert empty.split.link.rtt_ms is None, "the user's spec is not changed"
+    declared = split_spec(cut="auto", link={"bandwidthMbitS": 10, "rttMs": 5})
+    assert with_measured_rtt(declared, measured) is declared, "a declared RTT wins"
+    assert with_measured_rtt(empty, None) is empty, "nothing measured yet: the converter's default applies"
+    assert with_measured_rtt(spec(), measured).split.link is None
