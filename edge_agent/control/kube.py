@@ -2,7 +2,7 @@
 
 Credentials come from a kubeconfig file (bearer token, token file or client certificate; CA
 file or inline data) or from the pod's service account (token re-read every minute, since
-projected tokens rotate).
+projected tokens rotate). Errors, TLS and the session come from ``edgemodel.kubeapi``.
 """
 
 from __future__ import annotations
@@ -25,25 +25,18 @@ import orjson
 import yaml
 
 from edgemodel.errors import UserError
+from edgemodel.kubeapi import (
+    MERGE_PATCH,
+    SERVICE_ACCOUNT,
+    ApiError,
+    ApiUnavailable,
+    SessionOwner,
+    bearer,
+    request_headers,
+    tls_context,
+)
 
 log = logging.getLogger(__name__)
-
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-MERGE_PATCH = "application/merge-patch+json"
-
-
-class ApiError(Exception):
-    """The API server answered with an error status."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-class ApiUnavailable(Exception):
-    """The API server could not be reached (connection refused, timeout, TLS failure...)."""
 
 
 @dataclass
@@ -63,20 +56,8 @@ class Credentials:
         """TLS settings for aiohttp (True = system defaults)."""
         if not self.server.startswith("https"):
             return True
-        if self.insecure:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        elif self.ca_file or self.ca_data:
-            ctx = ssl.create_default_context(
-                cafile=str(self.ca_file) if self.ca_file else None,
-                cadata=self.ca_data.decode() if self.ca_data else None,
-            )
-        else:
-            ctx = ssl.create_default_context()
-        if self.client_cert and self.client_key:
-            ctx.load_cert_chain(self.client_cert, self.client_key)
-        return ctx
+        return tls_context(verify=not self.insecure, ca_file=self.ca_file, ca_data=self.ca_data,
+                           cert_file=self.client_cert, key_file=self.client_key)
 
 
 def _data_file(data: str, suffix: str, folder: Path) -> Path:
@@ -143,17 +124,16 @@ def in_cluster_credentials(account: Path = SERVICE_ACCOUNT) -> Credentials:
     return Credentials(server=f"https://{host}:{port}", token_file=account / "token", ca_file=account / "ca.crt")
 
 
-class KubeClient:
+class KubeClient(SessionOwner):
     """JSON requests to the API server with authentication and typed errors."""
 
     def __init__(self, credentials: Credentials, request_timeout_s: float = 15.0) -> None:
         self.credentials = credentials
         self.request_timeout_s = request_timeout_s
-        self._session: aiohttp.ClientSession | None = None
         self._token: str | None = credentials.token
         self._token_read_at: float | None = None
 
-    def _auth_header(self) -> dict[str, str]:
+    def _current_token(self) -> str | None:
         creds = self.credentials
         if creds.token_file and (self._token_read_at is None or time.monotonic() - self._token_read_at > 60):
             try:
@@ -161,18 +141,11 @@ class KubeClient:
                 self._token_read_at = time.monotonic()
             except OSError as exc:
                 log.warning("Could not read the API token file %s: %s", creds.token_file, exc)
-        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        return self._token
 
-    async def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context(), limit=8)
-            self._session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode())
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(ssl=self.credentials.ssl_context(), limit=8)
+        return aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode())
 
     async def request(
         self,
@@ -183,12 +156,9 @@ class KubeClient:
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """One request; ApiError for error statuses, ApiUnavailable when the server cannot be reached."""
-        client = await self._client()
-        headers = {**self._auth_header(), "Accept": "application/json"}
-        data = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            data = orjson.dumps(body)
+        client = self._open()
+        headers = request_headers(self._current_token(), content_type if body is not None else None)
+        data = None if body is None else orjson.dumps(body)
         try:
             async with client.request(
                 method, self.credentials.server + path, data=data, headers=headers, params=params,
@@ -214,11 +184,11 @@ class KubeClient:
         self, path: str, params: dict[str, str], timeout_s: float
     ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
         """(type, object) events of a watch until the server ends it or ``timeout_s`` passes."""
-        client = await self._client()
+        client = self._open()
         query = {**params, "watch": "true", "timeoutSeconds": str(int(timeout_s))}
         try:
             async with client.get(
-                self.credentials.server + path, params=query, headers=self._auth_header(),
+                self.credentials.server + path, params=query, headers=bearer(self._current_token()),
                 timeout=aiohttp.ClientTimeout(total=timeout_s + 30, sock_connect=self.request_timeout_s),
             ) as resp:  # fmt: skip
                 if resp.status >= 400:
@@ -236,11 +206,13 @@ class KubeClient:
 
 
 def _api_error(status: int, raw: bytes) -> ApiError:
+    """``ApiError`` worded ``"<status> <reason>: <message>"`` from a Status body (or the raw text)."""
     try:
         body = orjson.loads(raw)
-        return ApiError(status, str(body.get("reason", "")), str(body.get("message", raw[:300])))
+        reason, message = str(body.get("reason", "")), str(body.get("message", raw[:300]))
     except (orjson.JSONDecodeError, AttributeError):
-        return ApiError(status, "", raw[:300].decode(errors="replace"))
+        reason, message = "", raw[:300].decode(errors="replace")
+    return ApiError(status, message, f"{status} {reason}: {message}", reason)
 
 
 def resource_path(group: str, version: str, plural: str, name: str | None = None, subresource: str | None = None) -> str:

@@ -1,4 +1,4 @@
-"""Child processes the demo starts: logs to files, readiness waits, clean shutdown."""
+"""Child processes of the demo and the end-to-end tests: logs to files, readiness waits, clean shutdown."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+def wait_http(url: str, timeout: float, proc: Process | None = None, log: Path | None = None) -> None:
     """Wait until ``url`` answers 2xx; fail early with the log tail when ``proc`` exits."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with code {proc.returncode} before {url} answered{_tail(log)}")
+        if proc is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.popen.returncode} before {url} answered{_tail(log)}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if 200 <= resp.status < 300:
@@ -37,39 +37,64 @@ def _tail(log: Path | None, lines: int = 15) -> str:
     return f"; last lines of {log}:\n" + "\n".join(text)
 
 
+class Process:
+    """A child process in its own session, its output appended to ``log_dir/<name>.log``."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        """Signal the process group, wait, then SIGKILL what is left."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=10)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once: a crash, no cleanup."""
+        self.stop(signal.SIGKILL, timeout=10)
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
 @dataclass
 class ProcessGroup:
     """Starts named processes with their output in ``log_dir``; stops all of them, newest first."""
 
     log_dir: Path
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    procs: dict[str, Process] = field(default_factory=dict)
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.log_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
-        )
-        log.close()
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Process:
+        """Start ``name`` (a restart appends to the same log)."""
+        proc = Process(name, argv, self.log_dir, env=env, cwd=cwd)
         self.procs[name] = proc
         return proc
 
     def log_path(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
-    def stop(self, name: str, timeout: float = 10.0) -> None:
+    def stop(self, name: str, timeout: float = 15) -> None:
         proc = self.procs.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+        if proc is not None:
+            proc.stop(timeout=timeout)
 
     def stop_all(self) -> None:
         for name in reversed(list(self.procs)):

@@ -1,8 +1,10 @@
-"""The demo's system as real processes on one machine.
+"""The system as real processes on one machine, for the demo and the end-to-end tests.
 
-The Kubernetes API emulator with its kubelet (conversion Jobs run as local processes), the
-artifact store, one edge agent per simulated k3s edge node (each with a token that reaches only
-its own EdgeAgent), the operator, and a real Prometheus scraping the agents and the operator.
+:class:`SystemStack` starts the shared pieces: the Kubernetes API emulator with its kubelet
+(conversion Jobs run as local processes) with token auth, the CRDs and the signing Secret, the
+artifact store, edge agents on simulated nodes (each with a token that reaches only its own
+EdgeAgent) and operator processes. :class:`DemoStack` is what ``make demo`` runs: three labelled
+edge nodes, the operator as admin, and a real Prometheus scraping the agents and the operator.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
-from edgemodel.demo.processes import ProcessGroup, wait_http
+from edgemodel.demo.processes import Process, ProcessGroup, wait_http
 from edgemodel.demo.prometheus import Prometheus, find_prometheus
 from edgemodel.dev.cluster import LocalCluster
 from edgemodel.dev.net import free_port
@@ -35,56 +37,138 @@ NODES: list[dict[str, Any]] = [
 ]
 
 
-class DemoStack:
-    """Start with :meth:`start`; :meth:`close` stops everything it started."""
+class SystemStack:
+    """The pieces every stack starts; a subclass's :meth:`start` picks and configures them.
 
-    def __init__(self, workdir: Path, with_prometheus: bool = True) -> None:
+    Child processes log to ``<workdir>/logs/<name>.log``, node agents to
+    ``<workdir>/kube/nodes/<node>/process.log``. ``with Stack(dir) as s:`` starts and closes.
+    """
+
+    signing_secret = "edgemodel-signing"
+
+    def __init__(self, workdir: Path) -> None:
         self.dir = workdir
         self.procs = ProcessGroup(workdir / "logs")
         self.cluster = LocalCluster(workdir / "kube", auth=True)
         self.store_port = free_port()
-        self.metrics_port = free_port()
-        self.liveness_port = free_port()
-        self.with_prometheus = with_prometheus
-        self.prometheus: Prometheus | None = None
-        self.prometheus_note = ""
         self.nodes: list[str] = []
 
     @property
     def store_url(self) -> str:
         return f"http://127.0.0.1:{self.store_port}"
 
+    @property
+    def public_key(self) -> Path:
+        return self.dir / "signing" / "public.pem"
+
+    # lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.procs.stop_all()
+        self.cluster.close()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # starting ------------------------------------------------------------------------------
+    def apply_crds(self) -> None:
+        """The project's CRDs (``crds/``)."""
+        self.cluster.apply_crds()
+
     def start_control_plane(self) -> None:
         """API emulator + kubelet, CRDs, the signing key pair and its Secret."""
         cluster = self.cluster.start()
-        cluster.apply_crds()
-        generate_keypair(self.dir / "signing" / "private.pem", self.dir / "signing" / "public.pem")
+        self.apply_crds()
+        generate_keypair(self.dir / "signing" / "private.pem", self.public_key)
         pem = (self.dir / "signing" / "private.pem").read_bytes()
         cluster.apply({"apiVersion": "v1", "kind": "Secret",
-                       "metadata": {"name": "edgemodel-signing", "namespace": "default"},
+                       "metadata": {"name": self.signing_secret, "namespace": "default"},
                        "data": {"private.pem": base64.b64encode(pem).decode()}})
 
+    def store_args(self) -> list[str]:
+        """Arguments of ``edgemodel`` for the artifact store."""
+        return ["store", "--root", str(self.dir / "store"), "--port", str(self.store_port)]
+
     def start_store(self) -> None:
-        proc = self.procs.start("store", [EDGEMODEL, "store", "--root", str(self.dir / "store"),
-                                          "--port", str(self.store_port)])
-        wait_http(f"{self.store_url}/healthz", 30, proc, self.procs.log_path("store"))
+        proc = self.procs.start("store", [EDGEMODEL, *self.store_args()])
+        wait_http(f"{self.store_url}/healthz", 30, proc, proc.log)
+
+    def agent_command(self, extra: str = "") -> list[str]:
+        """The agent for ``run_on_nodes``: the node's own kubeconfig, any port, a 2 s heartbeat; ``extra`` flags appended."""
+        return ["sh", "-c",
+                f'exec {EDGEMODEL} agent --kubeconfig "$KUBECONFIG" --public-key {self.public_key} '
+                '--cache-dir "$EDGEMODEL_NODE_DIR/cache" --port 0 --heartbeat-interval 2 --threads 1 --workers 1'
+                + extra]
+
+    def wait_for_agents(self, count: int, timeout: float) -> None:
+        """Until ``count`` EdgeAgents report an endpoint."""
+        deadline = time.monotonic() + timeout
+        while len(self.endpoints()) < count:
+            if time.monotonic() > deadline:
+                log = self.cluster.state_dir / "nodes" / self.nodes[0] / "process.log"
+                raise TimeoutError(f"the edge agents did not register within {timeout:.0f} s; see {log}")
+            time.sleep(0.3)
+
+    def run_operator(self, name: str, metrics_port: int, liveness_port: int, args: list[str],
+                     kubeconfig: Path | None = None, verbose: bool = False) -> Process:
+        """``edgemodel operator`` as ``name`` (admin unless ``kubeconfig``) with ``args`` added; waits for its liveness probe."""
+        argv = [
+            EDGEMODEL, *(["-v"] if verbose else []), "operator",
+            "--kubeconfig", str(kubeconfig or self.cluster.kubeconfig),
+            "--store-url", self.store_url, "--converter-image", "edgemodel-convert:dev",
+            "--signing-key-secret", self.signing_secret,
+            "--metrics-port", str(metrics_port), "--liveness-port", str(liveness_port), *args,
+        ]
+        env = {"PYTHONUNBUFFERED": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        proc = self.procs.start(name, argv, env=env)
+        wait_http(f"http://127.0.0.1:{liveness_port}/healthz", 60, proc, proc.log)
+        return proc
+
+    # reading -------------------------------------------------------------------------------
+    def edgemodel(self, name: str) -> dict[str, Any] | None:
+        return self.cluster.get(*EM, name, "default")
+
+    def agents(self) -> list[dict[str, Any]]:
+        return self.cluster.list_objects(*EA)
+
+    def endpoints(self) -> list[str]:
+        return sorted(a["status"]["endpoint"] for a in self.agents() if (a.get("status") or {}).get("endpoint"))
+
+    def apply(self, doc: dict[str, Any], file_name: str) -> str:
+        """``kubectl apply -f`` a manifest written into the stack's folder."""
+        path = self.dir / file_name
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return self.cluster.kubectl("apply", "-f", str(path)).stdout.strip()
+
+
+class DemoStack(SystemStack):
+    """The demo: :data:`NODES`, the operator as admin, Prometheus when installed. :meth:`close` stops everything."""
+
+    def __init__(self, workdir: Path, with_prometheus: bool = True) -> None:
+        super().__init__(workdir)
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+        self.with_prometheus = with_prometheus
+        self.prometheus: Prometheus | None = None
+        self.prometheus_note = ""
 
     def start_agents(self) -> None:
         """One Node per entry of NODES and an agent process on each."""
         for node in NODES:
             self.nodes += self.cluster.add_nodes(1, sites=node["sites"], labels=node["labels"],
                                                  cpu=node["cpu"], memory=node["memory"])
-        self.cluster.run_on_nodes([
-            "sh", "-c",
-            f'exec {EDGEMODEL} agent --kubeconfig "$KUBECONFIG" --public-key {self.dir / "signing" / "public.pem"} '
-            '--cache-dir "$EDGEMODEL_NODE_DIR/cache" --port 0 --heartbeat-interval 2 --threads 1 --workers 1',
-        ])
-        deadline = time.monotonic() + 90
-        while len(self.endpoints()) < len(NODES):
-            if time.monotonic() > deadline:
-                log = self.cluster.state_dir / "nodes" / self.nodes[0] / "process.log"
-                raise TimeoutError(f"the edge agents did not register within 90 s; see {log}")
-            time.sleep(0.3)
+        self.cluster.run_on_nodes(self.agent_command())
+        self.wait_for_agents(len(NODES), 90)
 
     def start_prometheus(self) -> None:
         """A real Prometheus scraping the agents and the operator, when it is installed."""
@@ -104,18 +188,11 @@ class DemoStack:
         self.prometheus = prom
 
     def start_operator(self) -> None:
-        argv = [
-            EDGEMODEL, "operator", "--kubeconfig", str(self.cluster.kubeconfig), "--standalone",
-            "--store-url", self.store_url, "--converter-image", "edgemodel-convert:dev",
-            "--signing-key-secret", "edgemodel-signing", "--converter-backoff-limit", "1",
-            "--metrics-port", str(self.metrics_port), "--liveness-port", str(self.liveness_port),
-            "--heartbeat-timeout-seconds", "20", "--resync-seconds", "3",
-        ]
+        args = ["--standalone", "--converter-backoff-limit", "1", "--heartbeat-timeout-seconds", "20",
+                "--resync-seconds", "3"]
         if self.prometheus is not None:
-            argv += ["--prometheus-url", self.prometheus.url]
-        env = {"PYTHONUNBUFFERED": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-        proc = self.procs.start("operator", argv, env=env)
-        wait_http(f"http://127.0.0.1:{self.liveness_port}/healthz", 60, proc, self.procs.log_path("operator"))
+            args += ["--prometheus-url", self.prometheus.url]
+        self.run_operator("operator", self.metrics_port, self.liveness_port, args)
 
     def start(self) -> None:
         self.start_control_plane()
@@ -123,23 +200,3 @@ class DemoStack:
         self.start_agents()
         self.start_prometheus()
         self.start_operator()
-
-    def close(self) -> None:
-        self.procs.stop_all()
-        self.cluster.close()
-
-    # reading -------------------------------------------------------------------------------
-    def edgemodel(self, name: str) -> dict[str, Any] | None:
-        return self.cluster.get(*EM, name, "default")
-
-    def agents(self) -> list[dict[str, Any]]:
-        return self.cluster.list_objects(*EA)
-
-    def endpoints(self) -> list[str]:
-        return sorted(a["status"]["endpoint"] for a in self.agents() if (a.get("status") or {}).get("endpoint"))
-
-    def apply(self, doc: dict[str, Any], file_name: str) -> str:
-        """``kubectl apply -f`` a manifest written into the demo folder."""
-        path = self.dir / file_name
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return self.cluster.kubectl("apply", "-f", str(path)).stdout.strip()

@@ -3,7 +3,8 @@
 kopf watches and patches through its own client; both log in from the same place (the
 kubernetes package's kubeconfig / in-cluster loader). Every request is counted by verb,
 resource and code (``edgemodel_operator_api_requests_total``); transient failures (connection
-errors, 429, 5xx) are retried a bounded number of times with backoff.
+errors, 429, 5xx) are retried a bounded number of times with backoff. Errors, TLS and the
+session come from ``edgemodel.kubeapi``, which the agent's client shares.
 """
 
 from __future__ import annotations
@@ -18,27 +19,22 @@ from urllib.parse import quote
 
 import aiohttp
 
+from edgemodel.kubeapi import (
+    MERGE_PATCH,
+    SERVICE_ACCOUNT,
+    ApiError,
+    ApiUnavailable,
+    SessionOwner,
+    request_headers,
+    tls_context,
+)
 from edgemodel_operator.constants import MANAGER
 from edgemodel_operator.metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 
-MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0)
-
-
-class ApiError(Exception):
-    """The API server answered with an error status."""
-
-    def __init__(self, status: int, method: str, path: str, message: str) -> None:
-        super().__init__(f"{method} {path}: HTTP {status}: {message}")
-        self.status = status
-        self.message = message
-
-
-class ApiUnavailable(Exception):
-    """The API server could not be reached (after the bounded retries)."""
 
 
 @dataclass
@@ -66,15 +62,7 @@ class KubeConfig:
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.server.startswith("https"):
             return False
-        if not self.verify:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        else:
-            ctx = ssl.create_default_context(cafile=self.ca_file)
-        if self.cert_file and self.key_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-        return ctx
+        return tls_context(verify=self.verify, ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
 
 
 def load_kube_config(kubeconfig: Path | None) -> KubeConfig:
@@ -93,7 +81,7 @@ def load_kube_config(kubeconfig: Path | None) -> KubeConfig:
         config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
     token = _bearer(cfg)
     namespace = None
-    ns_file = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    ns_file = SERVICE_ACCOUNT / "namespace"
     if in_cluster and ns_file.is_file():
         namespace = ns_file.read_text().strip()
     return KubeConfig(
@@ -132,7 +120,7 @@ def resource_of(path: str) -> str:
     return parts[0]
 
 
-class KubeClient:
+class KubeClient(SessionOwner):
     """JSON over HTTP with the API server: get, list, create, patch, delete."""
 
     def __init__(self, config: KubeConfig, metrics: OperatorMetrics | None = None, max_parallel: int = 32,
@@ -140,20 +128,12 @@ class KubeClient:
         self.config = config
         self.retry_delays = retry_delays
         self.metrics = metrics
-        self._session: aiohttp.ClientSession | None = None
         self._limit = asyncio.Semaphore(max_parallel)
         self._max_parallel = max_parallel
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._max_parallel + 4, ssl=self.config.ssl_context())
-            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
-        return self._session
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    def _new_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self._max_parallel + 4, ssl=self.config.ssl_context())
+        return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30))
 
     async def request(
         self, method: str, path: str, *, body: Any = None, params: dict[str, str] | None = None,
@@ -163,12 +143,7 @@ class KubeClient:
         url = self.config.server + path
         last: Exception | None = None
         for attempt, delay in enumerate((*self.retry_delays, None)):
-            headers = {"Accept": "application/json"}
-            if body is not None:
-                headers["Content-Type"] = content_type
-            token = self.config.current_token()
-            if token:
-                headers["Authorization"] = f"Bearer {token}"
+            headers = request_headers(self.config.current_token(), content_type if body is not None else None)
             try:
                 async with self._limit, self._open().request(
                     method, url, json=body, params=params, headers=headers
@@ -177,7 +152,8 @@ class KubeClient:
                     text = await resp.text()
                     if resp.status < 400:
                         return _json(text)
-                    error = ApiError(resp.status, method, path, _message(text))
+                    message = _message(text)
+                    error = ApiError(resp.status, message, f"{method} {path}: HTTP {resp.status}: {message}")
                     if resp.status not in (429, 500, 502, 503, 504):
                         raise error
                     last = error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -34,92 +35,90 @@ class Recorder:
         return [x * 2]
 
 
-async def test_queued_requests_are_batched_up_to_the_limit() -> None:
-    model, pool = Recorder(), InferencePool(1)
-    batcher = DynamicBatcher(model, pool, max_batch_size=4, max_queue_delay_s=0.05)
-    try:
-        model.gate.clear()  # hold the worker so that requests pile up
-        blocker = asyncio.create_task(batcher.submit({"x": np.zeros((1, 3), np.float32)}))
-        await asyncio.sleep(0.1)
-        tasks = [asyncio.create_task(batcher.submit({"x": np.full((1, 3), i, np.float32)})) for i in range(10)]
-        await asyncio.sleep(0.05)
+MakeBatcher = Callable[[int, float], tuple[Recorder, DynamicBatcher]]
+
+
+@pytest.fixture
+async def make_batcher() -> AsyncIterator[MakeBatcher]:
+    """``make(max_batch_size, max_queue_delay_s)``: a Recorder behind a DynamicBatcher on a one-thread pool.
+
+    After the test the Recorder's gate opens, the batcher closes and the pool shuts down."""
+    made: list[tuple[Recorder, DynamicBatcher, InferencePool]] = []
+
+    def make(max_batch_size: int, max_queue_delay_s: float) -> tuple[Recorder, DynamicBatcher]:
+        model, pool = Recorder(), InferencePool(1)
+        batcher = DynamicBatcher(model, pool, max_batch_size=max_batch_size, max_queue_delay_s=max_queue_delay_s)
+        made.append((model, batcher, pool))
+        return model, batcher
+
+    yield make
+    for model, batcher, pool in made:
         model.gate.set()
-        results = await asyncio.gather(*tasks)
-        await blocker
-        for i, r in enumerate(results):
-            np.testing.assert_array_equal(r.outputs[0], np.full((1, 3), 2 * i, np.float32))
-        assert max(model.batches) == 4
-        assert sum(model.batches) == 11
-        assert any(r.batch_requests > 1 for r in results)
-    finally:
         await batcher.close()
         pool.shutdown()
 
 
-async def test_a_lone_request_waits_at_most_the_queue_delay() -> None:
-    model, pool = Recorder(), InferencePool(1)
-    batcher = DynamicBatcher(model, pool, max_batch_size=8, max_queue_delay_s=0.02)
-    try:
-        result = await asyncio.wait_for(batcher.submit({"x": np.ones((2, 3), np.float32)}), timeout=5)
-        assert result.batch_requests == 1
-        assert result.outputs[0].shape == (2, 3)
-        assert model.batches == [2]
-    finally:
-        await batcher.close()
-        pool.shutdown()
+async def test_queued_requests_are_batched_up_to_the_limit(make_batcher: MakeBatcher) -> None:
+    model, batcher = make_batcher(4, 0.05)
+    model.gate.clear()  # hold the worker so that requests pile up
+    blocker = asyncio.create_task(batcher.submit({"x": np.zeros((1, 3), np.float32)}))
+    await asyncio.sleep(0.1)
+    tasks = [asyncio.create_task(batcher.submit({"x": np.full((1, 3), i, np.float32)})) for i in range(10)]
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    results = await asyncio.gather(*tasks)
+    await blocker
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r.outputs[0], np.full((1, 3), 2 * i, np.float32))
+    assert max(model.batches) == 4
+    assert sum(model.batches) == 11
+    assert any(r.batch_requests > 1 for r in results)
 
 
-async def test_shapes_that_differ_are_not_stacked() -> None:
-    model, pool = Recorder(), InferencePool(1)
-    batcher = DynamicBatcher(model, pool, max_batch_size=8, max_queue_delay_s=0.05)
-    try:
-        results = await asyncio.gather(
-            batcher.submit({"x": np.ones((1, 3), np.float32)}),
-            batcher.submit({"x": np.ones((1, 5), np.float32)}),
-            batcher.submit({"x": np.ones((1, 3), np.float32)}),
-        )
-        assert [r.outputs[0].shape for r in results] == [(1, 3), (1, 5), (1, 3)]
-    finally:
-        await batcher.close()
-        pool.shutdown()
+async def test_a_lone_request_waits_at_most_the_queue_delay(make_batcher: MakeBatcher) -> None:
+    model, batcher = make_batcher(8, 0.02)
+    result = await asyncio.wait_for(batcher.submit({"x": np.ones((2, 3), np.float32)}), timeout=5)
+    assert result.batch_requests == 1
+    assert result.outputs[0].shape == (2, 3)
+    assert model.batches == [2]
 
 
-async def test_one_bad_request_does_not_fail_its_batch() -> None:
-    model, pool = Recorder(), InferencePool(1)
-    batcher = DynamicBatcher(model, pool, max_batch_size=8, max_queue_delay_s=0.05)
-    try:
-        results = await asyncio.gather(
-            batcher.submit({"x": np.ones((1, 3), np.float32)}),
-            batcher.submit({"x": -np.ones((1, 3), np.float32)}),
-            batcher.submit({"x": np.ones((1, 3), np.float32)}),
-            return_exceptions=True,
-        )
-        assert isinstance(results[1], RuntimeError)
-        assert not isinstance(results[0], BaseException)
-        assert not isinstance(results[2], BaseException)
-    finally:
-        await batcher.close()
-        pool.shutdown()
+async def test_shapes_that_differ_are_not_stacked(make_batcher: MakeBatcher) -> None:
+    _, batcher = make_batcher(8, 0.05)
+    results = await asyncio.gather(
+        batcher.submit({"x": np.ones((1, 3), np.float32)}),
+        batcher.submit({"x": np.ones((1, 5), np.float32)}),
+        batcher.submit({"x": np.ones((1, 3), np.float32)}),
+    )
+    assert [r.outputs[0].shape for r in results] == [(1, 3), (1, 5), (1, 3)]
 
 
-async def test_closing_fails_queued_requests_with_a_retryable_error() -> None:
-    model, pool = Recorder(), InferencePool(1)
-    batcher = DynamicBatcher(model, pool, max_batch_size=1, max_queue_delay_s=0)
+async def test_one_bad_request_does_not_fail_its_batch(make_batcher: MakeBatcher) -> None:
+    _, batcher = make_batcher(8, 0.05)
+    results = await asyncio.gather(
+        batcher.submit({"x": np.ones((1, 3), np.float32)}),
+        batcher.submit({"x": -np.ones((1, 3), np.float32)}),
+        batcher.submit({"x": np.ones((1, 3), np.float32)}),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], RuntimeError)
+    assert not isinstance(results[0], BaseException)
+    assert not isinstance(results[2], BaseException)
+
+
+async def test_closing_fails_queued_requests_with_a_retryable_error(make_batcher: MakeBatcher) -> None:
+    model, batcher = make_batcher(1, 0)
     model.gate.clear()
-    try:
-        tasks = [asyncio.create_task(batcher.submit({"x": np.ones((1, 3), np.float32)})) for _ in range(3)]
-        await asyncio.sleep(0.05)
-        closing = asyncio.create_task(batcher.close())
-        await asyncio.sleep(0.05)
-        model.gate.set()
-        await closing
-        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        assert any(isinstance(o, ModelNotReady) for o in outcomes)
-        with pytest.raises(ModelNotReady):
-            await batcher.submit({"x": np.ones((1, 3), np.float32)})
-    finally:
-        model.gate.set()
-        pool.shutdown()
+    tasks = [asyncio.create_task(batcher.submit({"x": np.ones((1, 3), np.float32)})) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(batcher.close())
+    await asyncio.sleep(0.05)
+    model.gate.set()
+    await closing
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert any(isinstance(o, ModelNotReady) for o in outcomes)
+    with pytest.raises(ModelNotReady):
+        await batcher.submit({"x": np.ones((1, 3), np.float32)})
 
 
 async def test_batched_serving_matches_unbatched_and_isolates_bad_values(model_files: dict[str, Path]) -> None:

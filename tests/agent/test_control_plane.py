@@ -48,6 +48,15 @@ def agent_settings(cluster: LocalCluster, keys: Keys, cache: Path, **extra: Any)
     )  # fmt: skip
 
 
+@pytest.fixture
+async def cluster_agent(cluster: LocalCluster, store: ArtifactStore, keys: Keys, tmp_path: Path) -> AsyncIterator[Agent]:
+    """The agent of NODE started against the cluster (cache in tmp_path/cache) and stopped before the store."""
+    agent = Agent(agent_settings(cluster, keys, tmp_path / "cache"))
+    await agent.start()
+    yield agent
+    await agent.stop()
+
+
 async def eventually(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
     """Poll (without blocking the agent's loop) until ``check()`` is truthy."""
     deadline = time.monotonic() + timeout
@@ -80,107 +89,105 @@ def model_status(cluster: LocalCluster, name: str) -> dict[str, Any] | None:
     return next((m for m in (edgeagent(cluster).get("status") or {}).get("models", []) if m["name"] == name), None)
 
 
+def ready_condition(cluster: LocalCluster) -> dict[str, Any]:
+    return next(c for c in edgeagent(cluster)["status"]["conditions"] if c["type"] == "Ready")
+
+
+async def wait_affine(cluster: LocalCluster, what: str, state: str = "Ready", **fields: Any) -> dict[str, Any]:
+    """The affine model's status once it is in ``state`` with ``fields``."""
+    return await eventually(lambda: (m := model_status(cluster, "affine")) and m["state"] == state
+                            and all(m.get(k) == v for k, v in fields.items()) and m, what)  # fmt: skip
+
+
+async def serve_affine_revision_1(cluster: LocalCluster, store: ArtifactStore, keys: Keys, model_files: dict[str, Path]) -> None:
+    """Wait for the agent's registration, assign affine revision 1 and wait until it is Ready."""
+    await eventually(lambda: edgeagent(cluster).get("status"), "registration")
+    assign(cluster, [store.publish(keys, model_files["affine1"], "affine", 1)])
+    await wait_affine(cluster, "revision 1 Ready")
+
+
 async def infer(agent: Agent, name: str = "affine") -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as s, s.post(f"{agent.server.url}/v2/models/{name}/infer", json=BODY) as resp:
         return resp.status, await resp.json()
 
 
 async def test_registers_heartbeats_and_serves_its_assignment(
-    cluster: LocalCluster, store: ArtifactStore, keys: Keys, tmp_path: Path, model_files: dict[str, Path]
+    cluster: LocalCluster, store: ArtifactStore, keys: Keys, model_files: dict[str, Path], cluster_agent: Agent
 ) -> None:
-    agent = Agent(agent_settings(cluster, keys, tmp_path / "cache"))
-    await agent.start()
-    try:
-        obj = await eventually(lambda: (edgeagent(cluster).get("status") or {}).get("heartbeatTime") and edgeagent(cluster), "registration")
-        labels = obj["metadata"]["labels"]
-        assert labels["hardware"] == "jetson"
-        assert labels["edgemodel.io/site"] == "site-a"
-        assert labels["edgemodel.io/pool"] == "test"
-        assert obj["spec"]["nodeName"] == NODE
-        status = obj["status"]
-        caps = status["capabilities"]
-        assert caps["providers"] == ["CPUExecutionProvider"]
-        assert caps["hardwareClass"] == "cpu"
-        assert caps["cpuCount"] >= 1
-        assert status["endpoint"] == agent.server.url
-        first_beat = status["heartbeatTime"]
-        await eventually(lambda: edgeagent(cluster)["status"]["heartbeatTime"] != first_beat, "a second heartbeat", timeout=5)
+    agent = cluster_agent
+    obj = await eventually(lambda: (edgeagent(cluster).get("status") or {}).get("heartbeatTime") and edgeagent(cluster), "registration")
+    labels = obj["metadata"]["labels"]
+    assert labels["hardware"] == "jetson"
+    assert labels["edgemodel.io/site"] == "site-a"
+    assert labels["edgemodel.io/pool"] == "test"
+    assert obj["spec"]["nodeName"] == NODE
+    status = obj["status"]
+    caps = status["capabilities"]
+    assert caps["providers"] == ["CPUExecutionProvider"]
+    assert caps["hardwareClass"] == "cpu"
+    assert caps["cpuCount"] >= 1
+    assert status["endpoint"] == agent.server.url
+    first_beat = status["heartbeatTime"]
+    await eventually(lambda: edgeagent(cluster)["status"]["heartbeatTime"] != first_beat, "a second heartbeat", timeout=5)
 
-        generation = assign(cluster, [store.publish(keys, model_files["affine1"], "affine", 1)])
-        ready = await eventually(lambda: (m := model_status(cluster, "affine")) and m["state"] == "Ready" and m, "Ready")
-        assert ready["reason"] == "Loaded"
-        assert ready["servingRevision"] == 1
-        assert ready["provider"] == "CPUExecutionProvider"
-        assert edgeagent(cluster)["status"]["observedGeneration"] == generation
-        ready_condition = next(c for c in edgeagent(cluster)["status"]["conditions"] if c["type"] == "Ready")
-        assert ready_condition["status"] == "True"
-        assert ready_condition["reason"] == "AllModelsReady"
-        for _ in range(3):
-            assert (await infer(agent))[0] == 200
-        counted = await eventually(lambda: (m := model_status(cluster, "affine")) and m.get("requestCount") == 3 and m, "request counts in the heartbeat")
-        assert counted["p50Ms"] > 0
-        assert counted["p95Ms"] >= counted["p50Ms"]
-        # heartbeats are bounded: about one per second plus coalesced state changes
-        writes = agent.control.status_writes if agent.control else 0
-        await asyncio.sleep(1.5)
-        assert agent.control is not None
-        assert agent.control.status_writes - writes <= 3
-    finally:
-        await agent.stop()
+    generation = assign(cluster, [store.publish(keys, model_files["affine1"], "affine", 1)])
+    ready = await wait_affine(cluster, "Ready")
+    assert ready["reason"] == "Loaded"
+    assert ready["servingRevision"] == 1
+    assert ready["provider"] == "CPUExecutionProvider"
+    assert edgeagent(cluster)["status"]["observedGeneration"] == generation
+    condition = ready_condition(cluster)
+    assert condition["status"] == "True"
+    assert condition["reason"] == "AllModelsReady"
+    for _ in range(3):
+        assert (await infer(agent))[0] == 200
+    counted = await eventually(lambda: (m := model_status(cluster, "affine")) and m.get("requestCount") == 3 and m, "request counts in the heartbeat")
+    assert counted["p50Ms"] > 0
+    assert counted["p95Ms"] >= counted["p50Ms"]
+    # heartbeats are bounded: about one per second plus coalesced state changes
+    writes = agent.control.status_writes if agent.control else 0
+    await asyncio.sleep(1.5)
+    assert agent.control is not None
+    assert agent.control.status_writes - writes <= 3
 
 
 async def test_a_bad_revision_is_reported_and_the_old_one_keeps_serving_then_unassign(
-    cluster: LocalCluster, store: ArtifactStore, keys: Keys, tmp_path: Path, model_files: dict[str, Path]
+    cluster: LocalCluster, store: ArtifactStore, keys: Keys, tmp_path: Path, model_files: dict[str, Path], cluster_agent: Agent
 ) -> None:
-    agent = Agent(agent_settings(cluster, keys, tmp_path / "cache"))
-    await agent.start()
-    try:
-        await eventually(lambda: edgeagent(cluster).get("status"), "registration")
-        good = store.publish(keys, model_files["affine1"], "affine", 1)
-        assign(cluster, [good])
-        await eventually(lambda: (m := model_status(cluster, "affine")) and m["state"] == "Ready", "revision 1 Ready")
-        unsigned = store.publish(make_keys(tmp_path, "intruder"), model_files["affine2"], "affine", 2)
-        assign(cluster, [unsigned])
-        failed = await eventually(lambda: (m := model_status(cluster, "affine")) and m["state"] == "Failed" and m, "Failed")
-        assert failed["reason"] == "SignatureInvalid"
-        assert failed["revision"] == 2
-        assert failed["servingRevision"] == 1
-        condition = next(c for c in edgeagent(cluster)["status"]["conditions"] if c["type"] == "Ready")
-        assert condition["status"] == "False"
-        assert "SignatureInvalid" in condition["message"]
-        status, payload = await infer(agent)
-        assert status == 200
-        assert payload["model_version"] == "1"
-        assign(cluster, [])
-        await eventually(lambda: edgeagent(cluster)["status"]["models"] == [], "the model leaving status")
-        assert (await infer(agent))[0] == 404
-    finally:
-        await agent.stop()
+    await serve_affine_revision_1(cluster, store, keys, model_files)
+    unsigned = store.publish(make_keys(tmp_path, "intruder"), model_files["affine2"], "affine", 2)
+    assign(cluster, [unsigned])
+    failed = await wait_affine(cluster, "Failed", state="Failed")
+    assert failed["reason"] == "SignatureInvalid"
+    assert failed["revision"] == 2
+    assert failed["servingRevision"] == 1
+    condition = ready_condition(cluster)
+    assert condition["status"] == "False"
+    assert "SignatureInvalid" in condition["message"]
+    status, payload = await infer(cluster_agent)
+    assert status == 200
+    assert payload["model_version"] == "1"
+    assign(cluster, [])
+    await eventually(lambda: edgeagent(cluster)["status"]["models"] == [], "the model leaving status")
+    assert (await infer(cluster_agent))[0] == 404
 
 
 async def test_api_outage_keeps_serving_and_reconciles_when_it_returns(
-    cluster: LocalCluster, store: ArtifactStore, keys: Keys, tmp_path: Path, model_files: dict[str, Path]
+    cluster: LocalCluster, store: ArtifactStore, keys: Keys, model_files: dict[str, Path], cluster_agent: Agent
 ) -> None:
-    agent = Agent(agent_settings(cluster, keys, tmp_path / "cache"))
-    await agent.start()
-    try:
-        await eventually(lambda: edgeagent(cluster).get("status"), "registration")
-        assign(cluster, [store.publish(keys, model_files["affine1"], "affine", 1)])
-        await eventually(lambda: (m := model_status(cluster, "affine")) and m["state"] == "Ready", "Ready")
-        await asyncio.to_thread(cluster.stop)
-        assert agent.control is not None
-        await eventually(lambda: agent.control is not None and agent.control.online is False, "the agent noticing the outage")
-        for _ in range(5):
-            assert (await infer(agent))[0] == 200
-        await asyncio.to_thread(cluster.start)
-        assign(cluster, [store.publish(keys, model_files["affine2"], "affine", 2)])
-        ready = await eventually(lambda: (m := model_status(cluster, "affine")) and m["state"] == "Ready" and m["servingRevision"] == 2 and m,
-                                 "revision 2 after the outage")  # fmt: skip
-        assert ready["revision"] == 2
-        assert agent.control.online is True
-        assert (await infer(agent))[1]["model_version"] == "2"
-    finally:
-        await agent.stop()
+    agent = cluster_agent
+    await serve_affine_revision_1(cluster, store, keys, model_files)
+    await asyncio.to_thread(cluster.stop)
+    assert agent.control is not None
+    await eventually(lambda: agent.control is not None and agent.control.online is False, "the agent noticing the outage")
+    for _ in range(5):
+        assert (await infer(agent))[0] == 200
+    await asyncio.to_thread(cluster.start)
+    assign(cluster, [store.publish(keys, model_files["affine2"], "affine", 2)])
+    ready = await wait_affine(cluster, "revision 2 after the outage", servingRevision=2)
+    assert ready["revision"] == 2
+    assert agent.control.online is True
+    assert (await infer(agent))[1]["model_version"] == "2"
 
 
 async def test_restart_without_the_api_serves_the_cache_then_reconciles(
@@ -224,19 +231,12 @@ async def test_restart_without_the_api_serves_the_cache_then_reconciles(
 
 
 async def test_a_deleted_edgeagent_is_recreated_and_serving_continues(
-    cluster: LocalCluster, store: ArtifactStore, keys: Keys, tmp_path: Path, model_files: dict[str, Path]
+    cluster: LocalCluster, store: ArtifactStore, keys: Keys, model_files: dict[str, Path], cluster_agent: Agent
 ) -> None:
-    agent = Agent(agent_settings(cluster, keys, tmp_path / "cache"))
-    await agent.start()
-    try:
-        await eventually(lambda: edgeagent(cluster).get("status"), "registration")
-        assign(cluster, [store.publish(keys, model_files["affine1"], "affine", 1)])
-        await eventually(lambda: (m := model_status(cluster, "affine")) and m["state"] == "Ready", "Ready")
-        uid = edgeagent(cluster)["metadata"]["uid"]
-        await asyncio.to_thread(cluster.delete, API_VERSION, "EdgeAgent", NODE)
-        recreated = await eventually(lambda: (o := cluster.get(API_VERSION, "EdgeAgent", NODE)) and o["metadata"]["uid"] != uid
-                                     and (o.get("status") or {}).get("models") and o, "re-creation")  # fmt: skip
-        assert recreated["status"]["models"][0]["state"] == "Ready"
-        assert (await infer(agent))[0] == 200  # the saved assignment keeps serving until the operator writes spec
-    finally:
-        await agent.stop()
+    await serve_affine_revision_1(cluster, store, keys, model_files)
+    uid = edgeagent(cluster)["metadata"]["uid"]
+    await asyncio.to_thread(cluster.delete, API_VERSION, "EdgeAgent", NODE)
+    recreated = await eventually(lambda: (o := cluster.get(API_VERSION, "EdgeAgent", NODE)) and o["metadata"]["uid"] != uid
+                                 and (o.get("status") or {}).get("models") and o, "re-creation")  # fmt: skip
+    assert recreated["status"]["models"][0]["state"] == "Ready"
+    assert (await infer(cluster_agent))[0] == 200  # the saved assignment keeps serving until the operator writes spec

@@ -1,27 +1,23 @@
 """The cluster side of the Prometheus end-to-end test: the project's Kubernetes API emulator
 (LocalCluster: API server, Job controller, kubelet running pods as local processes) with the
 chart's own CRDs and its own RBAC: the real operator and a real cluster-mode agent each run under a
-token holding exactly the rules of the chart's rendered ClusterRole."""
+token holding exactly the rules of the chart's rendered ClusterRole. Built on the shared
+``edgemodel.demo.stack.SystemStack``; only the chart-specific parts live here."""
 
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from edgemodel.demo.stack import EDGEMODEL, SystemStack
 from edgemodel.dev.auth import Identity, Rule
-from edgemodel.dev.cluster import LocalCluster
 from edgemodel.dev.net import free_port
-from edgemodel.signing import generate_keypair
 from tests.helm.chart import find, full, render
 
-EDGEMODEL = [sys.executable, "-m", "edgemodel.cli"]
+STORE_TOKEN = "e2e-upload-token"
 
 
 def chart_identity(name: str, cluster_role: str) -> Identity:
@@ -31,85 +27,67 @@ def chart_identity(name: str, cluster_role: str) -> Identity:
     return Identity(name, ("system:serviceaccounts",), rules)
 
 
-@dataclass
-class ClusterSide:
-    dir: Path
-    cluster: LocalCluster
-    store_port: int = 0
-    operator_metrics: int = 0
-    operator_liveness: int = 0
-    agent_port: int = 0
-    node: str = ""
-    procs: list[tuple[subprocess.Popen[bytes], Path]] = field(default_factory=list)
+class ClusterSide(SystemStack):
+    """The shared ``SystemStack`` with the chart's CRDs, Secrets, store args and RBAC tokens."""
+
+    signing_secret = full("signing")
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.operator_metrics = free_port()
+        self.operator_liveness = free_port()
+        self.agent_port = free_port()
+        self.node = ""
+        self.peering = find(render({}), "ClusterKopfPeering")[0]
 
     @property
     def operator_log(self) -> Path:
-        return self.dir / "operator.log"
+        return self.procs.log_path("operator")
 
     @property
     def agent_log(self) -> Path:
-        return self.dir / "cluster-agent.log"
+        return self.procs.log_path("cluster-agent")
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = self.dir / f"{name}.log"
-        proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=self.dir,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
-        self.procs.append((proc, log))
-        return proc
-
-    def close(self) -> None:
-        for proc, _log in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=5)
-        self.cluster.close()
-
-
-def start_cluster_side(workdir: Path) -> ClusterSide:
-    """API emulator + chart CRDs + chart RBAC tokens; one cluster-mode agent; one operator replica."""
-    cluster = LocalCluster(workdir / "kube", auth=True).start()
-    side = ClusterSide(workdir, cluster)
-    try:
+    def apply_crds(self) -> None:
+        """The chart's CRDs and its ClusterKopfPeering."""
         crds = [d for d in render({}) if d["kind"] == "CustomResourceDefinition"]
-        (workdir / "chart-crds.yaml").write_text(yaml.safe_dump_all(crds))
-        cluster.apply_crds([workdir / "chart-crds.yaml"])
-        peering = find(render({}), "ClusterKopfPeering")[0]
-        cluster.create({k: v for k, v in peering.items() if k != "metadata"} | {"metadata": {"name": peering["metadata"]["name"]}})
-        generate_keypair(workdir / "signing" / "private.pem", workdir / "signing" / "public.pem")
-        pem = (workdir / "signing" / "private.pem").read_bytes()
-        cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": full("signing"), "namespace": "default"},
-                        "data": {"private.pem": base64.b64encode(pem).decode()}})
-        token = "e2e-upload-token"
-        cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": full("store-token"), "namespace": "default"},
-                        "data": {"token": base64.b64encode(token.encode()).decode()}})
-        side.store_port = free_port()
-        (workdir / "store-token").write_text(token)
-        side.spawn("store", [*EDGEMODEL, *store_args(workdir, side.store_port)])
-        (side.node,) = cluster.add_nodes(1, prefix="edge-c")
-        agent_token = cluster.add_token(chart_identity("system:serviceaccount:edge-system:em-edgemodel-agent", "agent"))
-        side.agent_port = free_port()
-        side.spawn("cluster-agent", [*EDGEMODEL, "agent", "--kubeconfig", str(cluster.kubeconfig_for(agent_token, "agent")),
-                                     "--node-name", side.node, "--public-key", str(workdir / "signing" / "public.pem"),
-                                     "--cache-dir", str(workdir / "agent-cache"), "--host", "127.0.0.1",
-                                     "--port", str(side.agent_port), "--heartbeat-interval", "1", "--threads", "1"])
-        op_token = cluster.add_token(chart_identity("system:serviceaccount:edge-system:em-edgemodel-operator", "operator"))
-        side.operator_metrics, side.operator_liveness = free_port(), free_port()
-        venv_bin = str(Path(sys.executable).parent)
-        side.spawn("operator", [*EDGEMODEL, "operator", "--kubeconfig", str(cluster.kubeconfig_for(op_token, "operator")),
-                                "--peering", peering["metadata"]["name"],
-                                "--store-url", f"http://127.0.0.1:{side.store_port}", "--store-token-secret", full("store-token"),
-                                "--converter-image", "edgemodel-convert:dev", "--signing-key-secret", full("signing"),
-                                "--converter-backoff-limit", "0", "--metrics-port", str(side.operator_metrics),
-                                "--liveness-port", str(side.operator_liveness), "--resync-seconds", "2"],
-                   env={"PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"})
-    except BaseException:
-        side.close()
-        raise
-    return side
+        (self.dir / "chart-crds.yaml").write_text(yaml.safe_dump_all(crds))
+        self.cluster.apply_crds([self.dir / "chart-crds.yaml"])
+        peering = self.peering
+        self.cluster.create({k: v for k, v in peering.items() if k != "metadata"}
+                            | {"metadata": {"name": peering["metadata"]["name"]}})
+
+    def start_control_plane(self) -> None:
+        """The shared control plane plus the store's upload token (Secret and file)."""
+        super().start_control_plane()
+        self.cluster.create({"apiVersion": "v1", "kind": "Secret",
+                             "metadata": {"name": full("store-token"), "namespace": "default"},
+                             "data": {"token": base64.b64encode(STORE_TOKEN.encode()).decode()}})
+        (self.dir / "store-token").write_text(STORE_TOKEN)
+
+    def store_args(self) -> list[str]:
+        return store_args(self.dir, self.store_port)
+
+    def start(self) -> None:
+        """API emulator + chart CRDs + chart RBAC tokens; one cluster-mode agent; one operator replica."""
+        self.start_control_plane()
+        self.start_store()
+        self.nodes = self.cluster.add_nodes(1, prefix="edge-c")
+        self.node = self.nodes[0]
+        agent_token = self.cluster.add_token(
+            chart_identity("system:serviceaccount:edge-system:em-edgemodel-agent", "agent"))
+        self.procs.start("cluster-agent", [
+            EDGEMODEL, "agent", "--kubeconfig", str(self.cluster.kubeconfig_for(agent_token, "agent")),
+            "--node-name", self.node, "--public-key", str(self.public_key),
+            "--cache-dir", str(self.dir / "agent-cache"), "--host", "127.0.0.1",
+            "--port", str(self.agent_port), "--heartbeat-interval", "1", "--threads", "1",
+        ], env={"PYTHONUNBUFFERED": "1"})
+        op_token = self.cluster.add_token(
+            chart_identity("system:serviceaccount:edge-system:em-edgemodel-operator", "operator"))
+        self.run_operator("operator", self.operator_metrics, self.operator_liveness, [
+            "--peering", self.peering["metadata"]["name"], "--store-token-secret", full("store-token"),
+            "--converter-backoff-limit", "0", "--resync-seconds", "2",
+        ], kubeconfig=self.cluster.kubeconfig_for(op_token, "operator"))
 
 
 def store_args(workdir: Path, port: int) -> list[str]:

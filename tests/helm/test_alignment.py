@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
 
 from edgemodel.cli import build_parser
 from tests.conftest import ROOT
@@ -11,6 +15,19 @@ from tests.helm.chart import SWITCHES, find, full, one, pod_specs, render
 
 # Variables the chart sets that are not settings fields: the downward API values the agent reads.
 NOT_SETTINGS = {"NODE_NAME", "POD_IP", "PYTHONDONTWRITEBYTECODE"}
+
+S = TypeVar("S")
+
+
+def settings_from_env(settings: Callable[[], S], workload: dict[str, Any], value_from: str | None = None) -> S:
+    """``settings()`` read with the env of the workload's first container added to the process environment
+    (restored at once); ``value_from`` stands for the values of ``valueFrom`` entries."""
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] if value_from is None else e.get("value", value_from) for e in containers[0]["env"]}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        return settings()
 
 
 def _all_env(prefix: str) -> set[str]:
@@ -43,20 +60,10 @@ def test_agent_env_names_are_agent_settings() -> None:
 
 def test_operator_settings_from_the_chart_env_validate() -> None:
     """The operator's real settings class accepts exactly what the Deployment sets."""
-    import os
-
     from edgemodel_operator.settings import OperatorSettings
 
     for switch in ("defaults", "watch-namespaces", "external-store", "prometheus-analysis"):
-        dep = one(render(SWITCHES[switch]), "Deployment", full("operator"))
-        env = {e["name"]: e["value"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-        saved = dict(os.environ)
-        try:
-            os.environ.update(env)
-            settings = OperatorSettings()
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        settings = settings_from_env(OperatorSettings, one(render(SWITCHES[switch]), "Deployment", full("operator")))
         assert settings.bind_address == "0.0.0.0"
         assert settings.metrics_port == 8080
         assert settings.liveness_port == 8081
@@ -65,19 +72,10 @@ def test_operator_settings_from_the_chart_env_validate() -> None:
 
 
 def test_agent_settings_from_the_chart_env_validate() -> None:
-    import os
-
     from edge_agent.settings import AgentSettings
 
     ds = one(render({"agent": {"labels": {"edgemodel.io/site": "s1"}}}), "DaemonSet", full("agent"))
-    env = {e["name"]: e.get("value", "edge-1") for e in ds["spec"]["template"]["spec"]["containers"][0]["env"]}
-    saved = dict(os.environ)
-    try:
-        os.environ.update(env)
-        settings = AgentSettings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    settings = settings_from_env(AgentSettings, ds, value_from="edge-1")
     assert settings.host == "0.0.0.0"
     assert settings.port == 8080
     assert settings.public_key == Path("/etc/edgemodel/signing/public.pem")
@@ -114,8 +112,6 @@ def test_store_networkpolicy_admits_the_operators_conversion_pods() -> None:
 
 def test_converter_resources_reach_the_job() -> None:
     """converter.resources -> operator settings -> the Job the operator builds."""
-    import os
-
     from edgemodel_operator.jobs import build_conversion_job
     from edgemodel_operator.settings import OperatorSettings
 
@@ -123,14 +119,7 @@ def test_converter_resources_reach_the_job() -> None:
 
     values = {"operator": {"converter": {"resources": {"requests": {"cpu": "3", "memory": "5Gi"},
                                                          "limits": {"cpu": "4", "memory": "6Gi"}}}}}
-    env = {e["name"]: e["value"] for e in one(render(values), "Deployment", full("operator"))["spec"]["template"]["spec"]["containers"][0]["env"]}
-    saved = dict(os.environ)
-    try:
-        os.environ.update(env)
-        settings = OperatorSettings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    settings = settings_from_env(OperatorSettings, one(render(values), "Deployment", full("operator")))
     owner = {"apiVersion": "edgemodel.io/v1alpha1", "kind": "EdgeModel",
              "metadata": {"name": "digits", "namespace": "ml", "uid": "u1", "generation": 1}}
     spec = EdgeModelSpec.model_validate({"source": {"uri": "file:///m.pt", "format": "TorchScript"},

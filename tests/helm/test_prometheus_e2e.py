@@ -34,7 +34,7 @@ import yaml
 
 from edgemodel.dev.net import free_port
 from tests.conftest import ROOT, require_tool
-from tests.helm.cluster_stack import ClusterSide, broken_edgemodel, start_cluster_side
+from tests.helm.cluster_stack import ClusterSide, broken_edgemodel
 
 DASHBOARDS = ROOT / "helm" / "dashboards"
 ALERTS = ROOT / "helm" / "alerts" / "edgemodel-alerts.yaml"
@@ -197,9 +197,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     make_model(model)
     agents: list[Agent] = []
     prom: subprocess.Popen[bytes] | None = None
-    side: ClusterSide | None = None
+    side = ClusterSide(tmp / "cluster")
     try:
-        side = start_cluster_side(tmp / "cluster")
+        side.start()
         agents.append(start_agent(tmp, "edge-1", model, []))
         agents.append(start_agent(tmp, "edge-2", model, ["--batching", "--max-batch-size", "4"]))
         config = {
@@ -259,8 +259,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stop(a.proc)
         if prom is not None:
             stop(prom)
-        if side is not None:
-            side.close()
+        side.close()
 
 
 def _panels() -> list[tuple[str, str, str]]:

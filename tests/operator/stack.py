@@ -3,14 +3,13 @@
 The Kubernetes API emulator with its Job controller and kubelet (conversion Jobs run as local
 processes), the artifact store, three edge agents (one per emulated node, each with a token that
 reaches only its own EdgeAgent) and two operator replicas with kopf peering, the operator
-authenticated with exactly the permissions of ``edgemodel_operator.rbac``.
+authenticated with exactly the permissions of ``edgemodel_operator.rbac``: the demo's
+``SystemStack`` with these choices, plus background inference traffic.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import os
 import threading
 import time
 import urllib.request
@@ -23,18 +22,14 @@ import numpy as np
 import yaml
 from edgemodel_operator.rbac import PERMISSIONS
 
+from edgemodel.demo.processes import Process
+from edgemodel.demo.stack import SystemStack
 from edgemodel.dev.auth import Identity, Rule
-from edgemodel.dev.cluster import LocalCluster
 from edgemodel.dev.net import free_port
 from edgemodel.examples_models import DigitsExample, load_digits_data, write_digits_example
-from edgemodel.signing import generate_keypair
-from tests.operator.procs import Proc, http_ok, wait_for
+from tests.operator.procs import http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = ROOT / ".venv" / "bin"
-EDGEMODEL = str(VENV_BIN / "edgemodel")
-EM = ("edgemodel.io/v1alpha1", "EdgeModel")
-EA = ("edgemodel.io/v1alpha1", "EdgeAgent")
 PEERING = "edgemodel"
 PEERING_LIFETIME = 6
 
@@ -51,7 +46,7 @@ class OperatorReplica:
     metrics_port: int
     liveness_port: int
     webhook_port: int
-    proc: Proc | None = None
+    proc: Process | None = None
 
 
 @dataclass
@@ -102,14 +97,11 @@ class Traffic:
             self.thread.join(timeout=15)
 
 
-class Stack:
-    """Start with ``Stack(tmp).start()``; ``close()`` stops every process it started."""
+class Stack(SystemStack):
+    """``with Stack(tmp) as stack:`` starts everything and stops every process it started."""
 
     def __init__(self, workdir: Path) -> None:
-        self.dir = workdir
-        self.cluster = LocalCluster(workdir / "kube", auth=True)
-        self.procs: list[Proc] = []
-        self.store_port = free_port()
+        super().__init__(workdir)
         self.replicas = [
             OperatorReplica("operator-a", 200, free_port(), free_port(), free_port()),
             OperatorReplica("operator-b", 100, free_port(), free_port(), free_port()),
@@ -119,78 +111,48 @@ class Stack:
         self.images = data.x_test[:64].astype(np.float32)
         self.labels = data.y_test[:64]
         self.traffic: Traffic | None = None
-        self.nodes: list[str] = []
 
     # lifecycle ---------------------------------------------------------------------------------
-    def start(self) -> Stack:
-        cluster = self.cluster.start()
-        cluster.apply_crds()
-        cluster.apply_crds([Path(__file__).parent / "data" / "kopf-peering.yaml"])
-        cluster.create({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": PEERING}})
-        generate_keypair(self.dir / "signing" / "private.pem", self.dir / "signing" / "public.pem")
-        pem = (self.dir / "signing" / "private.pem").read_bytes()
-        cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "edgemodel-signing",
-                        "namespace": "default"}, "data": {"private.pem": base64.b64encode(pem).decode()}})
-        token = cluster.add_token(operator_identity())
-        self.operator_kubeconfig = cluster.kubeconfig_for(token, "edgemodel-operator")
-        self.procs.append(Proc("store", [EDGEMODEL, "store", "--root", str(self.dir / "store"),
-                                         "--port", str(self.store_port)], self.dir))
-        wait_for("the artifact store", lambda: http_ok(f"http://127.0.0.1:{self.store_port}/healthz"), 30,
-                 log=self.procs[-1].log)
+    def apply_crds(self) -> None:
+        """The project's CRDs and kopf's peering CRD with the replicas' ClusterKopfPeering."""
+        self.cluster.apply_crds()
+        self.cluster.apply_crds([Path(__file__).parent / "data" / "kopf-peering.yaml"])
+        self.cluster.create({"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": PEERING}})
+
+    def start(self) -> None:
+        self.start_control_plane()
+        token = self.cluster.add_token(operator_identity())
+        self.operator_kubeconfig = self.cluster.kubeconfig_for(token, "edgemodel-operator")
+        self.start_store()
         self.example = write_digits_example(self.dir / "models" / "digits", epochs=15)
-        self.nodes = cluster.add_nodes(3)
-        cluster.run_on_nodes([
-            "sh", "-c",
-            f'exec {EDGEMODEL} agent --kubeconfig "$KUBECONFIG" --public-key {self.dir / "signing" / "public.pem"} '
-            '--cache-dir "$EDGEMODEL_NODE_DIR/cache" --port 0 --heartbeat-interval 2 --threads 1 --workers 1',
-        ])
-        wait_for("3 EdgeAgents with an endpoint", lambda: len(self.endpoints()) == 3, 60,
-                 log=self.dir / "kube" / "nodes" / self.nodes[0] / "process.log")
+        self.nodes = self.cluster.add_nodes(3)
+        self.cluster.run_on_nodes(self.agent_command())
+        self.wait_for_agents(3, 60)
         for replica in self.replicas:
             self.start_operator(replica)
         self.traffic = Traffic(self)
         self.traffic.start()
-        return self
 
     def start_operator(self, replica: OperatorReplica) -> None:
-        argv = [
-            EDGEMODEL, "-v", "operator", "--kubeconfig", str(self.operator_kubeconfig),
+        """Start (or restart) a replica under the RBAC-restricted token, with kopf peering."""
+        replica.proc = self.run_operator(replica.name, replica.metrics_port, replica.liveness_port, [
             "--peering", PEERING, "--priority", str(replica.priority),
-            "--peering-lifetime-seconds", str(PEERING_LIFETIME),
-            "--store-url", f"http://127.0.0.1:{self.store_port}", "--converter-image", "edgemodel-convert:dev",
-            "--signing-key-secret", "edgemodel-signing", "--converter-backoff-limit", "1",
-            "--metrics-port", str(replica.metrics_port), "--liveness-port", str(replica.liveness_port),
-            "--webhook-port", str(replica.webhook_port), "--heartbeat-timeout-seconds", "20",
-            "--resync-seconds", "5", "--history-limit", "2", "--artifact-retention", "delete",
-        ]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-        replica.proc = Proc(replica.name, argv, self.dir, env=env)
-        self.procs.append(replica.proc)
-        wait_for(f"{replica.name}'s liveness probe", lambda: http_ok(f"http://127.0.0.1:{replica.liveness_port}/healthz"),
-                 60, log=replica.proc.log)
+            "--peering-lifetime-seconds", str(PEERING_LIFETIME), "--webhook-port", str(replica.webhook_port),
+            "--converter-backoff-limit", "1", "--heartbeat-timeout-seconds", "20", "--resync-seconds", "5",
+            "--history-limit", "2", "--artifact-retention", "delete",
+        ], kubeconfig=self.operator_kubeconfig, verbose=True)
 
     def close(self) -> None:
         if self.traffic is not None:
             self.traffic.close()
-        for proc in reversed(self.procs):
-            proc.stop()
-        self.cluster.close()
+        super().close()
 
     # reading -----------------------------------------------------------------------------------
-    def edgemodel(self, name: str) -> dict[str, Any] | None:
-        return self.cluster.get(*EM, name, "default")
-
     def status(self, name: str) -> dict[str, Any]:
         return (self.edgemodel(name) or {}).get("status") or {}
 
     def condition(self, name: str, type_: str) -> dict[str, Any]:
         return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), {})
-
-    def agents(self) -> list[dict[str, Any]]:
-        return self.cluster.list_objects(*EA)
-
-    def endpoints(self) -> list[str]:
-        return sorted(a["status"]["endpoint"] for a in self.agents() if (a.get("status") or {}).get("endpoint"))
 
     def assigned(self, model: str = "digits") -> dict[str, list[int]]:
         """Agent -> revisions of ``model`` in its spec.models (a list, so duplicates would show)."""
@@ -217,7 +179,7 @@ class Stack:
 
     def stored(self, key: str) -> bool:
         """Whether the artifact store has ``key`` (e.g. default/digits/1/manifest.json)."""
-        return http_ok(f"http://127.0.0.1:{self.store_port}/{key}")
+        return http_ok(f"{self.store_url}/{key}")
 
     def metrics(self, replica: OperatorReplica) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{replica.metrics_port}/metrics", timeout=5) as resp:
@@ -236,11 +198,6 @@ class Stack:
         spec["rollout"]["analysis"]["windowSeconds"] = 3
         spec["rollout"]["analysis"].update(rollout)
         return doc
-
-    def apply(self, doc: dict[str, Any], file_name: str) -> str:
-        path = self.dir / file_name
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return self.cluster.kubectl("apply", "-f", str(path)).stdout
 
     def predict(self, endpoint: str) -> tuple[np.ndarray, str]:
         """Predicted classes of the test images and the model version that answered (a v2 client)."""

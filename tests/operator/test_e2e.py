@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 import yaml
 
+from edgemodel.demo.stack import EDGEMODEL
 from tests.conftest import require_tool
 from tests.operator.procs import wait_for
-from tests.operator.stack import EDGEMODEL, Stack
+from tests.operator.stack import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -31,12 +32,8 @@ CONVERT_AND_ROLL_OUT = 240.0
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_tool("kubectl")
-    stack = Stack(tmp_path_factory.mktemp("e2e"))
-    try:
-        stack.start()
+    with Stack(tmp_path_factory.mktemp("e2e")) as stack:
         yield stack
-    finally:
-        stack.close()
 
 
 def watch_rollout(stack: Stack, name: str, until: Any, timeout: float) -> list[tuple[Any, ...]]:

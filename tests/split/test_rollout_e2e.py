@@ -4,7 +4,9 @@ kubectl applies an EdgeModel with ``spec.split.cut: auto``; the conversion Job (
 run by the kubelet) builds head and tail; the operator gives the tail to the cloud agent (a node
 labelled edgemodel.io/tier=cloud, serving tails on an mTLS port) and, once it is Ready there, the
 head to the two edge agents. Clients then get ordinary v2 answers from the edge agents that match
-the whole model; with the cloud agent gone the edge answers with the whole model (fallback local).
+the whole model. A second revision, its RTT left empty, is planned for the RTT the heads measured
+and canaried with both revisions' tails in the cloud. With the cloud agent gone the edge answers
+with the whole model (fallback local).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgemodel.demo.stack import EDGEMODEL, DemoStack
+from edgemodel.demo.stack import DemoStack
 from edgemodel.examples_models import DIGITS_INPUT_NAME, DigitsExample, load_digits_data, write_digits_example
 from edgemodel.split.devpki import Pki, make_pki
 from tests.conftest import require_tool
@@ -52,16 +54,14 @@ class SplitStack(DemoStack):
         self.cloud_nodes: list[str] = []
 
     def start_agents(self) -> None:
-        common = (f'exec {EDGEMODEL} agent --kubeconfig "$KUBECONFIG" --public-key {self.dir / "signing" / "public.pem"} '
-                  '--cache-dir "$EDGEMODEL_NODE_DIR/cache" --port 0 --heartbeat-interval 2 --threads 1 --workers 1 '
-                  f'--split-tls-ca {self.pki.ca} ')
+        common = f" --split-tls-ca {self.pki.ca} "
         self.edge_nodes = self.cluster.add_nodes(2, labels={"edgemodel.io/site": "shop"})
         self.cloud_nodes = self.cluster.add_nodes(1, prefix="cloud-", labels={"edgemodel.io/tier": "cloud"})
         self.nodes = self.edge_nodes + self.cloud_nodes
-        self.cluster.run_on_nodes(["sh", "-c", common + f"--split-tls-cert {self.pki.client_cert} "
-                                   f"--split-tls-key {self.pki.client_key}"], self.edge_nodes)
-        self.cluster.run_on_nodes(["sh", "-c", common + f"--split-port 0 --split-tls-cert {self.pki.server_cert} "
-                                   f"--split-tls-key {self.pki.server_key}"], self.cloud_nodes)
+        self.cluster.run_on_nodes(self.agent_command(common + f"--split-tls-cert {self.pki.client_cert} "
+                                                     f"--split-tls-key {self.pki.client_key}"), self.edge_nodes)
+        self.cluster.run_on_nodes(self.agent_command(common + f"--split-port 0 --split-tls-cert {self.pki.server_cert} "
+                                                     f"--split-tls-key {self.pki.server_key}"), self.cloud_nodes)
         wait_for("3 EdgeAgents with an endpoint", lambda: len(self.endpoints()) == 3, 90, self)
 
     def agent(self, node: str) -> dict[str, Any]:
@@ -165,6 +165,35 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
         assert metric(endpoint, "edgemodel_split_stage_duration_seconds_count", stage="tail") >= 1
     wait_for("the heads' measured cloud RTT in status",
              lambda: all(s.get("cloudRttMs") is not None for n in stack.edge_nodes for s in stack.states(n)), 30, stack)
+
+
+    # Revision 2 leaves rttMs empty: the operator plans its cut for the RTT the heads measured, and the
+    # canary runs with both tails in the cloud until every edge node moved.
+    doc["spec"]["split"]["link"] = {"bandwidthMbitS": 50}
+    doc["spec"]["rollout"] = {"strategy": "Canary", "steps": [50, 100], "maxUnavailable": 1,
+                              "analysis": {"windowSeconds": 3}}
+    assert "configured" in stack.apply(doc, "digits-split-2.yaml")
+    wait_for("both tails on the cloud agent during the canary",
+             lambda: [m["revision"] for m in stack.entries(cloud)] == [1, 2], 240, stack)
+    status = wait_for("revision 2 Available", lambda: (s := (stack.edgemodel(NAME) or {}).get("status") or {})
+                      .get("phase") == "Available" and s.get("revision") == 2 and s, 300, stack)
+    wait_for("only the tail of revision 2 left", lambda: [m["revision"] for m in stack.entries(cloud)] == [2], 30,
+             stack)
+    for node in stack.edge_nodes:
+        assert [(m["role"], m["revision"]) for m in stack.entries(node)] == [("head", 2)]
+    split = status["artifacts"][0]["split"]
+    plan = json.loads(urllib.request.urlopen(split["manifestUri"], timeout=10).read())["plan"]
+    events = json.loads(stack.cluster.kubectl("get", "events", "-o", "json").stdout)["items"]
+    measured = [e["message"] for e in events if e.get("reason") == "SplitLinkMeasured"]
+    assert measured, "the operator said which RTT it planned for"
+    assert f"a {plan['link']['rttMs']:.1f} ms RTT measured by 2 edge node(s)" in measured[-1]
+    assert plan["link"]["bandwidthMbitS"] == 50.0
+    # Revision 2 may have chosen another candidate: compare the fallback with its own whole model.
+    model_path.write_bytes(urllib.request.urlopen(status["artifacts"][0]["uri"], timeout=10).read())
+    whole = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    expected = whole.run(None, {DIGITS_INPUT_NAME: images})[0]
+    for endpoint in edges:
+        assert (infer(endpoint, images).argmax(1) == expected.argmax(1)).mean() >= 0.97
 
     # The cloud goes away: the edge keeps answering with the whole model (fallback local).
     stack.cluster.node_processes[cloud].stop()
