@@ -262,7 +262,7 @@ class AgentServer:
         if cut not in model.input_by_name:
             raise LoadError("LoadFailed", f"{source.name} takes {[t.name for t in model.inputs]}, not the cut {cut!r} "
                             "of the assignment: it is not the tail of this split")
-        return TailPart(model, namespace, cut, stats_window_s=self.settings.stats_window_s)
+        return TailPart(model, namespace, cut, stats_window_s=self.settings.stats_window_s, metrics=self.metrics.split)
 
     async def load_local(self, models: Sequence[LocalModel]) -> None:
         """Load standalone ``--model`` files; the highest version of each name answers unversioned requests."""

@@ -29,6 +29,7 @@ from edge_agent.model import OnnxModel, TensorMeta
 from edge_agent.pool import InferencePool
 from edge_agent.repository import ModelVersion
 from edge_agent.stats import RecentLatencies
+from edgemodel.split.metrics import SplitMetrics
 from edgemodel.split.remote import FallbackPolicy, RemoteTail, SplitUnavailable, run_split
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,10 @@ def declared_outputs(specs: list[Any]) -> list[TensorMeta]:
 class TailPart:
     """A loaded tail, called by the tail server from the inference threads; counts requests for status."""
 
-    def __init__(self, model: OnnxModel, namespace: str, cut: str, stats_window_s: float = 60.0) -> None:
+    def __init__(self, model: OnnxModel, namespace: str, cut: str, stats_window_s: float = 60.0,
+                 metrics: SplitMetrics | None = None) -> None:
         self.model = model
+        self.metrics = metrics
         self.name = model.name
         self.version = model.version
         self.namespace = namespace
@@ -175,23 +178,27 @@ class TailPart:
         """Run the tail on the features; ``KeyError`` (HTTP 400) when they do not fit its inputs."""
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
-            with self._lock:
-                self.request_count += 1
-                self.error_count += 1
+            self._count(None)
             raise KeyError(f"missing input(s) {missing} of the tail of {self.name}:{self.version}; got {sorted(feeds)}")
         start = time.perf_counter()
         try:
             outputs = _run_session(self._session, self.output_names, {n: feeds[n] for n in self.input_names})
         except Exception:
-            with self._lock:
-                self.request_count += 1
-                self.error_count += 1
+            self._count(None)
             raise
-        seconds = time.perf_counter() - start
+        self._count(time.perf_counter() - start)
+        return outputs
+
+    def _count(self, seconds: float | None) -> None:
+        """Count one run for status and Prometheus (``seconds`` None: it failed)."""
         with self._lock:
             self.request_count += 1
-            self._latencies.add(seconds)
-        return outputs
+            if seconds is None:
+                self.error_count += 1
+            else:
+                self._latencies.add(seconds)
+        if self.metrics is not None:
+            self.metrics.tail_run(self.name, self.version, seconds)
 
     def percentiles_ms(self) -> tuple[float | None, float | None]:
         """(p50, p95) of the tail's compute time over the recent window."""

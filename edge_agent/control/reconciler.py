@@ -379,6 +379,17 @@ class Reconciler:
         task.add_done_callback(self._background.discard)
 
     # -- the work ----------------------------------------------------------------------------
+    def _fail_step(self, t: Tracked, exc: Exception, what: str) -> None:
+        """Record why realising an assignment failed (CancelledError is never caught, so it propagates)."""
+        if isinstance(exc, StepFailed):
+            self._fail(t, exc)
+        elif isinstance(exc, LoadError):
+            self._fail(t, StepFailed(exc.reason, exc.message, retryable=False))
+        else:
+            a = t.assignment
+            log.error("Reconciling %s %s revision %d failed unexpectedly", what, a.name, a.revision, exc_info=exc)
+            self._fail(t, StepFailed("Internal", f"{type(exc).__name__}: {exc}", retryable=True))
+
     async def _realize(self, t: Tracked) -> None:
         a = t.assignment
         serving = self.repository.default(a.name)
@@ -417,15 +428,8 @@ class Reconciler:
                 self._in_background(self._first_rtt(mv), f"rtt-{a.name}-{a.revision}")
             self._set(t, ModelPhase.READY, "Loaded", f"serving revision {a.revision} on {mv.provider}{note}")
             await asyncio.to_thread(self.cache.evict, self.pinned())
-        except StepFailed as exc:
-            self._fail(t, exc)
-        except LoadError as exc:
-            self._fail(t, StepFailed(exc.reason, exc.message, retryable=False))
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
-            log.exception("Reconciling model %s revision %d failed unexpectedly", a.name, a.revision)
-            self._fail(t, StepFailed("Internal", f"{type(exc).__name__}: {exc}", retryable=True))
+            self._fail_step(t, exc, "model")
 
     async def _load_head(self, t: Tracked, head_path: Path, manifest: ArtifactManifest) -> SplitModelVersion:
         """Fetch the whole model too (fallback local), then load both as one split version."""
@@ -510,15 +514,8 @@ class Reconciler:
                       f"serving the tail of revision {a.revision} (cut {a.split.cut!r}) on {part.provider} at "
                       f"{self.server.split_url}")  # fmt: skip
             await asyncio.to_thread(self.cache.evict, self.pinned())
-        except StepFailed as exc:
-            self._fail(t, exc)
-        except LoadError as exc:
-            self._fail(t, StepFailed(exc.reason, exc.message, retryable=False))
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
-            log.exception("Reconciling the tail of %s revision %d failed unexpectedly", a.name, a.revision)
-            self._fail(t, StepFailed("Internal", f"{type(exc).__name__}: {exc}", retryable=True))
+            self._fail_step(t, exc, "the tail of")
 
     async def _obtain(self, t: Tracked, a: ModelAssignment) -> tuple[Path, ArtifactManifest]:
         """A verified local copy of ``a``'s artifact (from the cache or downloaded) and its signed manifest."""

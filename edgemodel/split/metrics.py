@@ -5,6 +5,8 @@
   ``local`` (the whole model run locally after a fallback)
 - ``edgemodel_split_transfer_bytes_total{model,version,direction}``: ``up`` (features) / ``down`` (outputs)
 - ``edgemodel_split_requests_total{model,version,path}``: ``split``, ``local`` (fell back) or ``unavailable`` (503)
+- ``edgemodel_split_tail_duration_seconds{model,version}``: cloud side, compute time of one tail run
+- ``edgemodel_split_tail_requests_total{model,version,result}``: cloud side, tail runs by ``ok`` / ``error``
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ class SplitMetrics:
         self.requests = Counter(
             "edgemodel_split_requests_total", "Split requests by the path that answered them.",
             ["model", "version", "path"], registry=registry)
+        self.tail_seconds = Histogram(
+            "edgemodel_split_tail_duration_seconds", "Compute time of one tail run on the cloud agent.",
+            ["model", "version"], buckets=STAGE_BUCKETS, registry=registry)
+        self.tail_requests = Counter(
+            "edgemodel_split_tail_requests_total", "Tail runs on the cloud agent by result (ok, error).",
+            ["model", "version", "result"], registry=registry)
 
     def observe(self, model: str, version: str, outcome: SplitOutcome) -> None:
         """Record one answered request."""
@@ -48,3 +56,9 @@ class SplitMetrics:
     def unavailable(self, model: str, version: str) -> None:
         """Record a request answered with 503 (``SplitUnavailable``)."""
         self.requests.labels(model, version, "unavailable").inc()
+
+    def tail_run(self, model: str, version: str, seconds: float | None) -> None:
+        """Record one tail run on the cloud side (``seconds`` None: it failed)."""
+        self.tail_requests.labels(model, version, "ok" if seconds is not None else "error").inc()
+        if seconds is not None:
+            self.tail_seconds.labels(model, version).observe(seconds)

@@ -172,6 +172,14 @@ def latency() -> Board:
         "{{model}} v{{version}} {{path}}")], w=8, unit="reqps",
         description="Split requests answered by the cloud tail (split), by the whole model on the edge (local) or "
         "refused with 503 (unavailable): a rising local or unavailable means the cloud is unreachable.")
+    b.add("timeseries", "Split: cloud tail compute p95", [(
+        f'histogram_quantile(0.95, sum by (le, model, version, node) '
+        f'(rate(edgemodel_split_tail_duration_seconds_bucket{{{AGENT_SEL}}}[{RATE}])))', "{{node}} {{model}} v{{version}}")],
+        w=12, unit="s", description="Compute time of the tails on the cloud agents (the other side of the tail stage).")
+    b.add("timeseries", "Split: cloud tail runs", [(
+        f'sum by (model, version, node, result) (rate(edgemodel_split_tail_requests_total{{{AGENT_SEL}}}[{RATE}]))',
+        "{{node}} {{model}} v{{version}} {{result}}")], w=12, unit="reqps",
+        description="Tail runs per second on the cloud agents, ok or error (features that do not fit, a failing tail).")
     return b
 
 

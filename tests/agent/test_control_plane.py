@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from edge_agent.settings import AgentSettings
 from edgemodel.api import API_VERSION, ModelAssignment
 from edgemodel.dev.cluster import LocalCluster
 from tests.agent.artifacts import ArtifactStore, Keys, make_keys
+from tests.agent.polling import eventually
 
 NODE = "edge-0"
 BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 1, 1, 1]}]}
@@ -56,20 +57,6 @@ async def cluster_agent(cluster: LocalCluster, store: ArtifactStore, keys: Keys,
     yield agent
     await agent.stop()
 
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    """Poll (without blocking the agent's loop) until ``check()`` is truthy."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:  # bounded
-        try:
-            last = await asyncio.to_thread(check)
-        except (KeyError, TypeError, IndexError):
-            last = None
-        if last:
-            return last
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def edgeagent(cluster: LocalCluster) -> dict[str, Any]:

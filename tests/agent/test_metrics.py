@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.settings import AgentSettings
 from tests.agent.conftest import AgentThread, local
+from tests.agent.polling import samples
 from tests.conftest import require_tool
 
 
@@ -32,13 +32,6 @@ def scraped(model_files: dict[str, Path]) -> Iterator[tuple[AgentThread, str]]:
         assert response.headers["Content-Type"].startswith("text/plain")
         yield agent, response.text
 
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return found
 
 
 def test_contract_metrics_have_the_documented_labels(scraped: tuple[AgentThread, str]) -> None:

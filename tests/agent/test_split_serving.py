@@ -20,7 +20,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.app import Agent
 from edge_agent.control.cache import ArtifactCache
@@ -37,6 +36,7 @@ from edgemodel.split.devpki import Pki, make_pki
 from edgemodel.split.graph import split_model
 from edgemodel.split.remote import RemoteTail, TailRejected, TlsFiles
 from tests.agent.artifacts import ArtifactStore, Keys, SplitRevision, make_keys, publish_split
+from tests.agent.polling import eventually, samples
 from tests.conftest import require_tool
 from tests.split.models import residual_model
 
@@ -176,13 +176,6 @@ def logits(payload: dict[str, Any]) -> np.ndarray:
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
 
 
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return found
-
 
 def split_sample(text: str, name: str, **labels: str) -> float:
     key = (name, tuple(sorted({"model": NAME, "version": "1", **labels}.items())))
@@ -242,6 +235,10 @@ async def test_the_edge_answers_like_the_whole_model_through_the_cloud_tail(
     fp32_features = 4 * 4 * 8 * 8 * 4  # batch 4, 4 channels of 8x8, float32
     if wire == "int8":
         assert up / 3 < fp32_features / 3.5  # INT8 features are ~4x smaller than FP32 on the wire
+    cloud = pair.cloud.server.metrics.exposition().decode()
+    assert split_sample(cloud, "edgemodel_split_tail_requests_total", result="ok") == 3
+    assert split_sample(cloud, "edgemodel_split_tail_requests_total", result="error") == 0
+    assert split_sample(cloud, "edgemodel_split_tail_duration_seconds_count") == 3
     cpu = (("model", NAME), ("provider", "CPUExecutionProvider"), ("version", "1"))
     assert samples(text)[("edgemodel_requests_total", tuple(sorted((*cpu, ("code", "200")))))] == 3
     assert samples(text)[("edgemodel_request_duration_seconds_count", cpu)] == 3
@@ -454,18 +451,6 @@ def assign(cluster: LocalCluster, node: str, models: list[ModelAssignment]) -> N
     obj.pop("status", None)
     cluster.apply(obj)
 
-
-async def eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:  # bounded; the cluster is read in a thread, the agents keep running
-        try:
-            value = await asyncio.to_thread(check)
-        except (KeyError, TypeError, IndexError):
-            value = None
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_agents_report_split_roles_endpoint_rtt_and_fallbacks_in_their_edgeagents(

@@ -52,6 +52,8 @@ NO_SERIES_HERE = {
     "edgemodel_split_stage_duration_seconds_bucket": "no split model runs here (tests/split/test_rollout_e2e.py)",
     "edgemodel_split_transfer_bytes_total": "no split model runs here (tests/split/test_rollout_e2e.py)",
     "edgemodel_split_requests_total": "no split model runs here (tests/split/test_rollout_e2e.py)",
+    "edgemodel_split_tail_duration_seconds_bucket": "no split model runs here (tests/split/test_rollout_e2e.py)",
+    "edgemodel_split_tail_requests_total": "no split model runs here (tests/split/test_rollout_e2e.py)",
 }
 
 FORBIDDEN_STATUS = re.compile(r"(?<![\d:.])403(?!\d)")

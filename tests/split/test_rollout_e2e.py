@@ -163,6 +163,9 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
         assert metric(endpoint, "edgemodel_split_requests_total", path="split") >= 1
         assert metric(endpoint, "edgemodel_split_transfer_bytes_total", direction="up") > 0
         assert metric(endpoint, "edgemodel_split_stage_duration_seconds_count", stage="tail") >= 1
+    cloud_endpoint = stack.agent(cloud)["status"]["endpoint"]
+    assert metric(cloud_endpoint, "edgemodel_split_tail_requests_total", result="ok") >= len(edges)
+    assert metric(cloud_endpoint, "edgemodel_split_tail_duration_seconds_count") >= len(edges)
     wait_for("the heads' measured cloud RTT in status",
              lambda: all(s.get("cloudRttMs") is not None for n in stack.edge_nodes for s in stack.states(n)), 30, stack)
 
