@@ -13,8 +13,9 @@ import base64
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import yaml
 
@@ -23,6 +24,8 @@ from edgemodel.demo.prometheus import Prometheus, find_prometheus
 from edgemodel.dev.cluster import LocalCluster
 from edgemodel.dev.net import free_port
 from edgemodel.signing import generate_keypair
+
+T = TypeVar("T")
 
 EM = ("edgemodel.io/v1alpha1", "EdgeModel")
 EA = ("edgemodel.io/v1alpha1", "EdgeAgent")
@@ -133,6 +136,19 @@ class SystemStack:
         proc = self.procs.start(name, argv, env=env)
         wait_http(f"http://127.0.0.1:{liveness_port}/healthz", 60, proc, proc.log)
         return proc
+
+    def wait_for(self, what: str, check: Callable[[], T | None], timeout: float,
+                 detail: Callable[[], str] | None = None) -> T:
+        """Poll ``check`` until it returns something truthy; on timeout fail with ``detail()`` and every log's end."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(0.5)
+        logs = sorted((self.dir / "logs").glob("*.log")) + sorted((self.dir / "kube" / "nodes").glob("*/process.log"))
+        tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{detail() if detail else ''}\n{tails}")
 
     # reading -------------------------------------------------------------------------------
     def edgemodel(self, name: str) -> dict[str, Any] | None:

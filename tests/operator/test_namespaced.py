@@ -8,8 +8,7 @@ team-b gets no status, no finalizer and no conversion Job, and never reaches the
 from __future__ import annotations
 
 import base64
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -47,16 +46,6 @@ class NamespacedStack(SystemStack):
         return self.cluster.get(*EM, "digits", namespace) or {}
 
 
-def wait_for(what: str, check: Callable[[], T | None], timeout: float, stack: SystemStack) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    log = (stack.dir / "logs" / "operator.log").read_text(errors="replace")[-4000:]
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n--- operator.log\n{log}")
-
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NamespacedStack]:
@@ -79,8 +68,8 @@ def test_only_the_watched_namespace_is_converted_and_rolled_out(stack: Namespace
         docs[ns] = doc
         assert "created" in stack.apply(doc, f"digits-{ns}.yaml")
 
-    status = wait_for(f"{SERVED}/digits Available", lambda: (s := stack.model(SERVED).get("status") or {})
-                      .get("phase") == "Available" and s, 300, stack)
+    status = stack.wait_for(f"{SERVED}/digits Available", lambda: (s := stack.model(SERVED).get("status") or {})
+                            .get("phase") == "Available" and s, 300)
     assert status["ready"] == "1/1"
     (agent,) = stack.agents()
     assert [(m["namespace"], m["name"], m["revision"]) for m in agent["spec"]["models"]] == [(SERVED, "digits", 1)]

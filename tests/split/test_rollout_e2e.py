@@ -12,9 +12,8 @@ with the whole model (fallback local).
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,18 +29,6 @@ from tests.conftest import require_tool
 T = TypeVar("T")
 NAME = "digits"
 
-
-def wait_for(what: str, check: Callable[[], T | None], timeout: float, stack: DemoStack) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    logs = sorted((stack.dir / "logs").glob("*.log")) + sorted((stack.dir / "kube" / "nodes").glob("*/process.log"))
-    tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
-    status = json.dumps((stack.edgemodel(NAME) or {}).get("status"), indent=1)[-3000:]
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\nstatus: {status}\n{tails}")
 
 
 class SplitStack(DemoStack):
@@ -62,7 +49,15 @@ class SplitStack(DemoStack):
                                                      f"--split-tls-key {self.pki.client_key}"), self.edge_nodes)
         self.cluster.run_on_nodes(self.agent_command(common + f"--split-port 0 --split-tls-cert {self.pki.server_cert} "
                                                      f"--split-tls-key {self.pki.server_key}"), self.cloud_nodes)
-        wait_for("3 EdgeAgents with an endpoint", lambda: len(self.endpoints()) == 3, 90, self)
+        self.wait_for("3 EdgeAgents with an endpoint", lambda: len(self.endpoints()) == 3, 90)
+
+    def phase_status(self, phase: str, revision: int) -> dict[str, Any] | None:
+        """The EdgeModel's status once it is in ``phase`` with ``revision`` serving, else None."""
+        status: dict[str, Any] = (self.edgemodel(NAME) or {}).get("status") or {}
+        return status if status.get("phase") == phase and status.get("revision") == revision else None
+
+    def status_text(self) -> str:
+        return "status: " + json.dumps((self.edgemodel(NAME) or {}).get("status"), indent=1)[-3000:]
 
     def agent(self, node: str) -> dict[str, Any]:
         return next(a for a in self.agents() if a["metadata"]["name"] == node)
@@ -122,8 +117,8 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
                             "fallback": "local"}
     assert "created" in stack.apply(doc, "digits-split.yaml")
 
-    status = wait_for("revision 1 Available", lambda: (s := (stack.edgemodel(NAME) or {}).get("status") or {})
-                      .get("phase") == "Available" and s, 420, stack)
+    status = stack.wait_for("revision 1 Available", lambda: stack.phase_status("Available", 1), 420,
+                            detail=stack.status_text)
     assert status["ready"] == "2/2"
     split = status["artifacts"][0]["split"]
     assert split["chosenBy"] == "auto"
@@ -166,8 +161,9 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
     cloud_endpoint = stack.agent(cloud)["status"]["endpoint"]
     assert metric(cloud_endpoint, "edgemodel_split_tail_requests_total", result="ok") >= len(edges)
     assert metric(cloud_endpoint, "edgemodel_split_tail_duration_seconds_count") >= len(edges)
-    wait_for("the heads' measured cloud RTT in status",
-             lambda: all(s.get("cloudRttMs") is not None for n in stack.edge_nodes for s in stack.states(n)), 30, stack)
+    stack.wait_for("the heads' measured cloud RTT in status",
+                   lambda: all(s.get("cloudRttMs") is not None for n in stack.edge_nodes for s in stack.states(n)),
+                   30, detail=stack.status_text)
 
 
     # Revision 2 leaves rttMs empty: the operator plans its cut for the RTT the heads measured, and the
@@ -176,12 +172,12 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
     doc["spec"]["rollout"] = {"strategy": "Canary", "steps": [50, 100], "maxUnavailable": 1,
                               "analysis": {"windowSeconds": 3}}
     assert "configured" in stack.apply(doc, "digits-split-2.yaml")
-    wait_for("both tails on the cloud agent during the canary",
-             lambda: [m["revision"] for m in stack.entries(cloud)] == [1, 2], 240, stack)
-    status = wait_for("revision 2 Available", lambda: (s := (stack.edgemodel(NAME) or {}).get("status") or {})
-                      .get("phase") == "Available" and s.get("revision") == 2 and s, 300, stack)
-    wait_for("only the tail of revision 2 left", lambda: [m["revision"] for m in stack.entries(cloud)] == [2], 30,
-             stack)
+    stack.wait_for("both tails on the cloud agent during the canary",
+                   lambda: [m["revision"] for m in stack.entries(cloud)] == [1, 2], 240, detail=stack.status_text)
+    status = stack.wait_for("revision 2 Available", lambda: stack.phase_status("Available", 2), 300,
+                            detail=stack.status_text)
+    stack.wait_for("only the tail of revision 2 left", lambda: [m["revision"] for m in stack.entries(cloud)] == [2],
+                   30, detail=stack.status_text)
     for node in stack.edge_nodes:
         assert [(m["role"], m["revision"]) for m in stack.entries(node)] == [("head", 2)]
     split = status["artifacts"][0]["split"]
@@ -204,8 +200,9 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
         got = infer(endpoint, images, timeout=30)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
         assert metric(endpoint, "edgemodel_split_requests_total", path="local") >= 1
-    wait_for("fallbackCount in the edge agents' status",
-             lambda: all(s.get("fallbackCount", 0) >= 1 for n in stack.edge_nodes for s in stack.states(n)), 30, stack)
+    stack.wait_for("fallbackCount in the edge agents' status",
+                   lambda: all(s.get("fallbackCount", 0) >= 1 for n in stack.edge_nodes for s in stack.states(n)),
+                   30, detail=stack.status_text)
 
     # Deleting the EdgeModel takes heads and tails off every agent, the stopped cloud agent's included.
     stack.cluster.kubectl("delete", "edgemodel", NAME, "--wait=true", "--timeout=60s")
