@@ -122,9 +122,13 @@ class AgentServer:
         return "https" if self._ssl else "http"
 
     @property
+    def host(self) -> str:
+        """The address clients on this machine reach the agent at (127.0.0.1 when bound to every address)."""
+        return "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
+
+    @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def split_scheme(self) -> str:
@@ -135,8 +139,7 @@ class AgentServer:
         """Base URL of the tail server ('' without one)."""
         if self.split_port is None:
             return ""
-        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "") else self.settings.host
-        return f"{self.split_scheme}://{host}:{self.split_port}"
+        return f"{self.split_scheme}://{self.host}:{self.split_port}"
 
     async def start(self) -> None:
         """Bind the HTTP(S) port (models may still be loading: /v2/health/ready says when)."""
@@ -236,19 +239,25 @@ class AgentServer:
 
         The v2 outputs are the whole model's: ``outputs`` (from the manifest) or, when loaded, the whole model's own.
         """
-        full = None
-        if full_source is not None:
-            full = await self._load_model(name, version, full_source, full_sha256, accelerator, gpu_fallback_to_cpu)
-        head = await self._load_model(name, version, head_source, head_sha256, accelerator, gpu_fallback_to_cpu)
-        if full is not None:
-            if [t.name for t in head.inputs] != [t.name for t in full.inputs]:
-                raise LoadError("LoadFailed", f"{head_source.name} takes inputs {[t.name for t in head.inputs]} but the whole "
-                                f"model {full_source.name if full_source else ''} takes {[t.name for t in full.inputs]}; "
-                                "they are not parts of one model")
-            outputs = full.outputs
-        if not outputs:
-            raise LoadError("ManifestInvalid", "the signed manifest lists no outputs and no whole model is assigned: "
-                            "the agent cannot describe the split model's outputs; re-run the conversion")
+        full = head = None
+        try:
+            if full_source is not None:
+                full = await self._load_model(name, version, full_source, full_sha256, accelerator, gpu_fallback_to_cpu)
+            head = await self._load_model(name, version, head_source, head_sha256, accelerator, gpu_fallback_to_cpu)
+            if full is not None:
+                if [t.name for t in head.inputs] != [t.name for t in full.inputs]:
+                    raise LoadError("LoadFailed", f"{head_source.name} takes inputs {[t.name for t in head.inputs]} but "
+                                    f"the whole model {full_source.name if full_source else ''} takes "
+                                    f"{[t.name for t in full.inputs]}; they are not parts of one model")
+                outputs = full.outputs
+            if not outputs:
+                raise LoadError("ManifestInvalid", "the signed manifest lists no outputs and no whole model is assigned: "
+                                "the agent cannot describe the split model's outputs; re-run the conversion")
+        except BaseException:  # nothing half-loaded stays behind
+            for model in (head, full):
+                if model is not None:
+                    model.unload()
+            raise
         s = self.settings
         return SplitModelVersion(head, full, outputs, remote, policy, self.pool, self.metrics,
                                  allow_non_finite=s.allow_non_finite, stats_window_s=s.stats_window_s)  # fmt: skip
@@ -260,6 +269,7 @@ class AgentServer:
         """Load and warm up a split tail; the caller registers it in ``tails``."""
         model = await self._load_model(name, version, source, sha256, accelerator, gpu_fallback_to_cpu)
         if cut not in model.input_by_name:
+            model.unload()
             raise LoadError("LoadFailed", f"{source.name} takes {[t.name for t in model.inputs]}, not the cut {cut!r} "
                             "of the assignment: it is not the tail of this split")
         return TailPart(model, namespace, cut, stats_window_s=self.settings.stats_window_s, metrics=self.metrics.split)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.batching import RunResult
+from edge_agent.datatypes import numpy_to_v2
 from edge_agent.errors import InferenceFailed, SplitUnavailableError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model import OnnxModel, TensorMeta
@@ -34,11 +35,6 @@ from edgemodel.split.remote import FallbackPolicy, RemoteTail, SplitUnavailable,
 
 log = logging.getLogger(__name__)
 
-#: Manifest TensorSpec dtype (numpy name) -> Open Inference Protocol datatype.
-SPEC_TO_V2 = {
-    "float32": "FP32", "float16": "FP16", "float64": "FP64", "int8": "INT8", "int16": "INT16",
-    "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "bool": "BOOL",
-}  # fmt: skip
 PING_COUNT = 3
 PING_TIMEOUT_S = 10.0
 
@@ -146,9 +142,10 @@ def declared_outputs(specs: list[Any]) -> list[TensorMeta]:
     result = []
     for spec in specs:
         dtype = str(getattr(spec.dtype, "value", spec.dtype))
-        datatype = SPEC_TO_V2.get(dtype)
-        if datatype is None:
-            raise ValueError(f"manifest output {spec.name!r} has dtype {dtype}, which the agent cannot serve")
+        try:  # TensorSpec dtypes are numpy names
+            datatype = numpy_to_v2(np.dtype(dtype))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"manifest output {spec.name!r} has dtype {dtype}, which the agent cannot serve") from exc
         result.append(TensorMeta(spec.name, datatype, tuple(int(d) if d >= 0 else -1 for d in spec.shape)))
     return result
 

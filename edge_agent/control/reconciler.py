@@ -398,8 +398,7 @@ class Reconciler:
             return
         try:
             check_split(a, self.server.split_port)
-            async with self._fetching.setdefault(a.sha256, asyncio.Lock()):
-                path, manifest = await self._obtain(t, a)
+            path, manifest = await self._obtain(t, a)
             if a.role == ModelRole.HEAD:
                 mv: ModelVersion = await self._load_head(t, path, manifest)
             else:
@@ -440,8 +439,7 @@ class Reconciler:
         policy = FallbackPolicy(split.fallback.value)
         if split.full_artifact_uri and split.full_sha256 and policy is FallbackPolicy.LOCAL:  # with fail it never runs
             full = a.model_copy(update={"artifact_uri": split.full_artifact_uri, "sha256": split.full_sha256})
-            async with self._fetching.setdefault(full.sha256, asyncio.Lock()):
-                full_path, _ = await self._obtain(t, full)
+            full_path, _ = await self._obtain(t, full)
         try:
             outputs = declared_outputs(manifest.outputs)
         except ValueError as exc:
@@ -491,8 +489,7 @@ class Reconciler:
             check_split(a, self.server.split_port)
             assert a.split is not None
             self._check_tail_clash(a)
-            async with self._fetching.setdefault(a.sha256, asyncio.Lock()):
-                path, _ = await self._obtain(t, a)
+            path, _ = await self._obtain(t, a)
             self._set(t, ModelPhase.LOADING, "", f"loading {path.name} into ONNX Runtime ({a.accelerator.value})")
             part = await self.server.load_tail(a.name, str(a.revision), a.namespace, path, a.sha256, a.split.cut,
                                                accelerator=a.accelerator.value, gpu_fallback_to_cpu=a.gpu_fallback_to_cpu)
@@ -518,7 +515,14 @@ class Reconciler:
             self._fail_step(t, exc, "the tail of")
 
     async def _obtain(self, t: Tracked, a: ModelAssignment) -> tuple[Path, ArtifactManifest]:
-        """A verified local copy of ``a``'s artifact (from the cache or downloaded) and its signed manifest."""
+        """A verified local copy of ``a``'s artifact (from the cache or downloaded) and its signed manifest.
+
+        One fetch at a time per sha256: entries sharing bytes (two names, two revisions) wait for the first.
+        """
+        async with self._fetching.setdefault(a.sha256, asyncio.Lock()):
+            return await self._obtain_unlocked(t, a)
+
+    async def _obtain_unlocked(self, t: Tracked, a: ModelAssignment) -> tuple[Path, ArtifactManifest]:
         sha = a.sha256
         if self.cache.has(sha):
             file = artifact_file_name(a.artifact_uri)

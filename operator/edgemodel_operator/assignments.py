@@ -109,6 +109,15 @@ def tails_patch(agent: AgentView, namespace: str, name: str,
     return [*guard, {"op": "add", "path": "/spec/models", "value": models}]
 
 
+def removal_patch(agent: AgentView, *, namespace: str, name: str) -> JsonPatch | None:
+    """JSON patch taking every entry of the model off the agent (its own and its tails); None without any."""
+    kept = [dict(m) for m in agent.spec_models if not (m.get("name") == name and m.get("namespace") == namespace)]
+    if len(kept) == len(agent.spec_models):
+        return None
+    return [{"op": "test", "path": "/metadata/generation", "value": agent.generation},
+            {"op": "add", "path": "/spec/models", "value": kept}]
+
+
 def same_entry(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     """Whether an existing entry already says what ``desired`` says (defaults filled in on both)."""
     try:

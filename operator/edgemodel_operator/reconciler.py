@@ -14,7 +14,7 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from edgemodel.api import (
     ConversionResult,
     EdgeModelSpec,
     EdgeModelStatus,
+    ModelPhase,
     RevisionOutcome,
     RevisionRecord,
 )
@@ -45,6 +46,7 @@ from edgemodel_operator.assignments import (
     JsonPatch,
     desired_assignment,
     patch_for,
+    removal_patch,
     tail_assignment,
     tails_patch,
 )
@@ -272,12 +274,13 @@ class Reconciler:
         selection = scheduling.select(spec, namespace, name, agents, now_dt, settings.heartbeat_timeout_seconds)
         cloud = scheduling.select_cloud(spec, agents, now_dt, settings.heartbeat_timeout_seconds)
         artifacts = {r.revision: r.artifacts for r in status.history}
+        url = cloud_url(spec, cloud)
         target = newest.revision if newest.outcome == RevisionOutcome.ROLLING_OUT else None
         split_wait: str | None = None
         if target is not None and spec.split.enabled and _has_split(artifacts.get(target, [])) and not any(
                 a.assigned_revision(namespace, name) == target for a in selection.fresh + selection.stale):
             # A split revision reaches the edge only once its tail serves on every fresh cloud agent.
-            split_wait, failure = split_gate(namespace, name, target, cloud, cloud_url(spec, cloud))
+            split_wait, failure = split_gate(namespace, name, target, cloud, url)
             if failure is not None:
                 status = self._transition(f"{namespace}/{name}", status, Transition.ROLLED_BACK, failure, target,
                                           outcome)
@@ -316,11 +319,10 @@ class Reconciler:
         status = status_mod.summarize(status, progress, observed, generation, now)
         await self._write_status(namespace, name, body.get("status") or {}, status)
         self._emit(body, outcome.events)
-        url = cloud_url(spec, cloud)
         written = await self._apply(namespace, name, spec, status, plan.desired, by_name, url)
         tails = tail_revisions(namespace, name, agents, plan.desired, artifacts, spec.split.enabled,
                                newest.revision if split_wait is not None else None)
-        tail_writes = await self._apply_tails(namespace, name, status, agents, cloud, tails)
+        tail_writes = await self._apply_tails(namespace, name, artifacts, agents, cloud, tails)
         for key, count in tail_writes.items():
             written[key] = written.get(key, 0) + count
         rt.metrics.set_nodes(namespace, name, {k: v for k, v in counts.items() if k in
@@ -430,18 +432,15 @@ class Reconciler:
                     continue
             if patch_for(agent, namespace, name, want) is not None:
                 writes.append(self._write_agent(agent, namespace, name, want))
-        results: dict[str, int] = {}
-        for result in await asyncio.gather(*writes):
-            results[result] = results.get(result, 0) + 1
+        results = await _tally(writes)
         if writes:
             log.info("Patched %d EdgeAgent(s) for %s/%s: %s", len(writes), namespace, name, results)
         return results
 
-    async def _apply_tails(self, namespace: str, name: str, status: EdgeModelStatus, agents: list[AgentView],
-                           cloud: Selection, revisions_: set[int]) -> dict[str, int]:
+    async def _apply_tails(self, namespace: str, name: str, artifacts: Mapping[int, list[ArtifactRef]],
+                           agents: list[AgentView], cloud: Selection, revisions_: set[int]) -> dict[str, int]:
         """Give every selected cloud agent exactly the tails in ``revisions_``; take them from the others."""
         settings = self.rt.settings
-        artifacts = {r.revision: r.artifacts for r in status.history}
         entries = {}
         for revision in sorted(revisions_):
             entry = tail_assignment(namespace, name, revision, artifacts.get(revision, []), settings.store_url,
@@ -455,9 +454,7 @@ class Reconciler:
             if tails_patch(agent, namespace, name, want) is not None:
                 writes.append(self._write_agent_with(agent, functools.partial(
                     _tails_patch_of, namespace=namespace, name=name, desired=want)))
-        results: dict[str, int] = {}
-        for result in await asyncio.gather(*writes):
-            results[result] = results.get(result, 0) + 1
+        results = await _tally(writes)
         if writes:
             log.info("Set the split tails of %s/%s (revisions %s) on %d cloud EdgeAgent(s): %s", namespace, name,
                      sorted(entries) or "none", len(writes), results)
@@ -507,20 +504,8 @@ class Reconciler:
             holders = [a for a in holders
                        if a.assignment_index(namespace, name) is not None or a.tail_revisions(namespace, name)]
 
-            def removal(agent: AgentView) -> JsonPatch | None:
-                return (patch_for(agent, namespace, name, None) if agent.assignment_index(namespace, name) is not None
-                        else tails_patch(agent, namespace, name, {}))
-
-            async def remove_all(agent: AgentView) -> str:
-                result = "noop"
-                for _ in range(2):  # an entry, then the tails (each write re-reads on conflict)
-                    result = await self._write_agent_with(agent, removal)
-                    if result != "ok":
-                        break
-                    agent = self.rt.fleet.get(agent.name) or agent
-                return "ok" if result in ("ok", "noop") else result
-
-            results = await asyncio.gather(*(remove_all(a) for a in holders))
+            results = await asyncio.gather(*(self._write_agent_with(a, functools.partial(
+                removal_patch, namespace=namespace, name=name)) for a in holders))
             left = [a.name for a, r in zip(holders, results, strict=True) if r not in ("ok", "noop", "gone")]
             log.info("Unassigned EdgeModel %s/%s from %d EdgeAgent(s)%s", namespace, name, len(holders) - len(left),
                      f"; failed on {left}" if left else "")
@@ -581,10 +566,10 @@ def split_gate(namespace: str, name: str, revision: int, cloud: Selection, url: 
     waiting = []
     for agent in cloud.fresh:
         report = agent.tail_report(namespace, name, revision)
-        if report is not None and report.state == "Failed":
+        if report is not None and report.state == ModelPhase.FAILED.value:
             return None, (f"the split tail of revision {revision} failed on cloud agent {agent.name}: "
                           f"{report.reason}: {report.message}")
-        if report is None or report.state != "Ready":
+        if report is None or report.state != ModelPhase.READY.value:
             waiting.append(agent.name)
     if waiting:
         return (f"waiting for the split tail of revision {revision} on cloud agent(s) {', '.join(waiting[:5])}"
@@ -613,6 +598,14 @@ def tail_revisions(namespace: str, name: str, agents: list[AgentView], desired: 
 def _tails_patch_of(agent: AgentView, *, namespace: str, name: str,
                     desired: Mapping[int, Mapping[str, Any]]) -> JsonPatch | None:
     return tails_patch(agent, namespace, name, desired)
+
+
+async def _tally(writes: list[Coroutine[Any, Any, str]]) -> dict[str, int]:
+    """Run the agent writes at once; how many ended ok, noop, conflict, error or gone."""
+    results: dict[str, int] = {}
+    for result in await asyncio.gather(*writes):
+        results[result] = results.get(result, 0) + 1
+    return results
 
 
 def _requeue_soon(outcome: Outcome, seconds: float) -> None:

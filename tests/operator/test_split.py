@@ -6,7 +6,13 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from edgemodel_operator.assignments import desired_assignment, patch_for, tail_assignment, tails_patch
+from edgemodel_operator.assignments import (
+    desired_assignment,
+    patch_for,
+    removal_patch,
+    tail_assignment,
+    tails_patch,
+)
 from edgemodel_operator.fleet import woken_models
 from edgemodel_operator.jobs import with_measured_rtt
 from edgemodel_operator.reconciler import cloud_url, split_gate, tail_revisions
@@ -234,3 +240,17 @@ def test_the_rtt_the_heads_measure_plans_the_next_cut_when_the_spec_leaves_it_em
     assert with_measured_rtt(declared, measured) is declared, "a declared RTT wins"
     assert with_measured_rtt(empty, None) is empty, "nothing measured yet: the converter's default applies"
     assert with_measured_rtt(spec(), measured).split.link is None
+
+
+def test_deleting_a_model_takes_its_entry_and_its_tails_off_in_one_guarded_write() -> None:
+    other = assignment(5, name="speech")
+    body = cloud_body(models=[other, assignment(3), {**assignment(1), "role": "tail"}, {**assignment(2), "role": "tail"}],
+                      generation=7)
+    agent = AgentView.from_body(body)
+    ops = removal_patch(agent, namespace="default", name="digits")
+    assert ops is not None
+    assert json_patch(body, ops)["spec"]["models"] == [other]
+    stale = AgentView.from_body({**body, "metadata": {**body["metadata"], "generation": 6}})
+    with pytest.raises(EmulatorError):
+        json_patch(body, removal_patch(stale, namespace="default", name="digits") or [])
+    assert removal_patch(agent, namespace="other", name="digits") is None
