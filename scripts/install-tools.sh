@@ -48,5 +48,5 @@ fi
 for t in prometheus promtool; do
   if command -v "$t" >/dev/null 2>&1 && [[ ! -e "$BIN/$t" ]]; then ln -sf "$(command -v "$t")" "$BIN/$t"; fi
 done
-"$BIN/kubectl" version --client 2>/dev/null | head -1
+"$BIN/kubectl" version --client 2>/dev/null | sed -n 1p  # sed reads it all: head would SIGPIPE kubectl under pipefail
 "$BIN/helm" version --short 2>/dev/null || true

@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -38,7 +37,9 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from edgemodel.demo.processes import Process
 from edgemodel.dev.net import free_port
+from edgemodel.dev.polling import wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGEMODEL = str(ROOT / ".venv" / "bin" / "edgemodel")
@@ -245,12 +246,11 @@ class SimFleet:
 
 # --- processes -----------------------------------------------------------------------------------
 
-class Process:
+class MeasuredProcess(Process):
+    """A child process whose CPU time and peak memory the benchmark reads from /proc."""
+
     def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
-        self.name = name
-        self.log = workdir / f"{name}.log"
-        self.popen = subprocess.Popen(argv, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-                                      start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        super().__init__(name, argv, workdir, env={"PYTHONUNBUFFERED": "1"})
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -261,26 +261,6 @@ class Process:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=10)
-
-
-async def wait_until(what: str, check: Any, timeout: float, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def digits_model(cache: Path) -> Any:
@@ -305,19 +285,19 @@ class Result:
 async def run_once(nodes: int, workdir: Path, example: Any) -> Result:
     workdir.mkdir(parents=True, exist_ok=True)
     api_port, store_port = free_port(), free_port()
-    procs: list[Process] = []
+    procs: list[MeasuredProcess] = []
     proxy: CountingProxy | None = None
     fleet: SimFleet | None = None
     try:
-        procs.append(Process("emulator", [EDGEMODEL, "dev", "up", "--nodes", "0", "--port", str(api_port),
+        procs.append(MeasuredProcess("emulator", [EDGEMODEL, "dev", "up", "--nodes", "0", "--port", str(api_port),
                                           "--state-dir", str(workdir / "dev")], workdir))
         kubeconfig = workdir / "dev" / "kubeconfig"
-        await wait_until("the emulator's kubeconfig", _exists(kubeconfig), 60)
+        await wait_until_async("the emulator's kubeconfig", _exists(kubeconfig), 60, interval=0.1)
         upstream = Upstream.from_kubeconfig(kubeconfig)
-        procs.append(Process("store", [EDGEMODEL, "store", "--root", str(workdir / "store"), "--port",
+        procs.append(MeasuredProcess("store", [EDGEMODEL, "store", "--root", str(workdir / "store"), "--port",
                                        str(store_port)], workdir))
         async with aiohttp.ClientSession() as session:
-            await wait_until("the emulator's CRDs", _crds_ready(session, upstream), 60, 0.3)
+            await wait_until_async("the emulator's CRDs", _crds_ready(session, upstream), 60, interval=0.3)
             key = workdir / "signing.pem"
             subprocess.run([EDGEMODEL, "convert", "--generate-key", "--signing-key", str(key)], check=True,
                            capture_output=True, timeout=120)
@@ -330,7 +310,7 @@ async def run_once(nodes: int, workdir: Path, example: Any) -> Result:
             log(f"created {nodes} simulated EdgeAgents")
             proxy = CountingProxy(upstream)
             await proxy.start()
-            operator = Process("operator", [
+            operator = MeasuredProcess("operator", [
                 EDGEMODEL, "operator", "--kubeconfig", str(proxy.write_kubeconfig(workdir / "operator.kubeconfig")),
                 "--standalone", "--store-url", f"http://127.0.0.1:{store_port}", "--converter-image", "local",
                 "--signing-key-secret", "signing", "--metrics-port", "0", "--liveness-port", "0",
@@ -345,10 +325,10 @@ async def run_once(nodes: int, workdir: Path, example: Any) -> Result:
             counts_start = Counter(proxy.counts)
             await _post(session, upstream, EM_PATH, manifest)
 
-            status = await wait_until("the conversion", _converted(session, upstream), TIMEOUT_SECONDS, 0.1)
+            status = await wait_until_async("the conversion", _converted(session, upstream), TIMEOUT_SECONDS, interval=0.1)
             t_ready, cpu_ready = time.monotonic(), operator.cpu_seconds()
             log(f"revision {status['targetRevision']} converted; rolling out to {nodes} nodes")
-            await wait_until("the rollout", _available(session, upstream, nodes), TIMEOUT_SECONDS, 0.1)
+            await wait_until_async("the rollout", _available(session, upstream, nodes), TIMEOUT_SECONDS, interval=0.1)
             seconds = time.monotonic() - t_ready
             cpu_rollout = operator.cpu_seconds() - cpu_ready
             cpu_total, rss = operator.cpu_seconds(), operator.peak_rss_mib()

@@ -12,7 +12,7 @@ def add_parser(sub: Any) -> None:
         "demo", help="run the whole loop locally: emulated cluster, operator, 3 edge agents, Prometheus",
         description="Train a digits CNN, apply it as an EdgeModel with kubectl, watch it convert and roll out "
         "by canary to 3 simulated edge nodes, send real traffic, then roll out a slow revision and watch it "
-        "roll back automatically.",
+        "roll back automatically; finally split the CNN between the edge nodes and a cloud node and take the cloud away.",
     )
     p.add_argument("--workdir", type=Path, default=Path(".demo"), help="where state, models and logs go (reset at start)")
     p.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
@@ -20,6 +20,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
     p.add_argument("--traffic-seconds", type=float, default=12.0, help="how long to send traffic to revision 1")
     p.add_argument("--epochs", type=int, default=40, help="training epochs of the digits CNN")
+    p.add_argument("--no-split", action="store_true", help="skip the split-inference chapter (and the cloud node)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(width=130) if args.plain else Console()
     result = run_demo(DemoOptions(
         workdir=args.workdir.resolve(), keep=args.keep, live=not args.plain, prometheus=not args.no_prometheus,
-        traffic_seconds=args.traffic_seconds, epochs=args.epochs,
+        traffic_seconds=args.traffic_seconds, epochs=args.epochs, split=not args.no_split,
     ), console)
     if not result.ok:
         console.print(f"[bold red]demo failed:[/] {result.message}")

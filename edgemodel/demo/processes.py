@@ -6,35 +6,16 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from edgemodel.dev.polling import http_ok, log_tail, wait_until
 
 
 def wait_http(url: str, timeout: float, proc: Process | None = None, log: Path | None = None) -> None:
     """Wait until ``url`` answers 2xx; fail early with the log tail when ``proc`` exits."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        if proc is not None and proc.popen.poll() is not None:
-            raise RuntimeError(f"process exited with code {proc.popen.returncode} before {url} answered{_tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if 200 <= resp.status < 300:
-                    return
-        except (urllib.error.URLError, OSError) as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s ({last}){_tail(log)}")
-
-
-def _tail(log: Path | None, lines: int = 15) -> str:
-    if log is None or not log.is_file():
-        return ""
-    text = log.read_text(errors="replace").splitlines()[-lines:]
-    return f"; last lines of {log}:\n" + "\n".join(text)
+    wait_until(f"{url} to answer", lambda: http_ok(url), timeout, process=proc.popen if proc else None,
+               explain=lambda: log_tail(log, 15))
 
 
 class Process:

@@ -19,6 +19,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from edgemodel.demo.split_chapter import SPLIT_MODEL, read_split_metrics, split_manifest, split_table
 from edgemodel.demo.stack import DemoStack
 from edgemodel.demo.traffic import TrafficStats, run_traffic
 from edgemodel.demo.views import candidates_table, model_panel, nodes_table, traffic_panel
@@ -38,6 +39,8 @@ class DemoOptions:
     epochs: int = 40
     latency_budget_ms: float = 5.0
     stage_timeout_s: float = 240.0
+    split: bool = True
+    split_traffic_seconds: float = 6.0
 
 
 @dataclass
@@ -54,16 +57,22 @@ class DemoResult:
     rollback_message: str = ""
     history: list[tuple[int, str]] = field(default_factory=list)
     prometheus_p95_ms: float | None = None
+    split_cut: str = ""
+    split_answers: str = ""
+    split_fallback: str = ""
+    split_ok: bool = True
     seconds: float = 0.0
 
 
 class TrafficThread:
-    """Background v2 traffic to every node serving the model, until stopped."""
+    """Background v2 traffic to every node serving ``model``, until stopped."""
 
-    def __init__(self, endpoints: Callable[[], list[str]], x: np.ndarray, y: np.ndarray) -> None:
+    def __init__(self, endpoints: Callable[[], list[str]], x: np.ndarray, y: np.ndarray, model: str = MODEL,
+                 concurrency: int = 3) -> None:
         self.stats = TrafficStats()
         self._endpoints = endpoints
         self._x, self._y = x, y
+        self._model, self._concurrency = model, concurrency
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-traffic", daemon=True)
 
@@ -76,8 +85,8 @@ class TrafficThread:
         return self.stats
 
     def _run(self) -> None:
-        asyncio.run(run_traffic(self._endpoints, MODEL, "input", self._x, self._y, self.stats,
-                                duration_s=1800, concurrency=3, stop=self._stop))
+        asyncio.run(run_traffic(self._endpoints, self._model, "input", self._x, self._y, self.stats,
+                                duration_s=1800, concurrency=self._concurrency, stop=self._stop))
 
     def stop(self) -> None:
         self._stop.set()
@@ -88,7 +97,7 @@ class Demo:
     def __init__(self, options: DemoOptions, console: Console) -> None:
         self.opt = options
         self.console = console
-        self.stack = DemoStack(options.workdir, with_prometheus=options.prometheus)
+        self.stack = DemoStack(options.workdir, with_prometheus=options.prometheus, with_cloud=options.split)
         self.traffic: TrafficThread | None = None
         self.result = DemoResult()
 
@@ -96,31 +105,32 @@ class Demo:
     def say(self, text: str) -> None:
         self.console.print(f"[bold cyan]==>[/] {text}")
 
-    def ready_endpoints(self) -> list[str]:
-        """Endpoints of agents that report the model Ready."""
+    def ready_endpoints(self, model: str = MODEL) -> list[str]:
+        """v2 endpoints of agents that report ``model`` Ready (a whole model or a split head; never a cloud tail)."""
         out = []
         for agent in self.stack.agents():
             status = agent.get("status") or {}
-            if any(m.get("name") == MODEL and m.get("state") == "Ready" for m in status.get("models", [])):
+            if any(m.get("name") == model and m.get("state") == "Ready" and m.get("role", "full") != "tail"
+                   for m in status.get("models", [])):
                 out.append(status.get("endpoint", ""))
         return [e for e in out if e]
 
-    def view(self) -> Group:
-        em = self.stack.edgemodel(MODEL)
+    def view(self, model: str = MODEL) -> Group:
+        em = self.stack.edgemodel(model)
         return Group(
             Panel(model_panel(em), title="edgemodel demo", border_style="cyan"),
             candidates_table(em),
-            nodes_table(self.stack.agents(), MODEL),
+            nodes_table(self.stack.agents(), model),
             traffic_panel(self.traffic.stats if self.traffic else None),
         )
 
-    def follow(self, what: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        """Show the live view until ``done(status)``; fail after the stage timeout."""
+    def follow(self, what: str, done: Callable[[dict[str, Any]], bool], model: str = MODEL) -> dict[str, Any]:
+        """Show the live view of ``model`` until ``done(status)``; fail after the stage timeout."""
         deadline = time.monotonic() + self.opt.stage_timeout_s
         last_line = ""
 
         def status() -> dict[str, Any]:
-            return (self.stack.edgemodel(MODEL) or {}).get("status") or {}
+            return (self.stack.edgemodel(model) or {}).get("status") or {}
 
         def check() -> dict[str, Any] | None:
             st = status()
@@ -132,8 +142,8 @@ class Demo:
                     if time.monotonic() > deadline:
                         break
                     time.sleep(0.5)
-                    live.update(self.view())
-                live.update(self.view())
+                    live.update(self.view(model))
+                live.update(self.view(model))
         else:
             while (st := check()) is None:
                 if time.monotonic() > deadline:
@@ -177,9 +187,11 @@ class Demo:
             self.stack.start_store()
         self.say(f"Control plane on {self.stack.cluster.url} (kubeconfig {self.stack.cluster.kubeconfig}); "
                  f"artifact store on {self.stack.store_url}")
-        with self.console.status("Starting 3 edge agents on simulated k3s edge nodes"):
+        with self.console.status("Starting 3 edge agents on simulated k3s edge nodes"
+                                 + (" and a cloud agent" if self.opt.split else "")):
             self.stack.start_agents()
-        self.say(f"Edge nodes {', '.join(self.stack.nodes)} registered their EdgeAgents")
+        cloud = f" and cloud node {', '.join(self.stack.cloud_nodes)}" if self.stack.cloud_nodes else ""
+        self.say(f"Edge nodes {', '.join(self.stack.edge_nodes)}{cloud} registered their EdgeAgents")
         with self.console.status("Starting Prometheus and the operator"):
             self.stack.start_prometheus()
             self.stack.start_operator()
@@ -243,8 +255,65 @@ class Demo:
                 log.warning("Prometheus query failed: %s", exc)
         self.result.ok = final.get("revision") == 1 and (1, "Available") in self.result.history
         self.result.message = "the whole loop ran" if self.result.ok else f"unexpected final state: {final}"
+        if self.opt.split and self.result.ok:
+            self.run_split(example, data.x_test, data.y_test)
+            self.result.ok = self.result.split_ok
+            if not self.result.ok:
+                self.result.message = f"split inference: {self.result.split_answers}; {self.result.split_fallback}"
         self.result.seconds = time.monotonic() - started
         return self.result
+
+    def run_split(self, example: Any, x: np.ndarray, y: np.ndarray) -> None:
+        """The same CNN cut in two: heads on the edge nodes, the tail on the cloud node; then a cloud outage."""
+        cloud = self.stack.cloud_nodes[0]
+        self.say(f"kubectl apply -f digits-split-edgemodel.yaml  (the CNN cut in two: head on the edge nodes, "
+                 f"tail on {cloud}, features over mTLS)")
+        doc = split_manifest(example.model_pt, example.val_npz)
+        self.console.print("    " + self.stack.apply(doc, "digits-split-edgemodel.yaml"))
+        # Clients call the heads as soon as they are Ready: the rollout's analysis judges that traffic.
+        clients = TrafficThread(lambda: self.ready_endpoints(SPLIT_MODEL), x, y, SPLIT_MODEL, concurrency=1).start()
+        try:
+            st = self.follow("the split rollout", lambda s: s.get("phase") == "Available" and s.get("ready") == "3/3",
+                             model=SPLIT_MODEL)
+        finally:
+            clients.stop()
+        split = st["artifacts"][0]["split"]
+        link = doc["spec"]["split"]["link"]
+        self.result.split_cut = f"{split['cut']} ({split.get('chosenBy') or 'manual'}, wire {split['wire']})"
+        predicted = split.get("predictedMs")
+        self.say(f"Cut at [bold]{split['cut']}[/] (chosen by {split.get('chosenBy') or 'the spec'} for a "
+                 f"{link['bandwidthMbitS']} Mbit/s, {link['rttMs']} ms link"
+                 + (f": {predicted:.1f} ms predicted per request" if predicted is not None else "")
+                 + f"); the tail is Ready on {cloud}, the heads on {', '.join(self.stack.edge_nodes)}")
+
+        heads = self.ready_endpoints(SPLIT_MODEL)
+        before = read_split_metrics(heads, SPLIT_MODEL)
+        stats = asyncio.run(run_traffic(lambda: heads, SPLIT_MODEL, "input", x, y, TrafficStats(),
+                                        duration_s=self.opt.split_traffic_seconds, concurrency=2))
+        reading = read_split_metrics(heads, SPLIT_MODEL).since(before)
+        self.console.print(split_table(stats, reading, "Split inference (client numbers; per-stage means from the "
+                                                       "edge agents' /metrics)"))
+        per_request = reading.bytes_up_per_request
+        self.result.split_answers = (
+            f"{stats.ok} answers, {stats.errors} errors, accuracy "
+            + ("-" if stats.accuracy is None else f"{stats.accuracy * 100:.2f}%")
+            + f", {reading.requests.get('split', 0):.0f} through the cloud tail"
+            + ("" if per_request is None else f", {per_request:.0f} B of features each"))
+        self.say(f"Split inference: {self.result.split_answers}")
+
+        self.say(f"Stopping the cloud agent on {cloud}: the edge nodes answer with the whole model (fallback: local)")
+        self.stack.cluster.node_processes[cloud].stop()
+        before = read_split_metrics(heads, SPLIT_MODEL)
+        outage = asyncio.run(run_traffic(lambda: heads, SPLIT_MODEL, "input", x, y, TrafficStats(),
+                                         duration_s=3.0, concurrency=2))
+        during = read_split_metrics(heads, SPLIT_MODEL).since(before)
+        self.console.print(split_table(outage, during, f"While {cloud} is down"))
+        local = during.requests.get("local", 0.0)
+        self.result.split_fallback = f"{outage.ok} answers, {outage.errors} errors, {local:.0f} by the local whole model"
+        self.say(f"While {cloud} was down: {self.result.split_fallback}")
+        self.stack.cluster.node_processes[cloud].start()
+        self.result.split_ok = (stats.ok > 0 and stats.errors == 0 and reading.requests.get("split", 0) > 0
+                                and (stats.accuracy or 0) > 0.9 and outage.ok > 0 and outage.errors == 0 and local > 0)
 
     def summary(self) -> Table:
         r = self.result
@@ -265,6 +334,10 @@ class Demo:
         table.add_row("Prometheus p95 (revision 1)", ms(r.prometheus_p95_ms))
         table.add_row("rollback", r.rollback_message or "-")
         table.add_row("revision history", ", ".join(f"r{n} {o}" for n, o in r.history) or "-")
+        if self.opt.split:
+            table.add_row("split inference cut", r.split_cut or "-")
+            table.add_row("split inference answers", r.split_answers or "-")
+            table.add_row("cloud outage (split)", r.split_fallback or "-")
         table.add_row("wall time", f"{r.seconds:.0f} s")
         table.add_row("kubeconfig", str(self.stack.cluster.kubeconfig))
         table.add_row("try (with --keep)", f"KUBECONFIG={self.stack.cluster.kubeconfig} .tools/bin/kubectl get em,ea")

@@ -4,7 +4,8 @@
 (conversion Jobs run as local processes) with token auth, the CRDs and the signing Secret, the
 artifact store, edge agents on simulated nodes (each with a token that reaches only its own
 EdgeAgent) and operator processes. :class:`DemoStack` is what ``make demo`` runs: three labelled
-edge nodes, the operator as admin, and a real Prometheus scraping the agents and the operator.
+edge nodes, a cloud node whose agent serves split tails over mTLS, the operator as admin, and a
+real Prometheus scraping the agents and the operator.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import base64
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -23,7 +23,9 @@ from edgemodel.demo.processes import Process, ProcessGroup, wait_http
 from edgemodel.demo.prometheus import Prometheus, find_prometheus
 from edgemodel.dev.cluster import LocalCluster
 from edgemodel.dev.net import free_port
+from edgemodel.dev.polling import log_tail, wait_until
 from edgemodel.signing import generate_keypair
+from edgemodel.split.devpki import make_pki
 
 T = TypeVar("T")
 
@@ -38,6 +40,7 @@ NODES: list[dict[str, Any]] = [
     {"sites": ["shop-south"], "labels": {"edgemodel.io/tier": "standard"}, "cpu": "2", "memory": "4Gi"},
     {"sites": ["warehouse"], "labels": {"edgemodel.io/tier": "large"}, "cpu": "8", "memory": "16Gi"},
 ]
+CLOUD_NODE: dict[str, Any] = {"sites": ["cloud"], "labels": {"edgemodel.io/tier": "cloud"}, "cpu": "16", "memory": "64Gi"}
 
 
 class SystemStack:
@@ -115,12 +118,9 @@ class SystemStack:
 
     def wait_for_agents(self, count: int, timeout: float) -> None:
         """Until ``count`` EdgeAgents report an endpoint."""
-        deadline = time.monotonic() + timeout
-        while len(self.endpoints()) < count:
-            if time.monotonic() > deadline:
-                log = self.cluster.state_dir / "nodes" / self.nodes[0] / "process.log"
-                raise TimeoutError(f"the edge agents did not register within {timeout:.0f} s; see {log}")
-            time.sleep(0.3)
+        log = self.cluster.state_dir / "nodes" / self.nodes[0] / "process.log"
+        wait_until(f"{count} edge agents to register", lambda: len(self.endpoints()) >= count, timeout,
+                   interval=0.3, explain=lambda: log_tail(log))
 
     def run_operator(self, name: str, metrics_port: int, liveness_port: int, args: list[str],
                      kubeconfig: Path | None = None, verbose: bool = False) -> Process:
@@ -140,15 +140,11 @@ class SystemStack:
     def wait_for(self, what: str, check: Callable[[], T | None], timeout: float,
                  detail: Callable[[], str] | None = None) -> T:
         """Poll ``check`` until it returns something truthy; on timeout fail with ``detail()`` and every log's end."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.5)
-        logs = sorted((self.dir / "logs").glob("*.log")) + sorted((self.dir / "kube" / "nodes").glob("*/process.log"))
-        tails = "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in logs)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{detail() if detail else ''}\n{tails}")
+        def explain() -> str:
+            logs = sorted((self.dir / "logs").glob("*.log")) + sorted((self.dir / "kube" / "nodes").glob("*/process.log"))
+            return "\n".join([detail() if detail else "", *(log_tail(path) for path in logs)])
+
+        return wait_until(what, check, timeout, interval=0.5, explain=explain)
 
     # reading -------------------------------------------------------------------------------
     def edgemodel(self, name: str) -> dict[str, Any] | None:
@@ -168,23 +164,38 @@ class SystemStack:
 
 
 class DemoStack(SystemStack):
-    """The demo: :data:`NODES`, the operator as admin, Prometheus when installed. :meth:`close` stops everything."""
+    """The demo: the edge :data:`NODES`, with ``with_cloud`` a cloud node (:data:`CLOUD_NODE`) serving split tails
+    over mTLS, the operator as admin, Prometheus when installed. :meth:`close` stops everything."""
 
-    def __init__(self, workdir: Path, with_prometheus: bool = True) -> None:
+    def __init__(self, workdir: Path, with_prometheus: bool = True, with_cloud: bool = True) -> None:
         super().__init__(workdir)
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.with_prometheus = with_prometheus
+        self.with_cloud = with_cloud
         self.prometheus: Prometheus | None = None
         self.prometheus_note = ""
+        self.edge_nodes: list[str] = []
+        self.cloud_nodes: list[str] = []
 
     def start_agents(self) -> None:
-        """One Node per entry of NODES and an agent process on each."""
+        """One Node per entry of NODES (and the cloud node) and an agent process on each."""
         for node in NODES:
-            self.nodes += self.cluster.add_nodes(1, sites=node["sites"], labels=node["labels"],
-                                                 cpu=node["cpu"], memory=node["memory"])
-        self.cluster.run_on_nodes(self.agent_command())
-        self.wait_for_agents(len(NODES), 90)
+            self.edge_nodes += self.cluster.add_nodes(1, sites=node["sites"], labels=node["labels"],
+                                                      cpu=node["cpu"], memory=node["memory"])
+        edge_flags = ""
+        if self.with_cloud:
+            pki = make_pki(self.dir / "pki")
+            edge_flags = f" --split-tls-ca {pki.ca} --split-tls-cert {pki.client_cert} --split-tls-key {pki.client_key}"
+            self.cloud_nodes = self.cluster.add_nodes(1, prefix="cloud-", sites=CLOUD_NODE["sites"],
+                                                      labels=CLOUD_NODE["labels"], cpu=CLOUD_NODE["cpu"],
+                                                      memory=CLOUD_NODE["memory"])
+            self.cluster.run_on_nodes(self.agent_command(
+                f" --split-port 0 --split-tls-ca {pki.ca} --split-tls-cert {pki.server_cert}"
+                f" --split-tls-key {pki.server_key}"), self.cloud_nodes)
+        self.nodes = self.edge_nodes + self.cloud_nodes
+        self.cluster.run_on_nodes(self.agent_command(edge_flags), self.edge_nodes)
+        self.wait_for_agents(len(self.nodes), 90)
 
     def start_prometheus(self) -> None:
         """A real Prometheus scraping the agents and the operator, when it is installed."""

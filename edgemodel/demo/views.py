@@ -58,7 +58,7 @@ def candidates_table(em: dict[str, Any] | None) -> RenderableType:
 
 def nodes_table(agents: list[dict[str, Any]], model: str) -> RenderableType:
     """Per-node state of ``model`` as the agents report it."""
-    table = Table(title="Edge nodes (EdgeAgent status)", title_justify="left")
+    table = Table(title="Nodes (EdgeAgent status)", title_justify="left")
     for col in ("node", "labels", "class", "revision", "serving", "state", "provider", "requests", "p95 ms"):
         table.add_column(col)
     for agent in sorted(agents, key=lambda a: a["metadata"]["name"]):
@@ -68,11 +68,13 @@ def nodes_table(agents: list[dict[str, Any]], model: str) -> RenderableType:
         state = next((m for m in status.get("models", []) if m.get("name") == model), None)
         assigned = next((m for m in (agent.get("spec") or {}).get("models", []) if m.get("name") == model), None)
         st = state.get("state", "-") if state else "-"
+        role = (state or {}).get("role", "full")
         table.add_row(
             agent["metadata"]["name"], site, (status.get("capabilities") or {}).get("hardwareClass", "-"),
             str(assigned["revision"]) if assigned else "-",
             str(state.get("servingRevision", "-")) if state else "-",
-            Text(st, style=STATE_STYLE.get(st, "")), (state or {}).get("provider", "-"),
+            Text(st if role == "full" else f"{st} ({role})", style=STATE_STYLE.get(st, "")),
+            (state or {}).get("provider", "-"),
             str((state or {}).get("requestCount", "-")), _fmt((state or {}).get("p95Ms")),
         )
     return table

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +32,7 @@ from edgemodel.dev.errors import ApiError
 from edgemodel.dev.kubeconfig import write_kubeconfig
 from edgemodel.dev.kubelet import Kubelet
 from edgemodel.dev.nodes import SITE_LABEL, CommandFor, NodeProcess, expand_command, node_lease, node_object
+from edgemodel.dev.polling import wait_until
 from edgemodel.dev.resources import ResourceType
 from edgemodel.dev.tls import make_certificates
 from edgemodel.errors import UserError
@@ -303,14 +303,7 @@ class LocalCluster:
     def wait_for(self, predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05,
                  what: str = "the condition") -> T:
         """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} did not hold within {timeout:g}s")
-            time.sleep(interval)
+        return wait_until(what, predicate, timeout, interval=interval)
 
     # CRDs --------------------------------------------------------------------------------
     def apply_crds(self, paths: Iterable[Path | str] | None = None) -> list[str]:

@@ -18,18 +18,18 @@ log = logging.getLogger(__name__)
 
 
 class Controller:
-    """Consumes store changes from a queue on the server's loop."""
+    """Consumes the store changes it ``wants`` from a queue on the server's loop, one at a time."""
 
     name = "controller"
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self._queue: asyncio.Queue[Change | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Change] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: Any = None
 
     def start(self) -> None:
-        self._unsubscribe = self.registry.store.subscribe(self._queue.put_nowait)
+        self._unsubscribe = self.registry.store.subscribe(self._offer)
         self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
@@ -40,15 +40,22 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def wants(self, change: Change) -> bool:
+        """Whether ``change`` is queued for ``handle`` (all of them unless a subclass says otherwise)."""
+        return True
+
+    def _offer(self, change: Change) -> None:
+        if self.wants(change):
+            self._queue.put_nowait(change)
+
     async def _run(self) -> None:
         while True:
             change = await self._queue.get()
-            if change is None:
-                continue
             try:
                 self.handle(change)
             except Exception:
-                log.exception("%s failed on %s of %s", self.name, change.type, change.storage)
+                name = (change.obj.get("metadata") or {}).get("name")
+                log.exception("The %s failed on %s of %s %s", self.name, change.type, change.storage, name)
 
     def handle(self, change: Change) -> None:
         raise NotImplementedError

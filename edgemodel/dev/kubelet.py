@@ -22,6 +22,7 @@ from typing import Any
 
 from edgemodel.dev import podenv
 from edgemodel.dev.builtin_kinds import now
+from edgemodel.dev.controllers import Controller
 from edgemodel.dev.podenv import ContainerConfigError, Mount
 from edgemodel.dev.recorder import record_event
 from edgemodel.dev.registry import Registry
@@ -316,8 +317,10 @@ class PodRun:
                 await asyncio.wait_for(asyncio.shield(self.finished.wait()), timeout=grace + 5)
 
 
-class Kubelet:
+class Kubelet(Controller):
     """Schedules and runs the pods of the emulated cluster."""
+
+    name = "kubelet"
 
     def __init__(
         self,
@@ -329,7 +332,7 @@ class Kubelet:
         max_restart_backoff: float = 10.0,
         extra_env: dict[str, str] | None = None,
     ) -> None:
-        self.registry = registry
+        super().__init__(registry)
         self.state_dir = Path(state_dir)
         self.node_name = node_name
         self.pod_kubeconfig = pod_kubeconfig
@@ -338,9 +341,6 @@ class Kubelet:
         self.extra_env = dict(extra_env or {})
         self.pod_rt = registry.catalog.get("", "v1", "pods")
         self.runs: dict[str, PodRun] = {}
-        self._queue: asyncio.Queue[Change] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._unsubscribe: Any = None
         self._stoppers: set[asyncio.Task[None]] = set()
 
     # files -------------------------------------------------------------------------------
@@ -383,23 +383,16 @@ class Kubelet:
 
     # lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        self._unsubscribe = self.registry.store.subscribe(self._on_change)
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="kubelet")
+        super().start()
         for pod in list(self.registry.store.items(PODS)):
             self._queue.put_nowait(Change(0, "ADDED", PODS, pod, None))
 
-    def _on_change(self, change: Change) -> None:
-        if change.storage == PODS or (change.storage == NODES and change.type == "ADDED"):
-            self._queue.put_nowait(change)
+    def wants(self, change: Change) -> bool:
+        return change.storage == PODS or (change.storage == NODES and change.type == "ADDED")
 
     async def stop(self) -> None:
         """Stop every container (SIGTERM, then SIGKILL after a short grace)."""
-        if self._unsubscribe:
-            self._unsubscribe()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await super().stop()
         await asyncio.gather(*(run.stop(2.0) for run in self.runs.values()), return_exceptions=True)
         for run in self.runs.values():
             if run.task is not None and not run.task.done():
@@ -408,18 +401,13 @@ class Kubelet:
                     await run.task
         self.runs.clear()
 
-    async def _loop(self) -> None:
-        while True:
-            change = await self._queue.get()
-            try:
-                if change.storage == NODES:
-                    self._schedule_pending()
-                    continue
-                self._handle(change)
-            except Exception:
-                log.exception("The kubelet failed on %s of pod %s", change.type, change.obj["metadata"].get("name"))
+    def handle(self, change: Change) -> None:
+        if change.storage == NODES:
+            self._schedule_pending()
+        else:
+            self._run_pod(change)
 
-    def _handle(self, change: Change) -> None:
+    def _run_pod(self, change: Change) -> None:
         pod = change.obj
         meta = pod["metadata"]
         uid = meta["uid"]

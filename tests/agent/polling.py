@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from edgemodel.dev.polling import wait_until_async
+
 MetricKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
 async def eventually(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    """Poll (in a thread, without blocking the agent's loop) until ``check()`` is truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:  # bounded
-        try:
-            value = await asyncio.to_thread(check)
-        except (KeyError, TypeError, IndexError):
-            value = None
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    """Poll (in a thread, without blocking the agent's loop) until ``check()`` is truthy; fail after ``timeout``.
+    Lookups into status that is not there yet (KeyError, TypeError, IndexError) count as "not yet"."""
+    return await wait_until_async(what, check, timeout, tolerate=(KeyError, TypeError, IndexError), in_thread=True)
 
 
 def samples(text: str) -> dict[MetricKey, float]:

@@ -6,11 +6,9 @@ tail server and the real v2 endpoint; the certificates are a throwaway CA (``edg
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import subprocess
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from edge_agent.split import SplitModelVersion
 from edgemodel.api import API_VERSION, ModelAssignment, ModelPhase, ModelRole
 from edgemodel.dev.cluster import LocalCluster
 from edgemodel.dev.net import free_port
+from edgemodel.dev.polling import wait_until_async
 from edgemodel.signing import load_public_key
 from edgemodel.split.codec import WireFormat
 from edgemodel.split.devpki import Pki, make_pki
@@ -137,24 +136,14 @@ async def pair(tmp_path: Path, pki: Pki, revisions: dict[int, Revision]) -> Asyn
     await store.stop()
 
 
-async def wait_until(check: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:  # bounded poll on the test's own loop
-        value = check()
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def wait_state(node: Node, key: TrackKey, state: ModelPhase, timeout: float = 20.0) -> None:
     def reached() -> bool:
         t = node.reconciler.tracked.get(key)
         return t is not None and t.state == state
 
     try:
-        await wait_until(reached, f"{key} {state.value}", timeout)
-    except AssertionError:
+        await wait_until_async(f"{key} {state.value}", reached, timeout, interval=0.02)
+    except TimeoutError:
         t = node.reconciler.tracked.get(key)
         raise AssertionError(f"{key} did not reach {state.value}: {t.state.value if t else None} "
                              f"{t.reason if t else ''} {t.message if t else ''}") from None  # fmt: skip
@@ -244,7 +233,7 @@ async def test_the_edge_answers_like_the_whole_model_through_the_cloud_tail(
     assert samples(text)[("edgemodel_request_duration_seconds_count", cpu)] == 3
 
     # Status: the head with its counts and measured RTT, the tail on the cloud side per revision.
-    await wait_until(lambda: pair.edge.reconciler.states()[0].cloud_rtt_ms is not None, "the head's cloud RTT")
+    await wait_until_async("the head's cloud RTT", lambda: pair.edge.reconciler.states()[0].cloud_rtt_ms is not None, 20)
     (head,) = pair.edge.reconciler.states()
     assert (head.role, head.state, head.serving_revision, head.request_count, head.error_count) == (
         ModelRole.HEAD, ModelPhase.READY, 1, 3, 0)
@@ -380,8 +369,8 @@ async def test_two_tail_revisions_serve_at_once_and_one_can_be_removed(
         old = p.edge.server.repository.default(NAME)
         assert isinstance(old, SplitModelVersion)
         p.edge.reconciler.apply([p.published[2].head(url)])
-        await wait_until(lambda: (mv := p.edge.server.repository.default(NAME)) is not None and mv.version == "2",
-                         "revision 2 serving on the edge")  # fmt: skip
+        await wait_until_async("revision 2 serving on the edge",
+                               lambda: (mv := p.edge.server.repository.default(NAME)) is not None and mv.version == "2", 20)
         status, payload, _ = await infer(p.edge.server, x)
         assert status == 200
         assert payload["model_version"] == "2"
@@ -393,7 +382,7 @@ async def test_two_tail_revisions_serve_at_once_and_one_can_be_removed(
 
         # Revision 1 leaves the cloud: its tail is gone, revision 2's keeps answering.
         p.cloud.reconciler.apply([p.published[2].tail()])
-        await wait_until(lambda: len(p.cloud.reconciler.states()) == 1, "revision 1 leaving status")
+        await wait_until_async("revision 1 leaving status", lambda: len(p.cloud.reconciler.states()) == 1, 20)
         with pytest.raises(TailRejected) as gone:
             await r1.infer(revisions[1].features(x))
         assert gone.value.status == 404

@@ -32,6 +32,7 @@ import numpy as np
 import pytest
 import yaml
 
+from edgemodel.dev import polling
 from edgemodel.dev.net import free_port
 from tests.conftest import ROOT, require_tool
 from tests.helm.cluster_stack import ClusterSide, broken_edgemodel
@@ -82,20 +83,9 @@ def http(url: str, body: bytes | None = None, timeout: float = 10.0) -> tuple[in
 
 def wait_until(check: Any, what: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None,
                log: Path | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited with {proc.returncode}:\n{log.read_text()[-3000:] if log else ''}")
-        try:
-            last = check()
-            if last:
-                return last
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})"
-                         + (f"\n{log.read_text()[-3000:]}" if log else ""))
+    """Poll ``check`` (connection errors count as "not yet"), failing with ``log``'s tail; early if ``proc`` exits."""
+    return polling.wait_until(what, check, timeout, interval=0.25, tolerate=(OSError,), process=proc,
+                              explain=lambda: polling.log_tail(log))
 
 
 def make_model(path: Path) -> None:

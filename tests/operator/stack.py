@@ -26,8 +26,8 @@ from edgemodel.demo.processes import Process
 from edgemodel.demo.stack import SystemStack
 from edgemodel.dev.auth import Identity, Rule
 from edgemodel.dev.net import free_port
+from edgemodel.dev.polling import http_ok
 from edgemodel.examples_models import DigitsExample, load_digits_data, write_digits_example
-from tests.operator.procs import http_ok
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERING = "edgemodel"

@@ -21,7 +21,6 @@ import yaml
 
 from edgemodel.demo.stack import EDGEMODEL
 from tests.conftest import require_tool
-from tests.operator.procs import wait_for
 from tests.operator.stack import Stack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -49,8 +48,7 @@ def watch_rollout(stack: Stack, name: str, until: Any, timeout: float) -> list[t
             seen.append(row)
         return bool(until(status))
 
-    log = stack.replicas[0].proc.log if stack.replicas[0].proc else None
-    wait_for(f"EdgeModel {name} (seen {seen})", check, timeout, interval=0.2, log=log)
+    stack.wait_for(f"EdgeModel {name}", check, timeout, detail=lambda: f"seen (phase, revision, step, updated, ready): {seen}")
     return seen
 
 
@@ -126,8 +124,8 @@ def test_a_revision_over_its_latency_budget_is_rolled_back(stack: Stack) -> None
     assert (status["phase"], status["revision"], status["targetRevision"]) == ("Degraded", 1, 2)
     assert [(r["revision"], r["outcome"]) for r in status["history"]] == [(1, "Available"), (2, "RolledBack")]
     assert ("Warning", "RolledBack") in [(e[0], e[1]) for e in stack.events("digits")]
-    wait_for("every agent back on revision 1", lambda: set(map(tuple, stack.assigned().values())) == {(1,)}, 30)
-    wait_for("every agent serving revision 1",
+    stack.wait_for("every agent back on revision 1", lambda: set(map(tuple, stack.assigned().values())) == {(1,)}, 30)
+    stack.wait_for("every agent serving revision 1",
              lambda: set(stack.reported().values()) == {(1, "Ready")}, 60)
     for endpoint in stack.endpoints():
         assert stack.predict(endpoint)[1] == "1"
@@ -150,7 +148,7 @@ def test_api_outage_and_operator_crashes_mid_conversion_and_mid_rollout_are_surv
         stack.cluster.start()
 
     stack.apply(stack.manifest(), "digits-r3.yaml")  # budget back to 50 ms, int8 back on: revision 3
-    wait_for("the conversion Job of revision 3", lambda: "digits-r3-convert" in stack.jobs("digits"), 60)
+    stack.wait_for("the conversion Job of revision 3", lambda: "digits-r3-convert" in stack.jobs("digits"), 60)
     active.proc.kill()  # SIGKILL mid-conversion: no cleanup, its peering record is left behind
     standby_log_start = standby.proc.log.stat().st_size
     watch_rollout(stack, "digits", lambda s: (s.get("rollout") or {}).get("revision") == 3
@@ -174,7 +172,7 @@ def test_api_outage_and_operator_crashes_mid_conversion_and_mid_rollout_are_surv
     assert stack.stored("default/digits/1/manifest.json")
     assert stack.jobs("digits") == ["digits-r1-convert", "digits-r2-convert", "digits-r3-convert"], "no duplicates"
     assert stack.assigned() == {node: [3] for node in stack.nodes}, "one entry per node, never half-assigned"
-    wait_for("every agent serving revision 3", lambda: set(stack.reported().values()) == {(3, "Ready")}, 60)
+    stack.wait_for("every agent serving revision 3", lambda: set(stack.reported().values()) == {(3, "Ready")}, 60)
     for endpoint in stack.endpoints():
         assert stack.predict(endpoint)[1] == "3"
 
@@ -184,7 +182,7 @@ def test_a_node_with_a_stale_heartbeat_is_reported_and_not_counted(stack: Stack)
     agent = stack.cluster.node_processes[node]
     agent.kill()
     try:
-        wait_for(f"{node} reported stale", lambda: stack.status("digits").get("rollout", {}).get("staleNodes") == 1,
+        stack.wait_for(f"{node} reported stale", lambda: stack.status("digits").get("rollout", {}).get("staleNodes") == 1,
                  60)
         status = stack.status("digits")
         assert status["ready"] == "2/3"
@@ -193,7 +191,7 @@ def test_a_node_with_a_stale_heartbeat_is_reported_and_not_counted(stack: Stack)
         assert f"stale heartbeat, not counted as ready: {node}" in degraded["message"]
     finally:
         agent.start()
-    wait_for(f"{node} back", lambda: stack.status("digits").get("ready") == "3/3"
+    stack.wait_for(f"{node} back", lambda: stack.status("digits").get("ready") == "3/3"
              and stack.condition("digits", "Degraded").get("status") == "False", 60)
 
 
@@ -201,7 +199,7 @@ def test_suspend_pauses_everything(stack: Stack) -> None:
     doc = stack.manifest(name="digits-paused")
     doc["spec"]["suspend"] = True
     stack.apply(doc, "digits-paused.yaml")
-    wait_for("phase Suspended", lambda: stack.status("digits-paused").get("phase") == "Suspended", 60)
+    stack.wait_for("phase Suspended", lambda: stack.status("digits-paused").get("phase") == "Suspended", 60)
     assert stack.condition("digits-paused", "Progressing")["reason"] == "Suspended"
     time.sleep(2)
     assert stack.jobs("digits-paused") == [], "nothing is converted while suspended"
@@ -214,7 +212,7 @@ def test_invalid_specs_are_refused_with_the_field_and_the_fix(stack: Stack) -> N
     doc["spec"]["rollout"]["steps"] = [50, 20, 100]
     stack.apply(doc, "digits-bad.yaml")
 
-    wait_for("InvalidSpec on digits-bad", lambda: stack.condition("digits-bad", "InvalidSpec").get("status") == "True",
+    stack.wait_for("InvalidSpec on digits-bad", lambda: stack.condition("digits-bad", "InvalidSpec").get("status") == "True",
              60)
     cond = stack.condition("digits-bad", "InvalidSpec")
     assert "spec.rollout.steps: steps must rise strictly, e.g. [10, 50, 100]" in cond["message"]
@@ -247,7 +245,7 @@ def test_a_conversion_failure_is_a_condition_with_the_reason_and_an_event(stack:
     doc = stack.manifest(name="digits-missing")
     doc["spec"]["source"]["uri"] = (stack.dir / "no-such-model.pt").as_uri()
     stack.apply(doc, "digits-missing.yaml")
-    wait_for("the conversion failure", lambda: stack.condition("digits-missing", "Converted").get("reason")
+    stack.wait_for("the conversion failure", lambda: stack.condition("digits-missing", "Converted").get("reason")
              not in (None, "Converting"), 120)
     cond = stack.condition("digits-missing", "Converted")
     assert cond["status"] == "False"
@@ -266,8 +264,8 @@ def test_deleting_the_edgemodel_unassigns_it_everywhere_first(stack: Stack) -> N
     stack.cluster.kubectl("delete", "em", "digits", "--timeout=60s")
     assert stack.edgemodel("digits") is None
     assert all(revs == [] for revs in stack.assigned().values()), "unassigned before the finalizer went"
-    wait_for("agents to unload digits", lambda: set(stack.reported().values()) == {None}, 60)
-    wait_for("the conversion Jobs to be garbage-collected", lambda: stack.jobs("digits") == [], 60)
+    stack.wait_for("agents to unload digits", lambda: set(stack.reported().values()) == {None}, 60)
+    stack.wait_for("the conversion Jobs to be garbage-collected", lambda: stack.jobs("digits") == [], 60)
     assert not stack.stored("default/digits/3/manifest.json"), "--artifact-retention delete"
     assert not stack.stored("default/digits/1/manifest.json")
     for endpoint in stack.endpoints():

@@ -15,9 +15,10 @@ from edgemodel_operator.analysis import VerdictStatus, judge, measure_with_prome
 
 from edge_agent.metrics import AgentMetrics
 from edgemodel.api.edgemodel import Analysis
+from edgemodel.demo.processes import Process
 from edgemodel.dev.net import free_port
+from edgemodel.dev.polling import http_ok, log_tail, wait_until
 from tests.conftest import require_tool
-from tests.operator.procs import Proc, http_ok, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +34,13 @@ def prometheus_and_target(tmp_path: Path) -> Iterator[tuple[str, AgentMetrics, i
           - job_name: agent
             static_configs: [{{targets: ["127.0.0.1:{target_port}"]}}]
     """))
-    proc = Proc("prometheus", [str(prometheus), f"--config.file={tmp_path / 'prometheus.yml'}",
-                               f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                               f"--web.listen-address=127.0.0.1:{prom_port}"], tmp_path)
+    proc = Process("prometheus", [str(prometheus), f"--config.file={tmp_path / 'prometheus.yml'}",
+                                  f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                  f"--web.listen-address=127.0.0.1:{prom_port}"], tmp_path)
     try:
         url = f"http://127.0.0.1:{prom_port}"
-        wait_for("Prometheus to be ready", lambda: http_ok(url + "/-/ready"), 30, log=proc.log)
+        wait_until("Prometheus to be ready", lambda: http_ok(url + "/-/ready"), 30, process=proc.popen,
+                   explain=lambda: log_tail(proc.log))
         yield url, metrics, target_port
     finally:
         proc.stop()

@@ -3,7 +3,7 @@
 kubectl applies an EdgeModel with ``spec.split.cut: auto``; the conversion Job (a local process
 run by the kubelet) builds head and tail; the operator gives the tail to the cloud agent (a node
 labelled edgemodel.io/tier=cloud, serving tails on an mTLS port) and, once it is Ready there, the
-head to the two edge agents. Clients then get ordinary v2 answers from the edge agents that match
+head to the three edge agents. Clients then get ordinary v2 answers from the edge agents that match
 the whole model. A second revision, its RTT left empty, is planned for the RTT the heads measured
 and canaried with both revisions' tails in the cloud. With the cloud agent gone the edge answers
 with the whole model (fallback local).
@@ -23,33 +23,17 @@ import pytest
 
 from edgemodel.demo.stack import DemoStack
 from edgemodel.examples_models import DIGITS_INPUT_NAME, DigitsExample, load_digits_data, write_digits_example
-from edgemodel.split.devpki import Pki, make_pki
 from tests.conftest import require_tool
 
 T = TypeVar("T")
 NAME = "digits"
 
 
-
 class SplitStack(DemoStack):
-    """The demo's processes with two edge nodes and one cloud node, the agents talking mTLS."""
+    """The demo's processes (three edge nodes, one cloud node, the agents talking mTLS), without Prometheus."""
 
     def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir, with_prometheus=False)
-        self.pki: Pki = make_pki(workdir / "pki")
-        self.edge_nodes: list[str] = []
-        self.cloud_nodes: list[str] = []
-
-    def start_agents(self) -> None:
-        common = f" --split-tls-ca {self.pki.ca} "
-        self.edge_nodes = self.cluster.add_nodes(2, labels={"edgemodel.io/site": "shop"})
-        self.cloud_nodes = self.cluster.add_nodes(1, prefix="cloud-", labels={"edgemodel.io/tier": "cloud"})
-        self.nodes = self.edge_nodes + self.cloud_nodes
-        self.cluster.run_on_nodes(self.agent_command(common + f"--split-tls-cert {self.pki.client_cert} "
-                                                     f"--split-tls-key {self.pki.client_key}"), self.edge_nodes)
-        self.cluster.run_on_nodes(self.agent_command(common + f"--split-port 0 --split-tls-cert {self.pki.server_cert} "
-                                                     f"--split-tls-key {self.pki.server_key}"), self.cloud_nodes)
-        self.wait_for("3 EdgeAgents with an endpoint", lambda: len(self.endpoints()) == 3, 90)
+        super().__init__(workdir, with_prometheus=False, with_cloud=True)
 
     def phase_status(self, phase: str, revision: int) -> dict[str, Any] | None:
         """The EdgeModel's status once it is in ``phase`` with ``revision`` serving, else None."""
@@ -111,7 +95,6 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
                                                                            example: DigitsExample) -> None:
     doc = example.manifest(NAME)
     doc["spec"]["validation"]["samples"] = 128
-    doc["spec"]["selector"] = {"matchLabels": {"edgemodel.io/site": "shop"}}
     doc["spec"]["rollout"] = {"strategy": "AllAtOnce", "analysis": {"windowSeconds": 2}}
     doc["spec"]["split"] = {"cut": "auto", "wire": "int8", "link": {"bandwidthMbitS": 100, "rttMs": 1},
                             "fallback": "local"}
@@ -119,7 +102,7 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
 
     status = stack.wait_for("revision 1 Available", lambda: stack.phase_status("Available", 1), 420,
                             detail=stack.status_text)
-    assert status["ready"] == "2/2"
+    assert status["ready"] == "3/3"
     split = status["artifacts"][0]["split"]
     assert split["chosenBy"] == "auto"
     assert split["wire"] == "int8"
@@ -165,7 +148,6 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
                    lambda: all(s.get("cloudRttMs") is not None for n in stack.edge_nodes for s in stack.states(n)),
                    30, detail=stack.status_text)
 
-
     # Revision 2 leaves rttMs empty: the operator plans its cut for the RTT the heads measured, and the
     # canary runs with both tails in the cloud until every edge node moved.
     doc["spec"]["split"]["link"] = {"bandwidthMbitS": 50}
@@ -185,7 +167,7 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
     events = json.loads(stack.cluster.kubectl("get", "events", "-o", "json").stdout)["items"]
     measured = [e["message"] for e in events if e.get("reason") == "SplitLinkMeasured"]
     assert measured, "the operator said which RTT it planned for"
-    assert f"a {plan['link']['rttMs']:.1f} ms RTT measured by 2 edge node(s)" in measured[-1]
+    assert f"a {plan['link']['rttMs']:.1f} ms RTT measured by 3 edge node(s)" in measured[-1]
     assert plan["link"]["bandwidthMbitS"] == 50.0
     # Revision 2 may have chosen another candidate: compare the fallback with its own whole model.
     model_path.write_bytes(urllib.request.urlopen(status["artifacts"][0]["uri"], timeout=10).read())
