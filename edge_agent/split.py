@@ -77,6 +77,8 @@ class SplitModelVersion(ModelVersion):
         """Requests answered by the whole model here because the cloud failed."""
         self.cloud_rtt_ms: float | None = None
         """Median health round trip to the cloud tail (RemoteTail.ping), None until measured or when it failed."""
+        self.head_latencies = RecentLatencies(stats_window_s)
+        """Head compute per request (this node's side of the split) over the recent window."""
         self.closed = False
 
     def _run_head(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -95,6 +97,8 @@ class SplitModelVersion(ModelVersion):
             self.split_metrics.unavailable(self.name, self.version)
             raise SplitUnavailableError(f"model {self.name!r} version {self.version}: {exc}") from exc
         self.split_metrics.observe(self.name, self.version, outcome)
+        if outcome.head_s > 0.0:  # the head ran (not skipped during a cloud cool-down)
+            self.head_latencies.add(outcome.head_s)
         if outcome.path == "local":
             self.fallback_count += 1
         names = output_names if output_names is not None else self.model.output_names

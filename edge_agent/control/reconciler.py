@@ -347,6 +347,7 @@ class Reconciler:
                     p50_ms=p50,
                     p95_ms=p95,
                     cloud_rtt_ms=split.cloud_rtt_ms if split is not None else None,
+                    head_ms=split.head_latencies.percentiles_ms()[0] if split is not None else None,
                     fallback_count=split.fallback_count if split is not None else 0,
                 )
             )

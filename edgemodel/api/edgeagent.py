@@ -153,6 +153,8 @@ class ModelState(StatusModel):
     """Head only: measured round trip to the cloud tail in ms (plan the split with this)."""
     fallback_count: int = 0
     """Head only: requests answered by the whole model on the edge because the cloud failed."""
+    head_ms: float | None = None
+    """Head only: median head compute per request in ms over the recent window (the edge's side of the split)."""
 
 
 class EdgeAgentStatus(StatusModel):

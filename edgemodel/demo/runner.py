@@ -300,6 +300,8 @@ class Demo:
             + f", {reading.requests.get('split', 0):.0f} through the cloud tail"
             + ("" if per_request is None else f", {per_request:.0f} B of features each"))
         self.say(f"Split inference: {self.result.split_answers}")
+        check = self.cut_check()
+        self.say(f"Cut check by the operator (SplitCutCurrent): {check}")
 
         self.say(f"Stopping the cloud agent on {cloud}: the edge nodes answer with the whole model (fallback: local)")
         self.stack.cluster.node_processes[cloud].stop()
@@ -314,6 +316,18 @@ class Demo:
         self.stack.cluster.node_processes[cloud].start()
         self.result.split_ok = (stats.ok > 0 and stats.errors == 0 and reading.requests.get("split", 0) > 0
                                 and (stats.accuracy or 0) > 0.9 and outage.ok > 0 and outage.errors == 0 and local > 0)
+
+    def cut_check(self, timeout_s: float = 20.0) -> str:
+        """The operator's verdict on the serving cut once the heads reported what they measure."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = (self.stack.edgemodel(SPLIT_MODEL) or {}).get("status") or {}
+            found = next((c for c in status.get("conditions", []) if c["type"] == "SplitCutCurrent"), None)
+            if found is not None and (found["reason"] != "NotMeasured" or time.monotonic() > deadline):
+                return f"{found['reason']}: {found['message']}"
+            if time.monotonic() > deadline:
+                return "not reported yet"
+            time.sleep(0.5)
 
     def summary(self) -> Table:
         r = self.result

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -146,6 +146,13 @@ class Option:
     def label(self) -> str:
         return f"cut:{self.cut}" if self.kind is OptionKind.SPLIT else self.kind.value
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Option:
+        """The inverse of :meth:`to_dict` (as written into split.json); KeyError/ValueError when malformed."""
+        return cls(OptionKind(data["kind"]), data.get("cut"), data.get("cutIndex"), float(data["edgeMs"]),
+                   float(data["transferMs"]), float(data["cloudMs"]), float(data["codecMs"]), int(data["bytesUp"]),
+                   int(data["bytesDown"]))
+
     def to_dict(self) -> dict[str, Any]:
         return {"option": self.label, "kind": self.kind.value, "cut": self.cut, "cutIndex": self.cut_index,
                 "edgeMs": self.edge_ms, "codecMs": self.codec_ms, "transferMs": self.transfer_ms,
@@ -201,7 +208,14 @@ def choose_cut(costs: SplitCosts, link: Link, objective: Objective = Objective.L
     is returned with ``budget_met=False`` (the caller decides whether that is acceptable).
     Ties go to the option nearer the edge (less data leaves the device).
     """
-    options = cost_options(costs, link, edge_only, cloud_only)
+    return pick(cost_options(costs, link, edge_only, cloud_only), link, objective, budget_ms)
+
+
+def pick(options: Sequence[Option], link: Link, objective: Objective = Objective.LATENCY,
+         budget_ms: float | None = None) -> Plan:
+    """The choice among already costed ``options`` (in edge-to-cloud order), as :func:`choose_cut` makes it."""
+    if not options:
+        raise PlanError("nothing to choose from: no option was costed")
     fastest = min(options, key=lambda o: o.total_ms)
     if objective is Objective.LATENCY:
         met = budget_ms is None or fastest.total_ms <= budget_ms
@@ -214,6 +228,13 @@ def choose_cut(costs: SplitCosts, link: Link, objective: Objective = Objective.L
         return Plan(fastest, tuple(options), objective, link, budget_ms, False)
     chosen = min(within, key=lambda o: (o.edge_ms + o.codec_ms, o.total_ms))
     return Plan(chosen, tuple(options), objective, link, budget_ms, True)
+
+
+def on_link(option: Option, link: Link) -> Option:
+    """``option`` costed on another link: the same compute and bytes, the transfer recomputed."""
+    if option.kind is OptionKind.EDGE_ONLY:
+        return option
+    return replace(option, transfer_ms=link.transfer_ms(option.bytes_up, option.bytes_down))
 
 
 def format_plan(plan: Plan) -> str:

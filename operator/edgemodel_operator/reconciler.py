@@ -31,7 +31,7 @@ from edgemodel.api import (
     RevisionOutcome,
     RevisionRecord,
 )
-from edgemodel_operator import jobs, revisions, scheduling, validation
+from edgemodel_operator import jobs, revisions, scheduling, split_check, validation
 from edgemodel_operator import status as status_mod
 from edgemodel_operator.analysis import (
     Check,
@@ -65,6 +65,8 @@ from edgemodel_operator.runtime import Runtime
 from edgemodel_operator.scheduling import AgentView, Selection
 
 log = logging.getLogger(__name__)
+PLAN_CACHE_SIZE = 256
+"""Split plans (split.json) kept in memory, oldest dropped first."""
 
 AGENT_WRITE_ATTEMPTS = 3
 TRANSITION_LOG = {
@@ -102,10 +104,12 @@ def merge_diff(before: Any, after: Any) -> Any:
 
 
 class Reconciler:
-    """Reconciles EdgeModels with the runtime's clients; stateless between calls except the fleet overlay."""
+    """Reconciles EdgeModels with the runtime's clients; stateless between calls except the fleet overlay
+    and a cache of split plans (immutable per revision)."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
+        self._plans: dict[tuple[str, str, int], split_check.PlannedCuts | None] = {}
 
     async def reconcile(self, namespace: str, name: str) -> Outcome:
         """Bring one EdgeModel one step closer to its spec; safe to call any time, any number of times."""
@@ -317,6 +321,8 @@ class Reconciler:
             log.info("Holding the rollout of EdgeModel %s/%s: %s", namespace, name, split_wait)
             _requeue_soon(outcome, 5.0)
         status = status_mod.summarize(status, progress, observed, generation, now)
+        status = await self._check_split_cut(namespace, name, spec, status, artifacts, agents, generation, now,
+                                             outcome)
         await self._write_status(namespace, name, body.get("status") or {}, status)
         self._emit(body, outcome.events)
         written = await self._apply(namespace, name, spec, status, plan.desired, by_name, url)
@@ -356,6 +362,48 @@ class Reconciler:
             metrics.rollouts.labels(outcome="halted").inc()
             outcome.events.append(("Warning", "RolloutHalted", message))
         return status
+
+    async def _check_split_cut(self, namespace: str, name: str, spec: EdgeModelSpec, status: EdgeModelStatus,
+                               artifacts: Mapping[int, list[ArtifactRef]], agents: list[AgentView], generation: int,
+                               now: str, outcome: Outcome) -> EdgeModelStatus:
+        """SplitCutCurrent for the serving revision's auto cut against what the heads measure (advice only)."""
+        check = None
+        revision = status.revision
+        split = next((a.split for a in artifacts.get(revision, []) if a.split is not None), None) if revision else None
+        if spec.split.enabled and revision is not None and split is not None and split.chosen_by == "auto":
+            planned = await self._planned_cuts(namespace, name, revision, split.manifest_uri)
+            rtt = scheduling.measured_rtt_ms(namespace, name, agents)
+            head = scheduling.measured_head_ms(namespace, name, agents, revision)
+            measured = split_check.Measured(rtt[0] if rtt else None, head[0] if head else None,
+                                            max(rtt[1] if rtt else 0, head[1] if head else 0))
+            check = split_check.check_cut(spec.split, split.cut, planned, measured)
+        status, stale = status_mod.split_cut(status, check, generation, now)
+        if stale and check is not None:
+            log.info("Found a better split cut for EdgeModel %s/%s: %s", namespace, name, check.message)
+            outcome.events.append(("Normal", "SplitCutStale", check.message))
+        return status
+
+    async def _planned_cuts(self, namespace: str, name: str, revision: int,
+                            manifest_uri: str) -> split_check.PlannedCuts | None:
+        """The plan in a revision's split.json, read once from the store (immutable per revision)."""
+        key = (namespace, name, revision)
+        if key in self._plans:
+            return self._plans[key]
+        file = manifest_uri.rsplit("/", 1)[-1] or "split.json"
+        url = f"{self.rt.settings.store_url.rstrip('/')}/{namespace}/{name}/{revision}/{file}"
+        try:
+            async with self.rt.session().get(url) as resp:
+                if resp.status != 200:
+                    log.debug("Could not read %s: HTTP %s", url, resp.status)
+                    return None
+                planned = split_check.PlannedCuts.from_split_json(await resp.json(content_type=None))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.debug("Could not read %s: %s", url, exc)
+            return None  # not remembered: the next reconcile tries again
+        while len(self._plans) >= PLAN_CACHE_SIZE:
+            self._plans.pop(next(iter(self._plans)))
+        self._plans[key] = planned
+        return planned
 
     def _counts(self, selection: Selection, namespace: str, name: str, current: int | None) -> dict[str, int]:
         counts = {"ready": 0, "updating": 0, "failed": 0, "stale": len(selection.stale), "unassigned": 0,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +47,7 @@ class ReportedModel:
     p95_ms: float | None = None
     role: str = ModelRole.FULL.value
     cloud_rtt_ms: float | None = None
+    head_ms: float | None = None
 
 
 def is_tail(entry: Mapping[str, Any]) -> bool:
@@ -98,6 +99,7 @@ class AgentView:
                         p95_ms=float(m["p95Ms"]) if m.get("p95Ms") is not None else None,
                         role=str(m.get("role") or ModelRole.FULL.value),
                         cloud_rtt_ms=float(m["cloudRttMs"]) if m.get("cloudRttMs") is not None else None,
+                        head_ms=float(m["headMs"]) if m.get("headMs") is not None else None,
                     )
                 )
             except (TypeError, ValueError):
@@ -264,10 +266,20 @@ def select_cloud(spec: EdgeModelSpec, agents: Iterable[AgentView], now: dt.datet
 
 def measured_rtt_ms(namespace: str, name: str, agents: Iterable[AgentView]) -> tuple[float, int] | None:
     """(median, count) of the cloud RTTs the model's heads report, or None when no head measured one."""
-    rtts = sorted(r.cloud_rtt_ms for a in agents if not a.is_cloud and (r := a.report(namespace, name)) is not None
-                  and r.role == ModelRole.HEAD.value and r.cloud_rtt_ms is not None)
-    if not rtts:
+    return _median_of_heads(namespace, name, agents, lambda r: r.cloud_rtt_ms)
+
+
+def measured_head_ms(namespace: str, name: str, agents: Iterable[AgentView], revision: int) -> tuple[float, int] | None:
+    """(median, count) of the head compute times the heads serving ``revision`` report, or None."""
+    return _median_of_heads(namespace, name, agents, lambda r: r.head_ms if r.serving_revision == revision else None)
+
+
+def _median_of_heads(namespace: str, name: str, agents: Iterable[AgentView],
+                     value: Callable[[ReportedModel], float | None]) -> tuple[float, int] | None:
+    values = sorted(v for a in agents if not a.is_cloud and (r := a.report(namespace, name)) is not None
+                    and r.role == ModelRole.HEAD.value and (v := value(r)) is not None)
+    if not values:
         return None
-    mid = len(rtts) // 2
-    median = rtts[mid] if len(rtts) % 2 else (rtts[mid - 1] + rtts[mid]) / 2
-    return round(median, 3), len(rtts)
+    mid = len(values) // 2
+    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return round(median, 3), len(values)

@@ -16,15 +16,18 @@ from edgemodel.api import (
     EdgeModelStatus,
     RevisionOutcome,
     RolloutStatus,
+    get_condition,
     set_condition,
 )
 from edgemodel_operator import revisions
+from edgemodel_operator.split_check import CONDITION, CutCheck
 
 INVALID_SPEC = "InvalidSpec"
 CONVERTED = "Converted"
 PROGRESSING = "Progressing"
 AVAILABLE = "Available"
 DEGRADED = "Degraded"
+SPLIT_CUT = CONDITION
 
 
 def _set(status: EdgeModelStatus, type_: str, value: ConditionStatus | bool, reason: str, message: str,
@@ -162,3 +165,24 @@ def summarize(status: EdgeModelStatus, rollout: RolloutStatus, observed: Observe
     else:
         new.phase = EdgeModelPhase.PENDING
     return new
+
+
+def split_cut(status: EdgeModelStatus, check: CutCheck | None, generation: int, now: str) -> tuple[EdgeModelStatus, bool]:
+    """Set SplitCutCurrent from ``check`` (None: remove it); True when it has just turned stale or names another cut.
+
+    A verdict that has not changed keeps its condition as it is (a holding cut: the same message, which
+    has no measured numbers; a stale one: the same better cut), so measurements wiggling between
+    heartbeats do not rewrite the status every reconcile.
+    """
+    previous = get_condition(status.conditions, SPLIT_CUT)
+    if check is None:
+        if previous is None:
+            return status, False
+        new = status.model_copy(deep=True)
+        new.conditions = [c for c in new.conditions if c.type != SPLIT_CUT]
+        return new, False
+    wanted = ConditionStatus.TRUE if check.current else ConditionStatus.FALSE
+    if previous is not None and previous.status == wanted and previous.reason == check.reason and (
+            previous.message == check.message if check.current else f"cut {check.better_cut} is predicted" in previous.message):
+        return status, False
+    return _set(status, SPLIT_CUT, check.current, check.reason, check.message, generation, now), not check.current

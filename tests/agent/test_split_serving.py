@@ -241,6 +241,8 @@ async def test_the_edge_answers_like_the_whole_model_through_the_cloud_tail(
     assert head.cloud_rtt_ms is not None
     assert 0 < head.cloud_rtt_ms < 5000
     assert head.fallback_count == 0
+    assert head.head_ms is not None, "the head's own compute is reported for the operator's cut check"
+    assert 0 < head.head_ms <= head.p95_ms, "the head is a part of each request"
     (tail,) = pair.cloud.reconciler.states()
     assert (tail.role, tail.state, tail.revision, tail.serving_revision, tail.request_count) == (
         ModelRole.TAIL, ModelPhase.READY, 1, 1, 3)

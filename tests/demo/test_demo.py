@@ -40,6 +40,7 @@ def test_demo_runs_the_whole_loop_rolls_back_the_slow_revision_and_splits_the_mo
     assert answers is not None, out[-3000:]
     assert min(int(answers.group(i)) for i in (1, 3, 4)) > 0, "answers, tail runs and feature bytes"
     assert float(answers.group(2)) > 90.0
+    assert re.search(r"Cut check by the operator \(SplitCutCurrent\): (CutHolds|BetterCutMeasured):", out), out[-3000:]
     outage = re.search(r"While cloud-0 was down: (\d+) answers,\s+0\s+errors,\s+(\d+)\s+by\s+the\s+local\s+whole\s+model", out)
     assert outage is not None, out[-3000:]
     assert int(outage.group(1)) > 0

@@ -147,6 +147,14 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
     stack.wait_for("the heads' measured cloud RTT in status",
                    lambda: all(s.get("cloudRttMs") is not None for n in stack.edge_nodes for s in stack.states(n)),
                    30, detail=stack.status_text)
+    # The operator checks the auto cut against what the heads measure (RTT and head compute).
+    check = stack.wait_for("SplitCutCurrent from the heads' RTT and compute", lambda: next(
+        (c for c in ((stack.edgemodel(NAME) or {}).get("status") or {}).get("conditions", [])
+         if c["type"] == "SplitCutCurrent" and ("cloud RTT and head compute" in c["message"]
+                                                or c["reason"] == "BetterCutMeasured")), None),
+        30, detail=stack.status_text)
+    assert check["reason"] in ("CutHolds", "BetterCutMeasured"), check
+    assert "3 edge head(s) measure" in check["message"]
 
     # Revision 2 leaves rttMs empty: the operator plans its cut for the RTT the heads measured, and the
     # canary runs with both tails in the cloud until every edge node moved.
