@@ -21,17 +21,15 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-import requests
-
 from bench.agent import raw_ort
 from bench.agent.models import MODELS, build
 from edgemodel.dev.net import free_port
+from edgemodel.dev.polling import http_ok, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONCURRENCY = (1, 8, 32)
@@ -47,18 +45,8 @@ def server(argv: list[str], ready_url: str, log: Path) -> Iterator[None]:
     with log.open("w") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{argv[0]} exited with {proc.returncode}; see {log}")
-                try:
-                    if requests.get(ready_url, timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                time.sleep(0.2)
-            else:
-                raise RuntimeError(f"{ready_url} not ready after 120 s; see {log}")
+            wait_until(f"{ready_url} to be ready", lambda: http_ok(ready_url, timeout=1), 120, process=proc,
+                       explain=lambda: f"see {log}")
             yield
         finally:
             proc.terminate()

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgemodel.dev.polling import wait_until
 from edgemodel.split.codec import WireFormat
 from edgemodel.split.graph import find_cut_candidates, load_model, split_model
 from edgemodel.split.profile import host_info, profile_split
@@ -36,14 +37,12 @@ def identity(feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
 
 def read_stats(path: Path, closed_at_least: int, timeout_s: float = 30.0) -> dict[str, int]:
     """The proxy's counters once it has seen ``closed_at_least`` connections close (bounded wait)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats: dict[str, int] = json.loads(path.read_text())
-        if stats["closed"] >= closed_at_least:
-            return stats
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"proxy stats {path} never showed {closed_at_least} closed connections: {stats}")
-        time.sleep(0.02)
+    def stats() -> dict[str, int] | None:
+        found: dict[str, int] = json.loads(path.read_text())
+        return found if found["closed"] >= closed_at_least else None
+
+    return wait_until(f"proxy stats {path} showing {closed_at_least} closed connections", stats, timeout_s,
+                      interval=0.02, explain=lambda: f"last: {path.read_text()}")
 
 
 def summary(latencies: list[float]) -> dict[str, Any]:

@@ -11,14 +11,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 Errors = tuple[type[BaseException], ...]
 
 
 def wait_until(what: str, check: Callable[[], T | None], timeout: float, *, interval: float = 0.2,
-               tolerate: Errors = (), process: subprocess.Popen[bytes] | None = None,
+               tolerate: Errors = (), process: subprocess.Popen[Any] | None = None,
                explain: Callable[[], str] | None = None) -> T:
     """Call ``check`` every ``interval`` s until it returns something truthy and return that.
 

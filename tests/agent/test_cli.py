@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import requests
 import tritonclient.http as httpclient
 
 from edgemodel.dev.net import free_port
+from edgemodel.dev.polling import http_ok, wait_until
 
 EDGEMODEL = [sys.executable, "-m", "edgemodel.cli"]
 
@@ -27,15 +27,8 @@ def test_standalone_agent_serves_files_and_stops_on_sigterm(model_files: dict[st
         env={**os.environ, "EDGEMODEL_AGENT_MAX_BATCH_SIZE": "4"},
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # bounded wait for readiness
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(0.1)
+        wait_until("the agent to be ready", lambda: http_ok(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1), 60,
+                   interval=0.1, process=proc)
         client = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
         inp = httpclient.InferInput("x", [1, 4], "FP32")
         inp.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))

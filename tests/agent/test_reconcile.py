@@ -16,6 +16,7 @@ from edge_agent.control.reconciler import Reconciler
 from edge_agent.server import AgentServer
 from edge_agent.settings import AgentSettings
 from edgemodel.api import ModelAssignment, ModelPhase
+from edgemodel.dev.polling import wait_until_async
 from edgemodel.signing import load_public_key
 from tests.agent.artifacts import ArtifactStore, Keys, make_keys
 
@@ -57,14 +58,15 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
 
 
 async def wait_state(r: Reconciler, name: str, state: ModelPhase, revision: int | None = None, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:  # bounded poll
+    def reached() -> bool:
         t = r.tracked.get(name)
-        if t is not None and t.state == state and (revision is None or t.assignment.revision == revision):
-            return
-        await asyncio.sleep(0.02)
-    t = r.tracked.get(name)
-    raise AssertionError(f"{name} did not reach {state.value}: {t.state.value if t else None} {t.reason if t else ''} {t.message if t else ''}")
+        return t is not None and t.state == state and (revision is None or t.assignment.revision == revision)
+
+    def where() -> str:
+        t = r.tracked.get(name)
+        return f"it is {t.state.value if t else None} {t.reason if t else ''} {t.message if t else ''}"
+
+    await wait_until_async(f"{name} to reach {state.value}", reached, timeout, interval=0.02, explain=where)
 
 
 async def infer(server: AgentServer, name: str = "affine") -> tuple[int, dict[str, object]]:
@@ -267,10 +269,7 @@ async def test_offline_restart_serves_the_cached_assignment(tmp_path: Path, mode
         status, payload = await infer(second.server)
         assert status == 200
         assert payload["model_version"] == "1"
-        deadline = time.monotonic() + 10
-        while plane.online is not False and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert plane.online is False
+        await wait_until_async("the agent noticing the API is gone", lambda: plane.online is False, 10, interval=0.02)
     finally:
         await plane.stop()
         await second.server.stop()

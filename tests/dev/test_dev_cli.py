@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from edgemodel.dev.cluster import find_kubectl
+from edgemodel.dev.polling import wait_until
 
 
 def test_dev_up_serves_a_cluster_until_interrupted(tmp_path: Path) -> None:
@@ -39,13 +40,13 @@ def test_dev_up_serves_a_cluster_until_interrupted(tmp_path: Path) -> None:
         crds = subprocess.run([str(find_kubectl()), "get", "crds", "-o", "name"], capture_output=True, text=True,
                               env=env, timeout=30, check=True).stdout.split()
         assert "customresourcedefinition.apiextensions.k8s.io/edgemodels.edgemodel.io" in crds
-        deadline = time.monotonic() + 30
-        agents: list[str] = []
-        while time.monotonic() < deadline and len(agents) < 2:
-            agents = subprocess.run([str(find_kubectl()), "get", "edgeagents", "-o", "name"], capture_output=True,
-                                    text=True, env=env, timeout=30, check=True).stdout.split()
-            time.sleep(0.2)
-        assert agents == ["edgeagent.edgemodel.io/edge-0", "edgeagent.edgemodel.io/edge-1"], "one agent per node"
+        def agents() -> list[str] | None:
+            names = subprocess.run([str(find_kubectl()), "get", "edgeagents", "-o", "name"], capture_output=True,
+                                   text=True, env=env, timeout=30, check=True).stdout.split()
+            return names if len(names) >= 2 else None
+
+        found = wait_until("two EdgeAgents", agents, 30)
+        assert found == ["edgeagent.edgemodel.io/edge-0", "edgeagent.edgemodel.io/edge-1"], "one agent per node"
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=30)
         assert process.returncode == 0, rest
