@@ -52,9 +52,6 @@ class Process:
         """SIGKILL at once: a crash, no cleanup."""
         self.stop(signal.SIGKILL, timeout=10)
 
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
 
 @dataclass
 class ProcessGroup:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import threading
@@ -19,10 +20,17 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from edgemodel.demo.split_chapter import SPLIT_MODEL, read_split_metrics, split_manifest, split_table
+from edgemodel.demo.split_chapter import (
+    SPLIT_MODEL,
+    SplitReading,
+    read_split_metrics,
+    split_manifest,
+    split_table,
+)
 from edgemodel.demo.stack import DemoStack
 from edgemodel.demo.traffic import TrafficStats, run_traffic
 from edgemodel.demo.views import candidates_table, model_panel, nodes_table, traffic_panel
+from edgemodel.dev.polling import wait_until
 
 log = logging.getLogger("edgemodel.demo")
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,9 +247,9 @@ class Demo:
         degraded = next(c for c in st["conditions"] if c["type"] == "Degraded")
         self.result.rollback_message = degraded["message"]
         self.say(f"[bold red]Rolled back[/]: {degraded['message']}")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(self.ready_endpoints()) < 3:
-            time.sleep(0.5)
+        with contextlib.suppress(TimeoutError):  # the summary says what it found either way
+            wait_until("every node serving revision 1 again", lambda: len(self.ready_endpoints()) >= 3, 60,
+                       interval=0.5)
         final = (self.stack.edgemodel(MODEL) or {}).get("status") or {}
         self.result.history = [(r["revision"], r["outcome"]) for r in final.get("history", [])]
         if self.stack.prometheus is not None:
@@ -287,12 +295,9 @@ class Demo:
                  + f"); the tail is Ready on {cloud}, the heads on {', '.join(self.stack.edge_nodes)}")
 
         heads = self.ready_endpoints(SPLIT_MODEL)
-        before = read_split_metrics(heads, SPLIT_MODEL)
-        stats = asyncio.run(run_traffic(lambda: heads, SPLIT_MODEL, "input", x, y, TrafficStats(),
-                                        duration_s=self.opt.split_traffic_seconds, concurrency=2))
-        reading = read_split_metrics(heads, SPLIT_MODEL).since(before)
-        self.console.print(split_table(stats, reading, "Split inference (client numbers; per-stage means from the "
-                                                       "edge agents' /metrics)"))
+        stats, reading = self.measure_split(heads, x, y, self.opt.split_traffic_seconds,
+                                            "Split inference (client numbers; per-stage means from the edge agents' "
+                                            "/metrics)")
         per_request = reading.bytes_up_per_request
         self.result.split_answers = (
             f"{stats.ok} answers, {stats.errors} errors, accuracy "
@@ -305,11 +310,7 @@ class Demo:
 
         self.say(f"Stopping the cloud agent on {cloud}: the edge nodes answer with the whole model (fallback: local)")
         self.stack.cluster.node_processes[cloud].stop()
-        before = read_split_metrics(heads, SPLIT_MODEL)
-        outage = asyncio.run(run_traffic(lambda: heads, SPLIT_MODEL, "input", x, y, TrafficStats(),
-                                         duration_s=3.0, concurrency=2))
-        during = read_split_metrics(heads, SPLIT_MODEL).since(before)
-        self.console.print(split_table(outage, during, f"While {cloud} is down"))
+        outage, during = self.measure_split(heads, x, y, 3.0, f"While {cloud} is down")
         local = during.requests.get("local", 0.0)
         self.result.split_fallback = f"{outage.ok} answers, {outage.errors} errors, {local:.0f} by the local whole model"
         self.say(f"While {cloud} was down: {self.result.split_fallback}")
@@ -317,17 +318,33 @@ class Demo:
         self.result.split_ok = (stats.ok > 0 and stats.errors == 0 and reading.requests.get("split", 0) > 0
                                 and (stats.accuracy or 0) > 0.9 and outage.ok > 0 and outage.errors == 0 and local > 0)
 
+    def measure_split(self, heads: list[str], x: np.ndarray, y: np.ndarray, seconds: float,
+                      title: str) -> tuple[TrafficStats, SplitReading]:
+        """Send ``seconds`` of traffic to the heads; show and return the client's numbers and the agents' split
+        metrics of just that traffic."""
+        before = read_split_metrics(heads, SPLIT_MODEL)
+        stats = asyncio.run(run_traffic(lambda: heads, SPLIT_MODEL, "input", x, y, TrafficStats(),
+                                        duration_s=seconds, concurrency=2))
+        reading = read_split_metrics(heads, SPLIT_MODEL).since(before)
+        self.console.print(split_table(stats, reading, title))
+        return stats, reading
+
     def cut_check(self, timeout_s: float = 20.0) -> str:
         """The operator's verdict on the serving cut once the heads reported what they measure."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+        def condition() -> dict[str, Any] | None:
             status = (self.stack.edgemodel(SPLIT_MODEL) or {}).get("status") or {}
-            found = next((c for c in status.get("conditions", []) if c["type"] == "SplitCutCurrent"), None)
-            if found is not None and (found["reason"] != "NotMeasured" or time.monotonic() > deadline):
-                return f"{found['reason']}: {found['message']}"
-            if time.monotonic() > deadline:
-                return "not reported yet"
-            time.sleep(0.5)
+            return next((c for c in status.get("conditions", []) if c["type"] == "SplitCutCurrent"), None)
+
+        def measured() -> dict[str, Any] | None:
+            current = condition()
+            return current if current is not None and current["reason"] != "NotMeasured" else None
+
+        found: dict[str, Any] | None
+        try:
+            found = wait_until("the operator's cut check", measured, timeout_s, interval=0.5)
+        except TimeoutError:
+            found = condition()
+        return f"{found['reason']}: {found['message']}" if found else "not reported yet"
 
     def summary(self) -> Table:
         r = self.result

@@ -186,13 +186,16 @@ class DemoStack(SystemStack):
         edge_flags = ""
         if self.with_cloud:
             pki = make_pki(self.dir / "pki")
-            edge_flags = f" --split-tls-ca {pki.ca} --split-tls-cert {pki.client_cert} --split-tls-key {pki.client_key}"
+
+            def tls(cert: Path, key: Path) -> str:
+                return f" --split-tls-ca {pki.ca} --split-tls-cert {cert} --split-tls-key {key}"
+
+            edge_flags = tls(pki.client_cert, pki.client_key)
             self.cloud_nodes = self.cluster.add_nodes(1, prefix="cloud-", sites=CLOUD_NODE["sites"],
                                                       labels=CLOUD_NODE["labels"], cpu=CLOUD_NODE["cpu"],
                                                       memory=CLOUD_NODE["memory"])
-            self.cluster.run_on_nodes(self.agent_command(
-                f" --split-port 0 --split-tls-ca {pki.ca} --split-tls-cert {pki.server_cert}"
-                f" --split-tls-key {pki.server_key}"), self.cloud_nodes)
+            self.cluster.run_on_nodes(self.agent_command(" --split-port 0" + tls(pki.server_cert, pki.server_key)),
+                                      self.cloud_nodes)
         self.nodes = self.edge_nodes + self.cloud_nodes
         self.cluster.run_on_nodes(self.agent_command(edge_flags), self.edge_nodes)
         self.wait_for_agents(len(self.nodes), 90)

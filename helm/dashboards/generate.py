@@ -25,6 +25,12 @@ OP_SEL = 'namespace=~"$namespace", model=~"$model"'
 RATE = "$__rate_interval"
 
 
+def quantile(q: float, histogram: str, by: str, selector: str = AGENT_SEL, window: str = RATE) -> str:
+    """PromQL for the ``q`` quantile of ``histogram`` (without ``_bucket``) per ``by`` labels."""
+    series = f"{histogram}_bucket{{{selector}}}" if selector else f"{histogram}_bucket"
+    return f"histogram_quantile({q}, sum by (le, {by}) (rate({series}[{window}])))"
+
+
 def variables() -> list[dict[str, Any]]:
     """datasource, namespace, model and node template variables."""
 
@@ -123,12 +129,11 @@ def latency() -> Board:
               "Request latency percentiles by model, revision, provider and node; throughput, errors, queue wait, batch size.")
     for q in ("0.5", "0.95", "0.99"):
         b.add("timeseries", f"Request latency p{round(float(q) * 100)}", [(
-            f'histogram_quantile({q}, sum by (le, model, version, provider, node) '
-            f'(rate(edgemodel_request_duration_seconds_bucket{{{AGENT_SEL}}}[{RATE}])))',
+            quantile(q, "edgemodel_request_duration_seconds", "model, version, provider, node"),
             "{{node}} {{model}} v{{version}} {{provider}}")], w=8, unit="s",
             description=f"{q} quantile of the time from the request body read to the response built.")
     b.add("timeseries", "ONNX Runtime compute p95", [(
-        f'histogram_quantile(0.95, sum by (le, model, version, provider, node) (rate(edgemodel_inference_duration_seconds_bucket{{{AGENT_SEL}}}[{RATE}])))',
+        quantile(0.95, "edgemodel_inference_duration_seconds", "model, version, provider, node"),
         "{{node}} {{model}} v{{version}} {{provider}}")], w=12, unit="s",
         description="Compute time per ONNX Runtime run (a batched run counts once).")
     b.add("timeseries", "Throughput", [(
@@ -143,7 +148,7 @@ def latency() -> Board:
         f'/ sum by (model, version) (rate(edgemodel_requests_total{{{AGENT_SEL}}}[{RATE}]))', "{{model}} v{{version}}")],
         w=12, unit="percentunit", description="Fraction of requests that failed.")
     b.add("timeseries", "Queue wait p95", [(
-        f'histogram_quantile(0.95, sum by (le, model, version, node) (rate(edgemodel_queue_wait_seconds_bucket{{{AGENT_SEL}}}[{RATE}])))',
+        quantile(0.95, "edgemodel_queue_wait_seconds", "model, version, node"),
         "{{node}} {{model}} v{{version}}")], w=12, unit="s",
         description="Time a request waited for a worker (and for its batch to form).")
     b.add("timeseries", "Mean batch size", [(
@@ -159,8 +164,8 @@ def latency() -> Board:
         target["format"] = "heatmap"
     # Split inference (docs/split-inference.md): where the time of a split request goes.
     b.add("timeseries", "Split: time per stage p95", [(
-        f'histogram_quantile(0.95, sum by (le, model, version, stage) '
-        f'(rate(edgemodel_split_stage_duration_seconds_bucket{{{AGENT_SEL}}}[{RATE}])))', "{{model}} v{{version}} {{stage}}")],
+        quantile(0.95, "edgemodel_split_stage_duration_seconds", "model, version, stage"),
+        "{{model}} v{{version}} {{stage}}")],
         w=8, unit="s", description="Split requests by stage: head (edge compute), encode, transfer (round trip minus "
         "the cloud's own time), tail (cloud compute), local (the whole model on the edge after a cloud failure).")
     b.add("timeseries", "Split: bytes on the link", [(
@@ -173,8 +178,7 @@ def latency() -> Board:
         description="Split requests answered by the cloud tail (split), by the whole model on the edge (local) or "
         "refused with 503 (unavailable): a rising local or unavailable means the cloud is unreachable.")
     b.add("timeseries", "Split: cloud tail compute p95", [(
-        f'histogram_quantile(0.95, sum by (le, model, version, node) '
-        f'(rate(edgemodel_split_tail_duration_seconds_bucket{{{AGENT_SEL}}}[{RATE}])))', "{{node}} {{model}} v{{version}}")],
+        quantile(0.95, "edgemodel_split_tail_duration_seconds", "model, version, node"), "{{node}} {{model}} v{{version}}")],
         w=12, unit="s", description="Compute time of the tails on the cloud agents (the other side of the tail stage).")
     b.add("timeseries", "Split: cloud tail runs", [(
         f'sum by (model, version, node, result) (rate(edgemodel_split_tail_requests_total{{{AGENT_SEL}}}[{RATE}]))',
@@ -193,8 +197,10 @@ def conversion() -> Board:
     b.add("stat", "Conversions started", [('sum(increase(edgemodel_operator_conversions_total{outcome="started"}[$__range]))', "started")],
           w=8, h=4, description="Conversion Jobs created in the time range.")
     b.add("timeseries", "Conversion duration p50 / p95", [
-        (f'histogram_quantile(0.5, sum by (le, namespace, model) (rate(edgemodel_operator_conversion_duration_seconds_bucket{{{OP_SEL}}}[$__range])))', "p50 {{namespace}}/{{model}}"),
-        (f'histogram_quantile(0.95, sum by (le, namespace, model) (rate(edgemodel_operator_conversion_duration_seconds_bucket{{{OP_SEL}}}[$__range])))', "p95 {{namespace}}/{{model}}"),
+        (quantile(0.5, "edgemodel_operator_conversion_duration_seconds", "namespace, model", OP_SEL, "$__range"),
+         "p50 {{namespace}}/{{model}}"),
+        (quantile(0.95, "edgemodel_operator_conversion_duration_seconds", "namespace, model", OP_SEL, "$__range"),
+         "p95 {{namespace}}/{{model}}"),
     ], w=12, unit="s", description="Time from Job creation to its result, per EdgeModel.")
     b.add("table", "Candidates of the latest revision", [(
         f'max by (namespace, model, revision, hardware_class, candidate, precision, chosen) (edgemodel_operator_candidate_latency_seconds{{{OP_SEL}}})', "")],
@@ -205,7 +211,7 @@ def conversion() -> Board:
         "{{namespace}}/{{model}} {{hardware_class}} {{candidate}}")], w=12, unit="x", instant=True,
         description="FP32 baseline p50 divided by the chosen candidate's p50.")
     b.add("timeseries", "Operator reconcile p95", [(
-        'histogram_quantile(0.95, sum by (le, result) (rate(edgemodel_operator_reconcile_duration_seconds_bucket[$__rate_interval])))', "{{result}}")],
+        quantile(0.95, "edgemodel_operator_reconcile_duration_seconds", "result", selector=""), "{{result}}")],
         w=12, unit="s", description="Duration of one EdgeModel reconcile by result.")
     return b
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -255,14 +256,22 @@ class Reconciler:
         )
 
     async def _stored_result(self, namespace: str, name: str, revision: int) -> ConversionResult | None:
-        url = f"{self.rt.settings.store_url.rstrip('/')}/{namespace}/{name}/{revision}/result.json"
+        text = await self._stored_file(namespace, name, revision, "result.json")
+        return None if text is None else jobs.parse_result(text)
+
+    async def _stored_file(self, namespace: str, name: str, revision: int, file: str,
+                           level: int = logging.WARNING) -> str | None:
+        """A file of a revision in the artifact store; None when it is not there or the store cannot be reached
+        (logged at ``level``)."""
+        url = f"{self.rt.settings.store_url.rstrip('/')}/{namespace}/{name}/{revision}/{file}"
         try:
             async with self.rt.session().get(url) as resp:
                 if resp.status != 200:
+                    log.debug("Could not read %s: HTTP %s", url, resp.status)
                     return None
-                return jobs.parse_result(await resp.text())
+                return await resp.text()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("Could not read %s: %s", url, exc)
+            log.log(level, "Could not read %s: %s", url, exc)
             return None
 
     # --- rollout ------------------------------------------------------------------------------
@@ -390,16 +399,15 @@ class Reconciler:
         if key in self._plans:
             return self._plans[key]
         file = manifest_uri.rsplit("/", 1)[-1] or "split.json"
-        url = f"{self.rt.settings.store_url.rstrip('/')}/{namespace}/{name}/{revision}/{file}"
-        try:
-            async with self.rt.session().get(url) as resp:
-                if resp.status != 200:
-                    log.debug("Could not read %s: HTTP %s", url, resp.status)
-                    return None
-                planned = split_check.PlannedCuts.from_split_json(await resp.json(content_type=None))
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            log.debug("Could not read %s: %s", url, exc)
+        text = await self._stored_file(namespace, name, revision, file, level=logging.DEBUG)
+        if text is None:
             return None  # not remembered: the next reconcile tries again
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            log.debug("Could not parse %s of %s/%s revision %s: %s", file, namespace, name, revision, exc)
+            return None
+        planned = split_check.PlannedCuts.from_split_json(doc)
         while len(self._plans) >= PLAN_CACHE_SIZE:
             self._plans.pop(next(iter(self._plans)))
         self._plans[key] = planned

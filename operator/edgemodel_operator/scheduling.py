@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,10 +277,8 @@ def measured_head_ms(namespace: str, name: str, agents: Iterable[AgentView], rev
 
 def _median_of_heads(namespace: str, name: str, agents: Iterable[AgentView],
                      value: Callable[[ReportedModel], float | None]) -> tuple[float, int] | None:
-    values = sorted(v for a in agents if not a.is_cloud and (r := a.report(namespace, name)) is not None
-                    and r.role == ModelRole.HEAD.value and (v := value(r)) is not None)
+    values = [v for a in agents if not a.is_cloud and (r := a.report(namespace, name)) is not None
+              and r.role == ModelRole.HEAD.value and (v := value(r)) is not None]
     if not values:
         return None
-    mid = len(values) // 2
-    median = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
-    return round(median, 3), len(values)
+    return round(statistics.median(values), 3), len(values)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from edgemodel.api import Split
+from edgemodel.api import Condition, ConditionStatus, Split
 from edgemodel.api.edgemodel import SplitObjective
 from edgemodel.split.planner import Link, Objective, Option, OptionKind, PlanError, on_link, pick
 
@@ -28,6 +28,8 @@ MIN_GAIN = 0.10
 """Another cut must be predicted at least this much better (fraction) before the serving cut is called stale."""
 MIN_PREDICTED_HEAD_MS = 0.001
 """Below this a predicted head time is too small to scale from."""
+_BETTER = "cut {} is predicted at"
+"""How a stale verdict names the better cut (:func:`restates` looks for it)."""
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,20 @@ def check_cut(split: Split, serving_cut: str, planned: PlannedCuts | None, measu
         fixes.append(f"spec.split.link.rttMs: {measured.rtt_ms:.0f}")
     fix = " and ".join(fixes) if fixes else "any change to spec.split.link or spec.split.edgeSlowdown"
     return CutCheck(False, "BetterCutMeasured",
-                    f"{where}; with these, cut {best.cut} is predicted at {best.total_ms:.2f} ms end to end, the "
+                    f"{where}; with these, {_BETTER.format(best.cut)} {best.total_ms:.2f} ms end to end, the "
                     f"serving cut {serving.cut} at {serving.total_ms:.2f} ms{edge}. To convert a revision cut there, "
                     f"set {fix}", better_cut=best.cut)
+
+
+def restates(check: CutCheck, condition: Condition | None) -> bool:
+    """Whether ``condition`` already says what ``check`` says: for a holding cut the same message (it has no
+    measured numbers), for a stale one the same better cut (its message has them), so measurements that
+    wiggle between heartbeats do not rewrite the status every reconcile."""
+    if condition is None or condition.reason != check.reason:
+        return False
+    if condition.status != (ConditionStatus.TRUE if check.current else ConditionStatus.FALSE):
+        return False
+    return condition.message == check.message if check.current else _BETTER.format(check.better_cut) in condition.message
 
 
 def _clearly_better(best: Option, serving: Option, objective: Objective, budget_ms: float | None,

@@ -20,7 +20,7 @@ from edgemodel.api import (
     set_condition,
 )
 from edgemodel_operator import revisions
-from edgemodel_operator.split_check import CONDITION, CutCheck
+from edgemodel_operator.split_check import CONDITION, CutCheck, restates
 
 INVALID_SPEC = "InvalidSpec"
 CONVERTED = "Converted"
@@ -170,9 +170,7 @@ def summarize(status: EdgeModelStatus, rollout: RolloutStatus, observed: Observe
 def split_cut(status: EdgeModelStatus, check: CutCheck | None, generation: int, now: str) -> tuple[EdgeModelStatus, bool]:
     """Set SplitCutCurrent from ``check`` (None: remove it); True when it has just turned stale or names another cut.
 
-    A verdict that has not changed keeps its condition as it is (a holding cut: the same message, which
-    has no measured numbers; a stale one: the same better cut), so measurements wiggling between
-    heartbeats do not rewrite the status every reconcile.
+    A verdict the condition already states (:func:`split_check.restates`) leaves the status as it is.
     """
     previous = get_condition(status.conditions, SPLIT_CUT)
     if check is None:
@@ -181,8 +179,6 @@ def split_cut(status: EdgeModelStatus, check: CutCheck | None, generation: int, 
         new = status.model_copy(deep=True)
         new.conditions = [c for c in new.conditions if c.type != SPLIT_CUT]
         return new, False
-    wanted = ConditionStatus.TRUE if check.current else ConditionStatus.FALSE
-    if previous is not None and previous.status == wanted and previous.reason == check.reason and (
-            previous.message == check.message if check.current else f"cut {check.better_cut} is predicted" in previous.message):
+    if restates(check, previous):
         return status, False
     return _set(status, SPLIT_CUT, check.current, check.reason, check.message, generation, now), not check.current

@@ -19,6 +19,7 @@ from edgemodel.api import ModelAssignment, ModelPhase
 from edgemodel.dev.polling import wait_until_async
 from edgemodel.signing import load_public_key
 from tests.agent.artifacts import ArtifactStore, Keys, make_keys
+from tests.agent.polling import wait_state
 
 BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 1, 1, 1]}]}
 
@@ -55,18 +56,6 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     await n.reconciler.close()
     await n.server.stop()
     await store.stop()
-
-
-async def wait_state(r: Reconciler, name: str, state: ModelPhase, revision: int | None = None, timeout: float = 20) -> None:
-    def reached() -> bool:
-        t = r.tracked.get(name)
-        return t is not None and t.state == state and (revision is None or t.assignment.revision == revision)
-
-    def where() -> str:
-        t = r.tracked.get(name)
-        return f"it is {t.state.value if t else None} {t.reason if t else ''} {t.message if t else ''}"
-
-    await wait_until_async(f"{name} to reach {state.value}", reached, timeout, interval=0.02, explain=where)
 
 
 async def infer(server: AgentServer, name: str = "affine") -> tuple[int, dict[str, object]]:

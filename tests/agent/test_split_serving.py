@@ -35,7 +35,7 @@ from edgemodel.split.devpki import Pki, make_pki
 from edgemodel.split.graph import split_model
 from edgemodel.split.remote import RemoteTail, TailRejected, TlsFiles
 from tests.agent.artifacts import ArtifactStore, Keys, SplitRevision, make_keys, publish_split
-from tests.agent.polling import eventually, samples
+from tests.agent.polling import eventually, samples, wait_state
 from tests.conftest import require_tool
 from tests.split.models import residual_model
 
@@ -136,19 +136,6 @@ async def pair(tmp_path: Path, pki: Pki, revisions: dict[int, Revision]) -> Asyn
     await store.stop()
 
 
-async def wait_state(node: Node, key: TrackKey, state: ModelPhase, timeout: float = 20.0) -> None:
-    def reached() -> bool:
-        t = node.reconciler.tracked.get(key)
-        return t is not None and t.state == state
-
-    try:
-        await wait_until_async(f"{key} {state.value}", reached, timeout, interval=0.02)
-    except TimeoutError:
-        t = node.reconciler.tracked.get(key)
-        raise AssertionError(f"{key} did not reach {state.value}: {t.state.value if t else None} "
-                             f"{t.reason if t else ''} {t.message if t else ''}") from None  # fmt: skip
-
-
 def tail_key(revision: int) -> TrackKey:
     return ("default", NAME, revision)
 
@@ -181,10 +168,10 @@ def promtool_clean(text: str) -> None:
 async def serve_split(p: Pair, wire: str = "int8", fallback: str = "local", with_full: bool = True) -> ModelAssignment:
     """Tail of revision 1 on the cloud, then its head on the edge; both Ready."""
     p.cloud.reconciler.apply([p.published[1].tail(wire)])
-    await wait_state(p.cloud, tail_key(1), ModelPhase.READY)
+    await wait_state(p.cloud.reconciler, tail_key(1), ModelPhase.READY)
     head = p.published[1].head(p.cloud.server.split_url, wire, fallback, with_full)
     p.edge.reconciler.apply([head])
-    await wait_state(p.edge, NAME, ModelPhase.READY)
+    await wait_state(p.edge.reconciler, NAME, ModelPhase.READY)
     return head
 
 
@@ -286,8 +273,8 @@ async def test_without_a_local_answer_the_edge_says_503_why(
         fail = publish_split(store, keys, "strict", 1, revisions[1].files, CUT, INPUTS, OUTPUTS).head(nowhere, fallback="fail")
         bare = publish_split(store, keys, "bare", 1, revisions[1].files, CUT, INPUTS, OUTPUTS).head(nowhere, with_full=False)
         edge.reconciler.apply([fail, bare])
-        await wait_state(edge, "strict", ModelPhase.READY)
-        await wait_state(edge, "bare", ModelPhase.READY)  # an unreachable cloud does not fail the model
+        await wait_state(edge.reconciler, "strict", ModelPhase.READY)
+        await wait_state(edge.reconciler, "bare", ModelPhase.READY)  # an unreachable cloud does not fail the model
         # Both models' head.onnx are the same bytes: fetched once, vouched for by each model's own signed manifest.
         assert len([r for r in store.stats.requests if r[1].endswith("/head.onnx")]) == 1
         assert len(edge.reconciler.cache.manifests_for(fail.sha256)) == 2
@@ -317,7 +304,7 @@ async def test_without_a_local_answer_the_edge_says_503_why(
 
 async def test_the_tail_server_admits_only_clients_with_a_cert_from_its_ca(pair: Pair, pki: Pki) -> None:
     pair.cloud.reconciler.apply([pair.published[1].tail()])
-    await wait_state(pair.cloud, tail_key(1), ModelPhase.READY)
+    await wait_state(pair.cloud.reconciler, tail_key(1), ModelPhase.READY)
     url = pair.cloud.server.split_url
     assert url.startswith("https://127.0.0.1:")
     health = f"{url}/v1/split/healthz"
@@ -351,8 +338,8 @@ async def test_two_tail_revisions_serve_at_once_and_one_can_be_removed(
 ) -> None:
     p = pair
     p.cloud.reconciler.apply([p.published[1].tail(), p.published[2].tail()])
-    await wait_state(p.cloud, tail_key(1), ModelPhase.READY)
-    await wait_state(p.cloud, tail_key(2), ModelPhase.READY)
+    await wait_state(p.cloud.reconciler, tail_key(1), ModelPhase.READY)
+    await wait_state(p.cloud.reconciler, tail_key(2), ModelPhase.READY)
     assert [(s.role, s.revision, s.state) for s in p.cloud.reconciler.states()] == [
         (ModelRole.TAIL, 1, ModelPhase.READY), (ModelRole.TAIL, 2, ModelPhase.READY)]
     x = x_batch(seed=7, n=2)
@@ -367,7 +354,7 @@ async def test_two_tail_revisions_serve_at_once_and_one_can_be_removed(
 
         # The edge moves to revision 2 (hot swap) while the cloud still holds both tails.
         p.edge.reconciler.apply([p.published[1].head(url)])
-        await wait_state(p.edge, NAME, ModelPhase.READY)
+        await wait_state(p.edge.reconciler, NAME, ModelPhase.READY)
         old = p.edge.server.repository.default(NAME)
         assert isinstance(old, SplitModelVersion)
         p.edge.reconciler.apply([p.published[2].head(url)])
@@ -398,7 +385,7 @@ async def test_two_tail_revisions_serve_at_once_and_one_can_be_removed(
 
 async def test_a_tail_on_an_agent_without_split_port_fails_and_says_how_to_fix_it(pair: Pair) -> None:
     pair.edge.reconciler.apply([pair.published[1].tail()])
-    await wait_state(pair.edge, tail_key(1), ModelPhase.FAILED)
+    await wait_state(pair.edge.reconciler, tail_key(1), ModelPhase.FAILED)
     (state,) = pair.edge.reconciler.states()
     assert (state.role, state.revision, state.reason) == (ModelRole.TAIL, 1, "SplitServerDisabled")
     assert "--split-port" in state.message
@@ -408,9 +395,9 @@ async def test_a_tail_on_an_agent_without_split_port_fails_and_says_how_to_fix_i
 async def test_one_name_and_revision_from_two_namespaces_is_a_tail_conflict(pair: Pair, revisions: dict[int, Revision]) -> None:
     other = publish_split(pair.store, pair.keys, NAME, 1, revisions[2].files, CUT, INPUTS, OUTPUTS, namespace="other")
     pair.cloud.reconciler.apply([pair.published[1].tail()])
-    await wait_state(pair.cloud, tail_key(1), ModelPhase.READY)
+    await wait_state(pair.cloud.reconciler, tail_key(1), ModelPhase.READY)
     pair.cloud.reconciler.apply([pair.published[1].tail(), other.tail()])
-    await wait_state(pair.cloud, ("other", NAME, 1), ModelPhase.FAILED)
+    await wait_state(pair.cloud.reconciler, ("other", NAME, 1), ModelPhase.FAILED)
     failed = next(s for s in pair.cloud.reconciler.states() if s.namespace == "other")
     assert failed.reason == "TailConflict"
     assert "from namespace default" in failed.message
