@@ -35,6 +35,12 @@ class ModelNotFound(AgentError):
     status = 404
 
 
+class RequestTimeout(AgentError):
+    """The client stopped sending the request body."""
+
+    status = 408
+
+
 class PayloadTooLarge(AgentError):
     """The body exceeds the configured limit."""
 

@@ -6,26 +6,45 @@ anything unexpected is logged with a traceback and answered with 500.
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from edge_agent.codec import decode_request, encode_response
+from edge_agent.body import RequestLimits, content_encoding, decompress, read_body
+from edge_agent.codec import InferRequest, TensorSpec, decode_request, encode_response
 from edge_agent.dataplane import DataPlane
-from edge_agent.errors import AgentError, InvalidInput, PayloadTooLarge, Unauthorized, UnsupportedMediaType
+from edge_agent.errors import AgentError, InvalidInput, PayloadTooLarge, Unauthorized
 from edge_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from edge_agent.repository import ModelVersion
+from edgemodel.auth import bearer_matches
 
 log = logging.getLogger(__name__)
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+INLINE_DECODE_BYTES = 512 * 1024
+"""Bodies up to this size (not compressed) are decoded on the event loop; larger ones in the decode thread."""
+
+
+def decode_body(
+    body: bytearray, encoding: str, header_length: int | None, limits: RequestLimits, model_inputs: Mapping[str, TensorSpec]
+) -> InferRequest:
+    """Decompress and decode a raw body under ``limits`` (runs on any thread)."""
+    data = decompress(body, encoding, limits.max_decompressed_bytes)
+    json_length = header_length if header_length is not None else len(data)
+    if 0 < json_length <= len(data) and json_length > limits.max_json_bytes:
+        raise PayloadTooLarge(
+            f"the JSON part of the request is {json_length} bytes, above the limit of {limits.max_json_bytes} "
+            "(--max-json-bytes); send large tensors with the binary tensor extension (binary_data_size)"
+        )
+    return decode_request(data, header_length, limits.decode, model_inputs)
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -47,33 +66,42 @@ class RestApi:
         metrics_exposition: Callable[[], bytes],
         token: str | None = None,
         metrics_require_token: bool = False,
-        max_body_bytes: int = 64 * 1024 * 1024,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.metrics_exposition = metrics_exposition
-        self._expected_auth = f"Bearer {token}".encode() if token else None
+        self._token = token.encode() if token else None
         self.metrics_require_token = metrics_require_token
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits or RequestLimits()
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        """Large or compressed bodies are decoded here, one at a time: the event loop stays free and
+        at most one large decode's memory is in use at once."""
+
+    def close(self) -> None:
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     # -- helpers -----------------------------------------------------------------------------
     def _authorize(self, request: web.Request) -> None:
-        if self._expected_auth is None:
+        if self._token is None:
             return
-        given = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(given, self._expected_auth):
+        if not bearer_matches(request.headers.get("Authorization", ""), self._token):
             raise Unauthorized("missing or wrong bearer token; send Authorization: Bearer <token>")
 
-    async def _body(self, request: web.Request) -> bytes:
-        length = request.content_length
-        if length is not None and length > self.max_body_bytes:
-            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes")
-        encoding = request.headers.get("Content-Encoding", "identity").lower()
-        if encoding not in ("identity", "gzip", "deflate", ""):
-            raise UnsupportedMediaType(f"Content-Encoding {encoding} is not supported; use gzip, deflate or none")
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise PayloadTooLarge(f"request body exceeds the limit of {self.max_body_bytes} bytes") from exc
+    async def _decode(self, request: web.Request, model_inputs: Mapping[str, TensorSpec]) -> InferRequest:
+        """Read, decompress and decode the body under the limits (large ones off the event loop)."""
+        header = request.headers.get(HEADER_LENGTH)
+        header_length: int | None = None
+        if header is not None:
+            try:
+                header_length = int(header)
+            except ValueError:
+                raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got {header!r:.40}") from None
+        encoding = content_encoding(request)
+        body = await read_body(request, self.limits)
+        if not encoding and len(body) <= INLINE_DECODE_BYTES:
+            return decode_body(body, encoding, header_length, self.limits, model_inputs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decoder, decode_body, body, encoding, header_length, self.limits, model_inputs)
 
     @staticmethod
     def _version(request: web.Request) -> str | None:
@@ -123,15 +151,7 @@ class RestApi:
             mv = self.dataplane.repository.resolve(request.match_info["name"], self._version(request))
             mv.acquire()
             try:
-                body = await self._body(request)
-                header = request.headers.get(HEADER_LENGTH)
-                header_length: int | None = None
-                if header is not None:
-                    try:
-                        header_length = int(header)
-                    except ValueError:
-                        raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got {header!r:.40}") from None
-                infer_request = decode_request(body, header_length)
+                infer_request = await self._decode(request, mv.model.input_by_name)
                 outputs = await self.dataplane.infer(mv, infer_request)
                 payload, json_length = encode_response(mv.name, mv.version, infer_request.id, outputs)
             finally:

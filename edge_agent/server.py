@@ -16,9 +16,11 @@ from pathlib import Path
 
 from aiohttp import web
 
+from edge_agent.body import RequestLimits
 from edge_agent.cgroup import available_cpus, thread_count
 from edge_agent.dataplane import DataPlane
 from edge_agent.errors import LoadError
+from edge_agent.http_runner import JsonErrorAppRunner
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model import ModelOptions, OnnxModel, SessionFactory, TensorMeta
 from edge_agent.pool import InferencePool
@@ -50,6 +52,17 @@ def read_token(path: Path) -> str:
     if not token:
         raise UserError(f"--token-file {path}: the file is empty; put the bearer token in it")
     return token
+
+
+def request_limits(settings: AgentSettings) -> RequestLimits:
+    """The bounds every inference request is held to (flags --max-body-bytes ... --body-read-timeout)."""
+    return RequestLimits(
+        max_body_bytes=settings.max_body_bytes,
+        max_decompressed_bytes=settings.max_decompressed_bytes,
+        max_json_bytes=settings.max_json_bytes,
+        max_elements=settings.max_elements,
+        body_read_timeout_s=settings.body_read_timeout_s,
+    )
 
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
@@ -103,7 +116,7 @@ class AgentServer:
             self.metrics.exposition,
             token=token,
             metrics_require_token=settings.metrics_require_token,
-            max_body_bytes=settings.max_body_bytes,
+            limits=request_limits(settings),
         )
         self.app = build_app(self.api, client_max_size=settings.max_body_bytes)
         self._ssl = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
@@ -143,8 +156,9 @@ class AgentServer:
 
     async def start(self) -> None:
         """Bind the HTTP(S) port (models may still be loading: /v2/health/ready says when)."""
-        self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.drain_timeout_s
+        self._runner = JsonErrorAppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.drain_timeout_s,
+            auto_decompress=False,  # bodies are decompressed under --max-decompressed-bytes (edge_agent.body)
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, ssl_context=self._ssl, reuse_address=True)
@@ -302,4 +316,5 @@ class AgentServer:
             await self._tail_server.close()
             self._tail_server = None
         await self.repository.close()
+        self.api.close()
         self.pool.shutdown()

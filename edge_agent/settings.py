@@ -65,8 +65,16 @@ class AgentSettings(BaseSettings):
     """PEM certificate chain; with tls_key the agent serves HTTPS."""
     tls_key: Path | None = None
     """PEM private key of tls_cert."""
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    """Largest request body accepted; larger ones get 413."""
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest request body as sent (compressed or not); larger ones get 413."""
+    max_decompressed_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    """Largest request body after undoing gzip/deflate Content-Encoding; larger ones get 413."""
+    max_json_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest JSON part of an inference request (parsed JSON costs up to ~16x its size); larger ones get 413."""
+    max_elements: int = Field(default=4 << 20, ge=1)
+    """Tensor elements per inference request, all inputs together (a BYTES element counts 16); more get 413."""
+    body_read_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    """Longest wait for the next bytes of a request body; a stalled upload gets 408."""
     accelerator: Literal["auto", "gpu", "cpu"] = "auto"
     """Provider preference for standalone models (assignments carry their own)."""
     gpu_fallback_to_cpu: bool = True

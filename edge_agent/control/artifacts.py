@@ -75,12 +75,26 @@ async def download(
     timeout_s: float,
     on_bytes: Callable[[int], None] = lambda n: None,
     progress: Callable[[int, int | None], None] = lambda done, total: None,
+    max_bytes: int | None = None,
 ) -> None:
-    """Download ``url`` to ``part``, continuing a previous partial download when there is one."""
+    """Download ``url`` to ``part``, continuing a previous partial download when there is one.
+
+    ``max_bytes`` (the size the signed manifest gives, or the cache bound) is never exceeded on
+    disk: a store that sends more is cut off, and the part file deleted.
+    """
     part.parent.mkdir(parents=True, exist_ok=True)
+    limit = max_bytes if max_bytes is not None else 1 << 62
+
+    def too_large(size: int | str) -> FetchError:
+        part.unlink(missing_ok=True)
+        return FetchError("DownloadFailed", f"GET {url}: the store sends {size} bytes, more than the {limit} expected "
+                          "(the size in the signed manifest, or the cache bound); discarded")  # fmt: skip
+
     if url.startswith("file://"):
         source = _file_path(url)
         try:
+            if source.stat().st_size > limit:
+                raise too_large(source.stat().st_size)
             data = await asyncio.to_thread(source.read_bytes)
         except OSError as exc:
             raise FetchError("DownloadFailed", f"{url}: {exc.strerror}") from exc
@@ -88,6 +102,9 @@ async def download(
         on_bytes(len(data))
         return
     have = part.stat().st_size if part.exists() else 0
+    if have > limit:
+        part.unlink(missing_ok=True)
+        have = 0
     request_headers = dict(headers)
     if have:
         request_headers["Range"] = f"bytes={have}-"
@@ -109,8 +126,13 @@ async def download(
             if have and resp.status == 206:
                 log.info("Resuming download of %s at byte %d", url, have)
             total = (resp.content_length + done) if resp.content_length is not None else None
+            if total is not None and total > limit:
+                raise too_large(total)
             with part.open(mode) as fh:
                 async for block in resp.content.iter_chunked(CHUNK):
+                    if done + len(block) > limit:
+                        fh.close()
+                        raise too_large(f"at least {done + len(block)}")
                     fh.write(block)
                     done += len(block)
                     on_bytes(len(block))

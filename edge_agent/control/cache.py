@@ -84,8 +84,9 @@ class ArtifactCache:
     def total_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.blobs.iterdir() if p.is_file())
 
-    def evict(self, keep: Iterable[str]) -> list[str]:
-        """Remove least recently used blobs not in ``keep`` until the cache fits; the removed sha256s."""
+    def evict(self, keep: Iterable[str], reserve: int = 0) -> list[str]:
+        """Remove least recently used blobs not in ``keep`` until the cache fits with ``reserve`` bytes
+        to spare (a download about to start); the removed sha256s."""
         pinned = set(keep)
         entries = []
         total = 0
@@ -99,7 +100,7 @@ class ArtifactCache:
                 entries.append((stat.st_mtime, sha, path, stat.st_size))
         removed: list[str] = []
         for _, sha, path, size in sorted(entries):
-            if total <= self.max_bytes:
+            if total + reserve <= self.max_bytes:
                 break
             path.unlink(missing_ok=True)
             if path.suffix == ".onnx":
@@ -108,7 +109,7 @@ class ArtifactCache:
             total -= size
             removed.append(sha)
             log.info("Evicted %s from the artifact cache (%d bytes, least recently used)", path.name, size)
-        if total > self.max_bytes:
+        if total + reserve > self.max_bytes:
             log.warning(
                 "Artifact cache holds %d bytes, above its bound of %d, but every file is assigned; raise cacheMaxBytes",
                 total,

@@ -26,7 +26,7 @@ import orjson
 from pydantic import ValidationError
 
 from edge_agent.control.kube import ApiError, ApiUnavailable, KubeClient, resource_path
-from edge_agent.control.reconciler import Reconciler
+from edge_agent.control.reconciler import ApplyFailed, Reconciler
 from edgemodel.api import (
     API_VERSION,
     GROUP,
@@ -43,6 +43,9 @@ from edgemodel.api import (
 from edgemodel.errors import describe_validation_error
 
 log = logging.getLogger(__name__)
+
+MAX_APPLY_RETRY_S = 300.0
+"""Longest wait between two attempts to apply a spec that could not be applied (e.g. disk full)."""
 
 PLURAL = "edgeagents"
 
@@ -85,6 +88,9 @@ class ControlPlane:
         self._spec_fingerprint: bytes | None = None
         self._created_fingerprint: bytes | None = None
         self._conditions: list[Condition] = []
+        self._apply_failures = 0
+        self._apply_retry: tuple[float, dict[str, Any]] | None = None
+        """When and what to apply again after ApplyFailed (a newer spec replaces it)."""
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.status_writes = 0
@@ -201,11 +207,24 @@ class ControlPlane:
             self._dirty.set()
             return
         self._conditions = set_condition(self._conditions, "SpecValid", True, "Valid", "", generation)
-        self._spec_fingerprint = fingerprint
-        self.observed_generation = generation
         log.info("Applying spec.models of EdgeAgent %s (generation %s): %s", self.node_name, generation,
                  ", ".join(f"{m.name}@{m.revision}" for m in spec.models) or "no models")  # fmt: skip
-        self.reconciler.apply(spec.models, generation=generation)
+        try:
+            self.reconciler.apply(spec.models, generation=generation)
+        except ApplyFailed as exc:  # observed only once applied: the resync loop retries with backoff
+            self._apply_failures += 1
+            delay = min(MAX_APPLY_RETRY_S, self.retry_backoff_s * 2 ** min(self._apply_failures - 1, 10))
+            self._apply_retry = (time.monotonic() + delay, obj)
+            log.error("Could not apply spec.models of EdgeAgent %s (generation %s): %s; retrying in %.0f s",
+                      self.node_name, generation, exc.message, delay)  # fmt: skip
+            self._conditions = set_condition(self._conditions, "Applied", False, exc.reason,
+                                             f"{exc.message}; retrying in {delay:.0f} s"[:1000], generation)  # fmt: skip
+            self._dirty.set()
+            return
+        self._apply_failures, self._apply_retry = 0, None
+        self._conditions = set_condition(self._conditions, "Applied", True, "Applied", "", generation)
+        self._spec_fingerprint = fingerprint
+        self.observed_generation = generation
 
     async def _watch_once(self) -> None:
         obj = await self.register()
@@ -300,6 +319,8 @@ class ControlPlane:
     async def _resync_loop(self) -> None:
         while True:  # runs until cancelled
             await asyncio.sleep(min(self.resync_interval_s, 1.0))
+            if self._apply_retry is not None and self._apply_retry[0] <= time.monotonic():
+                self.handle(self._apply_retry[1])
             self.reconciler.retry_due()
 
     async def _rtt_loop(self) -> None:

@@ -64,6 +64,15 @@ class StepFailed(Exception):
         self.retryable = retryable
 
 
+class ApplyFailed(Exception):
+    """A new assignment could not be adopted (nothing changed); the caller retries it with backoff."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
 TrackKey = str | tuple[str, str, int]
 """A full or head entry is tracked by model name (one per name); a tail by (namespace, name, revision)."""
 
@@ -199,7 +208,10 @@ class Reconciler:
 
     # -- desired state -----------------------------------------------------------------------
     def apply(self, assignments: Iterable[ModelAssignment], persist: bool = True, generation: int | None = None) -> None:
-        """Adopt a new desired set: start work for new or changed models, unload unassigned ones."""
+        """Adopt a new desired set: start work for new or changed models, unload unassigned ones.
+
+        ApplyFailed when the assignment cannot be saved first; then nothing has changed.
+        """
         desired: dict[TrackKey, ModelAssignment] = {}
         for a in assignments:
             key = track_key(a)
@@ -208,10 +220,17 @@ class Reconciler:
                 log.error("Ignored a second %s for model %s (namespace %s): entries must be unique", what, a.name, a.namespace)
                 continue
             desired[key] = a
-        if persist:
-            self.cache.save_assignment(
-                {"generation": generation, "savedAt": now_rfc3339(), "models": [a.to_k8s() for a in desired.values()]}
-            )
+        if persist:  # before anything changes: a failed save leaves the reconciler as it was, to retry whole
+            try:
+                self.cache.save_assignment(
+                    {"generation": generation, "savedAt": now_rfc3339(), "models": [a.to_k8s() for a in desired.values()]}
+                )
+            except OSError as exc:
+                raise ApplyFailed(
+                    "SaveFailed",
+                    f"cannot save the assignment to {self.cache.assignment_path} ({exc.strerror or exc}); "
+                    "free space on the cache volume or fix its permissions",
+                ) from exc
         for key in [k for k in self.tracked if k not in desired]:
             t = self.tracked.pop(key)
             if t.task is not None:
@@ -558,6 +577,7 @@ class Reconciler:
         manifest = await self._retrying(t, lambda: fetch_bytes(session, a.manifest_uri, self.store_headers))
         checked = check_manifest(manifest, a, self.public_key)  # before the big download: unsigned artifacts never are
         part = self.cache.part(sha)
+        max_bytes = self._download_bound(checked, a)
 
         def progress(done: int, total: int | None) -> None:
             of = f" of {total / 1e6:.1f}" if total else ""
@@ -568,7 +588,7 @@ class Reconciler:
             t,
             lambda: download(
                 session, a.artifact_uri, part, self.store_headers, self.settings.download_timeout_s,
-                on_bytes=self.metrics.download_bytes.inc, progress=progress,
+                on_bytes=self.metrics.download_bytes.inc, progress=progress, max_bytes=max_bytes,
             ),  # fmt: skip
         )
         self._set(t, ModelPhase.VERIFYING, "", f"verifying the sha256 of the downloaded {artifact_file_name(a.artifact_uri)}")
@@ -581,6 +601,22 @@ class Reconciler:
             )
         self.cache.store_manifest(sha, manifest)
         return self.cache.commit(sha), checked
+
+    def _download_bound(self, manifest: ArtifactManifest, a: ModelAssignment) -> int:
+        """Bytes a download may write: the signed size (older manifests: the cache bound), with room made in the cache."""
+        file = artifact_file_name(a.artifact_uri)
+        size = manifest.sizes.get(file)
+        bound = self.cache.max_bytes if size is None else size
+        if bound > self.cache.max_bytes:
+            raise StepFailed(
+                "DownloadFailed",
+                f"{file} is {bound} bytes, more than the artifact cache holds ({self.cache.max_bytes} bytes); "
+                "raise --cache-max-bytes (Helm agent.cache.maxBytes)",
+            )
+        part = self.cache.part(a.sha256)
+        have = part.stat().st_size if part.exists() else 0
+        self.cache.evict(self.pinned(), reserve=max(0, bound - have))
+        return bound
 
     async def _retrying(self, t: Tracked, attempt: Callable[[], Any]) -> Any:
         attempts = self.settings.download_attempts

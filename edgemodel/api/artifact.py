@@ -85,6 +85,8 @@ class ArtifactManifest(StatusModel):
     choices: list[ArtifactChoice] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)
     """sha256 of every file in the revision folder except the manifest, its signature and result.json."""
+    sizes: dict[str, int] = Field(default_factory=dict)
+    """Size in bytes of every file in ``files``: agents stop a download there (older manifests lack it)."""
     exporter: str = ""
     """How the ONNX model was produced, e.g. "torch.onnx dynamo, torch 2.13.0" or "none (ONNX source)"."""
     export_check: dict[str, Any] = Field(default_factory=dict)

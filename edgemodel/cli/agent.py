@@ -33,7 +33,18 @@ def add_parser(sub: Any) -> None:
     serving.add_argument("--metrics-require-token", action="store_true", default=None, help="also protect /metrics")
     serving.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS (with --tls-key)")
     serving.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    serving.add_argument("--max-body-bytes", type=int, help="largest request body; larger gets 413 (default 64 MiB)")
+    limits = p.add_argument_group("request limits (docs/architecture.md#request-limits)")
+    limits.add_argument("--max-body-bytes", type=int, metavar="BYTES",
+                        help="largest request body as sent, compressed or not; larger gets 413 (default 8 MiB)")
+    limits.add_argument("--max-decompressed-bytes", type=int, metavar="BYTES",
+                        help="largest body after undoing gzip/deflate; larger gets 413 (default 8 MiB)")
+    limits.add_argument("--max-json-bytes", type=int, metavar="BYTES",
+                        help="largest JSON part of an inference request; larger gets 413 (default 4 MiB)")
+    limits.add_argument("--max-elements", type=int, metavar="N",
+                        help="tensor elements per request, all inputs (a BYTES element counts 16); more gets 413 "
+                        "(default 4194304)")
+    limits.add_argument("--body-read-timeout", type=float, dest="body_read_timeout_s", metavar="SECONDS",
+                        help="longest wait for the next bytes of a request body; a stall gets 408 (default 10)")
     serving.add_argument("--accelerator", choices=["auto", "gpu", "cpu"],
                          help="execution provider for --model files: auto (TensorRT > CUDA > OpenVINO > CPU), gpu, cpu")
     serving.add_argument("--no-gpu-fallback", dest="gpu_fallback_to_cpu", action="store_false", default=None,
@@ -76,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     labels = dict(parse_label(spec) for spec in args.label_flags or []) or None
     keys = ("host", "port", "models", "token_file", "metrics_require_token", "tls_cert", "tls_key", "max_body_bytes",
+            "max_decompressed_bytes", "max_json_bytes", "max_elements", "body_read_timeout_s",
             "accelerator", "gpu_fallback_to_cpu", "intra_op_threads", "inference_workers", "batching", "max_batch_size",
             "max_queue_delay_ms", "allow_non_finite", "in_cluster", "kubeconfig", "node_name", "public_key",
             "cache_dir", "cache_max_bytes", "store_token_file", "endpoint", "heartbeat_interval_s",

@@ -20,6 +20,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8080, help="port to bind (0 picks a free one; default 8080)")
     p.add_argument("--token-file", type=Path,
                    help="file holding the bearer token that PUT, POST and DELETE must send (reads stay open)")
+    p.add_argument("--max-upload-bytes", type=int, default=8 << 30, metavar="BYTES",
+                   help="largest file a PUT may store; larger gets 413 (default 8 GiB)")
     p.add_argument("--staging-ttl", type=float, default=24 * 3600, metavar="SECONDS",
                    help="remove unfinished uploads older than this at start-up (default 86400)")
 
@@ -38,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--token-file {args.token_file}: cannot read it ({exc.strerror})") from exc
         if not token:
             raise UserError(f"--token-file {args.token_file}: the file is empty; put the bearer token in it")
+    if args.max_upload_bytes < 1:
+        raise UserError(f"--max-upload-bytes {args.max_upload_bytes}: use a positive number of bytes")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: use a port between 0 and 65535")
 
@@ -47,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await serve(args.root, args.host, args.port, token, args.staging_ttl,
-                    on_ready=lambda url: print(f"edgemodel store listening on {url}", flush=True), stop=stop)
+                    on_ready=lambda url: print(f"edgemodel store listening on {url}", flush=True), stop=stop,
+                    max_upload_bytes=args.max_upload_bytes)
 
     try:
         asyncio.run(main())

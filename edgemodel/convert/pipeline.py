@@ -455,6 +455,7 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
     (out / "report.md").write_text(render_markdown(manifest, plot_name))
     files["report.md"] = out / "report.md"
     manifest.files = {name: sha256_file(path) for name, path in sorted(files.items())}
+    manifest.sizes = {name: path.stat().st_size for name, path in sorted(files.items())}
     manifest_bytes = (json.dumps(manifest.to_k8s(), indent=2) + "\n").encode()
     signature = sign(manifest_bytes, signing_key)
     (out / "manifest.json").write_bytes(manifest_bytes)

@@ -16,6 +16,10 @@ STAGING_DIR = ".staging"
 TRASH_DIR = ".trash"
 SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 UPLOAD_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+REVISION = re.compile(r"^[1-9][0-9]{0,17}$")
+"""A revision segment: a positive integer in ASCII digits (``'²'.isdigit()`` is true in Python)."""
+TMP_DIR = ".tmp"
+"""Uploads in progress, outside any revision folder, so a commit can never take a half-written file along."""
 REVISION_FILES = ("manifest.json", "manifest.json.sig", "report.md", "result.json")
 
 
@@ -51,14 +55,14 @@ class RevisionRef:
     @classmethod
     def parse(cls, namespace: str, name: str, revision: str) -> RevisionRef:
         split_key(f"{namespace}/{name}")
-        if not revision.isdigit() or int(revision) < 1:
+        if not REVISION.match(revision):
             raise InvalidKey(f"invalid revision {revision!r}: use a positive integer, e.g. 3")
         return cls(namespace, name, int(revision))
 
 
 def revision_of(segments: list[str]) -> RevisionRef | None:
     """The revision a key belongs to when it is ``ns/name/rev/file``, else None."""
-    if len(segments) == 4 and segments[2].isdigit() and int(segments[2]) >= 1:
+    if len(segments) == 4 and REVISION.match(segments[2]):
         return RevisionRef(segments[0], segments[1], int(segments[2]))
     return None
 
@@ -70,7 +74,11 @@ class StoreLayout:
     root: Path
 
     def live(self, segments: list[str]) -> Path:
-        return self.root.joinpath(*segments)
+        """The path of a key; InvalidKey when a symbolic link would lead out of the root."""
+        path = self.root.joinpath(*segments)
+        if not path.resolve().is_relative_to(self.root):
+            raise InvalidKey(f"invalid key {'/'.join(segments)!r}: it leads out of the store (a symbolic link)")
+        return path
 
     def revision_dir(self, ref: RevisionRef) -> Path:
         return self.root / ref.namespace / ref.name / str(ref.revision)
@@ -79,6 +87,10 @@ class StoreLayout:
         if not UPLOAD_ID.match(upload_id):
             raise InvalidKey(f"invalid upload id {upload_id!r}: use up to 64 letters, digits or '-'")
         return self.root / STAGING_DIR / ref.namespace / ref.name / f"{ref.revision}.{upload_id}"
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / STAGING_DIR / TMP_DIR
 
     @property
     def trash(self) -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import hmac
 import logging
 import os
 import shutil
@@ -30,8 +29,10 @@ from pathlib import Path
 
 from aiohttp import web
 
+from edgemodel.auth import bearer_matches
 from edgemodel.store.layout import (
     STAGING_DIR,
+    TMP_DIR,
     InvalidKey,
     RevisionRef,
     StoreLayout,
@@ -42,6 +43,8 @@ from edgemodel.store.layout import (
 log = logging.getLogger(__name__)
 
 DEFAULT_UPLOAD_ID = "default"
+DEFAULT_MAX_UPLOAD_BYTES = 8 << 30
+"""Largest file a PUT may store (``edgemodel store --max-upload-bytes``); larger gets 413."""
 CHECKSUM_HEADER = "X-Checksum-Sha256"
 LAYOUT_KEY: web.AppKey[StoreLayout] = web.AppKey("layout", StoreLayout)
 TOKEN_KEY: web.AppKey[str] = web.AppKey("token", str)
@@ -68,8 +71,7 @@ async def _errors_and_auth(
     """Bearer token for writes; invalid keys become 400 with the reason."""
     token = request.app[TOKEN_KEY]
     if token and request.method in {"PUT", "POST", "DELETE"}:
-        sent = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+        if not bearer_matches(request.headers.get("Authorization", ""), token.encode()):
             log.warning("Refused %s %s: missing or wrong bearer token", request.method, request.path)
             return web.json_response(
                 {"error": "missing or wrong bearer token; send Authorization: Bearer <token>"},
@@ -79,6 +81,9 @@ async def _errors_and_auth(
         return await handler(request)
     except InvalidKey as exc:
         return _error(400, str(exc))
+    except (NotADirectoryError, FileExistsError) as exc:
+        where = Path(exc.filename).relative_to(request.app[LAYOUT_KEY].root) if exc.filename else "a parent"
+        return _error(409, f"{request.path!r} conflicts with an existing file or folder ({where}); choose another key")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -91,7 +96,7 @@ async def healthz(request: web.Request) -> web.Response:
 def _listing(path: Path, key: str) -> web.Response:
     entries = []
     for child in sorted(path.iterdir()):
-        if child.name.startswith((".", "_")):
+        if child.name.startswith((".", "_")) or child.is_symlink():
             continue
         is_dir = child.is_dir()
         entries.append({"name": child.name, "type": "dir" if is_dir else "file",
@@ -119,12 +124,13 @@ def _reject_revision_shaped(segments: list[str]) -> None:
         )
 
 
-async def _receive(request: web.Request, target: Path) -> tuple[int, str]:
-    """Stream the body into ``target`` atomically (temp file, fsync, rename); return size and sha256."""
+async def _receive(request: web.Request) -> tuple[Path, int, str]:
+    """Stream the body to a temp file outside every revision folder (fsynced); its path, size and sha256."""
+    layout = request.app[LAYOUT_KEY]
     limit = request.app[MAX_UPLOAD_KEY]
     expected = request.headers.get(CHECKSUM_HEADER, "").lower()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
+    layout.tmp.mkdir(parents=True, exist_ok=True)
+    tmp = layout.tmp / f"{uuid.uuid4().hex}.part"
     digest = hashlib.sha256()
     size = 0
     try:
@@ -132,21 +138,37 @@ async def _receive(request: web.Request, target: Path) -> tuple[int, str]:
             async for chunk in request.content.iter_chunked(1 << 20):
                 size += len(chunk)
                 if size > limit:
-                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+                    raise _Refused(413, f"the upload exceeds the store's limit of {limit} bytes (edgemodel store --max-upload-bytes)")
                 digest.update(chunk)
                 fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
-        if expected and expected != digest.hexdigest():
-            raise web.HTTPBadRequest(
-                text=f'{{"error": "sha256 mismatch: header {CHECKSUM_HEADER} says {expected}, body is {digest.hexdigest()}"}}',
-                content_type="application/json",
-            )
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if expected and expected != digest.hexdigest():
+        tmp.unlink(missing_ok=True)
+        raise _Refused(400, f"sha256 mismatch: header {CHECKSUM_HEADER} says {expected}, body is {digest.hexdigest()}")
+    return tmp, size, digest.hexdigest()
+
+
+class _Refused(Exception):
+    """An upload refused with ``status`` (too large, checksum mismatch)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _place(tmp: Path, target: Path) -> None:
+    """Rename a received temp file into place (call under the store lock)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp.replace(target)
         _fsync_dir(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
-    return size, digest.hexdigest()
 
 
 async def put_object(request: web.Request) -> web.Response:
@@ -157,15 +179,31 @@ async def put_object(request: web.Request) -> web.Response:
     if ref is None:
         _reject_revision_shaped(segments)
         target = layout.live(segments)
-        if target.is_dir():
-            return _error(409, f"{key!r} is a folder")
     else:
-        if layout.revision_dir(ref).exists():
-            return _error(409, f"revision {ref.prefix} is already committed; revisions are immutable")
         target = layout.staging_dir(ref, request.query.get("upload", DEFAULT_UPLOAD_ID)) / segments[3]
-    size, sha = await _receive(request, target)
+    conflict = _put_conflict(layout, key, ref, target)
+    if conflict is not None:
+        return conflict
+    try:
+        tmp, size, sha = await _receive(request)
+    except _Refused as exc:
+        return _error(exc.status, exc.message)
+    async with request.app[LOCK_KEY]:  # commits take the lock too: a file lands in staging or not at all
+        conflict = _put_conflict(layout, key, ref, target)
+        if conflict is not None:
+            tmp.unlink(missing_ok=True)
+            return conflict
+        _place(tmp, target)
     log.info("Stored %s (%d bytes, sha256 %s)%s", key, size, sha[:12], " in staging" if ref else "")
     return web.json_response({"key": key, "size": size, "sha256": sha, "staged": ref is not None}, status=201)
+
+
+def _put_conflict(layout: StoreLayout, key: str, ref: RevisionRef | None, target: Path) -> web.Response | None:
+    if ref is not None and layout.revision_dir(ref).exists():
+        return _error(409, f"revision {ref.prefix} is already committed; revisions are immutable")
+    if target.is_dir():
+        return _error(409, f"{key!r} is a folder")
+    return None
 
 
 def _revision_ref(request: web.Request) -> RevisionRef:
@@ -183,6 +221,8 @@ async def commit_revision(request: web.Request) -> web.Response:
         if not (staged / "manifest.json").is_file():
             return _error(400, f"nothing to commit for {ref.prefix}: upload manifest.json (and the other files) first")
         files = sorted(p.name for p in staged.iterdir() if not p.name.startswith("."))
+        if live.parent.exists() and not live.parent.is_dir():
+            return _error(409, f"cannot commit {ref.prefix}: {ref.namespace}/{ref.name} is a file, not a folder; delete it first")
         live.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staged, live)
         _fsync_dir(live.parent)
@@ -224,8 +264,13 @@ def clean_stale(layout: StoreLayout, max_age_s: float, now: float | None = None)
     staging = layout.root / STAGING_DIR
     if staging.is_dir():
         for path in staging.glob("*/*/*"):
-            if path.is_dir() and now - path.stat().st_mtime > max_age_s:
+            if path.is_dir() and path.parent.parent.name != TMP_DIR and now - path.stat().st_mtime > max_age_s:
                 shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+    if layout.tmp.is_dir():
+        for path in layout.tmp.iterdir():
+            if now - path.stat().st_mtime > max_age_s:
+                path.unlink(missing_ok=True)
                 removed += 1
     if layout.trash.is_dir():
         for path in layout.trash.iterdir():
@@ -234,7 +279,7 @@ def clean_stale(layout: StoreLayout, max_age_s: float, now: float | None = None)
     return removed
 
 
-def create_app(root: Path, token: str = "", max_upload_bytes: int = 8 << 30) -> web.Application:
+def create_app(root: Path, token: str = "", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> web.Application:
     """The store as an aiohttp application over ``root`` (created when missing)."""
     root.mkdir(parents=True, exist_ok=True)
     app = web.Application(middlewares=[_errors_and_auth])
@@ -254,10 +299,10 @@ def create_app(root: Path, token: str = "", max_upload_bytes: int = 8 << 30) -> 
 async def serve(
     root: Path, host: str = "127.0.0.1", port: int = 0, token: str = "",
     staging_ttl_s: float = 24 * 3600, on_ready: Callable[[str], None] | None = None,
-    stop: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
 ) -> None:
     """Serve the store until ``stop`` is set (or forever); ``on_ready`` gets the base URL."""
-    app = create_app(root, token)
+    app = create_app(root, token, max_upload_bytes)
     removed = clean_stale(app[LAYOUT_KEY], staging_ttl_s)
     if removed:
         log.info("Removed %d stale staged uploads and trashed objects", removed)

@@ -253,6 +253,8 @@ tests/helm checks every name against that class. */}}
 - 0.0.0.0
 - --port
 - {{ .Values.store.port | quote }}
+- --max-upload-bytes
+- {{ .Values.store.maxUploadBytes | int64 | quote }}
 {{- if include "edgemodel.storeTokenSecret" . }}
 - --token-file
 - /var/run/edgemodel/store-token/token
@@ -310,6 +312,16 @@ spec:
           value: {{ $a.cache.maxBytes | int64 | quote }}
         - name: EDGEMODEL_AGENT_HEARTBEAT_INTERVAL_S
           value: {{ $a.heartbeatIntervalSeconds | quote }}
+        - name: EDGEMODEL_AGENT_MAX_BODY_BYTES
+          value: {{ $a.limits.maxBodyBytes | int64 | quote }}
+        - name: EDGEMODEL_AGENT_MAX_DECOMPRESSED_BYTES
+          value: {{ $a.limits.maxDecompressedBytes | int64 | quote }}
+        - name: EDGEMODEL_AGENT_MAX_JSON_BYTES
+          value: {{ $a.limits.maxJsonBytes | int64 | quote }}
+        - name: EDGEMODEL_AGENT_MAX_ELEMENTS
+          value: {{ $a.limits.maxElements | int64 | quote }}
+        - name: EDGEMODEL_AGENT_BODY_READ_TIMEOUT_S
+          value: {{ $a.limits.bodyReadTimeoutSeconds | quote }}
         {{- with .labels }}
         - name: EDGEMODEL_AGENT_LABELS
           value: {{ toJson . | quote }}
