@@ -71,7 +71,7 @@ def content_encoding(request: web.BaseRequest) -> str:
     if encoding in ("", "identity"):
         return ""
     if encoding not in ENCODINGS:
-        raise UnsupportedMediaType(f"Content-Encoding {encoding[:40]!r} is not supported; use gzip, deflate or none")
+        raise UnsupportedMediaType(f"Content-Encoding {encoding[:40]} is not supported; use gzip, deflate or none")
     return encoding
 
 

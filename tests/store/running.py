@@ -12,7 +12,7 @@ from edgemodel.store.server import serve
 
 
 @contextlib.contextmanager
-def running_store(root: Path, token: str = "") -> Iterator[str]:
+def running_store(root: Path, token: str = "", max_upload_bytes: int = 8 << 30) -> Iterator[str]:
     """Yield the base URL of a store serving ``root``; stop it and join its thread afterwards."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -22,7 +22,7 @@ def running_store(root: Path, token: str = "") -> Iterator[str]:
         stop = asyncio.Event()
         state["stop"] = stop
         await serve(root, "127.0.0.1", 0, token, on_ready=lambda url: (state.__setitem__("url", url), ready.set()),
-                    stop=stop)
+                    stop=stop, max_upload_bytes=max_upload_bytes)
 
     def thread_main() -> None:
         asyncio.set_event_loop(loop)
