@@ -41,6 +41,10 @@ class ArtifactStore:
         """Answer the next N requests with 503."""
         self.cut_next_after: int | None = None
         """Close the connection of the next file response after this many bytes."""
+        self.flood_next = 0
+        """Follow the next file response with this many extra bytes, without a Content-Length (a hostile store)."""
+        self.flooded = 0
+        """Extra bytes the last flood wrote before the client hung up."""
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -68,6 +72,21 @@ class ArtifactStore:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
         body = data[start:]
         response = web.StreamResponse(status=status, headers=headers)
+        if self.flood_next and path.suffix == ".onnx":
+            flood, self.flood_next = self.flood_next, 0
+            await response.prepare(request)  # chunked: the client cannot know the size in advance
+            await response.write(body)
+            sent = 0
+            block = b"\0" * (1 << 20)
+            try:
+                while sent < flood:
+                    await response.write(block)
+                    sent += len(block)
+                await response.write_eof()
+            except (ConnectionError, RuntimeError):
+                pass  # the agent hung up: what a bounded download does
+            self.flooded = sent
+            return response
         response.content_length = len(body)
         await response.prepare(request)
         if self.cut_next_after is not None and len(body) > self.cut_next_after:
@@ -105,6 +124,7 @@ class ArtifactStore:
         revision: int,
         namespace: str = "default",
         manifest_revision: int | None = None,
+        with_sizes: bool = True,
         **assignment: object,
     ) -> ModelAssignment:
         """Write a signed revision folder (like the converter) and return the operator's assignment for it."""
@@ -114,7 +134,8 @@ class ArtifactStore:
         target.write_bytes(model_file.read_bytes())
         sha = sha256_file(target)
         manifest = ArtifactManifest(
-            model=name, namespace=namespace, revision=manifest_revision or revision, files={"model-cpu.onnx": sha}
+            model=name, namespace=namespace, revision=manifest_revision or revision, files={"model-cpu.onnx": sha},
+            sizes={"model-cpu.onnx": target.stat().st_size} if with_sizes else {},
         )
         manifest_bytes = (json.dumps(manifest.to_k8s(), indent=2) + "\n").encode()
         signature = sign(manifest_bytes, load_private_key(keys.private))
