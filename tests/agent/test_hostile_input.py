@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import requests
 
-from edge_agent.codec import DecodeLimits, decode_request
+from edge_agent import codec
+from edge_agent.codec import decode_request
 from edge_agent.errors import InvalidInput, PayloadTooLarge
 from edge_agent.settings import AgentSettings
 from tests.agent.conftest import AgentThread, local
@@ -67,7 +68,7 @@ def test_a_huge_bytes_claim_is_refused_before_allocating() -> None:
         with pytest.raises(PayloadTooLarge, match="exceed the agent's limit of 4194304 elements"):
             decode_request(body, int(headers["Inference-Header-Content-Length"]))
         with pytest.raises(InvalidInput, match="need at least 400000000 bytes"):  # even with no element limit
-            decode_request(body, int(headers["Inference-Header-Content-Length"]), DecodeLimits(max_elements=1 << 40))
+            decode_request(body, int(headers["Inference-Header-Content-Length"]), codec.DecodeLimits(max_elements=1 << 40))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -22,7 +22,7 @@ def running_store(root: Path, token: str = "", max_upload_bytes: int = 8 << 30) 
         stop = asyncio.Event()
         state["stop"] = stop
         await serve(root, "127.0.0.1", 0, token, on_ready=lambda url: (state.__setitem__("url", url), ready.set()),
-                    stop=stop, max_upload_bytes=max_upload_bytes)
+                    stop=stop, **({"max_upload_bytes": max_upload_bytes} if max_upload_bytes != 8 << 30 else {}))
 
     def thread_main() -> None:
         asyncio.set_event_loop(loop)

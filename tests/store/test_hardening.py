@@ -18,7 +18,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "root"
-    with running_store(root, TOKEN, max_upload_bytes=100_000) as url:
+    with running_store(root, TOKEN) as url:
         yield url, root
 
 
@@ -96,8 +96,13 @@ def test_the_bearer_scheme_is_case_insensitive(store: tuple[str, Path]) -> None:
     assert response.status_code == 201, response.text
 
 
-def test_the_upload_limit_is_configurable_and_answered_in_json(store: tuple[str, Path]) -> None:
-    url, root = store
+def test_the_upload_limit_is_configurable_and_answered_in_json(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    with running_store(root, TOKEN, max_upload_bytes=100_000) as url:
+        check_upload_limit(url, root)
+
+
+def check_upload_limit(url: str, root: Path) -> None:
     assert requests.put(f"{url}/default/ok.bin", data=b"x" * 100_000, headers=AUTH, timeout=10).status_code == 201
     assert_error(requests.put(f"{url}/default/big.bin", data=b"x" * 100_001, headers=AUTH, timeout=10), 413, "limit of 100000 bytes")
     assert not (root / "default" / "big.bin").exists()
