@@ -260,7 +260,8 @@ def decode_request(
                 "it must give the length of the JSON part"
             )
         view = memoryview(body)
-        head, binary = view[:header_length], view[header_length:]
+        head: bytes | bytearray | memoryview = view[:header_length]
+        binary = view[header_length:]
     else:
         head, binary = body, memoryview(b"")
     try:

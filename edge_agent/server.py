@@ -20,7 +20,6 @@ from edge_agent.body import RequestLimits
 from edge_agent.cgroup import available_cpus, thread_count
 from edge_agent.dataplane import DataPlane
 from edge_agent.errors import LoadError
-from edge_agent.http_runner import JsonErrorAppRunner
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model import ModelOptions, OnnxModel, SessionFactory, TensorMeta
 from edge_agent.pool import InferencePool
@@ -30,6 +29,7 @@ from edge_agent.settings import AgentSettings, LocalModel
 from edge_agent.split import SplitModelVersion, TailPart
 from edgemodel import __version__
 from edgemodel.errors import UserError
+from edgemodel.http_runner import JsonErrorAppRunner
 from edgemodel.split.remote import (
     FallbackPolicy,
     RemoteTail,

@@ -30,6 +30,7 @@ from pathlib import Path
 from aiohttp import web
 
 from edgemodel.auth import bearer_matches
+from edgemodel.http_runner import JsonErrorAppRunner
 from edgemodel.store.layout import (
     STAGING_DIR,
     TMP_DIR,
@@ -70,19 +71,19 @@ async def _errors_and_auth(
 ) -> web.StreamResponse:
     """Bearer token for writes; invalid keys become 400 with the reason."""
     token = request.app[TOKEN_KEY]
-    if token and request.method in {"PUT", "POST", "DELETE"}:
-        if not bearer_matches(request.headers.get("Authorization", ""), token.encode()):
-            log.warning("Refused %s %s: missing or wrong bearer token", request.method, request.path)
-            return web.json_response(
-                {"error": "missing or wrong bearer token; send Authorization: Bearer <token>"},
-                status=401, headers={"WWW-Authenticate": "Bearer"},
-            )
+    writing = request.method in {"PUT", "POST", "DELETE"}
+    if token and writing and not bearer_matches(request.headers.get("Authorization", ""), token.encode()):
+        log.warning("Refused %s %s: missing or wrong bearer token", request.method, request.path)
+        return web.json_response(
+            {"error": "missing or wrong bearer token; send Authorization: Bearer <token>"},
+            status=401, headers={"WWW-Authenticate": "Bearer"},
+        )
     try:
         return await handler(request)
     except InvalidKey as exc:
         return _error(400, str(exc))
     except (NotADirectoryError, FileExistsError) as exc:
-        where = Path(exc.filename).relative_to(request.app[LAYOUT_KEY].root) if exc.filename else "a parent"
+        where = Path(exc.filename).name if exc.filename else "a parent folder"
         return _error(409, f"{request.path!r} conflicts with an existing file or folder ({where}); choose another key")
 
 
@@ -306,7 +307,7 @@ async def serve(
     removed = clean_stale(app[LAYOUT_KEY], staging_ttl_s)
     if removed:
         log.info("Removed %d stale staged uploads and trashed objects", removed)
-    runner = web.AppRunner(app, access_log=logging.getLogger("edgemodel.store.access"))
+    runner = JsonErrorAppRunner(app, access_log=logging.getLogger("edgemodel.store.access"))
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -134,11 +134,13 @@ def test_thousands_of_hostile_requests_never_5xx_and_memory_stays_bounded(fuzzed
         assert response.status_code < 500, f"request {number} ({body[:200]!r}, {headers}) got {response.status_code}: {response.text}"
         if response.status_code >= 400:
             assert response.headers["Content-Type"].startswith("application/json"), response.text
-            assert isinstance(response.json()["error"], str) and response.json()["error"]
+            assert isinstance(response.json()["error"], str)
+            assert response.json()["error"]
         if number % 100 == 0:
             peak = max(peak, rss_bytes())
             valid = session.post(f"{fuzzed.url}/v2/models/affine/infer", headers={"Authorization": f"Bearer {TOKEN}"}, json=VALID, timeout=10)
-            assert valid.status_code == 200 and valid.json()["outputs"][0]["data"] == [1.0, 1.0, 1.0, 1.0], valid.text
+            assert valid.status_code == 200, valid.text
+            assert valid.json()["outputs"][0]["data"] == [1.0, 1.0, 1.0, 1.0]
         assert time.monotonic() - started < 300, f"only {number} requests in 300 s"
     peak = max(peak, rss_bytes())
     assert peak - before < 100 << 20, f"RSS grew by {(peak - before) >> 20} MiB over {COUNT} hostile requests"

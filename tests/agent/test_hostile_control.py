@@ -56,7 +56,8 @@ async def test_a_file_larger_than_the_cache_is_refused_before_download(node: Nod
     await wait_state(node.reconciler, "big", ModelPhase.FAILED)
     state = node.reconciler.states()[0]
     assert state.reason == "DownloadFailed"
-    assert "more than the artifact cache holds" in state.message and "--cache-max-bytes" in state.message
+    assert "more than the artifact cache holds" in state.message
+    assert "--cache-max-bytes" in state.message
     assert written(node) == 0
 
 
@@ -73,7 +74,8 @@ async def test_a_failed_save_is_retried_and_observed_only_once_applied(node: Nod
     assert not node.reconciler.tracked  # nothing half-applied
     applied = next(c for c in plane._conditions if c.type == "Applied")
     assert (str(applied.status.value), applied.reason) == ("False", "SaveFailed")
-    assert "cannot save the assignment" in applied.message and "retrying in" in applied.message
+    assert "cannot save the assignment" in applied.message
+    assert "retrying in" in applied.message
     plane.handle(obj)  # the same spec again (a watch event) is not ignored: it was never applied
     assert plane.observed_generation is None
     blocker.rmdir()

@@ -235,9 +235,12 @@ def test_valid_typed_requests_still_decode_exactly() -> None:
     request = decode_request(json.dumps(body).encode())
     f, i, b, s, h = (t.data for t in request.inputs)
     np.testing.assert_array_equal(f, np.array([[1, 2.5], [3, 4]], dtype=np.float32))
-    assert i.dtype == np.uint64 and i.tolist() == [0, 2**64 - 1]
-    assert b.dtype == np.bool_ and b.tolist() == [True, False]
+    assert i.dtype == np.uint64
+    assert i.tolist() == [0, 2**64 - 1]
+    assert b.dtype == np.bool_
+    assert b.tolist() == [True, False]
     assert s.tolist() == ["hé"]
-    assert h.dtype == np.float16 and h.tolist() == [1.5]
+    assert h.dtype == np.float16
+    assert h.tolist() == [1.5]
     with pytest.raises(InvalidInput, match="outside the INT8 range"):
         decode_request(json.dumps({"inputs": [{"name": "i", "shape": [1], "datatype": "INT8", "data": [300]}]}).encode())

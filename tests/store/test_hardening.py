@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +109,17 @@ def check_upload_limit(url: str, root: Path) -> None:
     assert_error(requests.put(f"{url}/default/big.bin", data=b"x" * 100_001, headers=AUTH, timeout=10), 413, "limit of 100000 bytes")
     assert not (root / "default" / "big.bin").exists()
     assert not list((root / ".staging").rglob("*.part"))
+
+
+def test_errors_aiohttp_answers_itself_are_json(store: tuple[str, Path]) -> None:
+    url, _ = store
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"PUT /default/x HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400", data
+    assert b"application/json" in head
+    assert "malformed HTTP request" in json.loads(body)["error"]

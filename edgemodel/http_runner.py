@@ -1,9 +1,13 @@
 """An aiohttp runner whose own low-level errors (malformed request line or headers, header too
-large, a broken chunked body) are ``{"error": "..."}`` JSON like every other answer, not text."""
+large, a broken chunked body) are ``{"error": "..."}`` JSON like every other answer, not text.
+
+Used by the agent and the artifact store; it subclasses aiohttp's per-connection handler, so
+``tests/agent/test_hostile_input.py`` checks the answers on every aiohttp upgrade."""
 
 from __future__ import annotations
 
-import orjson
+import json
+
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -21,7 +25,7 @@ class _JsonErrorHandler(RequestHandler):
         else:
             detail = " ".join(str(message or exc or "").split())[:300]
             text = f"malformed HTTP request: {detail or 'cannot parse it'}"
-        response = web.Response(status=status, body=orjson.dumps({"error": text}), content_type="application/json")
+        response = web.Response(status=status, body=json.dumps({"error": text}).encode(), content_type="application/json")
         response.force_close()
         return response
 
