@@ -82,6 +82,27 @@ def test_agent_settings_from_the_chart_env_validate() -> None:
     assert settings.cache_dir == Path("/var/lib/edgemodel-agent")
     assert settings.labels == {"edgemodel.io/site": "s1"}
     assert settings.node_name == "edge-1"
+    defaults = AgentSettings()  # the chart's request limits are the agent's own defaults
+    assert (settings.max_body_bytes, settings.max_decompressed_bytes, settings.max_json_bytes, settings.max_elements,
+            settings.body_read_timeout_s) == (defaults.max_body_bytes, defaults.max_decompressed_bytes,
+                                              defaults.max_json_bytes, defaults.max_elements, defaults.body_read_timeout_s)  # fmt: skip
+
+
+def test_request_limits_reach_both_agents_and_the_store_limit_the_store() -> None:
+    from edge_agent.settings import AgentSettings
+
+    limits = {"maxBodyBytes": 33554432, "maxDecompressedBytes": 67108864, "maxJsonBytes": 16777216,
+              "maxElements": 16777216, "bodyReadTimeoutSeconds": 30}  # fmt: skip
+    docs = render({"agent": {"limits": limits}, "cloudAgent": {"enabled": True}, "store": {"maxUploadBytes": 21474836480}})
+    for kind, name in (("DaemonSet", full("agent")), ("Deployment", full("cloud-agent"))):
+        settings = settings_from_env(AgentSettings, one(docs, kind, name), value_from="edge-1")
+        assert settings.max_body_bytes == 33554432
+        assert settings.max_decompressed_bytes == 67108864
+        assert settings.max_json_bytes == 16777216
+        assert settings.max_elements == 16777216
+        assert settings.body_read_timeout_s == 30
+    args = one(docs, "Deployment", full("store"))["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--max-upload-bytes") + 1] == "21474836480"
 
 
 def test_container_args_parse_with_the_real_cli() -> None:

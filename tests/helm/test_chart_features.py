@@ -75,7 +75,7 @@ def test_store_runs_the_documented_command_on_its_pvc() -> None:
     docs = render({})
     spec = one(docs, "Deployment", full("store"))["spec"]["template"]["spec"]
     args = spec["containers"][0]["args"]
-    assert args == ["store", "--root", "/data", "--host", "0.0.0.0", "--port", "8081",
+    assert args == ["store", "--root", "/data", "--host", "0.0.0.0", "--port", "8081", "--max-upload-bytes", "8589934592",
                     "--token-file", "/var/run/edgemodel/store-token/token"]
     assert {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in spec["volumes"]}["data"] == full("store")
     assert one(docs, "PersistentVolumeClaim", full("store"))["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
