@@ -242,6 +242,27 @@ def _from_binary(buf: memoryview, datatype: str, shape: tuple[int, ...], count: 
     return arr.reshape(shape)
 
 
+JSON_BYTES_PER_CONTAINER = 16
+"""At most one JSON array or object per this many bytes of JSON (plus a few): ``[[],[],...]`` costs 56
+bytes of memory per 3 bytes of text, so a JSON part that is all containers is refused before parsing.
+Real requests hold far fewer (a nested 1x3x224x224 image: 677 arrays in 3 MB)."""
+
+
+def _check_containers(head: bytes | bytearray | memoryview) -> bytes | bytearray:
+    """The JSON text (as bytes), once it holds no more containers than allowed."""
+    text = head if isinstance(head, (bytes, bytearray)) else head.tobytes()
+    if len(text) <= 64 * 1024:  # parsed whole, a small JSON part costs at most a few MB
+        return text
+    containers = text.count(b"[") + text.count(b"{")
+    allowed = 64 + len(text) // JSON_BYTES_PER_CONTAINER
+    if containers > allowed:
+        raise InvalidInput(
+            f"the JSON part holds {containers} '[' or '{{' for {len(text)} bytes, more than the {allowed} allowed "
+            f"(one per {JSON_BYTES_PER_CONTAINER} bytes); send flat data lists, or BYTES text with brackets as binary data"
+        )
+    return text
+
+
 def decode_request(
     body: bytes | bytearray | memoryview,
     header_length: int | None = None,
@@ -264,8 +285,9 @@ def decode_request(
         binary = view[header_length:]
     else:
         head, binary = body, memoryview(b"")
+    text = _check_containers(head)
     try:
-        obj = orjson.loads(head)
+        obj = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"request body is not valid JSON ({exc}); send an inference request object") from exc
     if not isinstance(obj, dict):

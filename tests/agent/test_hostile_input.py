@@ -244,3 +244,20 @@ def test_valid_typed_requests_still_decode_exactly() -> None:
     assert h.tolist() == [1.5]
     with pytest.raises(InvalidInput, match="outside the INT8 range"):
         decode_request(json.dumps({"inputs": [{"name": "i", "shape": [1], "datatype": "INT8", "data": [300]}]}).encode())
+
+
+def test_json_made_of_containers_is_refused_before_parsing() -> None:
+    """``[[],[],...]`` costs 56 bytes per 3 bytes of text once parsed: refused by counting, not parsing."""
+    attack = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [' + b"[]," * 100_000 + b"[]]}]}"
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidInput, match="more than the .* allowed"):
+            decode_request(attack)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * len(attack), f"refusing {len(attack)} bytes of JSON allocated {peak} bytes"
+    nested = np.full((1, 3, 64, 64), 0.25, dtype=np.float32).tolist()  # a real nested image passes
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": nested}]}).encode()
+    assert len(body) > 64 * 1024
+    assert decode_request(body).inputs[0].data.shape == (1, 3, 64, 64)
