@@ -48,6 +48,7 @@ def decode_body(
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    message = message.encode("utf-8", "replace").decode()  # header bytes echoed in a message may be surrogates
     return web.Response(
         status=status, body=orjson.dumps({"error": message}), headers={**JSON_HEADERS, **(headers or {})}
     )

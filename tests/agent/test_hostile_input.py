@@ -97,6 +97,16 @@ def test_non_utf8_authorization_is_401(guarded: AgentThread, value: bytes) -> No
     assert_error(response, 401, "bearer token")
 
 
+@pytest.mark.parametrize(
+    ("header", "status"), [("Content-Encoding", 415), ("Inference-Header-Content-Length", 400), ("Content-Type", 200)]
+)
+def test_non_utf8_bytes_in_other_headers_are_4xx(guarded: AgentThread, header: str, status: int) -> None:
+    response = post(guarded, "affine", json.dumps(AFFINE).encode(), {header: b"gz\xff\xfeip"})
+    assert response.status_code == status, response.text
+    if status >= 400:
+        assert response.json()["error"]
+
+
 @pytest.mark.parametrize("datatype", [["FP32"], {"FP32": 1}, 7, None])
 def test_datatype_of_the_wrong_json_type_is_400(guarded: AgentThread, datatype: object) -> None:
     body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": datatype, "data": [1, 2, 3, 4]}]}
