@@ -101,6 +101,9 @@ def hostile_request(rng: random.Random) -> tuple[str, bytes, dict[str, Any]]:
         headers["Authorization"] = rng.choice([b"Bearer \xff\xfe", b"\xc3\x28", b"bearer " + TOKEN.encode(), b"Basic x"])
     elif roll < 0.07:
         del headers["Authorization"]
+    if rng.random() < 0.05:  # raw non-UTF-8 bytes in another header
+        headers[rng.choice(["Content-Encoding", "Inference-Header-Content-Length", "Content-Type"])] = rng.choice(
+            [b"\xff\xfe", b"gzip\xc3", b"12\xe9"])
     model = rng.choice(MODELS)
     path = f"/v2/models/{model}/infer" if rng.random() < 0.95 else f"/v2/models/{model}/versions/{rng.choice(['1', 'x', '%ff'])}/infer"
     return path, raw, headers
