@@ -32,7 +32,6 @@ from edgemodel.dev.net import free_port
 from edgemodel.dev.polling import http_ok, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-CONCURRENCY = (1, 8, 32)
 
 
 def load_average() -> str:
@@ -40,10 +39,10 @@ def load_average() -> str:
 
 
 @contextmanager
-def server(argv: list[str], ready_url: str, log: Path) -> Iterator[None]:
+def server(argv: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None) -> Iterator[None]:
     """Run a server process until the block ends; wait (bounded) for its readiness URL."""
     with log.open("w") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         try:
             wait_until(f"{ready_url} to be ready", lambda: http_ok(ready_url, timeout=1), 120, process=proc,
                        explain=lambda: f"see {log}")
@@ -76,6 +75,10 @@ def main() -> None:
         help="an agent configuration to measure (repeatable); default: the defaults, and dynamic batching "
         "without queue delay ('edge agent=' and 'edge agent, batching=--batching --max-queue-delay-ms 0')",
     )
+    parser.add_argument("--baseline", metavar="LABEL=DIR",
+                        help="also measure an agent run from another source tree (e.g. `git archive` of the previous "
+                        "commit's edge_agent and edgemodel into DIR), interleaved with the others")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated concurrencies")
     args = parser.parse_args()
 
     paths = build(args.models_dir)
@@ -89,12 +92,16 @@ def main() -> None:
     with ExitStack() as stack:
         targets: dict[str, list[tuple[str, str]]] = {name: [] for name in names}
         configs = args.agent or ["edge agent=", "edge agent, batching=--batching --max-queue-delay-ms 0"]
-        for index, config in enumerate(configs):
+        runs = [(config, None) for config in configs]
+        if args.baseline:
+            label, _, tree = args.baseline.partition("=")
+            runs.insert(0, (f"{label}=", dict(os.environ, PYTHONPATH=tree)))
+        for index, (config, env) in enumerate(runs):
             label, _, flags = config.partition("=")
             port = free_port()
             agent_argv = [str(ROOT / ".venv" / "bin" / "edgemodel"), "agent", "--port", str(port),
                           *[f"--model={n}={paths[n]}" for n in names], *flags.split()]  # fmt: skip
-            stack.enter_context(server(agent_argv, f"http://127.0.0.1:{port}/v2/health/ready", logs / f"agent-{index}.log"))
+            stack.enter_context(server(agent_argv, f"http://127.0.0.1:{port}/v2/health/ready", logs / f"agent-{index}.log", env))
             for name in names:
                 targets[name].append((label, f"http://127.0.0.1:{port}"))
         if args.kserve_python:
@@ -108,7 +115,7 @@ def main() -> None:
         # of the shared machine drifts as little as possible between the numbers compared.
         for name in names:
             shape = MODELS[name][1]
-            for c in CONCURRENCY:
+            for c in (int(x) for x in args.concurrency.split(",")):
                 r = raw_ort.run(str(paths[name]), "input", shape, c, len(os.sched_getaffinity(0)), 1, args.duration)
                 rows.append({"server": "raw ORT", "model": name, "body": "-", **asdict(r)})
                 print(rows[-1], flush=True)
