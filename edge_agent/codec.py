@@ -33,9 +33,9 @@ _LE = {name: dt.newbyteorder("<") for name, dt in V2_TO_NUMPY.items() if name no
 _SUPPORTED = ", ".join(V2_TO_NUMPY)
 
 
-BYTES_ELEMENT_WEIGHT = 16
+BYTES_ELEMENT_WEIGHT = 64
 """A BYTES element counts this many times against ``max_elements``: each is a Python string
-(about 60 bytes in memory) where a number takes 1-8 bytes."""
+(about 60 bytes in memory, and again in the model's output) where a number takes 1-8 bytes."""
 
 
 @dataclass(frozen=True, slots=True)

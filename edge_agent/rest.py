@@ -36,7 +36,21 @@ INLINE_DECODE_BYTES = 512 * 1024
 def decode_body(
     body: bytearray, encoding: str, header_length: int | None, limits: RequestLimits, model_inputs: Mapping[str, TensorSpec]
 ) -> InferRequest:
-    """Decompress and decode a raw body under ``limits`` (runs on any thread)."""
+    """Decompress and decode a raw body under ``limits`` (runs on any thread).
+
+    A refusal is raised without its traceback: the frames would keep a half-parsed body alive while
+    the next one is decoded.
+    """
+    try:
+        return _decode_body(body, encoding, header_length, limits, model_inputs)
+    except AgentError as exc:
+        error = type(exc)(exc.message)
+    raise error
+
+
+def _decode_body(
+    body: bytearray, encoding: str, header_length: int | None, limits: RequestLimits, model_inputs: Mapping[str, TensorSpec]
+) -> InferRequest:
     data = decompress(body, encoding, limits.max_decompressed_bytes)
     json_length = header_length if header_length is not None else len(data)
     if 0 < json_length <= len(data) and json_length > limits.max_json_bytes:

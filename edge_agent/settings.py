@@ -72,7 +72,7 @@ class AgentSettings(BaseSettings):
     max_json_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     """Largest JSON part of an inference request (parsed JSON costs up to ~16x its size); larger ones get 413."""
     max_elements: int = Field(default=4 << 20, ge=1)
-    """Tensor elements per inference request, all inputs together (a BYTES element counts 16); more get 413."""
+    """Tensor elements per inference request, all inputs together (a BYTES element counts 64); more get 413."""
     body_read_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     """Longest wait for the next bytes of a request body; a stalled upload gets 408."""
     accelerator: Literal["auto", "gpu", "cpu"] = "auto"

@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> None:
     limits.add_argument("--max-json-bytes", type=int, metavar="BYTES",
                         help="largest JSON part of an inference request; larger gets 413 (default 4 MiB)")
     limits.add_argument("--max-elements", type=int, metavar="N",
-                        help="tensor elements per request, all inputs (a BYTES element counts 16); more gets 413 "
+                        help="tensor elements per request, all inputs (a BYTES element counts 64); more gets 413 "
                         "(default 4194304)")
     limits.add_argument("--body-read-timeout", type=float, dest="body_read_timeout_s", metavar="SECONDS",
                         help="longest wait for the next bytes of a request body; a stall gets 408 (default 10)")
