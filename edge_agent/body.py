@@ -30,8 +30,8 @@ class RequestLimits:
     """The body as sent (compressed or not); larger gets 413."""
     max_decompressed_bytes: int = 8 * MiB
     """The body after undoing Content-Encoding; larger gets 413."""
-    max_json_bytes: int = 4 * MiB
-    """The JSON part of a request (a JSON value costs up to ~16x its text in memory once parsed)."""
+    max_json_bytes: int = 3 * MiB
+    """The JSON part of a request (parsing costs up to ~24x its size in memory, at its peak)."""
     max_elements: int = 4 << 20
     """Tensor elements per request, all inputs together."""
     body_read_timeout_s: float = 10.0

@@ -246,10 +246,13 @@ JSON_BYTES_PER_CONTAINER = 16
 """At most one JSON array or object per this many bytes of JSON (plus a few): ``[[],[],...]`` costs 56
 bytes of memory per 3 bytes of text, so a JSON part that is all containers is refused before parsing.
 Real requests hold far fewer (a nested 1x3x224x224 image: 677 arrays in 3 MB)."""
+JSON_SPARE_STRINGS = 1024
+"""Strings a JSON part may hold beyond the BYTES elements the limit allows (names, datatypes, ids)."""
 
 
-def _check_containers(head: bytes | bytearray | memoryview) -> bytes | bytearray:
-    """The JSON text (as bytes), once it holds no more containers than allowed."""
+def _check_json_shape(head: bytes | bytearray | memoryview, limits: DecodeLimits) -> bytes | bytearray:
+    """The JSON text (as bytes), once a count of brackets and quotes shows that parsing it cannot cost
+    much more than the limits allow (a parsed short string costs ~60 bytes, an empty array 56)."""
     text = head if isinstance(head, (bytes, bytearray)) else head.tobytes()
     if len(text) <= 64 * 1024:  # parsed whole, a small JSON part costs at most a few MB
         return text
@@ -259,6 +262,13 @@ def _check_containers(head: bytes | bytearray | memoryview) -> bytes | bytearray
         raise InvalidInput(
             f"the JSON part holds {containers} '[' or '{{' for {len(text)} bytes, more than the {allowed} allowed "
             f"(one per {JSON_BYTES_PER_CONTAINER} bytes); send flat data lists, or BYTES text with brackets as binary data"
+        )
+    strings = text.count(b'"') // 2
+    allowed = limits.max_elements // BYTES_ELEMENT_WEIGHT + JSON_SPARE_STRINGS
+    if strings > allowed:
+        raise PayloadTooLarge(
+            f"the JSON part holds about {strings} strings, more than the {allowed} the element limit allows "
+            f"(a BYTES element counts {BYTES_ELEMENT_WEIGHT}; --max-elements); send fewer or raise the limit"
         )
     return text
 
@@ -285,7 +295,7 @@ def decode_request(
         binary = view[header_length:]
     else:
         head, binary = body, memoryview(b"")
-    text = _check_containers(head)
+    text = _check_json_shape(head, limits)
     try:
         obj = orjson.loads(text)
     except orjson.JSONDecodeError as exc:

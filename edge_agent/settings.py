@@ -69,8 +69,8 @@ class AgentSettings(BaseSettings):
     """Largest request body as sent (compressed or not); larger ones get 413."""
     max_decompressed_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     """Largest request body after undoing gzip/deflate Content-Encoding; larger ones get 413."""
-    max_json_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
-    """Largest JSON part of an inference request (parsed JSON costs up to ~16x its size); larger ones get 413."""
+    max_json_bytes: int = Field(default=3 * 1024 * 1024, ge=1024)
+    """Largest JSON part of an inference request (parsing costs up to ~24x its size at its peak); larger ones get 413."""
     max_elements: int = Field(default=4 << 20, ge=1)
     """Tensor elements per inference request, all inputs together (a BYTES element counts 64); more get 413."""
     body_read_timeout_s: float = Field(default=10.0, gt=0, le=3600)

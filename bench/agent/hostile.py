@@ -225,7 +225,7 @@ def main() -> None:
     parser.add_argument("--attackers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3, help="requests per attacker and attack")
     parser.add_argument("--agent-flags", default="", help="extra flags for the agent (default: its default limits)")
-    parser.add_argument("--json-limit", type=int, default=4 * MiB, help="the agent's --max-json-bytes (sizes the attacks)")
+    parser.add_argument("--json-limit", type=int, default=3 * MiB, help="the agent's --max-json-bytes (sizes the attacks)")
     parser.add_argument("--body-limit", type=int, default=8 * MiB, help="the agent's --max-body-bytes (sizes the attacks)")
     parser.add_argument("--pythonpath", help="run the agent from this source tree instead")
     parser.add_argument("--only", help="run only attacks whose name contains this")

@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> None:
     limits.add_argument("--max-decompressed-bytes", type=int, metavar="BYTES",
                         help="largest body after undoing gzip/deflate; larger gets 413 (default 8 MiB)")
     limits.add_argument("--max-json-bytes", type=int, metavar="BYTES",
-                        help="largest JSON part of an inference request; larger gets 413 (default 4 MiB)")
+                        help="largest JSON part of an inference request; larger gets 413 (default 3 MiB)")
     limits.add_argument("--max-elements", type=int, metavar="N",
                         help="tensor elements per request, all inputs (a BYTES element counts 64); more gets 413 "
                         "(default 4194304)")

@@ -271,3 +271,12 @@ def test_json_made_of_containers_is_refused_before_parsing() -> None:
     body = json.dumps({"inputs": [{"name": "x", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": nested}]}).encode()
     assert len(body) > 64 * 1024
     assert decode_request(body).inputs[0].data.shape == (1, 3, 64, 64)
+
+
+def test_json_made_of_short_strings_is_refused_before_parsing() -> None:
+    """orjson's peak is ~24x the text for short strings: their count is bounded by the BYTES element limit."""
+    attack = b'{"inputs": [{"name": "t", "shape": [3], "datatype": "BYTES", "data": [' + b",".join([b'"ab"'] * 40_000) + b"]}]}"
+    with pytest.raises(PayloadTooLarge, match="about 4000[0-9] strings, more than the 1040"):
+        decode_request(attack, limits=codec.DecodeLimits(max_elements=1024))
+    with pytest.raises(InvalidInput, match="needs 3 elements, data has 40000"):  # within the default limits it is parsed
+        decode_request(attack)
