@@ -12,6 +12,7 @@ import zlib
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from edge_agent.codec import DecodeLimits
 from edge_agent.errors import InvalidInput, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
@@ -48,21 +49,40 @@ async def read_body(request: web.BaseRequest, limits: RequestLimits) -> bytearra
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes (--max-body-bytes)")
+    if length is not None:  # one buffer of the announced size: no re-allocations while it fills
+        return await _read_exactly(request, length, limits)
     body = bytearray()
-    while True:
-        try:
-            async with asyncio.timeout(limits.body_read_timeout_s):
-                chunk = await request.content.readany()
-        except TimeoutError:
-            raise RequestTimeout(
-                f"the request body stalled: no bytes for {limits.body_read_timeout_s:g} s after {len(body)} bytes "
-                "(--body-read-timeout); send the whole body without pauses"
-            ) from None
-        if not chunk:
-            return body
+    while chunk := await _next_chunk(request, limits, len(body)):
         if len(body) + len(chunk) > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes (--max-body-bytes)")
         body += chunk
+    return body
+
+
+async def _read_exactly(request: web.BaseRequest, length: int, limits: RequestLimits) -> bytearray:
+    body = bytearray(length)
+    pos = 0
+    while pos < length:
+        chunk = await _next_chunk(request, limits, pos)
+        if not chunk:
+            raise InvalidInput(f"the request body ended after {pos} of the {length} bytes Content-Length announced")
+        body[pos : pos + len(chunk)] = chunk  # aiohttp never hands over more than Content-Length
+        pos += len(chunk)
+    return body
+
+
+async def _next_chunk(request: web.BaseRequest, limits: RequestLimits, received: int) -> bytes:
+    """The next piece of the body (b"" at its end); 408 when none comes within the read timeout."""
+    try:
+        async with asyncio.timeout(limits.body_read_timeout_s):
+            return await request.content.readany()
+    except (ConnectionError, HttpProcessingError) as exc:  # the client went away, or broke the chunked framing
+        raise InvalidInput(f"the request body ended after {received} bytes: {exc}") from None
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body stalled: no bytes for {limits.body_read_timeout_s:g} s after {received} bytes "
+            "(--body-read-timeout); send the whole body without pauses"
+        ) from None
 
 
 def content_encoding(request: web.BaseRequest) -> str:

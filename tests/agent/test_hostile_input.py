@@ -280,3 +280,19 @@ def test_json_made_of_short_strings_is_refused_before_parsing() -> None:
         decode_request(attack, limits=codec.DecodeLimits(max_elements=1024))
     with pytest.raises(InvalidInput, match="needs 3 elements, data has 40000"):  # within the default limits it is parsed
         decode_request(attack)
+
+
+def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(guarded: AgentThread) -> None:
+    head = (f"POST /v2/models/affine/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Length: 1000\r\n\r\n").encode()  # fmt: skip
+    assert guarded.server is not None
+    metrics = guarded.server.metrics
+    with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as sock:
+        sock.sendall(head + b'{"inputs": [')
+        time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while 'code="400",model="affine"' not in metrics.exposition().decode() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = metrics.exposition().decode()
+    assert 'code="400",model="affine"' in text
+    assert 'code="500"' not in text
