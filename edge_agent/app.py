@@ -15,6 +15,7 @@ from edge_agent.control.capabilities import probe
 from edge_agent.control.kube import Credentials, KubeClient, in_cluster_credentials, load_kubeconfig
 from edge_agent.control.plane import ControlPlane, default_endpoint
 from edge_agent.control.reconciler import Reconciler
+from edge_agent.heap import return_large_buffers
 from edge_agent.server import AgentServer, read_token
 from edge_agent.settings import AgentSettings, LocalModel
 from edgemodel.errors import UserError
@@ -113,6 +114,7 @@ async def serve_forever(settings: AgentSettings, local_models: list[LocalModel])
 
 def run(settings: AgentSettings, local_models: list[LocalModel]) -> None:
     """Run the agent on uvloop when it is installed (lower per-request overhead), else asyncio."""
+    return_large_buffers()  # request bodies are freed back to the OS, not kept in the heap
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is in the agent extra
