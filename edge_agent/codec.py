@@ -246,6 +246,8 @@ JSON_BYTES_PER_CONTAINER = 16
 """At most one JSON array or object per this many bytes of JSON (plus a few): ``[[],[],...]`` costs 56
 bytes of memory per 3 bytes of text, so a JSON part that is all containers is refused before parsing.
 Real requests hold far fewer (a nested 1x3x224x224 image: 677 arrays in 3 MB)."""
+JSON_UNCOUNTED_BYTES = 1 << 20
+"""JSON parts up to this size are parsed without counting (orjson peaks at 16-24x the text)."""
 JSON_SPARE_STRINGS = 1024
 """Strings a JSON part may hold beyond the BYTES elements the limit allows (names, datatypes, ids)."""
 
@@ -254,7 +256,7 @@ def _check_json_shape(head: bytes | bytearray | memoryview, limits: DecodeLimits
     """The JSON text (as bytes), once a count of brackets and quotes shows that parsing it cannot cost
     much more than the limits allow (a parsed short string costs ~60 bytes, an empty array 56)."""
     text = head if isinstance(head, (bytes, bytearray)) else head.tobytes()
-    if len(text) <= 64 * 1024:  # parsed whole, a small JSON part costs at most a few MB
+    if len(text) <= JSON_UNCOUNTED_BYTES:  # parsed whole, it costs at most ~24 MB: not worth two scans
         return text
     containers = text.count(b"[") + text.count(b"{")
     allowed = 64 + len(text) // JSON_BYTES_PER_CONTAINER

@@ -258,7 +258,7 @@ def test_valid_typed_requests_still_decode_exactly() -> None:
 
 def test_json_made_of_containers_is_refused_before_parsing() -> None:
     """``[[],[],...]`` costs 56 bytes per 3 bytes of text once parsed: refused by counting, not parsing."""
-    attack = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [' + b"[]," * 100_000 + b"[]]}]}"
+    attack = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [' + b"[]," * 400_000 + b"[]]}]}"
     tracemalloc.start()
     try:
         with pytest.raises(InvalidInput, match="more than the .* allowed"):
@@ -267,19 +267,21 @@ def test_json_made_of_containers_is_refused_before_parsing() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 2 * len(attack), f"refusing {len(attack)} bytes of JSON allocated {peak} bytes"
-    nested = np.full((1, 3, 64, 64), 0.25, dtype=np.float32).tolist()  # a real nested image passes
-    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 3, 64, 64], "datatype": "FP32", "data": nested}]}).encode()
-    assert len(body) > 64 * 1024
-    assert decode_request(body).inputs[0].data.shape == (1, 3, 64, 64)
+    nested = np.full((1, 3, 256, 256), 0.25, dtype=np.float32).tolist()  # a real nested image passes
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 3, 256, 256], "datatype": "FP32", "data": nested}]}).encode()
+    assert len(body) > codec.JSON_UNCOUNTED_BYTES
+    assert decode_request(body).inputs[0].data.shape == (1, 3, 256, 256)
 
 
 def test_json_made_of_short_strings_is_refused_before_parsing() -> None:
     """orjson's peak is ~24x the text for short strings: their count is bounded by the BYTES element limit."""
-    attack = b'{"inputs": [{"name": "t", "shape": [3], "datatype": "BYTES", "data": [' + b",".join([b'"ab"'] * 40_000) + b"]}]}"
-    with pytest.raises(PayloadTooLarge, match="about 4000[0-9] strings, more than the 1040"):
-        decode_request(attack, limits=codec.DecodeLimits(max_elements=1024))
-    with pytest.raises(InvalidInput, match="needs 3 elements, data has 40000"):  # within the default limits it is parsed
-        decode_request(attack)
+    def attack(count: int, text: bytes) -> bytes:
+        return b'{"inputs": [{"name": "t", "shape": [3], "datatype": "BYTES", "data": [' + b",".join([text] * count) + b"]}]}"
+
+    with pytest.raises(PayloadTooLarge, match="about 25000[0-9] strings, more than the 66560"):
+        decode_request(attack(250_000, b'"ab"'))
+    with pytest.raises(InvalidInput, match="needs 3 elements, data has 62000"):  # within the limit: parsed, then checked
+        decode_request(attack(62_000, b'"abcdefghijklmno"'))
 
 
 def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(guarded: AgentThread) -> None:
