@@ -37,6 +37,7 @@ def test_torchscript_model_converts_with_signed_manifest_and_verified_digests(
     assert set(manifest.files) == {"model-cpu.onnx", "report.md", "report.png"}
     for name, digest in manifest.files.items():
         assert sha256_file(out / name) == digest, name
+        assert manifest.sizes[name] == (out / name).stat().st_size, name  # agents stop a download there
     assert manifest.source_sha256 == sha256_file(digits.model_pt)
     assert manifest.opset >= 17
     assert "dynamo" in manifest.exporter
