@@ -36,14 +36,17 @@ def decode_body(
 ) -> InferRequest:
     """Decompress and decode a raw body under ``limits`` (runs on any thread).
 
-    A refusal is raised without its traceback: the frames would keep a half-parsed body alive while
-    the next one is decoded.
+    A refusal is raised without its traceback and without a reference cycle: either would keep the
+    body (and a half-parsed one) alive while the next request is read.
     """
     try:
         return _decode_body(body, encoding, header_length, limits, model_inputs)
     except AgentError as exc:
         error = type(exc)(exc.message)
-    raise error
+    try:
+        raise error
+    finally:
+        del error  # else error -> traceback -> this frame -> error: a cycle that keeps the body until a GC pass
 
 
 def _decode_body(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import socket
 import struct
 import time
 import tracemalloc
+import types
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -298,3 +300,21 @@ def test_a_client_that_hangs_up_mid_body_is_not_a_server_error(guarded: AgentThr
     text = metrics.exposition().decode()
     assert 'code="400",model="affine"' in text
     assert 'code="500"' not in text
+
+
+def test_refused_bodies_are_freed_at_once_not_at_the_next_gc_pass(guarded: AgentThread) -> None:
+    """A reference cycle through a refusal's traceback kept each refused body alive until a GC pass:
+    sequential hostile requests then added up (8 MB each with the default limits)."""
+    head = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}]}).encode()
+    body = head + bytes(50_000)  # binary data that no input claims: refused after the whole body is read
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            response = post(guarded, "affine", body, {"Inference-Header-Content-Length": str(len(head))})
+            assert response.status_code == 400, response.text
+        holding = [f.f_code.co_name for f in gc.get_objects() if isinstance(f, types.FrameType)
+                   and any(isinstance(v, bytearray) and len(v) >= 50_000 for v in f.f_locals.values())]  # fmt: skip
+    finally:
+        gc.enable()
+    assert holding == [], f"frames still holding refused bodies: {holding}"
