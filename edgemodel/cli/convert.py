@@ -49,6 +49,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--latency-runs", type=int, default=50, help="timed runs per candidate and batch size (default 50)")
     p.add_argument("--latency-budget", type=float, default=2.0, metavar="SECONDS",
                    help="timing budget per candidate and batch size (default 2.0)")
+    p.add_argument("--latency-rounds", type=int, metavar="N", help="interleaved measurement rounds of candidates and "
+                   "split cuts (default: spec.optimization.measurement.rounds, 10)")
     p.add_argument("--batch-size", type=int, help="larger batch measured besides 1 (default 8 or serving.batching)")
     p.add_argument("--workdir", type=Path, help="keep intermediate files (exported and candidate models) here")
     p.add_argument("--no-plot", action="store_true", help="skip report.png")
@@ -58,11 +60,12 @@ def _options(args: argparse.Namespace, workdir: Path) -> Any:
     from edgemodel.convert.pipeline import ConvertOptions
 
     for flag, value in (("--latency-runs", args.latency_runs), ("--threads", args.threads),
-                        ("--batch-size", args.batch_size)):
+                        ("--batch-size", args.batch_size), ("--latency-rounds", args.latency_rounds)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: use a positive number")
     return ConvertOptions(workdir=workdir, revision=args.revision or 1, threads=args.threads,
                           latency_runs=args.latency_runs, latency_budget_s=args.latency_budget,
+                          latency_rounds=args.latency_rounds,
                           batch_size=args.batch_size, plot=not args.no_plot)
 
 
