@@ -100,7 +100,7 @@ def _stats(timings: Timings, batch: int, provider: str) -> LatencyStats:
                         rounds_ms=[round(m * 1000.0, 5) for m in timings.round_medians()])
 
 
-MIN_BLOCK_S = 0.003
+MIN_BLOCK_S = 0.001
 """A block of consecutive runs lasts at least this long (fast models get more runs per block)."""
 
 

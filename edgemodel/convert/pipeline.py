@@ -90,7 +90,7 @@ class ConvertOptions:
     batch_size: int | None = None
     """The larger batch measured besides batch 1 (default 8, or serving.batching.maxBatchSize)."""
     export_check_samples: int = 16
-    split_profile_runs: int = 3
+    split_profile_runs: int = 2
     """Timed runs of every head and tail per measurement round when profiling the cuts for spec.split.cut auto."""
     plot: bool = True
 
