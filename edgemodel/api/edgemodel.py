@@ -115,7 +115,8 @@ class TargetHardware(ApiModel):
     hardware_class: HardwareClass
     """The hardware class, e.g. cpu or gpu."""
     precisions: list[Precision] = Field(default_factory=lambda: [Precision.FP32, Precision.INT8, Precision.FP16], min_length=1)
-    """Precisions allowed for this class; the fastest accurate one is chosen."""
+    """Precisions allowed for this class; the simplest accurate candidate is chosen unless a more complex one is
+    faster beyond the noise (optimization.measurement)."""
 
 
 class Measurement(ApiModel):

@@ -25,7 +25,8 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "convert", help="convert and optimise a model into signed ONNX artifacts (local, or as the conversion Job)",
         description="Export a TorchScript/torch.export/ONNX model to ONNX, build FP32/INT8/FP16 candidates, measure "
-        "accuracy and latency, choose the fastest accurate one per hardware class, and sign the manifest.",
+        "accuracy and latency, choose per hardware class the simplest accurate one unless a more complex one is "
+        "faster beyond the noise, and sign the manifest.",
         epilog="Local:  edgemodel convert -f model.yaml --output out/ --generate-key\n"
         "Job:    edgemodel convert --job --revision 3 --store-url http://edgemodel-store:8080 "
         f"--signing-key {JOB_KEY}\n"
