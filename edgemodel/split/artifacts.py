@@ -98,8 +98,8 @@ def scaled_profile(profile: SplitProfile, factor: float) -> SplitProfile:
 
 
 CUT_MIN_SPEEDUP = 1.02
-"""An auto cut nearer the output replaces one nearer the input only when it is predicted this much faster at the
-lower bound of the 95% CI (paired over the profiling rounds)."""
+"""The fastest auto cut replaces one that sends fewer feature bytes only when it is predicted this much faster at
+the lower bound of the 95% CI (paired over the profiling rounds)."""
 
 
 def round_totals(profile: SplitProfile, plan: Plan, slowdown: float, wire: str) -> dict[str, list[float]]:
@@ -129,9 +129,10 @@ def plan_auto(profile: SplitProfile, settings: SplitSettings) -> tuple[Plan, dic
 
     With the latency objective and per-round measurements, the cuts are compared on their per-round
     predicted totals (:func:`edgemodel.timing.decide`, ``CUT_MIN_SPEEDUP``): the fastest cut by median
-    wins only over the cuts it beats beyond the noise; among the others the one nearest the input (least
-    edge compute, the least of the model on the weak device) is chosen. Returns the plan and that
-    comparison (None when the planner's choice on the medians stands as it is).
+    wins only over the cuts it beats beyond the noise; among the others the one sending the fewest
+    feature bytes (then the earliest) is chosen: bytes are exact, so near-equal cuts resolve the same
+    way every time. Returns the plan and that comparison (None when the planner's choice on the medians
+    stands as it is).
     """
     if settings.link is None:
         raise UserError("spec.split.link: cut 'auto' needs the link (bandwidthMbitS, rttMs) to choose a cut for")
@@ -142,12 +143,15 @@ def plan_auto(profile: SplitProfile, settings: SplitSettings) -> tuple[Plan, dic
     if settings.objective is not Objective.LATENCY or len(totals) != len(plan.options) or not totals:
         return plan, None
     index = {o.cut: k for k, o in enumerate(plan.options)}
-    decision = decide([Contender(cut, index[cut], rows) for cut, rows in totals.items()], CUT_MIN_SPEEDUP)
+    # Preference among cuts within the noise: the fewest feature bytes (exact, not measured: less data leaves
+    # the device and a slower link than declared hurts least), then the earliest.
+    rank = {o.cut: r for r, o in enumerate(sorted(plan.options, key=lambda o: (o.bytes_up, o.cut_index or 0)))}
+    decision = decide([Contender(cut, rank[cut], rows) for cut, rows in totals.items()], CUT_MIN_SPEEDUP)
     chosen = plan.options[index[decision.chosen.name]]
     met = settings.budget_ms is None or chosen.total_ms <= settings.budget_ms
     comparison = {
-        "rule": f"the cut nearest the input that the fastest does not beat by {CUT_MIN_SPEEDUP:g}x at the lower "
-                "bound of the 95% CI of the paired per-round totals",
+        "rule": f"the cut with the fewest feature bytes that the fastest does not beat by {CUT_MIN_SPEEDUP:g}x at "
+                "the lower bound of the 95% CI of the paired per-round totals",
         "rounds": profile.rounds, "fastest": decision.fastest.name, "medianFastest": plan.chosen.cut,
         "withinNoise": list(decision.within_noise),
         "fastestVsChosen": (decision.versus[chosen.cut or ""].text() if chosen.cut != decision.fastest.name
