@@ -123,8 +123,8 @@ class Measurement(ApiModel):
     """How candidates and split cuts are timed and compared (robust on a busy shared machine)."""
 
     rounds: int = Field(default=10, ge=3, le=100)
-    """Interleaved rounds: each candidate (and each split head/tail) is timed once per round, in an order that
-    changes every round, so load from other work hits all alike; more rounds give tighter confidence intervals."""
+    """Interleaved rounds: in each, every candidate (and split head/tail) runs one block of timed runs, in an order
+    that changes every round, so load from other work hits all alike; more rounds, tighter confidence intervals."""
     min_speedup: float = Field(default=1.05, ge=1.0, le=10.0)
     """A more complex candidate replaces a simpler one only when it is faster by at least this factor at the lower
     bound of the 95% confidence interval, e.g. 1.05: at least 5% faster beyond the noise."""

@@ -504,7 +504,12 @@ def success_result(output: ConversionOutput, uris: dict[str, str]) -> Conversion
             reason=(choice.reason if choice else c.reject_reason or "accepted")[:300]))
     parts = []
     for a in m.choices:
-        speed = f", {a.speedup_vs_baseline:.2f}x FP32" if a.speedup_vs_baseline and a.candidate != cands.BASELINE else ""
+        speed = ""
+        if a.speedup_vs_baseline and a.candidate != cands.BASELINE:
+            speed = f", {a.speedup_vs_baseline:.2f}x FP32" + (
+                f" (95% CI {a.speedup_ci95[0]:.2f}-{a.speedup_ci95[1]:.2f})" if a.speedup_ci95 else "")
+        elif a.reason.startswith(f"{cands.BASELINE} kept: the fastest"):
+            speed = ", kept: faster candidates within the noise"
         parts.append(f"{a.hardware_class.value}: {a.candidate}{speed}, {m.validation['metric']} {a.metric:.4f}"
                      if a.metric is not None else f"{a.hardware_class.value}: {a.candidate}")
     if split is not None:
