@@ -129,7 +129,7 @@ class Speedup:
         return self.low >= min_speedup
 
     def text(self) -> str:
-        return f"{self.ratio:.2f}x, 95% CI [{self.low:.2f}, {self.high:.2f}] over {self.rounds} rounds"
+        return f"{self.ratio:.2f}x (95% CI [{self.low:.2f}, {self.high:.2f}], {self.rounds} rounds)"
 
 
 def speedup(faster: Contender, slower: Contender) -> Speedup:

@@ -71,7 +71,7 @@ def _judge(c: CandidateResult, budget: float, allowed: list[Precision], baseline
         versus = speedup(contender(c, batch), contender(baseline, batch))
         if versus.high < 1.0:
             return (f"slower than the FP32 baseline beyond the noise ({latency_key(c, batch):.3f} ms vs "
-                    f"{latency_key(baseline, batch):.3f} ms p50 at batch {batch}; {versus.text()})")
+                    f"{latency_key(baseline, batch):.3f} ms p50 at batch {batch}; speed-up {versus.text()})")
     return ""
 
 
@@ -82,7 +82,7 @@ def _why(decision: Decision, best: CandidateResult, baseline_kept: bool, vs_base
     if baseline_kept:
         if fastest.name == best.name:
             return f"{best.name} kept: no accepted {hw.value} candidate is faster"
-        return (f"{best.name} kept: the fastest, {fastest.name}, is {decision.versus[best.name].text()} faster, "
+        return (f"{best.name} kept: the fastest, {fastest.name}, is {decision.versus[best.name].text()} faster: "
                 f"within the noise (a more complex candidate must be >= {decision.min_speedup:g}x faster at the "
                 f"CI's lower bound)")
     if vs_base is not None:
@@ -91,7 +91,7 @@ def _why(decision: Decision, best: CandidateResult, baseline_kept: bool, vs_base
     else:
         why = f"{best.name}: the simplest accepted {hw.value} candidate within the noise of the fastest"
     if fastest.name != best.name:
-        why += (f"; kept over the fastest, {fastest.name} ({decision.versus[best.name].text()} faster, within "
+        why += (f"; kept over the fastest, {fastest.name} ({decision.versus[best.name].text()} faster: within "
                 f"the noise), as the simpler")
     return why
 
