@@ -301,8 +301,9 @@ def main() -> int:
         f"Machine: {cpu}, {os.cpu_count()} cores shared with other engineers' work; {args.threads} threads for "
         f"torch and ONNX Runtime {onnxruntime.__version__}, torch {torch.__version__}; load average "
         f"{' / '.join(f'{x:.2f}' for x in load_before)} before and {' / '.join(f'{x:.2f}' for x in load_after)} after "
-        f"(1/5/15 min). Each candidate is timed alone in consecutive runs (p50 of up to {args.runs}), in two "
-        "passes of alternating order whose samples are pooled; torch eager is timed after the conversion in "
+        f"(1/5/15 min). Candidates are timed in interleaved rounds (a block of consecutive runs of each per "
+        f"round, order rotating; p50 of at least {args.runs} runs) and the simplest within the noise of the fastest "
+        "is chosen (docs/architecture.md); torch eager is timed after the conversion in "
         "the same way beside the ORT FP32 file, and its speed-up column compares with that ORT run (in its "
         "verdict cell).", "",
         "| model | auto choice (cpu) | target | reached | met |", "|---|---|---|---|---|", *summary, "",

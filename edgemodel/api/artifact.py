@@ -24,6 +24,9 @@ class LatencyStats(StatusModel):
     p95_ms: float
     runs: int
     provider: str = "CPUExecutionProvider"
+    rounds_ms: list[float] = Field(default_factory=list)
+    """Median ms of each interleaved measurement round (round r of every candidate ran seconds apart), the
+    samples the choice compares in pairs (edgemodel.timing)."""
 
 
 class CandidateResult(StatusModel):
@@ -34,6 +37,9 @@ class CandidateResult(StatusModel):
     hardware_class: HardwareClass
     precision: Precision
     settings: dict[str, Any] = Field(default_factory=dict)
+    complexity: int = 0
+    """Simplicity rank (lower is simpler): a more complex candidate is chosen only when it is faster beyond
+    the noise (edgemodel.convert.candidates.complexity; docs/architecture.md, "Choosing a candidate")."""
     metric: float | None = None
     metric_drop: float | None = None
     latency: list[LatencyStats] = Field(default_factory=list)
@@ -61,6 +67,8 @@ class ArtifactChoice(StatusModel):
     """p50 latency at the selection batch size, on the provider it was measured on."""
     speedup_vs_baseline: float | None = None
     """FP32 baseline p50 over this candidate's p50 (None when latency was not measured on the target)."""
+    speedup_ci95: list[float] | None = None
+    """95% confidence interval [low, high] of the paired speed-up over the FP32 baseline (None when not measured)."""
 
 
 class ArtifactManifest(StatusModel):
@@ -81,6 +89,8 @@ class ArtifactManifest(StatusModel):
     outputs: list[TensorSpec] = Field(default_factory=list)
     validation: dict[str, Any] = Field(default_factory=dict)
     """Metric, data source (validation data, or agreement on generated inputs) and sample count."""
+    measurement: dict[str, Any] = Field(default_factory=dict)
+    """How latency was measured and compared: rounds, minSpeedup and the rule (edgemodel.timing)."""
     candidates: list[CandidateResult] = Field(default_factory=list)
     choices: list[ArtifactChoice] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict)

@@ -115,7 +115,19 @@ class TargetHardware(ApiModel):
     hardware_class: HardwareClass
     """The hardware class, e.g. cpu or gpu."""
     precisions: list[Precision] = Field(default_factory=lambda: [Precision.FP32, Precision.INT8, Precision.FP16], min_length=1)
-    """Precisions allowed for this class; the fastest accurate one is chosen."""
+    """Precisions allowed for this class; the simplest accurate candidate is chosen unless a more complex one is
+    faster beyond the noise (optimization.measurement)."""
+
+
+class Measurement(ApiModel):
+    """How candidates and split cuts are timed and compared (robust on a busy shared machine)."""
+
+    rounds: int = Field(default=10, ge=3, le=100)
+    """Interleaved rounds: in each, every candidate (and split head/tail) runs one block of timed runs, in an order
+    that changes every round, so load from other work hits all alike; more rounds, tighter confidence intervals."""
+    min_speedup: float = Field(default=1.05, ge=1.0, le=10.0)
+    """A more complex candidate replaces a simpler one only when it is faster by at least this factor at the lower
+    bound of the 95% confidence interval, e.g. 1.05: at least 5% faster beyond the noise."""
 
 
 class Optimization(ApiModel):
@@ -133,6 +145,8 @@ class Optimization(ApiModel):
     """ONNX opset to export with; empty chooses the exporter's recommended opset."""
     targets: list[TargetHardware] = Field(default_factory=lambda: [TargetHardware(hardware_class=HardwareClass.CPU)], min_length=1)
     """Hardware classes to build artifacts for, e.g. [{hardwareClass: cpu}, {hardwareClass: gpu}]."""
+    measurement: Measurement = Field(default_factory=Measurement)
+    """How latency is measured and how much faster a more complex candidate must be to be chosen."""
 
 
 class ValidationMetric(StrEnum):

@@ -25,7 +25,8 @@ def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "convert", help="convert and optimise a model into signed ONNX artifacts (local, or as the conversion Job)",
         description="Export a TorchScript/torch.export/ONNX model to ONNX, build FP32/INT8/FP16 candidates, measure "
-        "accuracy and latency, choose the fastest accurate one per hardware class, and sign the manifest.",
+        "accuracy and latency, choose per hardware class the simplest accurate one unless a more complex one is "
+        "faster beyond the noise, and sign the manifest.",
         epilog="Local:  edgemodel convert -f model.yaml --output out/ --generate-key\n"
         "Job:    edgemodel convert --job --revision 3 --store-url http://edgemodel-store:8080 "
         f"--signing-key {JOB_KEY}\n"
@@ -49,6 +50,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--latency-runs", type=int, default=50, help="timed runs per candidate and batch size (default 50)")
     p.add_argument("--latency-budget", type=float, default=2.0, metavar="SECONDS",
                    help="timing budget per candidate and batch size (default 2.0)")
+    p.add_argument("--latency-rounds", type=int, metavar="N", help="interleaved measurement rounds of candidates and "
+                   "split cuts (default: spec.optimization.measurement.rounds, 10)")
     p.add_argument("--batch-size", type=int, help="larger batch measured besides 1 (default 8 or serving.batching)")
     p.add_argument("--workdir", type=Path, help="keep intermediate files (exported and candidate models) here")
     p.add_argument("--no-plot", action="store_true", help="skip report.png")
@@ -58,11 +61,12 @@ def _options(args: argparse.Namespace, workdir: Path) -> Any:
     from edgemodel.convert.pipeline import ConvertOptions
 
     for flag, value in (("--latency-runs", args.latency_runs), ("--threads", args.threads),
-                        ("--batch-size", args.batch_size)):
+                        ("--batch-size", args.batch_size), ("--latency-rounds", args.latency_rounds)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value}: use a positive number")
     return ConvertOptions(workdir=workdir, revision=args.revision or 1, threads=args.threads,
                           latency_runs=args.latency_runs, latency_budget_s=args.latency_budget,
+                          latency_rounds=args.latency_rounds,
                           batch_size=args.batch_size, plot=not args.no_plot)
 
 

@@ -54,8 +54,36 @@ class StaticSettings:
         return f"int8-static-{fmt}-{act}-{channel}-{self.method.value.lower()}"
 
 
+TIERS = {"fp32": 0, "fp16": 10, "dynamic": 20, "static": 30}
+"""Simplicity of each kind of candidate (lower is simpler): the FP32 graph as exported and optimised, FP16 (a
+cast of the weights), INT8 dynamic (weights only, no calibration data), INT8 static (activation ranges
+calibrated on data). Candidates that change the weights by training (pruned, QAT, distilled) belong at 40 and
+above. Within a tier every setting that differs from the spec's INT8 defaults adds one (see complexity)."""
+
+
+def complexity(kind: str, settings: dict[str, Any]) -> int:
+    """Simplicity rank of a candidate (lower is simpler): its kind's tier plus one per non-default setting.
+
+    Non-default: per-tensor weights (per-channel is the default), QOperator format (QDQ is the portable
+    default), S8S8 activations (U8S8 is the default), and the calibration method (MinMax +0, Percentile +1,
+    Entropy +2: more data-dependent). A kind not in TIERS counts as 40 (retrained weights).
+    """
+    rank = TIERS.get(kind, 40)
+    if kind in ("dynamic", "static") and settings.get("perChannel") is False:
+        rank += 1
+    if kind == "static":
+        rank += settings.get("format") == QuantFormat.QOPERATOR.value
+        rank += settings.get("activationType") == ActivationType.INT8.value
+        rank += {CalibrationMethod.PERCENTILE.value: 1, CalibrationMethod.ENTROPY.value: 2}.get(
+            str(settings.get("calibrationMethod")), 0)
+    return int(rank)
+
+
 @dataclass
 class CandidatePlan:
+    """A candidate to build: ``complexity`` ranks its simplicity for the choice (default: from ``kind`` and
+    ``settings``, see :func:`complexity`)."""
+
     name: str
     hardware_class: HardwareClass
     precision: Precision
@@ -63,6 +91,11 @@ class CandidatePlan:
     """fp32, fp16, dynamic or static."""
     settings: dict[str, Any] = field(default_factory=dict)
     static: StaticSettings | None = None
+    complexity: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.complexity is None:
+            self.complexity = complexity(self.kind, self.settings)
 
 
 @dataclass

@@ -1,15 +1,16 @@
 """Measure candidates: the validation metric against the original model, and latency p50/p95.
 
-Latency is measured per candidate in consecutive runs (as an agent serves one model), in two
-passes of alternating order so that load from other processes on a shared machine is spread
-over the candidates; loops are bounded by a run count and a time budget.
+Latency is measured in interleaved rounds (:mod:`edgemodel.timing`): per round, every candidate
+runs one block of consecutive runs (as an agent serves one model), in an order that changes from
+round to round, so load from other processes on a shared machine is spread over the candidates
+and the per-round medians can be compared in pairs; loops are bounded by a run count and a time
+budget.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from edgemodel.api.edgemodel import ValidationMetric
 from edgemodel.convert.data import Dataset
 from edgemodel.convert.errors import first_line
 from edgemodel.convert.runners import Batch, all_finite, ort_runner, run_dataset
+from edgemodel.timing import Timings, time_rounds
 
 log = logging.getLogger(__name__)
 
@@ -91,61 +93,50 @@ def evaluate(session: Any, evaluator: Evaluator) -> Measured:
     return Measured(value, evaluator.original - value, details)
 
 
-def _stats(samples: list[float], batch: int, provider: str) -> LatencyStats:
-    arr = np.asarray(samples) * 1000.0
+def _stats(timings: Timings, batch: int, provider: str) -> LatencyStats:
+    arr = np.asarray(timings.pooled()) * 1000.0
     return LatencyStats(batch_size=batch, p50_ms=round(float(np.percentile(arr, 50)), 4),
-                        p95_ms=round(float(np.percentile(arr, 95)), 4), runs=len(samples), provider=provider)
+                        p95_ms=round(float(np.percentile(arr, 95)), 4), runs=len(arr), provider=provider,
+                        rounds_ms=[round(m * 1000.0, 5) for m in timings.round_medians()])
+
+
+MIN_BLOCK_S = 0.001
+"""A block of consecutive runs lasts at least this long (fast models get more runs per block)."""
 
 
 def measure_latency(
     sessions: dict[str, Any], batches: dict[int, Batch], providers: dict[str, str], runs: int = 50,
-    budget_s: float = 2.0, warmup: int = 2, min_runs: int = 5, passes: int = 2,
-    on_round: Callable[[], None] | None = None, baseline: str | None = None, give_up_factor: float = 2.0,
+    budget_s: float = 2.0, rounds: int = 10, warmup: int = 1, min_block_s: float = MIN_BLOCK_S,
+    baseline: str | None = None, give_up_factor: float = 2.0,
 ) -> dict[str, list[LatencyStats]]:
-    """p50/p95 per session and batch size from up to ``runs`` timed runs within ``budget_s`` each.
+    """p50/p95 and per-round medians per session and batch size, from ``rounds`` interleaved rounds.
 
-    Each session is timed alone, in consecutive runs after ``warmup`` untimed ones, the way an
-    agent runs one model: interleaving single runs of several sessions makes their thread pools
-    and caches interfere and inflates every number. Load from other processes is spread by
-    ``passes`` passes in alternating order (forward, backward, ...), whose samples are pooled.
-    A session whose first-pass median is more than ``give_up_factor`` times the ``baseline``'s
-    skips the later passes (it cannot be chosen anyway).
+    In every round each session runs one block: ``warmup`` untimed runs, then consecutive timed runs
+    (``runs / rounds`` of them, more while the block is shorter than ``min_block_s``, fewer once it
+    has spent ``budget_s / rounds``), the way an agent runs one model: single runs of several sessions
+    back to back would make their thread pools and caches interfere. The order of the sessions
+    rotates and reverses from round to round (:func:`edgemodel.timing.time_rounds`), so load from
+    other processes on a shared machine hits all of them alike, and round r of two sessions can be
+    compared as a pair. A session whose first-round median is more than ``give_up_factor`` times the
+    ``baseline``'s skips the later rounds (it cannot be chosen anyway).
     """
     result: dict[str, list[LatencyStats]] = {name: [] for name in sessions}
-    per_pass_runs = max(1, -(-runs // passes))
-    per_pass_budget = budget_s / passes
+    block = max(1, -(-runs // rounds))
     for batch_size, batch in batches.items():
-        timings: dict[str, list[float]] = {name: [] for name in sessions}
-        failed: set[str] = set()
-        stopped: set[str] = set()
-        order = list(sessions)
-        for index in range(passes):
-            for name in order if index % 2 == 0 else reversed(order):
-                if name in failed or name in stopped or len(timings[name]) >= runs:
-                    continue
-                session = sessions[name]
-                try:
-                    for _ in range(warmup):
-                        session.run(None, batch)
-                except Exception as exc:
-                    log.warning("Could not time %s at batch %d: %s", name, batch_size, first_line(exc))
-                    failed.add(name)
-                    continue
-                want = min(per_pass_runs, runs - len(timings[name]))
-                floor = max(1, min(want, -(-min_runs // passes)))
-                deadline = time.perf_counter() + per_pass_budget
-                for i in range(want):
-                    if i >= floor and time.perf_counter() > deadline:
-                        break
-                    start = time.perf_counter()
-                    session.run(None, batch)
-                    timings[name].append(time.perf_counter() - start)
-            if index == 0 and baseline in timings and timings[baseline]:
-                reference = float(np.median(timings[baseline]))
-                stopped |= {n for n, t in timings.items() if t and float(np.median(t)) > give_up_factor * reference}
-            if on_round:
-                on_round()
-        for name in sessions:
-            if name not in failed and timings[name]:
-                result[name].append(_stats(timings[name], batch_size, providers[name]))
+
+        def give_up(index: int, timings: dict[str, Timings]) -> set[str]:
+            if index != 0 or baseline not in timings or not timings[baseline].rounds:
+                return set()
+            reference = timings[baseline].round_medians()[0]
+            return {n for n, t in timings.items() if t.rounds and t.round_medians()[0] > give_up_factor * reference}
+
+        def failed(name: str, exc: Exception, size: int = batch_size) -> None:
+            log.warning("Could not time %s at batch %d: %s", name, size, first_line(exc))
+
+        jobs = {name: functools.partial(session.run, None, batch) for name, session in sessions.items()}
+        timings = time_rounds(jobs, rounds, block=block, warmup=warmup, min_block_s=min_block_s,
+                              block_budget_s=budget_s / rounds, after_round=give_up, on_error=failed)
+        for name, t in timings.items():
+            if t.rounds:
+                result[name].append(_stats(t, batch_size, providers[name]))
     return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,12 +84,14 @@ class ConvertOptions:
     latency_runs: int = 50
     """Timed runs per candidate and batch size at most."""
     latency_budget_s: float = 2.0
-    """Seconds of timing per candidate and batch size at most (at least 5 runs are always made)."""
+    """Seconds of timing per candidate and batch size at most (at least one run per round is always made)."""
+    latency_rounds: int | None = None
+    """Interleaved measurement rounds (default: spec.optimization.measurement.rounds); also the split profile's."""
     batch_size: int | None = None
     """The larger batch measured besides batch 1 (default 8, or serving.batching.maxBatchSize)."""
     export_check_samples: int = 16
-    split_profile_runs: int = 5
-    """Timed runs of every head and tail when profiling the cuts for spec.split.cut auto."""
+    split_profile_runs: int = 2
+    """Timed runs of every head and tail per measurement round when profiling the cuts for spec.split.cut auto."""
     plot: bool = True
 
 
@@ -193,7 +196,7 @@ def _reference(inputs: _Inputs, model: EdgeModel, batch: int, threads: int) -> l
 
 def _measure_all(built: list[cands.BuiltCandidate], evaluator: Evaluator, options: ConvertOptions, threads: int,
                  batches: dict[int, dict[str, np.ndarray]], providers: dict[HardwareClass, str],
-                 progress: Progress) -> list[CandidateResult]:
+                 progress: Progress, rounds: int) -> list[CandidateResult]:
     results: list[CandidateResult] = []
     sessions: dict[str, Any] = {}
     keyed: dict[str, CandidateResult] = {}
@@ -202,7 +205,8 @@ def _measure_all(built: list[cands.BuiltCandidate], evaluator: Evaluator, option
     for b in built:
         plan = b.plan
         result = CandidateResult(name=plan.name, hardware_class=plan.hardware_class, precision=plan.precision,
-                                 settings={**plan.settings, "buildSeconds": round(b.build_s, 2)}, error=b.error)
+                                 settings={**plan.settings, "buildSeconds": round(b.build_s, 2)}, error=b.error,
+                                 complexity=plan.complexity or 0)
         results.append(result)
         if b.path is None:
             progress.advance(f"{plan.name} ({plan.hardware_class.value}): not built")
@@ -228,8 +232,11 @@ def _measure_all(built: list[cands.BuiltCandidate], evaluator: Evaluator, option
         progress.advance(f"{plan.name} ({plan.hardware_class.value}): {evaluator.metric.value} "
                          f"{'-' if result.metric is None else f'{result.metric:.4f}'}"
                          f"{' - ' + result.error if result.error else ''}")
+    started = time.perf_counter()
     timings = measure_latency(sessions, batches, provider_of, runs=options.latency_runs,
-                              budget_s=options.latency_budget_s, baseline=f"{cands.BASELINE}@cpu")
+                              budget_s=options.latency_budget_s, rounds=rounds, baseline=f"{cands.BASELINE}@cpu")
+    log.info("Timed %d candidates in %d interleaved rounds in %.1fs", len(sessions), rounds,
+             time.perf_counter() - started)
     for key, stats in timings.items():
         keyed[key].latency = stats
     summary = ", ".join(f"{k} {latency_key(keyed[k], 1):.3f} ms" for k in timings)
@@ -294,7 +301,7 @@ def _feeds(data: Dataset, batch: int, limit: int) -> list[dict[str, np.ndarray]]
 
 
 def _build_split(model: EdgeModel, exported: Path, inputs: _Inputs, fixed_batch: int | None, workdir: Path,
-                 threads: int, options: ConvertOptions, progress: Progress) -> dict[str, Any]:
+                 threads: int, options: ConvertOptions, progress: Progress, rounds: int) -> dict[str, Any]:
     """Cut the exported FP32 model (spec.split), verify and write head/tail/split.json; the manifest's summary.
 
     The exported model is cut, not the offline-optimised ``fp32-opt``: cut names are those of the exported
@@ -322,7 +329,7 @@ def _build_split(model: EdgeModel, exported: Path, inputs: _Inputs, fixed_batch:
         cut=split.cut, wire=split.wire, link=link,
         objective=Objective.EDGE_COMPUTE if split.objective == SplitObjective.EDGE_COMPUTE else Objective.LATENCY,
         budget_ms=split.budget_ms, edge_slowdown=split.edge_slowdown, quantize_parts=split.quantize_parts,
-        profile_runs=options.split_profile_runs, threads=threads)
+        profile_runs=options.split_profile_runs, profile_rounds=rounds, threads=threads)
     progress.stage("Splitting the model", 3)
     try:
         result = build_split(exported, samples, workdir, settings, calibration, on_step=progress.advance)
@@ -403,12 +410,13 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
     batch_sizes = [fixed_batch] if fixed_batch else sorted({1, big})
     batches = {b: inputs.evaluation.repeat_to(b) for b in batch_sizes}
     env_before = describe(threads, {hw.value: p for hw, p in providers.items()})
-    results = _measure_all(built, evaluator, options, threads, batches, providers, progress)
+    rounds = options.latency_rounds or spec.optimization.measurement.rounds
+    results = _measure_all(built, evaluator, options, threads, batches, providers, progress, rounds)
 
     selection_batch = big if (spec.serving.batching.enabled and not fixed_batch) else batch_sizes[0]
     choices = choose(results, spec.optimization.targets, spec.validation.max_accuracy_drop, inputs.metric.value,
-                     measured_on_target, selection_batch)
-    split = (_build_split(model, info.path, inputs, fixed_batch, workdir / "split", threads, options, progress)
+                     measured_on_target, selection_batch, spec.optimization.measurement.min_speedup)
+    split = (_build_split(model, info.path, inputs, fixed_batch, workdir / "split", threads, options, progress, rounds)
              if spec.split.enabled else None)
 
     progress.stage("Choosing, writing and signing", 1)
@@ -433,7 +441,8 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
             hardware_class=hw, candidate=c.name, file=filename, sha256=c.sha256, size_bytes=c.size_bytes,
             precision=c.precision, reason=choice.reason, metric=c.metric,
             p50_ms=latency_key(c, selection_batch) if c.latency else None,
-            speedup_vs_baseline=round(choice.speedup, 3) if choice.speedup else None))
+            speedup_vs_baseline=round(choice.speedup, 3) if choice.speedup else None,
+            speedup_ci95=list(choice.ci95) if choice.ci95 else None))
         log.info("Chose %s for %s: %s", c.name, hw.value, choice.reason)
     manifest = ArtifactManifest(
         model=str(model.metadata.name), namespace=model.metadata.namespace or "default", revision=options.revision,
@@ -444,6 +453,9 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
                     "data": inputs.evaluation.origin, "samples": len(inputs.evaluation),
                     "original": round(evaluator.original, 6), "maxAccuracyDrop": spec.validation.max_accuracy_drop,
                     "selectionBatch": selection_batch},
+        measurement={"rounds": rounds, "minSpeedup": spec.optimization.measurement.min_speedup,
+                     "rule": "the simplest accepted candidate that the fastest does not beat by minSpeedup at the "
+                             "lower bound of the 95% CI of the paired speed-up (edgemodel.timing.decide)"},
         candidates=results, choices=artifact_choices, environment=env_before, notes=notes, split=split,
     )
     plot_name = None
@@ -493,7 +505,12 @@ def success_result(output: ConversionOutput, uris: dict[str, str]) -> Conversion
             reason=(choice.reason if choice else c.reject_reason or "accepted")[:300]))
     parts = []
     for a in m.choices:
-        speed = f", {a.speedup_vs_baseline:.2f}x FP32" if a.speedup_vs_baseline and a.candidate != cands.BASELINE else ""
+        speed = ""
+        if a.speedup_vs_baseline and a.candidate != cands.BASELINE:
+            speed = f", {a.speedup_vs_baseline:.2f}x FP32" + (
+                f" (95% CI {a.speedup_ci95[0]:.2f}-{a.speedup_ci95[1]:.2f})" if a.speedup_ci95 else "")
+        elif a.reason.startswith(f"{cands.BASELINE} kept: the fastest"):
+            speed = ", kept: faster candidates within the noise"
         parts.append(f"{a.hardware_class.value}: {a.candidate}{speed}, {m.validation['metric']} {a.metric:.4f}"
                      if a.metric is not None else f"{a.hardware_class.value}: {a.candidate}")
     if split is not None:

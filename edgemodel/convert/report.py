@@ -73,6 +73,9 @@ def render_markdown(manifest: ArtifactManifest, plot_name: str | None) -> str:
         f"{v.get('metric')} {v.get('original', 0):.4f}; budget: drop <= {v.get('maxAccuracyDrop')}",
         f"- Measured with ONNX Runtime {env.get('onnxruntime', '?')} on {env.get('provider', 'CPUExecutionProvider')}, "
         f"{env.get('threads', '?')} threads, {env.get('cpu', '')}; load average {env.get('loadAverage', '?')}",
+        *([f"- Latency: {manifest.measurement['rounds']} interleaved rounds per candidate; chosen: "
+           f"{manifest.measurement.get('rule', '')} (minSpeedup {manifest.measurement.get('minSpeedup')})"]
+          if manifest.measurement else []),
         "",
         "## Choice",
         "",

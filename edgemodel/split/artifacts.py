@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from edgemodel.split.graph import (
 from edgemodel.split.graph import verify_split as verify
 from edgemodel.split.planner import Link, Objective, OptionKind, Plan, choose_cut
 from edgemodel.split.profile import SplitProfile, planner_costs, profile_split
+from edgemodel.timing import Contender, decide
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ class SplitSettings:
     rtol: float = 1e-3
     atol: float = 1e-4
     profile_runs: int = 10
+    """Timed runs of every head and tail per profiling round (auto only)."""
+    profile_rounds: int = 10
+    """Interleaved profiling rounds (auto only); the cut is chosen on the per-round totals."""
     threads: int | None = None
 
 
@@ -93,13 +97,67 @@ def scaled_profile(profile: SplitProfile, factor: float) -> SplitProfile:
     return scaled
 
 
-def plan_auto(profile: SplitProfile, settings: SplitSettings) -> Plan:
-    """The planner's choice among the cuts only (a split deployment needs a cut): edge = profile x slowdown."""
+CUT_MIN_SPEEDUP = 1.02
+"""The fastest auto cut replaces one that sends fewer feature bytes only when it is predicted this much faster at
+the lower bound of the 95% CI (paired over the profiling rounds)."""
+
+
+def round_totals(profile: SplitProfile, plan: Plan, slowdown: float, wire: str) -> dict[str, list[float]]:
+    """Per cut, the predicted end-to-end ms of every profiling round: the plan's transfer, the round's head x
+    ``slowdown``, tail, and (when ``wire`` was timed in the rounds) encode x ``slowdown`` + decode, else the
+    plan's codec time."""
+    by_cut = {c.tensor: c for c in profile.cuts}
+    totals: dict[str, list[float]] = {}
+    for option in plan.options:
+        cut = by_cut.get(option.cut or "")
+        if option.kind is not OptionKind.SPLIT or cut is None or not cut.rounds.get("head"):
+            continue
+        heads, tails = cut.rounds["head"], cut.rounds.get("tail", [])
+        encodes, decodes = cut.rounds.get("encode"), cut.rounds.get("decode")
+        timed = profile.round_wire == str(WireFormat.parse(wire)) and encodes and decodes
+        rows = []
+        for r in range(min(len(heads), len(tails))):
+            codec_ms = (encodes[r] * slowdown + decodes[r] if timed and encodes and decodes
+                        and r < min(len(encodes), len(decodes)) else option.codec_ms)
+            rows.append(heads[r] * slowdown + tails[r] + codec_ms + option.transfer_ms)
+        totals[option.cut or ""] = rows
+    return totals
+
+
+def plan_auto(profile: SplitProfile, settings: SplitSettings) -> tuple[Plan, dict[str, Any] | None]:
+    """The choice among the cuts only (a split deployment needs a cut): edge = profile x slowdown.
+
+    With the latency objective and per-round measurements, the cuts are compared on their per-round
+    predicted totals (:func:`edgemodel.timing.decide`, ``CUT_MIN_SPEEDUP``): the fastest cut by median
+    wins only over the cuts it beats beyond the noise; among the others the one sending the fewest
+    feature bytes (then the earliest) is chosen: bytes are exact, so near-equal cuts resolve the same
+    way every time. Returns the plan and that comparison (None when the planner's choice on the medians
+    stands as it is).
+    """
     if settings.link is None:
         raise UserError("spec.split.link: cut 'auto' needs the link (bandwidthMbitS, rttMs) to choose a cut for")
     edge = scaled_profile(profile, settings.edge_slowdown)
     costs = planner_costs(edge, profile, wire=settings.wire)
-    return choose_cut(costs, settings.link, settings.objective, settings.budget_ms, edge_only=False, cloud_only=False)
+    plan = choose_cut(costs, settings.link, settings.objective, settings.budget_ms, edge_only=False, cloud_only=False)
+    totals = round_totals(profile, plan, settings.edge_slowdown, settings.wire)
+    if settings.objective is not Objective.LATENCY or len(totals) != len(plan.options) or not totals:
+        return plan, None
+    index = {o.cut: k for k, o in enumerate(plan.options)}
+    # Preference among cuts within the noise: the fewest feature bytes (exact, not measured: less data leaves
+    # the device and a slower link than declared hurts least), then the earliest.
+    rank = {o.cut: r for r, o in enumerate(sorted(plan.options, key=lambda o: (o.bytes_up, o.cut_index or 0)))}
+    decision = decide([Contender(cut, rank[cut], rows) for cut, rows in totals.items()], CUT_MIN_SPEEDUP)
+    chosen = plan.options[index[decision.chosen.name]]
+    met = settings.budget_ms is None or chosen.total_ms <= settings.budget_ms
+    comparison = {
+        "rule": f"the cut with the fewest feature bytes that the fastest does not beat by {CUT_MIN_SPEEDUP:g}x at "
+                "the lower bound of the 95% CI of the paired per-round totals",
+        "rounds": profile.rounds, "fastest": decision.fastest.name, "medianFastest": plan.chosen.cut,
+        "withinNoise": list(decision.within_noise),
+        "fastestVsChosen": (decision.versus[chosen.cut or ""].text() if chosen.cut != decision.fastest.name
+                            else None),
+    }
+    return replace(plan, chosen=chosen, budget_met=met), comparison
 
 
 def build_split(model: onnx.ModelProto | str | Path | bytes, samples: Feeds | Sequence[Feeds], out_dir: Path,
@@ -120,12 +178,15 @@ def build_split(model: onnx.ModelProto | str | Path | bytes, samples: Feeds | Se
                         "use split: none")
     profile: SplitProfile | None = None
     plan: Plan | None = None
+    comparison: dict[str, Any] | None = None
     wire_formats = tuple(dict.fromkeys(("fp32", "fp16", "int8", "int8+zstd", str(WireFormat.parse(settings.wire)))))
     if settings.cut == AUTO:
         log.info("Profiling %d candidate cuts to choose one automatically", len(candidates))
-        profile = profile_split(proto, samples, threads=settings.threads, runs=settings.profile_runs, warmup=2,
-                                wire_formats=wire_formats, candidates=candidates)
-        plan = plan_auto(profile, settings)
+        profile = profile_split(proto, samples, threads=settings.threads,
+                                runs=settings.profile_runs * settings.profile_rounds, warmup=1,
+                                wire_formats=wire_formats, candidates=candidates, rounds=settings.profile_rounds,
+                                round_wire=settings.wire)
+        plan, comparison = plan_auto(profile, settings)
         assert plan.chosen.kind is OptionKind.SPLIT
         assert plan.chosen.cut is not None
         cut = next(c for c in candidates if c.tensor == plan.chosen.cut)
@@ -163,6 +224,7 @@ def build_split(model: onnx.ModelProto | str | Path | bytes, samples: Feeds | Se
         "verification": verification.to_dict(),
         "quantizedVerification": quantized_check,
         "plan": plan.to_dict() if plan else None,
+        "cutComparison": comparison,
         "edgeSlowdown": settings.edge_slowdown if plan else None,
         "profile": profile.to_dict() if profile else None,
     }

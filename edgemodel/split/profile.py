@@ -37,6 +37,7 @@ from edgemodel.split.graph import (
 )
 from edgemodel.split.planner import SplitCosts
 from edgemodel.split.runtime import DEFAULT_PROVIDERS, OrtPart
+from edgemodel.timing import time_rounds
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class CutProfile:
     feature_bytes: dict[str, int]
     encode_ms: dict[str, float]
     decode_ms: dict[str, float]
+    rounds: dict[str, list[float]] = field(default_factory=dict)
+    """Per-round median ms of ``head``, ``tail`` and, for the planning wire format, ``encode`` and ``decode``
+    (interleaved profiles only): round r of every cut ran seconds apart, so cuts compare in pairs."""
 
 
 @dataclass
@@ -70,6 +74,10 @@ class SplitProfile:
     cuts: list[CutProfile]
     input_codec_ms: dict[str, float] = field(default_factory=dict)
     host: dict[str, Any] = field(default_factory=dict)
+    rounds: int = 0
+    """Interleaved rounds the latencies come from (0: measured cut after cut)."""
+    round_wire: str | None = None
+    """The wire format whose encode/decode time was timed in the rounds."""
 
     def to_dict(self) -> dict[str, Any]:
         """camelCase JSON form (``kind: edgemodel-split-profile/v1``)."""
@@ -95,7 +103,7 @@ class SplitProfile:
 
 _KEYS = {"head_ms": "headMs", "tail_ms": "tailMs", "feature_bytes": "featureBytes", "encode_ms": "encodeMs",
          "decode_ms": "decodeMs", "full_ms": "fullMs", "input_bytes": "inputBytes", "output_bytes": "outputBytes",
-         "input_codec_ms": "inputCodecMs"}
+         "input_codec_ms": "inputCodecMs", "round_wire": "roundWire"}
 _SNAKE = {v: k for k, v in _KEYS.items()}
 
 
@@ -150,29 +158,24 @@ def host_info() -> dict[str, Any]:
 INTERLEAVE_MAX_BYTES = 2 * 1024 ** 3
 
 
-def _interleaved_medians(jobs: Sequence[Callable[[], object]], runs: int, warmup: int) -> list[float]:
-    """Median ms of each job, timed in ``runs`` round-robin rounds so load changes hit every job alike."""
-    for job in jobs:
-        for _ in range(warmup):
-            job()
-    times: list[list[float]] = [[] for _ in jobs]
-    for _ in range(runs):
-        for index, job in enumerate(jobs):
-            start = time.perf_counter()
-            job()
-            times[index].append((time.perf_counter() - start) * 1e3)
-    return [float(statistics.median(t)) for t in times]
+MIN_BLOCK_S = 0.0
+"""An interleaved block of one part lasts at least this long (0: just the runs asked for; on a busy 2-core
+machine a longer block mostly waits for the CPU)."""
 
 
 def profile_split(model: onnx.ModelProto | str | Path | bytes, samples: Feeds | Sequence[Feeds],
                   providers: Sequence[str] = DEFAULT_PROVIDERS, threads: int | None = None, runs: int = 20,
                   warmup: int = 3, wire_formats: Sequence[str] = DEFAULT_WIRE_FORMATS,
-                  candidates: Sequence[CutCandidate] | None = None, interleave: bool | None = None) -> SplitProfile:
+                  candidates: Sequence[CutCandidate] | None = None, interleave: bool | None = None,
+                  rounds: int | None = None, round_wire: str | None = None) -> SplitProfile:
     """Measure the whole model and the head and tail of every candidate cut (timed on ``samples[0]``).
 
     With ``interleave`` (default: when every part's weights together stay under 2 GiB) all
-    sessions are created first and timed round-robin, so a load change on a shared machine shifts
-    every cut alike instead of skewing the cuts measured during it; otherwise cut after cut.
+    sessions are created first and timed in ``rounds`` interleaved rounds (default ``runs``: one run
+    per part and round; else ``runs / rounds`` runs per block, :func:`edgemodel.timing.time_rounds`),
+    so a load change on a shared machine shifts every cut alike instead of skewing the cuts measured
+    during it, and each cut keeps its per-round medians (also of encoding and decoding its features
+    in ``round_wire``); otherwise cut after cut.
     """
     if runs < 1 or warmup < 0:
         raise UserError(f"runs: {runs} must be >= 1 and warmup {warmup} >= 0")
@@ -209,18 +212,31 @@ def profile_split(model: onnx.ModelProto | str | Path | bytes, samples: Feeds | 
             log.info("Profiled cut %d/%d %s %s: head %.2f ms, tail %.2f ms", number, len(cuts), cut.tensor, shape,
                      head_ms, tail_ms)
         profiles.append(CutProfile(cut.tensor, cut.index, shape, head_ms, tail_ms, sizes, enc, dec))
+    n_rounds = 0
+    wire_key = str(codec.WireFormat.parse(round_wire)) if round_wire else None
     if interleave:
-        jobs: list[Callable[[], object]] = [functools.partial(full.run, first)]
-        for head, tail, cut_features in timed:
-            jobs += [functools.partial(head.run, first), functools.partial(tail.run, cut_features)]
-        medians = _interleaved_medians(jobs, runs, warmup)
-        full_ms = medians[0]
+        n_rounds = rounds or runs
+        jobs: dict[str, Callable[[], object]] = {"full": functools.partial(full.run, first)}
+        for index, (head, tail, cut_features) in enumerate(timed):
+            jobs[f"head:{index}"] = functools.partial(head.run, first)
+            jobs[f"tail:{index}"] = functools.partial(tail.run, cut_features)
+            if wire_key:
+                fmt = codec.WireFormat.parse(wire_key)
+                jobs[f"encode:{index}"] = functools.partial(codec.encode, cut_features, fmt)
+                jobs[f"decode:{index}"] = functools.partial(codec.decode, codec.encode(cut_features, fmt))
+        timings = time_rounds(jobs, n_rounds, block=max(1, -(-runs // n_rounds)), warmup=max(1, warmup),
+                              min_block_s=MIN_BLOCK_S)
+        full_ms = float(np.median(timings["full"].pooled())) * 1e3
         for index, profile in enumerate(profiles):
-            profile.head_ms, profile.tail_ms = medians[1 + 2 * index], medians[2 + 2 * index]
+            per_round = {part: [round(m * 1e3, 5) for m in timings[f"{part}:{index}"].round_medians()]
+                         for part in ("head", "tail", "encode", "decode") if f"{part}:{index}" in timings}
+            profile.head_ms = float(np.median(timings[f"head:{index}"].pooled())) * 1e3
+            profile.tail_ms = float(np.median(timings[f"tail:{index}"].pooled())) * 1e3
+            profile.rounds = per_round
     log.info("Profiled %d cuts: whole model %.2f ms; head/tail ms %s", len(cuts), full_ms,
              ", ".join(f"{c.tensor} {c.head_ms:.2f}/{c.tail_ms:.2f}" for c in profiles))
     return SplitProfile(full.provider, threads, runs, full_ms, input_sizes, output_bytes, profiles, input_codec,
-                        host_info())
+                        host_info(), n_rounds, wire_key if n_rounds else None)
 
 
 def planner_costs(edge: SplitProfile, cloud: SplitProfile, wire: str = "int8", input_wire: str = "fp32",

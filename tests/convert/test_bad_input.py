@@ -198,7 +198,8 @@ def test_budget_nobody_meets_fails_the_job_and_leaves_the_store_empty(
     monkeypatch.setenv("EDGEMODEL_TERMINATION_LOG", str(termination))
     root = tmp_path / "store"
     with running_store(root, "t") as url:
-        options = ConvertOptions(workdir=tmp_path, latency_runs=3, latency_budget_s=0.05, threads=1, plot=False)
+        options = ConvertOptions(workdir=tmp_path, latency_runs=3, latency_budget_s=0.05, threads=1, plot=False,
+                                 latency_rounds=3)
         code = run_job(1, url, keys.private, options)
     assert code == 2
     result = ConversionResult.model_validate_json(termination.read_text())

@@ -54,6 +54,15 @@ def test_torchscript_model_converts_with_signed_manifest_and_verified_digests(
         assert c.sha256, c.name
         assert c.size_bytes > 0, c.name
         assert {s.batch_size for s in c.latency} == {1, 8}, c.name
+        # --latency-rounds 3, paired by round; a candidate over 2x fp32-opt in round 1 stops there
+        assert all(len(s.rounds_ms) in (1, 3) for s in c.latency), c.name
+        if c.name == "fp32-opt" or c.accepted:
+            assert all(len(s.rounds_ms) == 3 for s in c.latency), c.name
+    complexity = {c.name: c.complexity for c in manifest.candidates}
+    assert complexity["fp32-opt"] < complexity["int8-dynamic-perchannel"] < complexity[
+        "int8-static-qdq-u8s8-perchannel-minmax"] < complexity["int8-static-qop-u8s8-perchannel-minmax"]
+    assert manifest.measurement["rounds"] == 3
+    assert manifest.measurement["minSpeedup"] == 1.05
 
     assert manifest.validation["metric"] == "top1"
     assert manifest.validation["samples"] == 200
@@ -65,6 +74,13 @@ def test_torchscript_model_converts_with_signed_manifest_and_verified_digests(
     assert chosen.accepted
     assert chosen.latency[0].p50_ms <= baseline.latency[0].p50_ms
     assert choice.sha256 == sha256_file(out / "model-cpu.onnx")
+    # The reason says why: the simpler one kept within the noise, or the speed-up with its interval.
+    if choice.candidate == "fp32-opt":
+        assert choice.reason.startswith("fp32-opt kept: "), choice.reason
+    else:
+        assert " faster than fp32-opt, 95% CI [" in choice.reason, choice.reason
+        assert choice.speedup_ci95 is not None
+        assert choice.speedup_ci95[0] >= 1.05
 
     # The shipped file really classifies digits within the budget.
     import onnxruntime as ort
@@ -82,6 +98,7 @@ def test_torchscript_model_converts_with_signed_manifest_and_verified_digests(
     assert sum(c.chosen for c in result.candidates) == 1
     report = (out / "report.md").read_text()
     assert "![latency vs top1](report.png)" in report
+    assert "3 interleaved rounds per candidate" in report
     assert choice.candidate in report
     printed = capsys.readouterr().out
     assert "chosen" in printed

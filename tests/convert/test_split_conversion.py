@@ -40,7 +40,7 @@ STORE = "s3://edgemodel-artifacts-production/team-vision-namespace/digits-classi
 
 def options(workdir: Path) -> ConvertOptions:
     return ConvertOptions(workdir=workdir, latency_runs=5, latency_budget_s=0.05, threads=1, plot=False,
-                          split_profile_runs=3)
+                          split_profile_runs=1, latency_rounds=3)
 
 
 def run(doc: dict[str, Any], keys: Keys, workdir: Path) -> ConversionOutput:

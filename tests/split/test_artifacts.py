@@ -39,9 +39,9 @@ def test_auto_cut_depends_on_the_declared_link(tmp_path: Path) -> None:
     model = models.shrinking_model()
     samples = models.feeds(model, n=1)
     slow = build_split(model, samples, tmp_path / "slow",
-                       SplitSettings(cut="auto", link=Link(0.1, 20), edge_slowdown=20, profile_runs=3, threads=1))
+                       SplitSettings(cut="auto", link=Link(0.1, 20), edge_slowdown=20, profile_runs=1, profile_rounds=3, threads=1))
     fast = build_split(model, samples, tmp_path / "fast",
-                       SplitSettings(cut="auto", link=Link(1e6, 0), edge_slowdown=20, profile_runs=3, threads=1))
+                       SplitSettings(cut="auto", link=Link(1e6, 0), edge_slowdown=20, profile_runs=1, profile_rounds=3, threads=1))
     slow_cut = slow.manifest["cut"]["tensor"]
     fast_cut = fast.manifest["cut"]["tensor"]
     # On a slow link the tiny pooled features win; on a free link the cut nearest the input (least edge work).
