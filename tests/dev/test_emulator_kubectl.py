@@ -156,3 +156,23 @@ def test_imperative_commands_with_protobuf_bodies(cluster: LocalCluster) -> None
     assert unsupported.returncode != 0
     assert "kubectl create -f" in unsupported.stderr
     cluster.kubectl("delete", "namespace", "imperative", "--timeout=30s")
+
+
+def test_every_name_of_the_crds(cluster: LocalCluster) -> None:
+    """Singular, plural, short, qualified names and the `edge` category resolve as docs/testing.md says."""
+    cluster.kubectl("apply", "-f", "-", stdin=EXAMPLE)
+    cluster.create({"apiVersion": "edgemodel.io/v1alpha1", "kind": "EdgeAgent", "metadata": {"name": "edge-names"},
+                    "spec": {}})
+    for name in ("edgemodel", "edgemodels", "em", "edgemodels.edgemodel.io", "edgemodel.edgemodel.io"):
+        assert cluster.kubectl("get", name, "digits", "-o", "name").stdout.strip() == "edgemodel.edgemodel.io/digits"
+        assert "Name:         digits" in cluster.kubectl("describe", name, "digits").stdout
+    for name in ("edgeagent", "edgeagents", "ea", "edgeagents.edgemodel.io"):
+        assert cluster.kubectl("get", name, "edge-names", "-o", "name").stdout.strip() == \
+            "edgeagent.edgemodel.io/edge-names"
+    in_category = cluster.kubectl("get", "edge", "-o", "name").stdout.split()
+    assert "edgemodel.edgemodel.io/digits" in in_category
+    assert "edgeagent.edgemodel.io/edge-names" in in_category
+    assert "edgemodel.edgemodel.io/digits" in cluster.kubectl("get", "all", "-o", "name").stdout.split()
+    docs = (REPO / "docs" / "testing.md").read_text()
+    assert "you must specify only one resource" not in docs, "docs/testing.md still describes the old category clash"
+    assert "category `edge`" in docs

@@ -40,10 +40,12 @@ def test_agent_reports_sum_requests_and_take_the_worst_p95() -> None:
     assert (m.requests, m.errors, m.p95_ms, m.nodes) == (100, 1, 9.0, 2)
 
 
-def test_promql_selects_the_model_version() -> None:
-    queries = promql("digits", 3, 30)
+def test_promql_selects_the_namespace_model_and_version() -> None:
+    queries = promql("team-a", "digits", 3, 30)
+    sel = 'namespace="team-a",model="digits",version="3"'
     assert queries["p95"] == ('1000 * histogram_quantile(0.95, sum by (le) '
-                              '(rate(edgemodel_request_duration_seconds_bucket{model="digits",version="3"}[30s])))')
+                              f'(rate(edgemodel_request_duration_seconds_bucket{{{sel}}}[30s])))')
+    assert all(sel in q for q in queries.values())
     assert 'code=~"[45].."' in queries["errors"]
 
 

@@ -105,6 +105,29 @@ def test_kubectl_apply_converts_rolls_out_by_canary_and_serves(stack: Stack) -> 
         assert sample in metrics
 
 
+def test_a_selector_only_change_brings_every_condition_to_the_new_generation(stack: Stack) -> None:
+    """No rebuild for a selector change, yet Converted (and every other condition) reports the new generation."""
+    assert stack.status("digits").get("revision") == 1, "needs the previous test's rollout"
+    selector = {"matchLabels": {"node-role.kubernetes.io/edge": "true"},
+                "matchExpressions": [{"key": "node-role.kubernetes.io/edge", "operator": "Exists"}]}
+    stack.cluster.kubectl("patch", "em", "digits", "--type=merge", "-p", json.dumps({"spec": {"selector": selector}}))
+    generation = int(stack.cluster.kubectl("get", "em", "digits", "-o", "jsonpath={.metadata.generation}").stdout)
+    assert generation == 2
+
+    def current() -> bool:
+        status = stack.status("digits")
+        return status.get("observedGeneration") == generation and all(
+            c.get("observedGeneration") == generation for c in status.get("conditions") or [])
+
+    stack.wait_for("every condition at generation 2", current, 30,
+                   detail=lambda: str([(c["type"], c.get("observedGeneration")) for c in
+                                       stack.status("digits").get("conditions") or []]))
+    status = stack.status("digits")
+    assert {c["type"] for c in status["conditions"]} >= {"Converted", "Progressing", "Available", "Degraded"}
+    assert [(r["revision"], r["outcome"]) for r in status["history"]] == [(1, "Available")], "no rebuild"
+    assert stack.jobs("digits") == ["digits-r1-convert"]
+
+
 def test_a_revision_over_its_latency_budget_is_rolled_back(stack: Stack) -> None:
     assert stack.status("digits").get("revision") == 1, "needs the previous test's rollout"
     doc = stack.manifest(maxP95LatencyMs=0.001)
@@ -268,6 +291,9 @@ def test_deleting_the_edgemodel_unassigns_it_everywhere_first(stack: Stack) -> N
     stack.wait_for("the conversion Jobs to be garbage-collected", lambda: stack.jobs("digits") == [], 60)
     assert not stack.stored("default/digits/3/manifest.json"), "--artifact-retention delete"
     assert not stack.stored("default/digits/1/manifest.json")
+    store = stack.dir / "store"
+    assert not (store / "default" / "digits").exists(), "no empty model folder is left behind"
+    assert not (store / ".staging" / "default" / "digits").exists(), "no empty staging folder is left behind"
     for endpoint in stack.endpoints():
         with pytest.raises(Exception, match="(?i)not found|unknown|404"):
             stack.predict(endpoint)
