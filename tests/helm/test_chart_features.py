@@ -202,6 +202,9 @@ def test_scrape_annotations_monitors_and_rules() -> None:
     assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"} in relabel
     pms = find(render(SWITCHES["pod-monitor"]), "PodMonitor")
     assert {p["metadata"]["name"] for p in pms} == {full("operator"), full("agent")}
+    # The agents' and the operator's per-model series carry the EdgeModel's `namespace`: it must win over the pod's.
+    assert all(e["honorLabels"] is True for s in sms for e in s["spec"]["endpoints"])
+    assert all(e["honorLabels"] is True for p in pms for e in p["spec"]["podMetricsEndpoints"])
     rule = one(render(SWITCHES["prometheus-rule"]), "PrometheusRule", "em-edgemodel")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
     assert {"EdgemodelAgentDown", "EdgemodelModelNotReady", "EdgemodelP95OverBudget", "EdgemodelRolloutStuck",
