@@ -128,7 +128,9 @@ class Demo:
         return Group(
             Panel(model_panel(em), title="edgemodel demo", border_style="cyan"),
             candidates_table(em),
-            nodes_table(self.stack.agents(), model),
+            nodes_table(self.stack.agents(), model, {
+                n["metadata"]["name"]: n["metadata"].get("labels") or {}
+                for n in self.stack.cluster.list_objects("v1", "nodes")}),
             traffic_panel(self.traffic.stats if self.traffic else None),
         )
 
