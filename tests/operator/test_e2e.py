@@ -128,6 +128,36 @@ def test_a_selector_only_change_brings_every_condition_to_the_new_generation(sta
     assert stack.jobs("digits") == ["digits-r1-convert"]
 
 
+def reconciles(stack: Stack) -> float:
+    """Reconciles done so far by both replicas (from their /metrics)."""
+    total = 0.0
+    for replica in stack.replicas:
+        for line in stack.metrics(replica).splitlines():
+            if line.startswith("edgemodel_operator_reconcile_duration_seconds_count"):
+                total += float(line.split()[-1])
+    return total
+
+
+def test_an_agent_cannot_make_itself_a_cloud_node(stack: Stack) -> None:
+    """Its EdgeAgent's labels are its own to write; the operator selects on its Node's labels, which it cannot."""
+    node = stack.nodes[0]
+    import requests
+
+    relabelled = requests.patch(
+        f"{stack.cluster.url}/apis/edgemodel.io/v1alpha1/edgeagents/{node}",
+        json={"metadata": {"labels": {"edgemodel.io/tier": "cloud", "team": "b"}}}, timeout=10,
+        headers={"Authorization": f"Bearer {stack.cluster.agent_token(node)}",
+                 "Content-Type": "application/merge-patch+json"},
+        verify=str(stack.cluster.ca_path) if stack.cluster.ca_path else True)
+    assert relabelled.status_code == 200, "an agent may label its own EdgeAgent"
+    before = reconciles(stack)
+    stack.wait_for("two more reconciles after the relabelling", lambda: reconciles(stack) >= before + 2, 30)
+    assert stack.assigned()[node] == [1], "still an edge node: the forged tier label is not what the operator reads"
+    assert stack.status("digits")["ready"] == "3/3"
+    labels = stack.cluster.get("v1", "nodes", node)["metadata"]["labels"]
+    assert "edgemodel.io/tier" not in labels
+
+
 def test_a_revision_over_its_latency_budget_is_rolled_back(stack: Stack) -> None:
     assert stack.status("digits").get("revision") == 1, "needs the previous test's rollout"
     doc = stack.manifest(maxP95LatencyMs=0.001)
