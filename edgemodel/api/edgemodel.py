@@ -238,7 +238,7 @@ SPLIT_AUTO = "auto"
 DEFAULT_SPLIT_RTT_MS = 20.0
 """The RTT a cut is planned for when spec.split.link.rttMs is empty and no edge agent measured one yet."""
 CLOUD_TIER_LABEL = "edgemodel.io/tier"
-"""Label of the EdgeAgents that run in the cloud (value ``cloud``): they serve split tails, never edge models."""
+"""Node label of the nodes whose agents run in the cloud (value ``cloud``): they serve split tails, never edge models."""
 
 
 class SplitObjective(StrEnum):
@@ -268,10 +268,10 @@ def _cloud_selector() -> LabelSelector:
 
 
 class SplitCloud(ApiModel):
-    """Where the tail runs: cloud agents (EdgeAgents labelled edgemodel.io/tier=cloud) behind a Service."""
+    """Where the tail runs: cloud agents (on Nodes labelled edgemodel.io/tier=cloud) behind a Service."""
 
     selector: LabelSelector = Field(default_factory=_cloud_selector)
-    """Which cloud agents load the tail; default {matchLabels: {edgemodel.io/tier: cloud}}."""
+    """Which cloud agents load the tail, by their Node labels; default {matchLabels: {edgemodel.io/tier: cloud}}."""
     service_url: str | None = Field(default=None, pattern=r"^https?://[^/]+$")
     """Base URL of the Service in front of the cloud agents' split port, e.g. https://edgemodel-cloud-agent:8443.
     Empty: the split endpoint a cloud agent reports (a single cloud agent, or tests)."""
@@ -321,7 +321,7 @@ class EdgeModelSpec(ApiModel):
     validation: Validation = Field(default_factory=Validation)
     """Accuracy check against the original model."""
     selector: LabelSelector = Field(default_factory=LabelSelector)
-    """Which edge nodes (by their EdgeAgent labels) get the model; empty selects all."""
+    """Which edge nodes (by their Node labels, which an admin sets and no agent can change) get the model; empty selects all."""
     hardware: HardwareRequirements = Field(default_factory=HardwareRequirements)
     """Hardware a node must have."""
     serving: Serving = Field(default_factory=Serving)
