@@ -140,5 +140,5 @@ class DataPlane:
         """Count a request that never reached a model (unknown model, auth failure...)."""
         child = self._unattributed.get(code)
         if child is None:
-            child = self._unattributed[code] = self.metrics.requests.labels("", "", "", str(code))
+            child = self._unattributed[code] = self.metrics.requests.labels("", "", "", "", str(code))
         child.inc()

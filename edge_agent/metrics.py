@@ -1,7 +1,8 @@
 """Prometheus metrics of the agent, in a dedicated registry served on ``/metrics``.
 
 The names and labels are a contract (docs/architecture.md): the operator's rollout analysis and
-the dashboards query them. Durations are histograms in seconds with buckets from 100 µs to 10 s.
+the dashboards query them. Every per-model series carries the EdgeModel's ``namespace`` (empty for
+standalone ``--model`` files), so two same-named models of two teams never mix. Durations are histograms in seconds with buckets from 100 µs to 10 s.
 
 The five per-request series (request, inference and queue-wait durations, batch size, request
 count) are updated several times per request, so they are plain lists exported by a custom
@@ -132,38 +133,38 @@ class AgentMetrics:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         r = self.registry
-        self._info_refs: dict[tuple[str, str, str, str], int] = {}
+        self._info_refs: dict[tuple[str, str, str, str, str], int] = {}
         self.request_duration = FastHistogram(
             "edgemodel_request_duration_seconds",
             "Inference request time from the body read to the response built, by model version and provider.",
-            ["model", "version", "provider"], LATENCY_BUCKETS,
+            ["namespace", "model", "version", "provider"], LATENCY_BUCKETS,
         )  # fmt: skip
         self.inference_duration = FastHistogram(
             "edgemodel_inference_duration_seconds",
             "ONNX Runtime compute time per run (a batched run counts once).",
-            ["model", "version", "provider"], LATENCY_BUCKETS,
+            ["namespace", "model", "version", "provider"], LATENCY_BUCKETS,
         )  # fmt: skip
         self.queue_wait = FastHistogram(
             "edgemodel_queue_wait_seconds",
             "Time a request waited for a worker (and for its batch to form) before its run started.",
-            ["model", "version"], LATENCY_BUCKETS,
+            ["namespace", "model", "version"], LATENCY_BUCKETS,
         )  # fmt: skip
         self.batch_size = FastHistogram(
             "edgemodel_batch_size",
             "Requests combined into one ONNX Runtime run (1 without dynamic batching).",
-            ["model", "version"], BATCH_BUCKETS,
+            ["namespace", "model", "version"], BATCH_BUCKETS,
         )  # fmt: skip
         self.requests = FastCounter(
             "edgemodel_requests_total",
             "Inference requests by model version, provider and HTTP status code (errors have code >= 400).",
-            ["model", "version", "provider", "code"],
+            ["namespace", "model", "version", "provider", "code"],
         )  # fmt: skip
         for fast in (self.request_duration, self.inference_duration, self.queue_wait, self.batch_size, self.requests):
             r.register(fast)
         self.model_load_duration = Histogram(
             "edgemodel_model_load_duration_seconds",
             "Time to create the ONNX Runtime session and warm it up.",
-            ["model", "version"], buckets=LOAD_BUCKETS, registry=r,
+            ["namespace", "model", "version"], buckets=LOAD_BUCKETS, registry=r,
         )  # fmt: skip
         self.download_bytes = Counter(
             "edgemodel_artifact_download_bytes_total",
@@ -178,22 +179,22 @@ class AgentMetrics:
         self.model_info = Gauge(
             "edgemodel_model_info",
             "1 for every model version being served, with its artifact sha256 and execution provider.",
-            ["model", "version", "sha256", "provider"], registry=r,
+            ["namespace", "model", "version", "sha256", "provider"], registry=r,
         )  # fmt: skip
         self.model_state = Gauge(
             "edgemodel_model_state",
             "1 for the current state of each assigned model version, 0 for the other states.",
-            ["model", "version", "state"], registry=r,
+            ["namespace", "model", "version", "state"], registry=r,
         )  # fmt: skip
         self.split = SplitMetrics(r)
         """Per-stage metrics of split requests (heads); docs/split-inference.md."""
 
-    def info_acquire(self, labels: tuple[str, str, str, str]) -> None:
-        """Mark a (model, version, sha256, provider) as served; counted, since a reload may overlap."""
+    def info_acquire(self, labels: tuple[str, str, str, str, str]) -> None:
+        """Mark a (namespace, model, version, sha256, provider) as served; counted, since a reload may overlap."""
         self._info_refs[labels] = self._info_refs.get(labels, 0) + 1
         self.model_info.labels(*labels).set(1)
 
-    def info_release(self, labels: tuple[str, str, str, str]) -> None:
+    def info_release(self, labels: tuple[str, str, str, str, str]) -> None:
         count = self._info_refs.get(labels, 0) - 1
         if count > 0:
             self._info_refs[labels] = count
@@ -202,16 +203,16 @@ class AgentMetrics:
         with contextlib.suppress(KeyError):
             self.model_info.remove(*labels)
 
-    def set_state(self, model: str, version: str, state: str) -> None:
-        """Mark ``state`` as the current one of a model version."""
+    def set_state(self, namespace: str, model: str, version: str, state: str) -> None:
+        """Mark ``state`` as the current one of a model version (of the EdgeModel ``namespace/model``)."""
         for candidate in MODEL_STATES:
-            self.model_state.labels(model, version, candidate).set(1.0 if candidate == state else 0.0)
+            self.model_state.labels(namespace, model, version, candidate).set(1.0 if candidate == state else 0.0)
 
-    def forget_state(self, model: str, version: str) -> None:
+    def forget_state(self, namespace: str, model: str, version: str) -> None:
         """Drop the state series of a version that is no longer assigned."""
         for candidate in MODEL_STATES:
             with contextlib.suppress(KeyError):
-                self.model_state.remove(model, version, candidate)
+                self.model_state.remove(namespace, model, version, candidate)
 
     def exposition(self) -> bytes:
         """The text exposition format served on /metrics."""

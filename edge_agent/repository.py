@@ -47,8 +47,11 @@ class ModelVersion:
         stats_window_s: float = 60.0,
         revision_meta: dict[str, str] | None = None,
         inline_max_ms: float = 0.1,
+        namespace: str = "",
     ) -> None:
         self.model = model
+        self.namespace = namespace
+        """The EdgeModel's namespace (a label of every metric; empty for a standalone ``--model``)."""
         self.name = model.name
         self.version = model.version
         self.provider = model.provider
@@ -87,13 +90,13 @@ class ModelVersion:
                     self.name,
                     self.version,
                 )
-        labels = (self.name, self.version, self.provider)
+        labels = (namespace, self.name, self.version, self.provider)
         self._m_request = metrics.request_duration.labels(*labels)
         self._m_inference = metrics.inference_duration.labels(*labels)
-        self._m_queue = metrics.queue_wait.labels(self.name, self.version)
-        self._m_batch = metrics.batch_size.labels(self.name, self.version)
+        self._m_queue = metrics.queue_wait.labels(namespace, self.name, self.version)
+        self._m_batch = metrics.batch_size.labels(namespace, self.name, self.version)
         self._m_codes: dict[int, CounterChild] = {}
-        self._info_labels = (self.name, self.version, self.sha256, self.provider)
+        self._info_labels = (namespace, self.name, self.version, self.sha256, self.provider)
         metrics.info_acquire(self._info_labels)
 
     # -- running -----------------------------------------------------------------------------
@@ -142,7 +145,7 @@ class ModelVersion:
         """Count a finished request (any status) and its latency."""
         child = self._m_codes.get(code)
         if child is None:
-            child = self._m_codes[code] = self.metrics.requests.labels(self.name, self.version, self.provider, str(code))
+            child = self._m_codes[code] = self.metrics.requests.labels(self.namespace, self.name, self.version, self.provider, str(code))
         child.inc()
         self.request_count += 1
         if code >= 400:

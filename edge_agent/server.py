@@ -190,7 +190,8 @@ class AgentServer:
                      self.split_tls.ca_file if self.split_tls else "")
 
     async def _load_model(
-        self, name: str, version: str, source: Path, sha256: str, accelerator: str | None, gpu_fallback_to_cpu: bool | None
+        self, name: str, version: str, source: Path, sha256: str, accelerator: str | None, gpu_fallback_to_cpu: bool | None,
+        namespace: str = "",
     ) -> OnnxModel:
         """Create and warm up an ONNX Runtime session in a background thread; LoadError when it cannot."""
         s = self.settings
@@ -212,7 +213,7 @@ class AgentServer:
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise LoadError("LoadFailed", f"ONNX Runtime cannot load {source.name}: {first[:400]}") from exc
-        self.metrics.model_load_duration.labels(name, version).observe(time.perf_counter() - started)
+        self.metrics.model_load_duration.labels(namespace, name, version).observe(time.perf_counter() - started)
         return model
 
     async def load_version(
@@ -224,15 +225,20 @@ class AgentServer:
         accelerator: str | None = None,
         gpu_fallback_to_cpu: bool | None = None,
         batching: BatchingConfig | None = None,
+        namespace: str = "",
     ) -> ModelVersion:
-        """Load and warm up a version in a background thread; it is not serving until added or swapped in."""
+        """Load and warm up a version in a background thread; it is not serving until added or swapped in.
+
+        ``namespace`` is the EdgeModel's: every metric of the version carries it.
+        """
         s = self.settings
-        model = await self._load_model(name, version, source, sha256, accelerator, gpu_fallback_to_cpu)
+        model = await self._load_model(name, version, source, sha256, accelerator, gpu_fallback_to_cpu, namespace)
         if batching is None:
             batching = BatchingConfig(s.batching, s.max_batch_size, s.max_queue_delay_ms)
         return ModelVersion(
             model, self.pool, self.metrics, batching=batching,
             allow_non_finite=s.allow_non_finite, stats_window_s=s.stats_window_s, inline_max_ms=s.inline_max_ms,
+            namespace=namespace,
         )  # fmt: skip
 
     async def load_head(
@@ -248,6 +254,7 @@ class AgentServer:
         outputs: list[TensorMeta] | None = None,
         accelerator: str | None = None,
         gpu_fallback_to_cpu: bool | None = None,
+        namespace: str = "",
     ) -> SplitModelVersion:
         """Load a split head (and the whole model for a local fallback) as one version; not serving until swapped in.
 
@@ -256,8 +263,9 @@ class AgentServer:
         full = head = None
         try:
             if full_source is not None:
-                full = await self._load_model(name, version, full_source, full_sha256, accelerator, gpu_fallback_to_cpu)
-            head = await self._load_model(name, version, head_source, head_sha256, accelerator, gpu_fallback_to_cpu)
+                full = await self._load_model(name, version, full_source, full_sha256, accelerator, gpu_fallback_to_cpu,
+                                              namespace)
+            head = await self._load_model(name, version, head_source, head_sha256, accelerator, gpu_fallback_to_cpu, namespace)
             if full is not None:
                 if [t.name for t in head.inputs] != [t.name for t in full.inputs]:
                     raise LoadError("LoadFailed", f"{head_source.name} takes inputs {[t.name for t in head.inputs]} but "
@@ -274,14 +282,15 @@ class AgentServer:
             raise
         s = self.settings
         return SplitModelVersion(head, full, outputs, remote, policy, self.pool, self.metrics,
-                                 allow_non_finite=s.allow_non_finite, stats_window_s=s.stats_window_s)  # fmt: skip
+                                 allow_non_finite=s.allow_non_finite, stats_window_s=s.stats_window_s,
+                                 namespace=namespace)  # fmt: skip
 
     async def load_tail(
         self, name: str, version: str, namespace: str, source: Path, sha256: str, cut: str,
         accelerator: str | None = None, gpu_fallback_to_cpu: bool | None = None,
     ) -> TailPart:  # fmt: skip
         """Load and warm up a split tail; the caller registers it in ``tails``."""
-        model = await self._load_model(name, version, source, sha256, accelerator, gpu_fallback_to_cpu)
+        model = await self._load_model(name, version, source, sha256, accelerator, gpu_fallback_to_cpu, namespace)
         if cut not in model.input_by_name:
             model.unload()
             raise LoadError("LoadFailed", f"{source.name} takes {[t.name for t in model.inputs]}, not the cut {cut!r} "

@@ -125,7 +125,7 @@ class AgentSettings(BaseSettings):
     cache_max_bytes: int = Field(default=2 * 1024**3, ge=1)
     """Artifact cache bound; least recently used files not in use are evicted."""
     labels: dict[str, str] = Field(default_factory=dict)
-    """Labels added to the EdgeAgent on top of the node's."""
+    """Labels of the EdgeAgent, for people (EdgeModels select on the Node's labels, not these)."""
     endpoint: str = ""
     """URL clients reach this agent at (reported in status); default http(s)://POD_IP or host:port."""
     heartbeat_interval_s: float = Field(default=10.0, ge=1.0)

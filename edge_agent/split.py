@@ -61,13 +61,14 @@ class SplitModelVersion(ModelVersion):
         metrics: AgentMetrics,
         allow_non_finite: bool = False,
         stats_window_s: float = 60.0,
+        namespace: str = "",
     ) -> None:
         self.cut_names = list(head.output_names)
         """What the head session computes (the cut tensor); the v2 view below shows the whole model's outputs."""
         head.outputs = list(outputs)
         head.output_names = [t.name for t in outputs]
         super().__init__(head, pool, metrics, batching=None, allow_non_finite=allow_non_finite,
-                         stats_window_s=stats_window_s, inline_max_ms=0.0)  # fmt: skip
+                         stats_window_s=stats_window_s, inline_max_ms=0.0, namespace=namespace)  # fmt: skip
         self.full = full
         self.full_sha256 = full.sha256 if full is not None else ""
         self.remote = remote
@@ -94,9 +95,9 @@ class SplitModelVersion(ModelVersion):
         try:
             outcome = await run_split(self._run_head, self.remote, full, self.policy, feeds, executor=self.pool.executor)
         except SplitUnavailable as exc:
-            self.split_metrics.unavailable(self.name, self.version)
+            self.split_metrics.unavailable(self.namespace, self.name, self.version)
             raise SplitUnavailableError(f"model {self.name!r} version {self.version}: {exc}") from exc
-        self.split_metrics.observe(self.name, self.version, outcome)
+        self.split_metrics.observe(self.namespace, self.name, self.version, outcome)
         if outcome.head_s > 0.0:  # the head ran (not skipped during a cloud cool-down)
             self.head_latencies.add(outcome.head_s)
         if outcome.path == "local":
@@ -199,7 +200,7 @@ class TailPart:
             else:
                 self._latencies.add(seconds)
         if self.metrics is not None:
-            self.metrics.tail_run(self.name, self.version, seconds)
+            self.metrics.tail_run(self.namespace, self.name, self.version, seconds)
 
     def percentiles_ms(self) -> tuple[float | None, float | None]:
         """(p50, p95) of the tail's compute time over the recent window."""

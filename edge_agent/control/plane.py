@@ -3,7 +3,8 @@
 On start the agent restores the last assignment from its cache and serves it before it has
 talked to the API server. Then, in a loop with backoff:
 
-1. GET (or create) ``EdgeAgent/<node>`` with the Node's labels plus ``--label`` flags,
+1. GET (or create) ``EdgeAgent/<node>`` with the ``--label`` flags as labels (for people; the operator
+   selects on the Node's labels, which the agent neither reads nor writes),
 2. write the whole status (capabilities, endpoint, heartbeat, per-model state),
 3. apply ``spec.models`` when it changed, and watch that one object
    (``fieldSelector=metadata.name=<node>``) until the watch ends or fails.
@@ -143,18 +144,13 @@ class ControlPlane:
         self.online = online
 
     # -- registration and watch --------------------------------------------------------------
-    async def _node_labels(self) -> dict[str, str]:
-        try:
-            node = await self.client.get(resource_path("", "v1", "nodes", self.node_name))
-        except ApiError as exc:
-            log.info("Could not read Node %s for its labels (%s); using --label flags only", self.node_name, exc.status)
-            return {}
-        labels = (node.get("metadata") or {}).get("labels") or {}
-        return {str(k): str(v) for k, v in labels.items()}
-
     async def register(self) -> dict[str, Any]:
-        """Create or refresh the EdgeAgent; returns the object as the API server has it."""
-        labels = {**await self._node_labels(), **self.labels}
+        """Create or refresh the EdgeAgent; returns the object as the API server has it.
+
+        Its labels are the ``--label`` flags only, for people (``kubectl get ea -l ...``): the operator
+        selects on the Node's labels, which an agent can neither set nor read.
+        """
+        labels = dict(self.labels)
         try:
             obj = await self.client.get(self.object_path)
         except ApiError as exc:

@@ -241,8 +241,8 @@ class Reconciler:
             name = t.assignment.name
             removed = self.repository.remove(name)
             for mv in removed:
-                self.metrics.forget_state(name, mv.version)
-            self.metrics.forget_state(name, str(t.assignment.revision))
+                self.metrics.forget_state(mv.namespace, name, mv.version)
+            self.metrics.forget_state(t.assignment.namespace, name, str(t.assignment.revision))
             log.info("Unassigned model %s: unloading (revision %s)", name, ", ".join(v.version for v in removed) or "none loaded")
         for key, a in desired.items():
             previous = self.tracked.get(key)
@@ -254,14 +254,14 @@ class Reconciler:
                 if not previous.is_tail:
                     serving = self.repository.default(a.name)
                     if previous.assignment.revision != a.revision and (serving is None or serving.version != str(previous.assignment.revision)):
-                        self.metrics.forget_state(a.name, str(previous.assignment.revision))
+                        self.metrics.forget_state(previous.assignment.namespace, a.name, str(previous.assignment.revision))
             t = self.tracked[key] = Tracked(assignment=a)
             self._start(t)
         self.on_change()
 
     def _remove_tail(self, a: ModelAssignment) -> None:
         """Take an unassigned tail revision out of the tail server (requests in flight finish)."""
-        self.metrics.forget_state(a.name, str(a.revision))
+        self.metrics.forget_state(a.namespace, a.name, str(a.revision))
         part = self.tails.pop((a.namespace, a.name, a.revision), None)
         if part is None:
             return
@@ -304,7 +304,7 @@ class Reconciler:
             t.since = now_rfc3339()
             what = f"The {a.role.value} of model" if a.role != ModelRole.FULL else "Model"
             log.info("%s %s revision %d is %s%s", what, a.name, a.revision, state.value, f" ({reason}: {message})" if reason and state == ModelPhase.FAILED else "")
-        self.metrics.set_state(a.name, str(a.revision), state.value)
+        self.metrics.set_state(a.namespace, a.name, str(a.revision), state.value)
         if t.is_tail:
             self.on_change()
             return
@@ -427,7 +427,7 @@ class Reconciler:
                 mv = await self.server.load_version(
                     a.name, str(a.revision), path, sha256=a.sha256, accelerator=a.accelerator.value,
                     gpu_fallback_to_cpu=a.gpu_fallback_to_cpu,
-                    batching=BatchingConfig(b.enabled, b.max_batch_size, b.max_queue_delay_ms),
+                    batching=BatchingConfig(b.enabled, b.max_batch_size, b.max_queue_delay_ms), namespace=a.namespace,
                 )  # fmt: skip
             if not self._current(t):
                 await mv.close()
@@ -436,7 +436,7 @@ class Reconciler:
             old = self.repository.swap(mv)
             for previous in old:
                 if previous.version != mv.version:
-                    self.metrics.forget_state(a.name, previous.version)
+                    self.metrics.forget_state(previous.namespace, a.name, previous.version)
             t.failures = 0
             note = ""
             if a.accelerator.value == "gpu" and mv.provider == "CPUExecutionProvider":
@@ -475,7 +475,7 @@ class Reconciler:
             return await self.server.load_head(
                 a.name, str(a.revision), head_path, a.sha256, remote, policy,
                 full_source=full_path, full_sha256=split.full_sha256 or "", outputs=outputs,
-                accelerator=a.accelerator.value, gpu_fallback_to_cpu=a.gpu_fallback_to_cpu,
+                accelerator=a.accelerator.value, gpu_fallback_to_cpu=a.gpu_fallback_to_cpu, namespace=a.namespace,
             )  # fmt: skip
         except BaseException:
             await remote.close()

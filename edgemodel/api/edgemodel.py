@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from edgemodel.api.base import (
     ApiModel,
@@ -14,7 +15,7 @@ from edgemodel.api.base import (
     ObjectMeta,
     StatusModel,
 )
-from edgemodel.api.tensors import TensorSpec
+from edgemodel.api.tensors import OutputSpec, TensorSpec
 
 URI_PATTERN = r"^(file|https?|s3)://.+"
 
@@ -143,7 +144,8 @@ class Optimization(ApiModel):
     """Build an FP16 candidate for GPU targets."""
     opset: int | None = Field(default=None, ge=13, le=23)
     """ONNX opset to export with; empty chooses the exporter's recommended opset."""
-    targets: list[TargetHardware] = Field(default_factory=lambda: [TargetHardware(hardware_class=HardwareClass.CPU)], min_length=1)
+    targets: list[TargetHardware] = Field(default_factory=lambda: [TargetHardware(hardware_class=HardwareClass.CPU)],
+                                          min_length=1, max_length=8)
     """Hardware classes to build artifacts for, e.g. [{hardwareClass: cpu}, {hardwareClass: gpu}]."""
     measurement: Measurement = Field(default_factory=Measurement)
     """How latency is measured and how much faster a more complex candidate must be to be chosen."""
@@ -159,7 +161,9 @@ class Validation(ApiModel):
     """How candidates are checked against the original model."""
 
     data_uri: str | None = Field(default=None, pattern=URI_PATTERN)
-    """An .npz with inputs (one array per input name) and, for top1, a "labels" array. Empty: agreement with the original model on calibration or generated inputs."""
+    """An .npz with inputs (one array per input name) and, for top1, a labels array (named by labelsArray). Empty: agreement with the original model on calibration or generated inputs."""
+    labels_array: str = Field(default="labels", min_length=1, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+    """Name of the 1-D integer array of class labels in dataUri (top1), e.g. "y"; default "labels"."""
     metric: ValidationMetric = ValidationMetric.TOP1
     """top1 accuracy (needs labels), cosine similarity of outputs (embeddings), or agreement of top-1 with the original model."""
     max_accuracy_drop: float = Field(default=0.01, ge=0.0, le=1.0)
@@ -239,27 +243,8 @@ class Rollout(ApiModel):
     auto_rollback: bool = True
     """Roll the nodes back to the previous good revision when a check fails."""
 
-    @field_validator("steps")
-    @classmethod
-    def _steps_rise_to_100(cls, steps: list[int]) -> list[int]:
-        if any(s < 1 or s > 100 for s in steps):
-            raise ValueError("every step must be a percentage between 1 and 100, e.g. [10, 50, 100]")
-        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
-            raise ValueError("steps must rise strictly, e.g. [10, 50, 100]")
-        if steps[-1] != 100:
-            raise ValueError("the last step must be 100 so every selected node gets the revision")
-        return steps
-
-    @field_validator("max_unavailable")
-    @classmethod
-    def _max_unavailable_form(cls, value: int | str) -> int | str:
-        if isinstance(value, int):
-            if value < 1:
-                raise ValueError("maxUnavailable must be at least 1, e.g. 1 or \"25%\"")
-            return value
-        if not value.endswith("%") or not value[:-1].isdigit() or not 0 < int(value[:-1]) <= 100:
-            raise ValueError("maxUnavailable must be a number or a percentage like \"25%\"")
-        return value
+    # steps and maxUnavailable are checked by CROSS_FIELD_RULES (also CEL in the CRD), so that
+    # `edgemodel validate` and the API server apply the same rules.
 
 
 SPLIT_NONE = "none"
@@ -267,7 +252,7 @@ SPLIT_AUTO = "auto"
 DEFAULT_SPLIT_RTT_MS = 20.0
 """The RTT a cut is planned for when spec.split.link.rttMs is empty and no edge agent measured one yet."""
 CLOUD_TIER_LABEL = "edgemodel.io/tier"
-"""Label of the EdgeAgents that run in the cloud (value ``cloud``): they serve split tails, never edge models."""
+"""Node label of the nodes whose agents run in the cloud (value ``cloud``): they serve split tails, never edge models."""
 
 
 class SplitObjective(StrEnum):
@@ -297,10 +282,10 @@ def _cloud_selector() -> LabelSelector:
 
 
 class SplitCloud(ApiModel):
-    """Where the tail runs: cloud agents (EdgeAgents labelled edgemodel.io/tier=cloud) behind a Service."""
+    """Where the tail runs: cloud agents (on Nodes labelled edgemodel.io/tier=cloud) behind a Service."""
 
     selector: LabelSelector = Field(default_factory=_cloud_selector)
-    """Which cloud agents load the tail; default {matchLabels: {edgemodel.io/tier: cloud}}."""
+    """Which cloud agents load the tail, by their Node labels; default {matchLabels: {edgemodel.io/tier: cloud}}."""
     service_url: str | None = Field(default=None, pattern=r"^https?://[^/]+$")
     """Base URL of the Service in front of the cloud agents' split port, e.g. https://edgemodel-cloud-agent:8443.
     Empty: the split endpoint a cloud agent reports (a single cloud agent, or tests)."""
@@ -342,12 +327,15 @@ class EdgeModelSpec(ApiModel):
     """The trained model."""
     inputs: list[TensorSpec] = Field(min_length=1, max_length=32)
     """Model inputs with names, element types and shapes (-1 for dynamic dimensions)."""
+    outputs: list[OutputSpec] = Field(default_factory=list, max_length=32)
+    """Names of the model's outputs in the order it returns them, e.g. [{name: logits}]; empty keeps the names of
+    an ONNX source, or output / output_0, output_1, ... (dict keys for a dict) for a PyTorch source."""
     optimization: Optimization = Field(default_factory=Optimization)
     """Conversion and quantisation choices."""
     validation: Validation = Field(default_factory=Validation)
     """Accuracy check against the original model."""
     selector: LabelSelector = Field(default_factory=LabelSelector)
-    """Which edge nodes (by their EdgeAgent labels) get the model; empty selects all."""
+    """Which edge nodes (by their Node labels, which an admin sets and no agent can change) get the model; empty selects all."""
     hardware: HardwareRequirements = Field(default_factory=HardwareRequirements)
     """Hardware a node must have."""
     serving: Serving = Field(default_factory=Serving)
@@ -361,9 +349,9 @@ class EdgeModelSpec(ApiModel):
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> EdgeModelSpec:
-        for rule in CROSS_FIELD_RULES:
-            if not rule.check(self):
-                raise ValueError(f"{rule.field}: {rule.message}")
+        failed = [f"{rule.field}: {rule.message}" for rule in CROSS_FIELD_RULES if not rule.check(self)]
+        if failed:  # every broken rule, as the API server lists every failing x-kubernetes-validation
+            raise ValueError("; ".join(failed))
         return self
 
 
@@ -377,7 +365,81 @@ class CrossFieldRule:
         self.check = check
 
 
+def _rising(steps: list[int]) -> bool:
+    return all(b > a for a, b in zip(steps, steps[1:], strict=False))
+
+
+def _max_unavailable_ok(value: int | str) -> bool:
+    if isinstance(value, int):
+        return value >= 1
+    return re.fullmatch(PERCENT, value) is not None
+
+
+PERCENT = r"([1-9][0-9]?|100)%"
+_STEPS = "!has(self.rollout) || !has(self.rollout.steps) || "
+_UNIQUE_INPUTS = "self.inputs.all(a, self.inputs.exists_one(b, b.name == a.name))"
+
 CROSS_FIELD_RULES: list[CrossFieldRule] = [
+    CrossFieldRule(
+        field="spec.rollout.steps",
+        message="every step must be a percentage between 1 and 100, e.g. [10, 50, 100]",
+        cel=_STEPS + "self.rollout.steps.all(s, s >= 1 && s <= 100)",
+        check=lambda s: all(1 <= x <= 100 for x in s.rollout.steps),
+    ),
+    CrossFieldRule(
+        field="spec.rollout.steps",
+        message="steps must rise strictly, e.g. [10, 50, 100]",
+        cel=_STEPS + "(self.rollout.steps.isSorted() "
+        "&& self.rollout.steps.all(s, self.rollout.steps.exists_one(t, t == s)))",
+        check=lambda s: _rising(s.rollout.steps),
+    ),
+    CrossFieldRule(
+        field="spec.rollout.steps",
+        message="the last step must be 100 so every selected node gets the revision, e.g. [34, 67, 100]",
+        cel=_STEPS + "size(self.rollout.steps) == 0 || self.rollout.steps[size(self.rollout.steps) - 1] == 100",
+        check=lambda s: not s.rollout.steps or s.rollout.steps[-1] == 100,
+    ),
+    CrossFieldRule(
+        field="spec.rollout.maxUnavailable",
+        message='must be a number of at least 1 or a percentage from 1% to 100%, e.g. 1 or "25%"',
+        cel="!has(self.rollout) || !has(self.rollout.maxUnavailable) || (type(self.rollout.maxUnavailable) == int "
+        f"? self.rollout.maxUnavailable >= 1 : self.rollout.maxUnavailable.matches('^{PERCENT}$'))",
+        check=lambda s: _max_unavailable_ok(s.rollout.max_unavailable),
+    ),
+    CrossFieldRule(
+        field="spec.inputs",
+        message="every input needs its own name (the ONNX input name); rename or remove the duplicate",
+        cel=_UNIQUE_INPUTS,
+        check=lambda s: len({t.name for t in s.inputs}) == len(s.inputs),
+    ),
+    CrossFieldRule(
+        field="spec.inputs",
+        message="a dimension of a shape is a positive size or -1 for a dynamic one, e.g. [-1, 1, 8, 8]",
+        cel="self.inputs.all(t, t.shape.all(d, d == -1 || d > 0))",
+        check=lambda s: all(d == -1 or d > 0 for t in s.inputs for d in t.shape),
+    ),
+    CrossFieldRule(
+        field="spec.outputs",
+        message="every output needs its own name; rename or remove the duplicate",
+        cel="!has(self.outputs) || self.outputs.all(a, self.outputs.exists_one(b, b.name == a.name))",
+        check=lambda s: len({o.name for o in s.outputs}) == len(s.outputs),
+    ),
+    CrossFieldRule(
+        field="spec.optimization.targets",
+        message="list each hardwareClass once, e.g. [{hardwareClass: cpu}, {hardwareClass: gpu}]",
+        cel="!has(self.optimization) || !has(self.optimization.targets) "
+        "|| self.optimization.targets.all(a, self.optimization.targets.exists_one(b, b.hardwareClass == a.hardwareClass))",
+        check=lambda s: len({t.hardware_class for t in s.optimization.targets}) == len(s.optimization.targets),
+    ),
+    CrossFieldRule(
+        field="spec.optimization.targets",
+        message="hardware.requireGpu selects only GPU nodes but no gpu artifact is built; add {hardwareClass: gpu}",
+        cel="!has(self.hardware) || !has(self.hardware.requireGpu) || !self.hardware.requireGpu "
+        "|| (has(self.optimization) && has(self.optimization.targets) "
+        "&& self.optimization.targets.exists(t, t.hardwareClass == 'gpu'))",
+        check=lambda s: not s.hardware.require_gpu or any(
+            t.hardware_class == HardwareClass.GPU for t in s.optimization.targets),
+    ),
     CrossFieldRule(
         field="spec.optimization.int8.calibrationDataUri",
         message="explicit static INT8 needs calibrationDataUri (an .npz of representative inputs); "

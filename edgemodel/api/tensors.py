@@ -23,10 +23,20 @@ class DType(StrEnum):
     BOOL = "bool"
 
 
+TENSOR_NAME = r"^[A-Za-z_][A-Za-z0-9_.:/-]*$"
+
+
+class OutputSpec(ApiModel):
+    """A name for one model output, in the order the model returns its outputs."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=TENSOR_NAME)
+    """Output name served on the Open Inference Protocol (and in the ONNX graph), e.g. "logits"."""
+
+
 class TensorSpec(ApiModel):
     """A named tensor with an element type and a shape; -1 marks a dynamic dimension."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")
+    name: str = Field(min_length=1, max_length=253, pattern=TENSOR_NAME)
     """Tensor name as the model sees it (the ONNX input name), e.g. "input"."""
     dtype: DType = DType.FLOAT32
     """Element type, e.g. float32."""

@@ -67,7 +67,7 @@ def add_parser(sub: Any) -> None:
     cluster.add_argument("--cache-max-bytes", type=int, help="artifact cache bound (default 2 GiB)")
     cluster.add_argument("--store-token-file", type=Path, help="bearer token for artifact store downloads")
     cluster.add_argument("--label", action="append", metavar="KEY=VALUE", dest="label_flags",
-                         help="extra EdgeAgent label (repeatable), on top of the Node's labels")
+                         help="EdgeAgent label (repeatable), for people; EdgeModels select on the Node's labels")
     cluster.add_argument("--endpoint", help="URL clients reach this agent at (default http(s)://$POD_IP:PORT)")
     cluster.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s", metavar="SECONDS",
                          help="seconds between heartbeats (default 10, at least 1)")

@@ -14,7 +14,7 @@ def add_parser(sub: Any) -> None:
         "by canary to 3 simulated edge nodes, send real traffic, then roll out a slow revision and watch it "
         "roll back automatically; finally split the CNN between the edge nodes and a cloud node and take the cloud away.",
     )
-    p.add_argument("--workdir", type=Path, default=Path(".demo"), help="where state, models and logs go (reset at start)")
+    p.add_argument("--workdir", type=Path, default=Path(".demo"), help="where state, models and logs go (reset at start; a non-empty folder the demo did not create is refused)")
     p.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
     p.add_argument("--plain", action="store_true", help="plain progress lines instead of the live view (CI)")
     p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
@@ -25,21 +25,20 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
-    import signal
-    import sys
 
     from rich.console import Console
 
     from edgemodel.demo.runner import DemoOptions, run_demo
+    from edgemodel.demo.shutdown import SignalGuard
 
     logging.getLogger().setLevel(logging.WARNING)
-    # SIGTERM (CI timeouts, `kill`) unwinds like Ctrl-C so every started process is stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # SIGTERM (CI timeouts, `kill`) unwinds like Ctrl-C; a second one never cuts the shutdown short.
+    guard = SignalGuard().install()
     console = Console(width=130) if args.plain else Console()
     result = run_demo(DemoOptions(
         workdir=args.workdir.resolve(), keep=args.keep, live=not args.plain, prometheus=not args.no_prometheus,
         traffic_seconds=args.traffic_seconds, epochs=args.epochs, split=not args.no_split,
-    ), console)
+    ), console, guard)
     if not result.ok:
         console.print(f"[bold red]demo failed:[/] {result.message}")
         return 1

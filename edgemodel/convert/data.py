@@ -72,8 +72,8 @@ def check_array(spec: TensorSpec, index: int, array: np.ndarray, where: str) -> 
 
 
 def load_npz(path: Path, uri: str, specs: list[TensorSpec], kind: str, limit: int,
-             need_labels: bool = False) -> Dataset:
-    """Read an .npz with one array per input name (and ``labels``), checked against ``specs``."""
+             need_labels: bool = False, labels_name: str = LABELS) -> Dataset:
+    """Read an .npz with one array per input name (and labels, named ``labels_name``), checked against ``specs``."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
@@ -93,14 +93,16 @@ def load_npz(path: Path, uri: str, specs: list[TensorSpec], kind: str, limit: in
     if len(set(counts.values())) != 1 or 0 in counts.values():
         raise ConversionError(Reason.INVALID_DATA, f"{kind} data {uri}: every input needs the same, non-zero "
                               f"number of samples along the first axis, got {counts}")
-    labels = arrays.get(LABELS)
+    labels = arrays.get(labels_name)
     if labels is not None and (labels.ndim != 1 or len(labels) != len(next(iter(inputs.values())))
                                or labels.dtype.kind not in "iu"):
-        raise ConversionError(Reason.INVALID_DATA, f"{kind} data {uri}: 'labels' must be a 1-D integer array with "
-                              f"one label per sample, got {labels.dtype} {_describe(labels.shape)}")
+        raise ConversionError(Reason.INVALID_DATA, f"{kind} data {uri}: {labels_name!r} must be a 1-D integer array "
+                              f"with one label per sample, got {labels.dtype} {_describe(labels.shape)}")
     if need_labels and labels is None:
-        raise ConversionError(Reason.INVALID_DATA, f"{kind} data {uri} has no 'labels' array, which "
-                              "spec.validation.metric top1 needs; add labels or use metric: agreement")
+        others = ", ".join(sorted(set(arrays) - {s.name for s in specs})) or "none"
+        raise ConversionError(Reason.INVALID_DATA, f"{kind} data {uri} has no {labels_name!r} array, which "
+                              f"spec.validation.metric top1 needs (other arrays: {others}); add it, name yours in "
+                              "spec.validation.labelsArray, or use metric: agreement")
     return Dataset(inputs, labels, f"{kind} data {uri}").take(limit)
 
 

@@ -141,8 +141,48 @@ def model_opset(path: Path) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def export(source: LoadedSource, inputs: list[TensorSpec], sample: Batch, out: Path, opset: int | None) -> ExportInfo:
-    """Produce ``out`` (an ONNX file) from the source; ONNX sources are copied (and converted to ``opset``)."""
+def _named(names: list[str], wanted: list[str] | None, what: str) -> list[str]:
+    """``wanted`` (spec.outputs) when given and of the right count, else ``names``."""
+    if not wanted:
+        return names
+    if len(wanted) != len(names):
+        raise ConversionError(
+            Reason.INVALID_SPEC,
+            f"spec.outputs names {len(wanted)} output(s) ({', '.join(wanted)}) but {what} has {len(names)} "
+            f"({', '.join(names)}); name every output in order, or leave spec.outputs empty",
+        )
+    return list(wanted)
+
+
+def _rename_outputs(path: Path, wanted: list[str]) -> None:
+    """Rename the graph outputs of an ONNX file to ``wanted`` (in order), wherever the names are used."""
+    import onnx
+
+    model = onnx.load_model(str(path))
+    current = [o.name for o in model.graph.output]
+    rename = dict(zip(current, _named(current, wanted, "the ONNX source"), strict=True))
+    if all(a == b for a, b in rename.items()):
+        return
+    taken = {v.name for v in model.graph.value_info} | {i.name for i in model.graph.input}
+    taken |= {out for node in model.graph.node for out in node.output} - set(current)
+    clash = sorted(set(wanted) & taken)
+    if clash:
+        raise ConversionError(Reason.INVALID_SPEC, f"spec.outputs: {', '.join(clash)} already names another tensor "
+                              "of the ONNX source; choose other output names")
+    for node in model.graph.node:
+        node.output[:] = [rename.get(n, n) for n in node.output]
+        node.input[:] = [rename.get(n, n) for n in node.input]
+    for output in model.graph.output:
+        output.name = rename[output.name]
+    onnx.save_model(model, str(path))
+
+
+def export(source: LoadedSource, inputs: list[TensorSpec], sample: Batch, out: Path, opset: int | None,
+           output_names_: list[str] | None = None) -> ExportInfo:
+    """Produce ``out`` (an ONNX file) from the source; ONNX sources are copied (and converted to ``opset``).
+
+    ``output_names_`` (spec.outputs) names the outputs in order; otherwise the source's names are kept.
+    """
     import onnx
 
     if source.format == SourceFormat.ONNX:
@@ -157,8 +197,10 @@ def export(source: LoadedSource, inputs: list[TensorSpec], sample: Batch, out: P
                                       f"to opset {opset} ({first_line(exc)}); leave opset empty") from exc
             onnx.save_model(converted, str(out))
             exporter = f"onnx.version_converter to opset {opset}"
+        if output_names_:
+            _rename_outputs(out, output_names_)
     else:
-        exporter = _export_torch(source, inputs, sample, out, opset)
+        exporter = _export_torch(source, inputs, sample, out, opset, output_names_)
     try:
         onnx.checker.check_model(str(out), full_check=True)
     except Exception as exc:
@@ -168,12 +210,13 @@ def export(source: LoadedSource, inputs: list[TensorSpec], sample: Batch, out: P
     return info
 
 
-def _export_torch(source: LoadedSource, inputs: list[TensorSpec], sample: Batch, out: Path, opset: int | None) -> str:
+def _export_torch(source: LoadedSource, inputs: list[TensorSpec], sample: Batch, out: Path, opset: int | None,
+                  wanted: list[str] | None = None) -> str:
     import torch
 
     args = tuple(torch.from_numpy(np.ascontiguousarray(sample[spec.name])) for spec in inputs)
     model = source.torch_model
-    names = output_names(model, args)
+    names = _named(output_names(model, args), wanted, "the model")
     errors: list[str] = []
     with _quiet_exporter():
         candidates: list[tuple[str, Any]] = []

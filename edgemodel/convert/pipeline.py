@@ -153,7 +153,8 @@ def _fetch_and_load(model: EdgeModel, workdir: Path, progress: Progress) -> _Inp
     calibration = (load_npz(calib_path, str(calib_uri), spec.inputs, "calibration", opt.int8.calibration_samples)
                    if calib_path else None)
     validation = (load_npz(val_path, str(spec.validation.data_uri), spec.inputs, "validation", spec.validation.samples,
-                           need_labels=metric == ValidationMetric.TOP1) if val_path else None)
+                           need_labels=metric == ValidationMetric.TOP1, labels_name=spec.validation.labels_array)
+                  if val_path else None)
     if validation is not None:
         evaluation = validation
     else:
@@ -386,7 +387,8 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
     progress.stage("Exporting to ONNX", 2)
     n_check = fixed_batch or min(options.export_check_samples, len(inputs.evaluation))
     sample = inputs.evaluation.repeat_to(fixed_batch or 2)
-    info = export(inputs.source, spec.inputs, sample, workdir / "exported.onnx", spec.optimization.opset)
+    info = export(inputs.source, spec.inputs, sample, workdir / "exported.onnx", spec.optimization.opset,
+                  [o.name for o in spec.outputs])
     progress.advance(f"exported opset {info.opset} with {info.exporter}")
     check_export(info, [r[:n_check] for r in reference], inputs.evaluation.slice(0, n_check), threads)
     progress.advance(f"outputs match the original within {info.max_abs_diff:.2g}")

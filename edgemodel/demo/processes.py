@@ -36,16 +36,15 @@ class Process:
         return self.popen.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
-        """Signal the process group, wait, then SIGKILL what is left."""
+        """Signal the process group, wait, then SIGKILL what is left of the group (children included)."""
         if self.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, sig)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)  # the leader is gone; its children may not be
+        self.popen.wait(timeout=10)
         return self.popen.returncode
 
     def kill(self) -> None:
@@ -70,10 +69,18 @@ class ProcessGroup:
         return self.log_dir / f"{name}.log"
 
     def stop(self, name: str, timeout: float = 15) -> None:
-        proc = self.procs.pop(name, None)
+        proc = self.procs.get(name)
         if proc is not None:
             proc.stop(timeout=timeout)
+            self.procs.pop(name, None)
 
     def stop_all(self) -> None:
+        """Stop every process, newest first; one that fails to stop does not keep the others running."""
+        errors: list[BaseException] = []
         for name in reversed(list(self.procs)):
-            self.stop(name)
+            try:
+                self.stop(name)
+            except Exception as exc:  # stop the rest, then report the first failure
+                errors.append(exc)
+        if errors:
+            raise errors[0]

@@ -64,15 +64,15 @@ class SplitReading:
         return self.bytes_up / split if split else None
 
 
-def read_split_metrics(endpoints: list[str], model: str) -> SplitReading:
-    """Scrape every endpoint's ``/metrics`` and sum the split series of ``model``."""
+def read_split_metrics(endpoints: list[str], model: str, namespace: str = "default") -> SplitReading:
+    """Scrape every endpoint's ``/metrics`` and sum the split series of EdgeModel ``namespace/model``."""
     reading = SplitReading()
     for endpoint in endpoints:
         with urllib.request.urlopen(f"{endpoint}/metrics", timeout=10) as response:
             text = response.read().decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.labels.get("model") != model:
+                if sample.labels.get("model") != model or sample.labels.get("namespace") != namespace:
                     continue
                 if sample.name == "edgemodel_split_stage_duration_seconds_sum":
                     stage = sample.labels["stage"]

@@ -72,8 +72,11 @@ class SystemStack:
         raise NotImplementedError
 
     def close(self) -> None:
-        self.procs.stop_all()
-        self.cluster.close()
+        """Stop every process (newest first), then the cluster with its node processes and pods; idempotent."""
+        try:
+            self.procs.stop_all()
+        finally:
+            self.cluster.close()
 
     def __enter__(self) -> Self:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -56,13 +57,14 @@ def candidates_table(em: dict[str, Any] | None) -> RenderableType:
     return table
 
 
-def nodes_table(agents: list[dict[str, Any]], model: str) -> RenderableType:
-    """Per-node state of ``model`` as the agents report it."""
+def nodes_table(agents: list[dict[str, Any]], model: str,
+                node_labels: Mapping[str, Mapping[str, str]] | None = None) -> RenderableType:
+    """Per-node state of ``model`` as the agents report it; the site from the Node's labels (what selection uses)."""
     table = Table(title="Nodes (EdgeAgent status)", title_justify="left")
     for col in ("node", "labels", "class", "revision", "serving", "state", "provider", "requests", "p95 ms"):
         table.add_column(col)
     for agent in sorted(agents, key=lambda a: a["metadata"]["name"]):
-        labels = agent["metadata"].get("labels", {})
+        labels = (node_labels or {}).get(agent["metadata"]["name"]) or {}
         site = labels.get("edgemodel.io/site", "")
         status = agent.get("status") or {}
         state = next((m for m in status.get("models", []) if m.get("name") == model), None)

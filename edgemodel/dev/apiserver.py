@@ -18,6 +18,7 @@ import yaml
 from aiohttp import web
 
 from edgemodel.dev import errors, openapi, protobuf, tables
+from edgemodel.dev.admission import REQUESTER
 from edgemodel.dev.auth import ADMIN, Identity, TokenAuth, authorize
 from edgemodel.dev.errors import ApiError
 from edgemodel.dev.registry import DeleteOptions, Registry, WriteResult
@@ -174,9 +175,14 @@ class ApiServer:
     ) -> web.StreamResponse:
         self.requests += 1
         try:
+            identity = ADMIN
             if request.path not in ("/version", "/version/", "/healthz", "/livez", "/readyz"):
-                request[IDENTITY] = self.auth.identify(request.headers.get("Authorization"))
-            return await handler(request)
+                identity = request[IDENTITY] = self.auth.identify(request.headers.get("Authorization"))
+            requester = REQUESTER.set(identity)  # admission checks the writes of agents
+            try:
+                return await handler(request)
+            finally:
+                REQUESTER.reset(requester)
         except ApiError as exc:
             if exc.code >= 500:
                 log.error("%s %s failed: %s", request.method, request.path_qs, exc.message)

@@ -47,6 +47,8 @@ class Identity:
     name: str
     groups: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = field(default_factory=tuple)
+    node: str | None = None
+    """The node of an agent's bound token (user extra authentication.kubernetes.io/node-name); see admission."""
 
     def allows(self, verb: str, group: str, resource: str, name: str | None) -> bool:
         return any(rule.allows(verb, group, resource, name) for rule in self.rules)
@@ -57,7 +59,11 @@ READ_VERBS = ("get", "list", "watch")
 
 
 def agent_identity(node: str) -> Identity:
-    """What an edge agent may do: its own EdgeAgent (and status), and read its own Node."""
+    """What an edge agent may do: read and write its own EdgeAgent (and status), nothing else.
+
+    Its Node is not readable: the operator selects on Node labels, the agent needs none of them.
+    What it may write there (never spec.models) is ``admission.CHECKS``, the chart's policy.
+    """
     own = (node,)
     return Identity(
         f"system:edgeagent:{node}",
@@ -65,8 +71,8 @@ def agent_identity(node: str) -> Identity:
         (
             Rule(("get", "list", "watch", "patch", "update", "create"), ("edgemodel.io",), ("edgeagents",), own),
             Rule(("get", "patch", "update"), ("edgemodel.io",), ("edgeagents/status",), own),
-            Rule(READ_VERBS, ("",), ("nodes",), own),
         ),
+        node=node,
     )
 
 

@@ -2,7 +2,7 @@
 
 Covers what validation rules usually need: literals, ``self``/``oldSelf``, field and index access,
 ``has()``, ``! && || ?:``, comparisons, ``in``, arithmetic, ``size``/``contains``/``startsWith``/
-``endsWith``/``matches``, type conversions and the ``all``/``exists``/``exists_one``/``map``/
+``endsWith``/``matches``, ``isSorted`` (Kubernetes' list library), ``type()``, type conversions and the ``all``/``exists``/``exists_one``/``map``/
 ``filter`` macros, with CEL's error-absorbing ``&&``/``||``. A rule using anything else raises
 :class:`Unsupported` and is skipped (logged), never guessed.
 """
@@ -189,6 +189,27 @@ def _size(value: Any) -> int:
     raise EvalError(f"size() of {type(value).__name__}")
 
 
+def _is_sorted(value: Any) -> bool:
+    """Kubernetes' list library ``isSorted()``."""
+    if not isinstance(value, list):
+        raise EvalError(f"isSorted() of {type(value).__name__}")
+    try:
+        return all(a <= b for a, b in zip(value, value[1:], strict=False))
+    except TypeError as exc:
+        raise EvalError(str(exc)) from None
+
+
+def _type_name(value: Any) -> str:
+    """CEL's ``type()`` as the name of the type denotation it equals."""
+    if isinstance(value, bool):
+        return "bool"
+    for kind, name in ((int, "int"), (float, "double"), (str, "string"), (bytes, "bytes"), (list, "list"),
+                       (dict, "map")):
+        if isinstance(value, kind):
+            return name
+    return "null_type"
+
+
 _METHODS: dict[str, Callable[..., Any]] = {
     "size": lambda x: _size(x),
     "contains": lambda x, s: s in x,
@@ -198,6 +219,7 @@ _METHODS: dict[str, Callable[..., Any]] = {
     "lowerAscii": lambda x: x.lower(),
     "upperAscii": lambda x: x.upper(),
     "trim": lambda x: x.strip(),
+    "isSorted": lambda x: _is_sorted(x),
 }
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "size": _size,
@@ -206,7 +228,10 @@ _FUNCTIONS: dict[str, Callable[..., Any]] = {
     "string": lambda x: ("true" if x else "false") if isinstance(x, bool) else str(x),
     "bool": lambda x: x if isinstance(x, bool) else {"true": True, "false": False}[x],
     "matches": lambda x, p: re.search(p, x) is not None,
+    "type": lambda x: _type_name(x),
 }
+_TYPE_NAMES = frozenset({"int", "uint", "double", "string", "bool", "bytes", "list", "map", "null_type"})
+"""Type denotations, e.g. ``type(self) == int`` (for x-kubernetes-int-or-string fields)."""
 _MACROS = ("all", "exists", "exists_one", "map", "filter")
 
 
@@ -215,6 +240,8 @@ def evaluate(node: Node, env: dict[str, Any]) -> Any:
     if op == "const":
         return node[1]
     if op == "var":
+        if node[1] not in env and node[1] in _TYPE_NAMES:
+            return node[1]
         if node[1] not in env:
             raise Unsupported(f"unknown identifier {node[1]!r}")
         return env[node[1]]

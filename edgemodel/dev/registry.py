@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from edgemodel.dev import builtin_kinds, errors, patching, schema
+from edgemodel.dev import admission, builtin_kinds, errors, patching, schema
 from edgemodel.dev.builtin_schemas import PatchMeta, definitions, drop_fields, unknown_fields
 from edgemodel.dev.errors import ApiError
 from edgemodel.dev.resources import Catalog, ResourceType, storage_version
@@ -268,6 +268,7 @@ class Registry:
         elif rt.has_status:
             obj.pop("status", None)
         self._validate(rt, obj, None)
+        admission.admit(rt.group, rt.plural, admission.Write("CREATE", "", meta["name"], obj, None))
         self._check_namespace(rt, ns)
         if self.store.get(rt.storage, ns, meta["name"]) is not None:
             raise errors.already_exists(rt.group, rt.plural, meta["name"])
@@ -347,6 +348,7 @@ class Registry:
         if _without(new, *ignored) != _without(old, *ignored):
             new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
         self._validate(rt, new, old)
+        admission.admit(rt.group, rt.plural, admission.Write("UPDATE", subresource, name, new, old))
         if _comparable(new) == _comparable(old):
             return WriteResult(old, warnings)
         if dry_run:

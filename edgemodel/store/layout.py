@@ -95,3 +95,16 @@ class StoreLayout:
     @property
     def trash(self) -> Path:
         return self.root / TRASH_DIR
+
+    def prune_empty(self, folder: Path) -> None:
+        """Remove ``folder`` and its parents while empty, up to (never including) the root or ``.staging``.
+
+        Retention and commits leave ``{ns}/{name}`` and ``.staging/{ns}/{name}`` behind otherwise.
+        """
+        stops = {self.root, self.root / STAGING_DIR}
+        while folder not in stops and self.root in folder.parents:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (or already gone): nothing above it can be empty either
+                return
+            folder = folder.parent

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -125,6 +126,17 @@ def _reject_revision_shaped(segments: list[str]) -> None:
         )
 
 
+def _create(tmp: Path) -> BinaryIO:
+    """Open ``tmp`` for writing, creating its folder (again if a concurrent prune removed it meanwhile)."""
+    for _ in range(3):
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return tmp.open("wb")
+        except FileNotFoundError:
+            continue
+    return tmp.open("wb")
+
+
 async def _receive(request: web.Request) -> tuple[Path, int, str]:
     """Stream the body to a temp file outside every revision folder (fsynced); its path, size and sha256."""
     layout = request.app[LAYOUT_KEY]
@@ -135,7 +147,7 @@ async def _receive(request: web.Request) -> tuple[Path, int, str]:
     digest = hashlib.sha256()
     size = 0
     try:
-        with tmp.open("wb") as fh:
+        with _create(tmp) as fh:
             async for chunk in request.content.iter_chunked(1 << 20):
                 size += len(chunk)
                 if size > limit:
@@ -227,6 +239,7 @@ async def commit_revision(request: web.Request) -> web.Response:
         live.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staged, live)
         _fsync_dir(live.parent)
+        layout.prune_empty(staged.parent)
     log.info("Committed revision %s (%s)", ref.prefix, ", ".join(files))
     return web.json_response({"revision": ref.prefix, "files": files}, status=201)
 
@@ -236,6 +249,8 @@ async def abort_upload(request: web.Request) -> web.Response:
     ref = _revision_ref(request)
     staged = layout.staging_dir(ref, request.query.get("upload", DEFAULT_UPLOAD_ID))
     shutil.rmtree(staged, ignore_errors=True)
+    async with request.app[LOCK_KEY]:
+        layout.prune_empty(staged.parent)
     log.info("Aborted upload of %s", ref.prefix)
     return web.Response(status=204)
 
@@ -250,6 +265,7 @@ async def delete_object(request: web.Request) -> web.Response:
         layout.trash.mkdir(parents=True, exist_ok=True)
         aside = layout.trash / uuid.uuid4().hex
         os.rename(target, aside)
+        layout.prune_empty(target.parent)
     if aside.is_dir():
         shutil.rmtree(aside, ignore_errors=True)
     else:
@@ -267,6 +283,7 @@ def clean_stale(layout: StoreLayout, max_age_s: float, now: float | None = None)
         for path in staging.glob("*/*/*"):
             if path.is_dir() and path.parent.parent.name != TMP_DIR and now - path.stat().st_mtime > max_age_s:
                 shutil.rmtree(path, ignore_errors=True)
+                layout.prune_empty(path.parent)
                 removed += 1
     if layout.tmp.is_dir():
         for path in layout.tmp.iterdir():

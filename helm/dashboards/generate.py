@@ -7,8 +7,8 @@ The dashboards are data: this script is their source so that every panel is buil
 tests/helm checks the JSON files are what this script writes, and evaluates every panel query
 against a real Prometheus scraping real agents (tests/helm/test_prometheus_e2e.py).
 
-Variables: $namespace (EdgeModel namespace, from the operator's metrics), $model, $node (the
-scrape target's node label). Grafana's $__rate_interval and $__range are used in range selectors.
+Variables: $namespace (EdgeModel namespace: the operator's and the agents' metrics carry it, so
+same-named models of two namespaces are two series), $model, $node (the scrape target's node label). Grafana's $__rate_interval and $__range are used in range selectors.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 DS = {"type": "prometheus", "uid": "${datasource}"}
-AGENT_SEL = 'model=~"$model", node=~"$node"'
+AGENT_SEL = 'namespace=~"$namespace", model=~"$model", node=~"$node"'
 OP_SEL = 'namespace=~"$namespace", model=~"$model"'
 RATE = "$__rate_interval"
 
@@ -101,11 +101,11 @@ def fleet() -> Board:
           description="Agent pods that did not answer the last scrape (EdgemodelAgentDown fires after 5 minutes).")
     b.add("stat", "Operator replicas up", [('sum(up{component="operator"})', "up")], w=6, h=4,
           description="Operator replicas (one works, the other waits: kopf peering).")
-    b.add("stat", "Model versions ready", [(f'count(max by (model, version, node) (edgemodel_model_state{{state="Ready", {AGENT_SEL}}}) == 1)', "ready")],
+    b.add("stat", "Model versions ready", [(f'count(max by (namespace, model, version, node) (edgemodel_model_state{{state="Ready", {AGENT_SEL}}}) == 1)', "ready")],
           w=6, h=4, description="(node, model, version) pairs in state Ready.")
-    b.add("table", "Model state per node", [(f'max by (node, model, version, state) (edgemodel_model_state{{{AGENT_SEL}}}) == 1', "")],
+    b.add("table", "Model state per node", [(f'max by (node, namespace, model, version, state) (edgemodel_model_state{{{AGENT_SEL}}}) == 1', "")],
           w=12, h=9, instant=True, description="Current state of every assigned model version on every node.")
-    b.add("table", "Served revisions", [(f'max by (node, model, version, provider, sha256) (edgemodel_model_info{{{AGENT_SEL}}})', "")],
+    b.add("table", "Served revisions", [(f'max by (node, namespace, model, version, provider, sha256) (edgemodel_model_info{{{AGENT_SEL}}})', "")],
           w=12, h=9, instant=True, description="Model versions answering requests, with execution provider and artifact sha256.")
     b.add("timeseries", "Rollout progress (nodes per state)", [(f'sum by (namespace, model, state) (edgemodel_operator_nodes{{{OP_SEL}}})', "{{namespace}}/{{model}} {{state}}")],
           w=12, description="Selected nodes of each EdgeModel by state: ready, updating, failed, stale, unassigned.")
@@ -118,8 +118,8 @@ def fleet() -> Board:
     b.add("timeseries", "Artifacts rejected or failed", [('sum by (node, reason) (increase(edgemodel_artifact_download_failures_total{node=~"$node"}[$__range]))', "{{node}} {{reason}}")],
           w=8, description="Downloads that failed or artifacts rejected (DigestMismatch, SignatureInvalid) in the time range.")
     b.add("timeseries", "Model load time", [(
-        f'max by (model, version, node) (edgemodel_model_load_duration_seconds_sum{{{AGENT_SEL}}} '
-        f'/ edgemodel_model_load_duration_seconds_count{{{AGENT_SEL}}})', "{{node}} {{model}} v{{version}}")],
+        f'max by (namespace, model, version, node) (edgemodel_model_load_duration_seconds_sum{{{AGENT_SEL}}} '
+        f'/ edgemodel_model_load_duration_seconds_count{{{AGENT_SEL}}})', "{{node}} {{namespace}}/{{model}} v{{version}}")],
           w=8, unit="s", description="Session creation and warm-up time of each loaded model version (mean over its loads).")
     return b
 
@@ -129,32 +129,32 @@ def latency() -> Board:
               "Request latency percentiles by model, revision, provider and node; throughput, errors, queue wait, batch size.")
     for q in ("0.5", "0.95", "0.99"):
         b.add("timeseries", f"Request latency p{round(float(q) * 100)}", [(
-            quantile(q, "edgemodel_request_duration_seconds", "model, version, provider, node"),
-            "{{node}} {{model}} v{{version}} {{provider}}")], w=8, unit="s",
+            quantile(q, "edgemodel_request_duration_seconds", "namespace, model, version, provider, node"),
+            "{{node}} {{namespace}}/{{model}} v{{version}} {{provider}}")], w=8, unit="s",
             description=f"{q} quantile of the time from the request body read to the response built.")
     b.add("timeseries", "ONNX Runtime compute p95", [(
-        quantile(0.95, "edgemodel_inference_duration_seconds", "model, version, provider, node"),
-        "{{node}} {{model}} v{{version}} {{provider}}")], w=12, unit="s",
+        quantile(0.95, "edgemodel_inference_duration_seconds", "namespace, model, version, provider, node"),
+        "{{node}} {{namespace}}/{{model}} v{{version}} {{provider}}")], w=12, unit="s",
         description="Compute time per ONNX Runtime run (a batched run counts once).")
     b.add("timeseries", "Throughput", [(
-        f'sum by (model, version, node) (rate(edgemodel_requests_total{{{AGENT_SEL}}}[{RATE}]))', "{{node}} {{model}} v{{version}}")],
+        f'sum by (namespace, model, version, node) (rate(edgemodel_requests_total{{{AGENT_SEL}}}[{RATE}]))', "{{node}} {{namespace}}/{{model}} v{{version}}")],
         w=12, unit="reqps", description="Inference requests per second.")
     b.add("timeseries", "Errors by code", [(
-        f'sum by (model, version, node, code) (rate(edgemodel_requests_total{{code=~"[45]..", {AGENT_SEL}}}[{RATE}]))',
-        "{{node}} {{model}} v{{version}} {{code}}")], w=12, unit="reqps",
+        f'sum by (namespace, model, version, node, code) (rate(edgemodel_requests_total{{code=~"[45]..", {AGENT_SEL}}}[{RATE}]))',
+        "{{node}} {{namespace}}/{{model}} v{{version}} {{code}}")], w=12, unit="reqps",
         description="Failed requests per second (4xx: bad input, 5xx: server errors).")
     b.add("timeseries", "Error ratio", [(
-        f'sum by (model, version) (rate(edgemodel_requests_total{{code=~"[45]..", {AGENT_SEL}}}[{RATE}])) '
-        f'/ sum by (model, version) (rate(edgemodel_requests_total{{{AGENT_SEL}}}[{RATE}]))', "{{model}} v{{version}}")],
+        f'sum by (namespace, model, version) (rate(edgemodel_requests_total{{code=~"[45]..", {AGENT_SEL}}}[{RATE}])) '
+        f'/ sum by (namespace, model, version) (rate(edgemodel_requests_total{{{AGENT_SEL}}}[{RATE}]))', "{{namespace}}/{{model}} v{{version}}")],
         w=12, unit="percentunit", description="Fraction of requests that failed.")
     b.add("timeseries", "Queue wait p95", [(
-        quantile(0.95, "edgemodel_queue_wait_seconds", "model, version, node"),
-        "{{node}} {{model}} v{{version}}")], w=12, unit="s",
+        quantile(0.95, "edgemodel_queue_wait_seconds", "namespace, model, version, node"),
+        "{{node}} {{namespace}}/{{model}} v{{version}}")], w=12, unit="s",
         description="Time a request waited for a worker (and for its batch to form).")
     b.add("timeseries", "Mean batch size", [(
-        f'sum by (model, version, node) (rate(edgemodel_batch_size_sum{{{AGENT_SEL}}}[{RATE}])) '
-        f'/ sum by (model, version, node) (rate(edgemodel_batch_size_count{{{AGENT_SEL}}}[{RATE}]))',
-        "{{node}} {{model}} v{{version}}")], w=12,
+        f'sum by (namespace, model, version, node) (rate(edgemodel_batch_size_sum{{{AGENT_SEL}}}[{RATE}])) '
+        f'/ sum by (namespace, model, version, node) (rate(edgemodel_batch_size_count{{{AGENT_SEL}}}[{RATE}]))',
+        "{{node}} {{namespace}}/{{model}} v{{version}}")], w=12,
         description="Requests per ONNX Runtime run (1 without dynamic batching).")
     b.add("heatmap", "Request latency distribution", [(
         f'sum by (le) (increase(edgemodel_request_duration_seconds_bucket{{{AGENT_SEL}}}[{RATE}]))', "{{le}}")],
@@ -164,25 +164,25 @@ def latency() -> Board:
         target["format"] = "heatmap"
     # Split inference (docs/split-inference.md): where the time of a split request goes.
     b.add("timeseries", "Split: time per stage p95", [(
-        quantile(0.95, "edgemodel_split_stage_duration_seconds", "model, version, stage"),
-        "{{model}} v{{version}} {{stage}}")],
+        quantile(0.95, "edgemodel_split_stage_duration_seconds", "namespace, model, version, stage"),
+        "{{namespace}}/{{model}} v{{version}} {{stage}}")],
         w=8, unit="s", description="Split requests by stage: head (edge compute), encode, transfer (round trip minus "
         "the cloud's own time), tail (cloud compute), local (the whole model on the edge after a cloud failure).")
     b.add("timeseries", "Split: bytes on the link", [(
-        f'sum by (model, version, direction) (rate(edgemodel_split_transfer_bytes_total{{{AGENT_SEL}}}[{RATE}]))',
-        "{{model}} v{{version}} {{direction}}")], w=8, unit="Bps",
+        f'sum by (namespace, model, version, direction) (rate(edgemodel_split_transfer_bytes_total{{{AGENT_SEL}}}[{RATE}]))',
+        "{{namespace}}/{{model}} v{{version}} {{direction}}")], w=8, unit="Bps",
         description="Encoded features sent to the cloud (up) and outputs received (down) per second.")
     b.add("timeseries", "Split: answered by", [(
-        f'sum by (model, version, path) (rate(edgemodel_split_requests_total{{{AGENT_SEL}}}[{RATE}]))',
-        "{{model}} v{{version}} {{path}}")], w=8, unit="reqps",
+        f'sum by (namespace, model, version, path) (rate(edgemodel_split_requests_total{{{AGENT_SEL}}}[{RATE}]))',
+        "{{namespace}}/{{model}} v{{version}} {{path}}")], w=8, unit="reqps",
         description="Split requests answered by the cloud tail (split), by the whole model on the edge (local) or "
         "refused with 503 (unavailable): a rising local or unavailable means the cloud is unreachable.")
     b.add("timeseries", "Split: cloud tail compute p95", [(
-        quantile(0.95, "edgemodel_split_tail_duration_seconds", "model, version, node"), "{{node}} {{model}} v{{version}}")],
+        quantile(0.95, "edgemodel_split_tail_duration_seconds", "namespace, model, version, node"), "{{node}} {{namespace}}/{{model}} v{{version}}")],
         w=12, unit="s", description="Compute time of the tails on the cloud agents (the other side of the tail stage).")
     b.add("timeseries", "Split: cloud tail runs", [(
-        f'sum by (model, version, node, result) (rate(edgemodel_split_tail_requests_total{{{AGENT_SEL}}}[{RATE}]))',
-        "{{node}} {{model}} v{{version}} {{result}}")], w=12, unit="reqps",
+        f'sum by (namespace, model, version, node, result) (rate(edgemodel_split_tail_requests_total{{{AGENT_SEL}}}[{RATE}]))',
+        "{{node}} {{namespace}}/{{model}} v{{version}} {{result}}")], w=12, unit="reqps",
         description="Tail runs per second on the cloud agents, ok or error (features that do not fit, a failing tail).")
     return b
 

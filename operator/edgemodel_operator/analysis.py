@@ -118,9 +118,12 @@ def measure_from_agents(reports: Sequence[ReportedModel]) -> Measurements:
     )
 
 
-def promql(model: str, revision: int, window_seconds: int) -> dict[str, str]:
-    """One PromQL query per check over the agents' metrics of the revision."""
-    sel = f'model="{model}",version="{revision}"'
+def promql(namespace: str, model: str, revision: int, window_seconds: int) -> dict[str, str]:
+    """One PromQL query per check over the agents' metrics of the revision of EdgeModel ``namespace/model``.
+
+    The namespace is part of the selector: a same-named EdgeModel of another team never counts.
+    """
+    sel = f'namespace="{namespace}",model="{model}",version="{revision}"'
     window = f"{window_seconds}s"
     return {
         "requests": f"sum(increase(edgemodel_requests_total{{{sel}}}[{window}]))",
@@ -154,10 +157,11 @@ async def query_scalar(session: aiohttp.ClientSession, base_url: str, query: str
 
 
 async def measure_with_prometheus(
-    session: aiohttp.ClientSession, base_url: str, model: str, revision: int, window_seconds: int, nodes: int
+    session: aiohttp.ClientSession, base_url: str, namespace: str, model: str, revision: int, window_seconds: int,
+    nodes: int,
 ) -> Measurements:
-    """The three checks' numbers from Prometheus."""
-    queries = promql(model, revision, window_seconds)
+    """The three checks' numbers of EdgeModel ``namespace/model`` from Prometheus."""
+    queries = promql(namespace, model, revision, window_seconds)
     requests = await query_scalar(session, base_url, queries["requests"])
     errors = await query_scalar(session, base_url, queries["errors"])
     p95 = await query_scalar(session, base_url, queries["p95"])

@@ -27,3 +27,5 @@ CONVERTER_CONTAINER = "convert"
 
 EDGEMODELS = ("edgemodel.io", "v1alpha1", "edgemodels")
 EDGEAGENTS = ("edgemodel.io", "v1alpha1", "edgeagents")
+NODES = ("", "v1", "nodes")
+"""Node labels (set by an admin, never by an agent) are what spec.selector and the cloud tier select on."""

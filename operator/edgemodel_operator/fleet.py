@@ -4,6 +4,11 @@ kopf keeps the index current from its watch (and pre-populates it before any han
 restarted operator never plans against an empty fleet). A patch response is newer than the
 watch for a moment: ``Fleet`` overlays the spec it wrote until the watch catches up
 (``metadata.generation`` tells which is newer).
+
+The labels the operator selects on (``spec.selector``, the cloud tier) are the Node's, from a
+second index: an agent may write its own EdgeAgent, labels included, but never its Node, so it
+cannot make itself a cloud node or join another team's selection. An EdgeAgent without a Node
+has no labels.
 """
 
 from __future__ import annotations
@@ -23,13 +28,28 @@ class Fleet:
 
     def __init__(self) -> None:
         self._index: Mapping[str, Iterable[AgentView]] = {}
+        self._nodes: Mapping[str, Iterable[Mapping[str, str]]] | None = None
         self._written: dict[str, AgentView] = {}
 
-    def attach(self, index: Mapping[str, Iterable[AgentView]]) -> None:
-        """Use kopf's live index (a mapping of agent name to a store of views)."""
+    def attach(self, index: Mapping[str, Iterable[AgentView]],
+               nodes: Mapping[str, Iterable[Mapping[str, str]]] | None = None) -> None:
+        """Use kopf's live indexes: agent name -> views, and node name -> Node labels."""
         self._index = index
+        if nodes is not None:
+            self._nodes = nodes
+
+    def node_labels(self, name: str) -> Mapping[str, str]:
+        """The labels of Node ``name`` (empty when there is no such Node)."""
+        assert self._nodes is not None
+        return next(iter(self._nodes.get(name, ())), {})
 
     def get(self, name: str) -> AgentView | None:
+        view = self._newest(name)
+        if view is None or self._nodes is None:
+            return view
+        return view.with_labels(self.node_labels(name))
+
+    def _newest(self, name: str) -> AgentView | None:
         indexed = next(iter(self._index.get(name, ())), None)
         written = self._written.get(name)
         if written is None:

@@ -99,6 +99,17 @@ def index_agent(runtime: Runtime, body: Mapping[str, Any], index: Mapping[str, I
     return {view.name: view}
 
 
+def index_node(runtime: Runtime, name: str, labels: Mapping[str, str],
+               index: Mapping[str, Iterable[Mapping[str, str]]]) -> dict[str, dict[str, str]]:
+    """The Node index entry (its labels); a change of labels may change any EdgeModel's selection."""
+    current = {str(k): str(v) for k, v in labels.items()}
+    previous = next(iter(index.get(name, ())), None)
+    if previous is not None and dict(previous) != current:
+        log.info("Node %s changed its labels; re-checking every EdgeModel's selection", name)
+        runtime.wakeups.wake(None)
+    return {name: current}
+
+
 def job_event(runtime: Runtime, namespace: str | None, labels: Mapping[str, str]) -> None:
     """A conversion Job changed: wake its EdgeModel."""
     model = labels.get(LABEL_MODEL)

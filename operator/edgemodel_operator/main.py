@@ -15,7 +15,7 @@ from prometheus_client import start_http_server
 
 from edgemodel.api import GROUP
 from edgemodel_operator import handlers
-from edgemodel_operator.constants import EDGEAGENTS, EDGEMODELS, FINALIZER, LABEL_MANAGED_BY, MANAGER
+from edgemodel_operator.constants import EDGEAGENTS, EDGEMODELS, FINALIZER, LABEL_MANAGED_BY, MANAGER, NODES
 from edgemodel_operator.kube import KubeClient, KubeConfig, load_kube_config
 from edgemodel_operator.metrics import OperatorMetrics
 from edgemodel_operator.runtime import Runtime
@@ -93,6 +93,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     def edgeagents(body: kopf.Body, **kwargs: Any) -> dict[str, Any]:
         return handlers.index_agent(runtime, body, kwargs["edgeagents"])
 
+    @kopf.index(*NODES, id="nodes", registry=registry)
+    def nodes(name: str, labels: kopf.Labels, **kwargs: Any) -> dict[str, Any]:
+        return handlers.index_node(runtime, name, labels, kwargs["nodes"])
+
     @kopf.on.event("batch", "v1", "jobs", id="jobs", labels={LABEL_MANAGED_BY: MANAGER}, registry=registry)
     def job_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
         handlers.job_event(runtime, namespace, labels)
@@ -101,12 +105,12 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.create(*EDGEMODELS, id="reconcile", registry=registry)
     @kopf.on.update(*EDGEMODELS, id="reconcile", registry=registry)
     async def reconcile(namespace: str | None, name: str, **kwargs: Any) -> None:
-        runtime.fleet.attach(kwargs["edgeagents"])
+        runtime.fleet.attach(kwargs["edgeagents"], kwargs["nodes"])
         await handlers.reconcile_once(runtime, namespace or "default", name)
 
     @kopf.daemon(*EDGEMODELS, id="resync", registry=registry, cancellation_timeout=10.0)
     async def resync(namespace: str | None, name: str, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
-        runtime.fleet.attach(kwargs["edgeagents"])
+        runtime.fleet.attach(kwargs["edgeagents"], kwargs["nodes"])
         await handlers.reconcile_loop(runtime, namespace or "default", name, stopped)
 
     @kopf.on.delete(*EDGEMODELS, id="unassign", registry=registry)

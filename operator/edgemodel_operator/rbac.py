@@ -28,6 +28,9 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("edgemodel.io", "edgeagents", ("get", "list", "watch", "patch"),
                "the fleet index (watch), spec.models assignments (JSON patch), a fresh read after a conflict, "
                "the list of holders on deletion", "cluster"),
+    Permission("", "nodes", ("list", "watch"),
+               "spec.selector and the cloud tier select on Node labels (an admin's, which no agent can change)",
+               "cluster"),
     Permission("edgemodel.io", "edgemodels", ("get", "list", "watch", "patch"),
                "reconcile reads the object fresh; kopf watches and patches finalizer and progress annotations"),
     Permission("edgemodel.io", "edgemodels/status", ("patch",), "phase, conditions, revisions, rollout progress"),

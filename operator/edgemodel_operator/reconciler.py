@@ -145,7 +145,7 @@ class Reconciler:
         if spec is None:
             message = validation.message(problems)
             after = status_mod.invalid(before, message, generation, now)
-            if await self._write_status(namespace, name, raw_status, after):
+            if await self._write_status(namespace, name, raw_status, after, generation):
                 outcome.events.append(("Warning", "InvalidSpec", message))
                 log.warning("Refused EdgeModel %s/%s: %s", namespace, name, message)
             self._emit(body, outcome.events)
@@ -156,7 +156,7 @@ class Reconciler:
 
         if spec.suspend:
             status = status_mod.suspended(status, generation, now)
-            await self._write_status(namespace, name, raw_status, status)
+            await self._write_status(namespace, name, raw_status, status, generation)
             return outcome
 
         spec_hash = revisions.build_hash(spec)
@@ -332,7 +332,7 @@ class Reconciler:
         status = status_mod.summarize(status, progress, observed, generation, now)
         status = await self._check_split_cut(namespace, name, spec, status, artifacts, agents, generation, now,
                                              outcome)
-        await self._write_status(namespace, name, body.get("status") or {}, status)
+        await self._write_status(namespace, name, body.get("status") or {}, status, generation)
         self._emit(body, outcome.events)
         written = await self._apply(namespace, name, spec, status, plan.desired, by_name, url)
         tails = tail_revisions(namespace, name, agents, plan.desired, artifacts, spec.split.enabled,
@@ -432,7 +432,7 @@ class Reconciler:
         settings, analysis = self.rt.settings, spec.rollout.analysis
         if settings.prometheus_url:
             try:
-                measured = await measure_with_prometheus(self.rt.session(), settings.prometheus_url, name,
+                measured = await measure_with_prometheus(self.rt.session(), settings.prometheus_url, namespace, name,
                                                          request.revision, request.window_seconds, len(request.nodes))
             except PrometheusError as exc:
                 log.warning("Postponed the analysis of EdgeModel %s/%s revision %s: %s", namespace, name,
@@ -451,9 +451,9 @@ class Reconciler:
     # --- writes -------------------------------------------------------------------------------
 
     async def _write_status(self, namespace: str, name: str, raw_before: Mapping[str, Any],
-                            after: EdgeModelStatus) -> bool:
-        """One merge patch of status if anything changed; returns whether it wrote."""
-        patch = merge_diff(dict(raw_before), after.to_k8s())
+                            after: EdgeModelStatus, generation: int) -> bool:
+        """One merge patch of status if anything changed, every condition at ``generation``; whether it wrote."""
+        patch = merge_diff(dict(raw_before), status_mod.processed(after, generation).to_k8s())
         if not patch:
             return False
         await self.rt.client.patch(Paths.edgemodel_status(namespace, name), {"status": patch}, MERGE_PATCH)

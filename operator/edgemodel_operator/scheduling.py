@@ -158,6 +158,10 @@ class AgentView:
         """Whether the agent reported within the heartbeat timeout."""
         return self.heartbeat is not None and (now - self.heartbeat).total_seconds() <= timeout_seconds
 
+    def with_labels(self, labels: Mapping[str, str]) -> AgentView:
+        """A copy that selects by ``labels`` (its Node's) instead of the EdgeAgent's own."""
+        return self if labels == self.labels else dataclasses.replace(self, labels=dict(labels))
+
     def with_spec_models(self, models: Sequence[Mapping[str, Any]], generation: int) -> AgentView:
         """A copy with spec.models as the operator just wrote them."""
         return dataclasses.replace(self, spec_models=tuple(models), generation=generation)

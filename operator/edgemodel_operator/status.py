@@ -167,6 +167,20 @@ def summarize(status: EdgeModelStatus, rollout: RolloutStatus, observed: Observe
     return new
 
 
+def processed(status: EdgeModelStatus, generation: int) -> EdgeModelStatus:
+    """Every condition was (re)evaluated for ``generation``: bring its observedGeneration there.
+
+    A condition this reconcile did not set (e.g. ``Converted`` after a selector-only change) still
+    holds for the current spec, so it must not report an older generation.
+    """
+    if all(c.observed_generation == generation for c in status.conditions):
+        return status
+    new = status.model_copy(deep=True)
+    for condition in new.conditions:
+        condition.observed_generation = generation
+    return new
+
+
 def split_cut(status: EdgeModelStatus, check: CutCheck | None, generation: int, now: str) -> tuple[EdgeModelStatus, bool]:
     """Set SplitCutCurrent from ``check`` (None: remove it); True when it has just turned stale or names another cut.
 

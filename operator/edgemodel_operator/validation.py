@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgemodel.api import EdgeModelSpec, HardwareClass
+from edgemodel.api import EdgeModelSpec
 from edgemodel.errors import describe_validation_error
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -29,29 +29,17 @@ def parse_spec(body: Mapping[str, Any]) -> tuple[EdgeModelSpec | None, list[str]
 
 
 def semantic_problems(name: str, spec: EdgeModelSpec) -> list[str]:
-    """Rules between fields and list items that neither the schema nor CEL rules cover."""
+    """Rules neither the schema nor the CRD's CEL rules cover (the name; selector requirements).
+
+    Rules on the spec's own fields are CROSS_FIELD_RULES in ``edgemodel.api`` (CEL in the CRD as well), so the
+    API server, ``edgemodel validate`` and the operator apply them alike.
+    """
     problems: list[str] = []
     if len(name) > NAME_MAX or not DNS_LABEL.match(name):
         problems.append(
             f"metadata.name: {name!r} must be a DNS label of at most {NAME_MAX} characters (lowercase letters, "
             "digits, '-'): it is the served model name and labels the conversion Job; rename the EdgeModel"
         )
-    seen: dict[str, int] = {}
-    for i, tensor in enumerate(spec.inputs):
-        if tensor.name in seen:
-            problems.append(f"spec.inputs[{i}].name: duplicate input name {tensor.name!r} (also spec.inputs"
-                            f"[{seen[tensor.name]}]); give every input its ONNX input name")
-        seen.setdefault(tensor.name, i)
-        for j, dim in enumerate(tensor.shape):
-            if dim == 0 or dim < -1:
-                problems.append(f"spec.inputs[{i}].shape[{j}]: {dim} is not a dimension; use a positive size "
-                                "or -1 for a dynamic one")
-    classes = [t.hardware_class for t in spec.optimization.targets]
-    for cls in {c for c in classes if classes.count(c) > 1}:
-        problems.append(f"spec.optimization.targets: hardwareClass {cls.value} is listed twice; list each class once")
-    if spec.hardware.require_gpu and HardwareClass.GPU not in classes:
-        problems.append("spec.optimization.targets: hardware.requireGpu selects only GPU nodes but no gpu artifact "
-                        "is built; add {hardwareClass: gpu}")
     for i, req in enumerate(spec.selector.match_expressions):
         where = f"spec.selector.matchExpressions[{i}].values"
         if req.operator in ("In", "NotIn") and not req.values:

@@ -53,7 +53,7 @@ def test_probes_and_metrics_stay_open(secured: AgentThread) -> None:
     assert requests.get(f"{secured.url}/v2/health/ready", timeout=10).status_code == 200
     metrics = requests.get(f"{secured.url}/metrics", timeout=10)
     assert metrics.status_code == 200
-    assert 'edgemodel_requests_total{code="401",model="",provider="",version=""}' in metrics.text
+    assert 'edgemodel_requests_total{code="401",model="",namespace="",provider="",version=""}' in metrics.text
 
 
 def test_tritonclient_with_the_token_header(secured: AgentThread) -> None:

@@ -36,7 +36,7 @@ def test_standalone_agent_serves_files_and_stops_on_sigterm(model_files: dict[st
         assert client.get_model_config("gather")["max_batch_size"] == 4  # env var setting applied
         client.close()
         metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        assert 'edgemodel_requests_total{code="200",model="affine",provider="CPUExecutionProvider",version="2"} 1.0' in metrics
+        assert 'edgemodel_requests_total{code="200",model="affine",namespace="",provider="CPUExecutionProvider",version="2"} 1.0' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

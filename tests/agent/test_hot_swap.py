@@ -75,7 +75,7 @@ async def test_swaps_under_load_fail_no_request(model_files: dict[str, Path], ba
         assert server.repository.resolve("slow").version == "3"
         assert [v.version for v in server.repository.versions("slow")] == ["3"]
         text = server.metrics.exposition().decode()
-        assert 'edgemodel_model_info{model="slow",provider="CPUExecutionProvider",sha256="",version="3"} 1.0' in text
+        assert 'edgemodel_model_info{model="slow",namespace="",provider="CPUExecutionProvider",sha256="",version="3"} 1.0' in text
         assert 'version="1"} 1.0' not in text.split("edgemodel_model_info")[-1]
         if batching:
             assert "edgemodel_batch_size_bucket" in text

@@ -38,14 +38,14 @@ def test_contract_metrics_have_the_documented_labels(scraped: tuple[AgentThread,
     _, text = scraped
     s = samples(text)
     cpu = "CPUExecutionProvider"
-    assert s[("edgemodel_requests_total", (("code", "200"), ("model", "affine"), ("provider", cpu), ("version", "1")))] == 5
-    assert s[("edgemodel_requests_total", (("code", "400"), ("model", "affine"), ("provider", cpu), ("version", "1")))] == 2
-    assert s[("edgemodel_requests_total", (("code", "404"), ("model", ""), ("provider", ""), ("version", "")))] == 1
-    assert s[("edgemodel_request_duration_seconds_count", (("model", "affine"), ("provider", cpu), ("version", "1")))] == 5
-    assert s[("edgemodel_inference_duration_seconds_count", (("model", "affine"), ("provider", cpu), ("version", "1")))] == 5
-    assert s[("edgemodel_queue_wait_seconds_count", (("model", "affine"), ("version", "1")))] == 5
-    assert s[("edgemodel_batch_size_count", (("model", "affine"), ("version", "1")))] == 5
-    assert s[("edgemodel_model_load_duration_seconds_count", (("model", "affine"), ("version", "1")))] == 1
+    assert s[("edgemodel_requests_total", (("code", "200"), ("model", "affine"), ("namespace", ""), ("provider", cpu), ("version", "1")))] == 5
+    assert s[("edgemodel_requests_total", (("code", "400"), ("model", "affine"), ("namespace", ""), ("provider", cpu), ("version", "1")))] == 2
+    assert s[("edgemodel_requests_total", (("code", "404"), ("model", ""), ("namespace", ""), ("provider", ""), ("version", "")))] == 1
+    assert s[("edgemodel_request_duration_seconds_count", (("model", "affine"), ("namespace", ""), ("provider", cpu), ("version", "1")))] == 5
+    assert s[("edgemodel_inference_duration_seconds_count", (("model", "affine"), ("namespace", ""), ("provider", cpu), ("version", "1")))] == 5
+    assert s[("edgemodel_queue_wait_seconds_count", (("model", "affine"), ("namespace", ""), ("version", "1")))] == 5
+    assert s[("edgemodel_batch_size_count", (("model", "affine"), ("namespace", ""), ("version", "1")))] == 5
+    assert s[("edgemodel_model_load_duration_seconds_count", (("model", "affine"), ("namespace", ""), ("version", "1")))] == 1
     assert s[("edgemodel_artifact_download_bytes_total", ())] == 0
     info = [k for k in s if k[0] == "edgemodel_model_info"]
     assert len(info) == 2
@@ -79,11 +79,11 @@ def test_fast_histograms_use_le_buckets_and_export_cumulative_counts() -> None:
     from edge_agent.metrics import AgentMetrics
 
     metrics = AgentMetrics(process_metrics=False)
-    child = metrics.request_duration.labels("m", "1", "CPUExecutionProvider")
+    child = metrics.request_duration.labels("", "m", "1", "CPUExecutionProvider")
     for value in (0.001, 0.0011, 20.0):
         child.observe(value)
     s = samples(metrics.exposition().decode())
-    labels = (("model", "m"), ("provider", "CPUExecutionProvider"), ("version", "1"))
+    labels = (("model", "m"), ("namespace", ""), ("provider", "CPUExecutionProvider"), ("version", "1"))
 
     def bucket(le: str) -> float:
         return s[("edgemodel_request_duration_seconds_bucket", tuple(sorted((*labels, ("le", le)))))]

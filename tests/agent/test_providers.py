@@ -121,7 +121,7 @@ def test_a_model_reports_the_provider_it_really_runs_on(tmp_path: Path, model_fi
         mv = ModelVersion(model, pool, metrics)
         assert mv.provider == CPU
         text = metrics.exposition().decode()
-        assert 'edgemodel_model_info{model="affine",provider="CPUExecutionProvider",sha256="",version="1"} 1.0' in text
+        assert 'edgemodel_model_info{model="affine",namespace="",provider="CPUExecutionProvider",sha256="",version="1"} 1.0' in text
     finally:
         pool.shutdown()
 

@@ -89,7 +89,10 @@ async def test_assignment_is_fetched_verified_loaded_and_served(node: Node, mode
     assert node.cache.load_assignment()["models"][0]["sha256"] == a.sha256
     text = node.server.metrics.exposition().decode()
     assert f"edgemodel_artifact_download_bytes_total {float(model_files['affine1'].stat().st_size)}" in text
-    assert 'edgemodel_model_state{model="affine",state="Ready",version="1"} 1.0' in text
+    # Every per-model series carries the EdgeModel's namespace (team-b's "affine" would be another series).
+    assert 'edgemodel_model_state{model="affine",namespace="default",state="Ready",version="1"} 1.0' in text
+    assert 'edgemodel_requests_total{code="200",model="affine",namespace="default",provider="CPUExecutionProvider",version="1"} 1.0' in text
+    assert 'edgemodel_model_load_duration_seconds_count{model="affine",namespace="default",version="1"} 1.0' in text
 
 
 async def test_a_broken_download_resumes_with_range(node: Node, model_files: dict[str, Path]) -> None:

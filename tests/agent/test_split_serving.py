@@ -154,7 +154,7 @@ def logits(payload: dict[str, Any]) -> np.ndarray:
 
 
 def split_sample(text: str, name: str, **labels: str) -> float:
-    key = (name, tuple(sorted({"model": NAME, "version": "1", **labels}.items())))
+    key = (name, tuple(sorted({"namespace": "default", "model": NAME, "version": "1", **labels}.items())))
     return samples(text).get(key, 0.0)
 
 
@@ -215,7 +215,7 @@ async def test_the_edge_answers_like_the_whole_model_through_the_cloud_tail(
     assert split_sample(cloud, "edgemodel_split_tail_requests_total", result="ok") == 3
     assert split_sample(cloud, "edgemodel_split_tail_requests_total", result="error") == 0
     assert split_sample(cloud, "edgemodel_split_tail_duration_seconds_count") == 3
-    cpu = (("model", NAME), ("provider", "CPUExecutionProvider"), ("version", "1"))
+    cpu = (("model", NAME), ("namespace", "default"), ("provider", "CPUExecutionProvider"), ("version", "1"))
     assert samples(text)[("edgemodel_requests_total", tuple(sorted((*cpu, ("code", "200")))))] == 3
     assert samples(text)[("edgemodel_request_duration_seconds_count", cpu)] == 3
 
@@ -295,7 +295,7 @@ async def test_without_a_local_answer_the_edge_says_503_why(
         assert states["strict"].fallback_count == 0
         text = edge.server.metrics.exposition().decode()
         assert samples(text)[("edgemodel_split_requests_total",
-                              (("model", "strict"), ("path", "unavailable"), ("version", "1")))] == 1  # fmt: skip
+                              (("model", "strict"), ("namespace", "default"), ("path", "unavailable"), ("version", "1")))] == 1  # fmt: skip
         promtool_clean(text)
     finally:
         await edge.close()
@@ -380,7 +380,7 @@ async def test_two_tail_revisions_serve_at_once_and_one_can_be_removed(
         assert (await r2.health())["tails"] == [{"model": NAME, "version": "2", "cuts": [CUT]}]
     (state,) = p.cloud.reconciler.states()
     assert (state.revision, state.role, state.state) == (2, ModelRole.TAIL, ModelPhase.READY)
-    assert 'edgemodel_model_state{model="resnet",state="Ready",version="1"}' not in p.cloud.server.metrics.exposition().decode()
+    assert "edgemodel_model_state{model=\"resnet\",namespace=\"default\",state=\"Ready\",version=\"1\"}" not in p.cloud.server.metrics.exposition().decode()
 
 
 async def test_a_tail_on_an_agent_without_split_port_fails_and_says_how_to_fix_it(pair: Pair) -> None:

@@ -35,15 +35,16 @@ def test_readings_sum_agents_and_subtract_the_earlier_reading(two_agents: tuple[
     endpoints, metrics = two_agents
     split = SplitOutcome({}, "split", head_s=0.001, encode_s=0.0005, transfer_s=0.004, tail_s=0.002,
                          bytes_up=100, bytes_down=40)
-    metrics[0].observe(SPLIT_MODEL, "1", split)
-    metrics[0].observe("another-model", "1", split)  # not counted: another model
+    metrics[0].observe("default", SPLIT_MODEL, "1", split)
+    metrics[0].observe("default", "another-model", "1", split)  # not counted: another model
+    metrics[0].observe("team-b", SPLIT_MODEL, "1", split)  # not counted: the same name in another namespace
     before = read_split_metrics(endpoints, SPLIT_MODEL)
     assert before.requests == {"split": 1.0}
 
-    metrics[0].observe(SPLIT_MODEL, "1", split)
-    metrics[1].observe(SPLIT_MODEL, "1", SplitOutcome({}, "split", head_s=0.003, transfer_s=0.006, tail_s=0.004,
+    metrics[0].observe("default", SPLIT_MODEL, "1", split)
+    metrics[1].observe("default", SPLIT_MODEL, "1", SplitOutcome({}, "split", head_s=0.003, transfer_s=0.006, tail_s=0.004,
                                                       bytes_up=200, bytes_down=40))
-    metrics[1].observe(SPLIT_MODEL, "1", SplitOutcome({}, "local", head_s=0.001, local_s=0.002,
+    metrics[1].observe("default", SPLIT_MODEL, "1", SplitOutcome({}, "local", head_s=0.001, local_s=0.002,
                                                       fallback_reason="cloud unreachable"))
     delta = read_split_metrics(endpoints, SPLIT_MODEL).since(before)
     assert delta.requests == {"split": 2.0, "local": 1.0}

@@ -53,8 +53,37 @@ def test_agent_token_reaches_only_its_own_edgeagent(cluster: LocalCluster) -> No
     assert http(cluster, "GET", AGENTS, token=token).status_code == 403, "listing all agents is not allowed"
     assert http(cluster, "DELETE", f"{AGENTS}/edge-0", token=token).status_code == 403
     assert http(cluster, "GET", "/api/v1/namespaces/default/secrets", token=token).status_code == 403
-    assert http(cluster, "GET", "/api/v1/nodes/edge-0", token=token).status_code == 200
+    assert http(cluster, "GET", "/api/v1/nodes/edge-0", token=token).status_code == 403, "it needs no Node"
     assert http(cluster, "GET", "/api/v1/nodes/edge-1", token=token).status_code == 403
+
+
+MODEL = {"name": "digits", "namespace": "team-a", "revision": 1, "artifactUri": "http://s/m.onnx", "sha256": "0" * 64,
+         "manifestUri": "http://s/manifest.json", "signature": "c2ln"}
+
+
+def test_agent_writes_are_admitted_as_the_chart_policy_admits_them(cluster: LocalCluster) -> None:
+    """As the chart's ValidatingAdmissionPolicy: no spec.models of its own making, on create or update."""
+    token = cluster.agent_token("edge-0")
+    forged = {**agent_body("edge-0"), "spec": {"models": [MODEL]}}
+    created = http(cluster, "POST", AGENTS, forged, token=token)
+    assert created.status_code == 403, created.text
+    assert "an edge agent creates its EdgeAgent without model assignments" in created.json()["message"]
+    assert http(cluster, "POST", AGENTS, agent_body("edge-0"), token=token).status_code == 201
+    for content_type, patch in (("application/merge-patch+json", {"spec": {"models": [MODEL]}}),
+                                ("application/json-patch+json", [{"op": "add", "path": "/spec/models", "value": [MODEL]}])):
+        denied = http(cluster, "PATCH", f"{AGENTS}/edge-0", patch, token=token, content_type=content_type)
+        assert denied.status_code == 403, denied.text
+        assert "spec.models of an EdgeAgent is written only by the operator" in denied.json()["message"]
+    assert http(cluster, "PATCH", f"{AGENTS}/edge-0", {"spec": {"models": [MODEL]}},
+                content_type="application/merge-patch+json").status_code == 200, "the operator (admin) may"
+    relabelled = http(cluster, "PATCH", f"{AGENTS}/edge-0", {"metadata": {"labels": {"edgemodel.io/tier": "cloud"}}},
+                      token=token, content_type="application/merge-patch+json")
+    assert relabelled.status_code == 200, "its own labels are its own: the operator selects on the Node's"
+    assert [m["name"] for m in relabelled.json()["spec"]["models"]] == ["digits"]
+    status = http(cluster, "PATCH", f"{AGENTS}/edge-0/status", {"status": {"endpoint": "http://a"}}, token=token,
+                  content_type="application/merge-patch+json")
+    assert status.status_code == 200
+    assert http(cluster, "GET", "/api/v1/nodes/edge-0").json()["metadata"]["labels"].get("edgemodel.io/tier") is None
 
 
 def test_agent_may_watch_itself_by_name(cluster: LocalCluster) -> None:

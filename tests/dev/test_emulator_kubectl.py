@@ -156,3 +156,55 @@ def test_imperative_commands_with_protobuf_bodies(cluster: LocalCluster) -> None
     assert unsupported.returncode != 0
     assert "kubectl create -f" in unsupported.stderr
     cluster.kubectl("delete", "namespace", "imperative", "--timeout=30s")
+
+
+def test_every_name_of_the_crds(cluster: LocalCluster) -> None:
+    """Singular, plural, short, qualified names and the `edge` category resolve as docs/testing.md says."""
+    cluster.kubectl("apply", "-f", "-", stdin=EXAMPLE)
+    cluster.create({"apiVersion": "edgemodel.io/v1alpha1", "kind": "EdgeAgent", "metadata": {"name": "edge-names"},
+                    "spec": {}})
+    for name in ("edgemodel", "edgemodels", "em", "edgemodels.edgemodel.io", "edgemodel.edgemodel.io"):
+        assert cluster.kubectl("get", name, "digits", "-o", "name").stdout.strip() == "edgemodel.edgemodel.io/digits"
+        assert "Name:         digits" in cluster.kubectl("describe", name, "digits").stdout
+    for name in ("edgeagent", "edgeagents", "ea", "edgeagents.edgemodel.io"):
+        assert cluster.kubectl("get", name, "edge-names", "-o", "name").stdout.strip() == \
+            "edgeagent.edgemodel.io/edge-names"
+    in_category = cluster.kubectl("get", "edge", "-o", "name").stdout.split()
+    assert "edgemodel.edgemodel.io/digits" in in_category
+    assert "edgeagent.edgemodel.io/edge-names" in in_category
+    assert "edgemodel.edgemodel.io/digits" in cluster.kubectl("get", "all", "-o", "name").stdout.split()
+    docs = (REPO / "docs" / "testing.md").read_text()
+    assert "you must specify only one resource" not in docs, "docs/testing.md still describes the old category clash"
+    assert "category `edge`" in docs
+
+
+@pytest.mark.parametrize(("rollout", "message"), [
+    ({"steps": [34, 67, 150]}, "spec.rollout.steps: every step must be a percentage between 1 and 100"),
+    ({"steps": [34, 67]}, "spec.rollout.steps: the last step must be 100"),
+    ({"steps": [67, 34, 100]}, "spec.rollout.steps: steps must rise strictly"),
+    ({"maxUnavailable": "5"}, "spec.rollout.maxUnavailable: must be a number of at least 1 or a percentage"),
+    ({"steps": [34, 67, 100], "maxUnavailable": 1}, ""),
+])
+def test_edgemodel_validate_and_the_api_server_agree(cluster: LocalCluster, tmp_path: Path,
+                                                     rollout: dict[str, object], message: str) -> None:
+    """The rules are CEL in the CRD and Python in edgemodel.api, generated from one list: same verdict, same text."""
+    import subprocess
+    import sys
+
+    doc = yaml.safe_load(EXAMPLE)
+    doc["metadata"]["name"] = "digits-rules"
+    doc["spec"]["rollout"] = rollout
+    path = tmp_path / "em.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    edgemodel = str(Path(sys.executable).parent / "edgemodel")
+    validated = subprocess.run([edgemodel, "validate", "-f", str(path)], capture_output=True, text=True, timeout=60,
+                               check=False)
+    applied = cluster.kubectl("apply", "--dry-run=server", "-f", str(path), check=False)
+    if not message:
+        assert validated.returncode == 0, validated.stderr
+        assert applied.returncode == 0, applied.stderr
+        return
+    assert validated.returncode != 0
+    assert message in validated.stderr
+    assert applied.returncode != 0, "the API server accepted what edgemodel validate refused"
+    assert message in applied.stderr

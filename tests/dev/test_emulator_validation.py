@@ -155,7 +155,8 @@ def test_cel_rules_of_the_crd_are_enforced(cluster: LocalCluster) -> None:
 
     from edgemodel.api.edgemodel import EdgeModelSpec
 
-    contradiction = {"hardware": {"requireGpu": True}, "serving": {"accelerator": "cpu"}}
+    contradiction = {"hardware": {"requireGpu": True}, "serving": {"accelerator": "cpu"},
+                     "optimization": {"targets": [{"hardwareClass": "gpu"}]}}
     response = http(cluster, "POST", BASE, edgemodel(**contradiction))
     assert response.status_code == 422, response.text
     causes = response.json()["details"]["causes"]

@@ -32,9 +32,9 @@ def test_minimal_spec_gets_documented_defaults() -> None:
 @pytest.mark.parametrize(
     ("patch", "field", "words"),
     [
-        ({"rollout": {"steps": [50, 10, 100]}}, "rollout.steps", "rise"),
-        ({"rollout": {"steps": [10, 50]}}, "rollout.steps", "100"),
-        ({"rollout": {"maxUnavailable": "lots"}}, "rollout.maxUnavailable", "percentage"),
+        ({"rollout": {"steps": [50, 10, 100]}}, "spec.rollout.steps", "rise"),
+        ({"rollout": {"steps": [10, 50]}}, "spec.rollout.steps", "100"),
+        ({"rollout": {"maxUnavailable": "lots"}}, "spec.rollout.maxUnavailable", "percentage"),
         ({"source": {"uri": "ftp://x", "format": "TorchScript"}}, "source.uri", "pattern"),
         ({"source": {"uri": "file:///m", "format": "Pickle"}}, "source.format", "TorchScript"),
         ({"inputs": []}, "inputs", "at least 1"),

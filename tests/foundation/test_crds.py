@@ -103,11 +103,16 @@ def _cel_rules() -> list[tuple[str, str]]:
     return [(r["rule"], r["message"]) for r in spec["x-kubernetes-validations"]]
 
 
+def _is_sorted(value: Any) -> Any:
+    """Kubernetes' CEL list library ``isSorted()`` (not part of standard CEL, so not in celpy)."""
+    return celpy.celtypes.BoolType(all(a <= b for a, b in zip(value, value[1:], strict=False)))
+
+
 def _assert_cel_rules_hold(spec: dict[str, Any], expect: bool) -> None:
     env = celpy.Environment()
     results = []
     for rule, _message in _cel_rules():
-        program = env.program(env.compile(rule))
+        program = env.program(env.compile(rule), functions={"isSorted": _is_sorted})
         results.append(bool(program.evaluate({"self": celpy.json_to_cel(json.loads(json.dumps(spec)))})))
     assert all(results) is expect, results
 
@@ -120,6 +125,20 @@ BASE = {"source": {"uri": "file:///m.pt", "format": "TorchScript"}, "inputs": [{
     [
         {**BASE, "optimization": {"mode": "explicit", "int8": {"method": "static"}}},
         {**BASE, "hardware": {"requireGpu": True}, "serving": {"accelerator": "cpu"}},
+        {**BASE, "hardware": {"requireGpu": True}},  # no gpu target
+        {**BASE, "rollout": {"steps": [34, 67, 150]}},
+        {**BASE, "rollout": {"steps": [0, 100]}},
+        {**BASE, "rollout": {"steps": [50, 10, 100]}},
+        {**BASE, "rollout": {"steps": [50, 50, 100]}},
+        {**BASE, "rollout": {"steps": [10, 50]}},
+        {**BASE, "rollout": {"maxUnavailable": 0}},
+        {**BASE, "rollout": {"maxUnavailable": "5"}},
+        {**BASE, "rollout": {"maxUnavailable": "101%"}},
+        {**BASE, "rollout": {"maxUnavailable": "lots"}},
+        {**BASE, "inputs": [{"name": "x", "shape": [-1, 4]}, {"name": "x", "shape": [-1, 2]}]},
+        {**BASE, "inputs": [{"name": "x", "shape": [-1, 0]}]},
+        {**BASE, "outputs": [{"name": "logits"}, {"name": "logits"}]},
+        {**BASE, "optimization": {"targets": [{"hardwareClass": "cpu"}, {"hardwareClass": "cpu"}]}},
     ],
 )
 def test_cel_rules_reject_what_python_rejects(spec: dict[str, Any]) -> None:
@@ -135,7 +154,11 @@ def test_cel_rules_reject_what_python_rejects(spec: dict[str, Any]) -> None:
         {**BASE, "optimization": {"mode": "explicit", "int8": {"method": "dynamic"}}},
         {**BASE, "optimization": {"mode": "explicit", "int8": {"enabled": False}}},
         {**BASE, "optimization": {"mode": "explicit", "int8": {"calibrationDataUri": "file:///c.npz"}}},
-        {**BASE, "hardware": {"requireGpu": True}, "serving": {"accelerator": "gpu"}},
+        {**BASE, "hardware": {"requireGpu": True}, "serving": {"accelerator": "gpu"},
+         "optimization": {"targets": [{"hardwareClass": "gpu"}]}},
+        {**BASE, "rollout": {"steps": [34, 67, 100], "maxUnavailable": 1}},
+        {**BASE, "rollout": {"steps": [100], "maxUnavailable": "100%"}},
+        {**BASE, "outputs": [{"name": "logits"}, {"name": "embedding"}], "validation": {"labelsArray": "y"}},
     ],
 )
 def test_cel_rules_accept_what_python_accepts(spec: dict[str, Any]) -> None:

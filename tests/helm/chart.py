@@ -22,8 +22,13 @@ KUBE_VERSION = "1.36.0"
 #: Every documented switch, each rendered on its own on top of the defaults (docs/install.md lists them).
 SWITCHES: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "no-crds": {"crds": {"install": False}},
+    "no-crds": {"crds": {"install": False, "installKopfPeering": False}},
     "crds-not-kept": {"crds": {"keep": False}},
+    "no-kopf-peering-crds": {"crds": {"installKopfPeering": False}},
+    "gpu-agent": {"agent": {"runtimeClassName": "nvidia", "image": {"variant": "gpu"},
+                            "resources": {"requests": {"cpu": "1", "memory": "1Gi"},
+                                          "limits": {"cpu": "4", "memory": "4Gi", "nvidia.com/gpu": 1}}},
+                  "cloudAgent": {"enabled": True, "runtimeClassName": "nvidia-cloud"}},
     "watch-namespaces": {"operator": {"watchNamespaces": ["ml-a", "ml-b"]}},
     "single-operator": {"operator": {"replicas": 1, "podDisruptionBudget": {"enabled": False}}},
     "external-store": {"store": {"enabled": False, "externalUrl": "https://artifacts.example.com"}},

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from tests.helm.chart import SWITCHES, find, full, one, render
+from tests.helm.chart import SWITCHES, find, full, one, render, render_error
 
 
 def _env(container: dict) -> dict[str, str]:
@@ -128,7 +128,7 @@ def test_cloud_agent_avoids_edge_nodes_one_per_node() -> None:
     assert dep["spec"]["replicas"] == 2
     terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "node-role.kubernetes.io/edge", "operator": "NotIn", "values": ["true"]}]}]
-    assert "nodeSelector" not in spec
+    assert spec["nodeSelector"] == {"edgemodel.io/tier": "cloud"}, "nodes an admin labelled for tails"
     assert json.loads(_env(spec["containers"][0])["EDGEMODEL_AGENT_LABELS"]) == {"edgemodel.io/tier": "cloud"}
     assert one(docs, "Service", full("cloud-agent"))
 
@@ -202,6 +202,9 @@ def test_scrape_annotations_monitors_and_rules() -> None:
     assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"} in relabel
     pms = find(render(SWITCHES["pod-monitor"]), "PodMonitor")
     assert {p["metadata"]["name"] for p in pms} == {full("operator"), full("agent")}
+    # The agents' and the operator's per-model series carry the EdgeModel's `namespace`: it must win over the pod's.
+    assert all(e["honorLabels"] is True for s in sms for e in s["spec"]["endpoints"])
+    assert all(e["honorLabels"] is True for p in pms for e in p["spec"]["podMetricsEndpoints"])
     rule = one(render(SWITCHES["prometheus-rule"]), "PrometheusRule", "em-edgemodel")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
     assert {"EdgemodelAgentDown", "EdgemodelModelNotReady", "EdgemodelP95OverBudget", "EdgemodelRolloutStuck",
@@ -238,3 +241,32 @@ def test_image_digest_and_pull_secrets() -> None:
     spec = one(docs, "Deployment", full("operator"))["spec"]["template"]["spec"]
     assert spec["containers"][0]["image"] == "r/op:1@sha256:" + "a" * 64
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def test_kopf_peering_crds_have_their_own_switch() -> None:
+    peering = {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    ours = {"edgemodels.edgemodel.io", "edgeagents.edgemodel.io"}
+    names = {c["metadata"]["name"] for c in find(render({}), "CustomResourceDefinition")}
+    assert names == ours | peering
+    without = {c["metadata"]["name"] for c in find(render(SWITCHES["no-kopf-peering-crds"]), "CustomResourceDefinition")}
+    assert without == ours, "another kopf operator may own the peering CRDs"
+    only = {c["metadata"]["name"] for c in find(render({"crds": {"install": False}}), "CustomResourceDefinition")}
+    assert only == peering, "crds.install=false leaves our CRDs to you, not kopf's"
+
+
+def test_gpu_values_for_the_agent() -> None:
+    docs = render(SWITCHES["gpu-agent"])
+    pod = one(docs, "DaemonSet", full("agent"))["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia"
+    (agent,) = pod["containers"]
+    assert agent["image"].split(":")[-1].endswith("-gpu"), agent["image"]
+    assert agent["resources"]["limits"]["nvidia.com/gpu"] == 1
+    cloud = one(docs, "Deployment", full("cloud-agent"))["spec"]["template"]["spec"]
+    assert cloud["runtimeClassName"] == "nvidia-cloud"
+    assert cloud["containers"][0]["image"] == agent["image"]
+    assert cloud["nodeSelector"] == {"edgemodel.io/tier": "cloud"}, "cloud agents run where the admin's label says"
+    default = one(render({}), "DaemonSet", full("agent"))["spec"]["template"]["spec"]
+    assert "runtimeClassName" not in default
+    assert not default["containers"][0]["image"].endswith("-gpu")
+    bad = render_error({"agent": {"image": {"variant": "GPU!"}}})
+    assert "variant" in bad

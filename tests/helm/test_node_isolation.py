@@ -85,3 +85,32 @@ def test_token_without_node_name_is_refused_with_the_fix() -> None:
 
 def test_other_users_are_not_matched() -> None:
     assert admit("UPDATE", "edge-2", user="system:serviceaccount:edge-system:em-edgemodel-operator") == (True, "not matched")
+
+
+SCENARIOS = [  # (operation, name, subresource, models, old models)
+    ("CREATE", "edge-1", "", [], None),
+    ("CREATE", "edge-1", "", [{"name": "m"}], None),
+    ("CREATE", "edge-2", "", [], None),
+    ("UPDATE", "edge-1", "", [], []),
+    ("UPDATE", "edge-1", "", [{"name": "m"}], [{"name": "m"}]),
+    ("UPDATE", "edge-1", "", [{"name": "evil"}], []),
+    ("UPDATE", "edge-1", "", [], [{"name": "m"}]),
+    ("UPDATE", "edge-1", "status", [{"name": "m"}], [{"name": "m"}]),
+    ("UPDATE", "edge-2", "status", [], []),
+    ("UPDATE", "edge-2", "", [], []),
+]
+
+
+@pytest.mark.parametrize(("op", "name", "sub", "models", "old_models"), SCENARIOS)
+def test_the_emulator_admits_agents_exactly_as_the_chart_policy(op: str, name: str, sub: str, models: list[Any],
+                                                                old_models: list[Any] | None) -> None:
+    """edgemodel.dev.admission (the local cluster's per-agent rules) and the chart's CEL give the same verdict."""
+    from edgemodel.dev.admission import Write, own_edgeagent
+
+    allowed, message = admit(op, name, sub=sub, models=models, old_models=old_models)
+    obj = {"metadata": {"name": name}, "spec": {"models": models}}
+    old = None if old_models is None else {"metadata": {"name": name}, "spec": {"models": old_models}}
+    denied = own_edgeagent("edge-1", Write(op, sub, name, obj, old))
+    assert (denied is None) == allowed, (denied, message)
+    if denied is not None:
+        assert denied == message

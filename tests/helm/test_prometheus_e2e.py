@@ -198,7 +198,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "global": {"scrape_interval": SCRAPE, "evaluation_interval": SCRAPE},
             "rule_files": [str(ALERTS)],
             "scrape_configs": [{
-                "job_name": "edgemodel-agents",
+                # honor_labels as in the chart's monitors: the agents' per-model `namespace` (the EdgeModel's) wins
+                # over the pod's namespace, which only series without a model (up, process metrics) keep.
+                "job_name": "edgemodel-agents", "honor_labels": True,
                 "static_configs": [{"targets": [f"127.0.0.1:{a.port}"],
                                     "labels": {"component": "agent", "node": a.node, "namespace": "edgemodel"}}
                                    for a in agents] + [

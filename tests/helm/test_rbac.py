@@ -77,6 +77,8 @@ def operator_usage() -> set[Perm]:
                 target = ast.unparse(node.args[0])
                 if target == "*EDGEAGENTS":  # an index: kopf lists and watches, never writes
                     used |= {("edgemodel.io", "edgeagents", v) for v in ("list", "watch")}
+                elif target == "*NODES":  # the Node labels index (what spec.selector selects on)
+                    used |= {("", "nodes", v) for v in ("list", "watch")}
                 elif target == "*EDGEMODELS":
                     # kopf lists+watches the resource and patches it (finalizer, progress annotations).
                     used |= {("edgemodel.io", "edgemodels", v) for v in ("list", "watch", "patch")}

@@ -107,6 +107,8 @@ class Stack(SystemStack):
             OperatorReplica("operator-b", 100, free_port(), free_port(), free_port()),
         ]
         self.example: DigitsExample | None = None
+        self.published: dict[str, str] = {}
+        """File name -> the http:// URI `edgemodel store put` printed (what the EdgeModel points at)."""
         data = load_digits_data()
         self.images = data.x_test[:64].astype(np.float32)
         self.labels = data.y_test[:64]
@@ -125,6 +127,7 @@ class Stack(SystemStack):
         self.operator_kubeconfig = self.cluster.kubeconfig_for(token, "edgemodel-operator")
         self.start_store()
         self.example = write_digits_example(self.dir / "models" / "digits", epochs=15)
+        self.publish(self.example.model_pt, self.example.calib_npz, self.example.val_npz)
         self.nodes = self.cluster.add_nodes(3)
         self.cluster.run_on_nodes(self.agent_command())
         self.wait_for_agents(3, 60)
@@ -132,6 +135,19 @@ class Stack(SystemStack):
             self.start_operator(replica)
         self.traffic = Traffic(self)
         self.traffic.start()
+
+    def publish(self, *files: Path) -> None:
+        """``edgemodel store put`` into the artifact store, as docs/install.md tells users to publish a model."""
+        import subprocess
+
+        from edgemodel.demo.stack import EDGEMODEL
+
+        put = subprocess.run([EDGEMODEL, "store", "put", "--url", self.store_url, "--prefix", "sources/default/digits",
+                              *map(str, files)], capture_output=True, text=True, timeout=60, check=False)
+        assert put.returncode == 0, put.stderr
+        uris = put.stdout.split()
+        assert uris == [f"{self.store_url}/sources/default/digits/{f.name}" for f in files], put.stdout
+        self.published = {f.name: uri for f, uri in zip(files, uris, strict=True)}
 
     def start_operator(self, replica: OperatorReplica) -> None:
         """Start (or restart) a replica under the RBAC-restricted token, with kopf peering."""
@@ -192,9 +208,10 @@ class Stack(SystemStack):
         doc = yaml.safe_load((ROOT / "examples" / "digits-edgemodel.yaml").read_text())
         doc["metadata"]["name"] = name
         spec = doc["spec"]
-        spec["source"]["uri"] = self.example.model_pt.resolve().as_uri()
-        spec["optimization"]["int8"]["calibrationDataUri"] = self.example.calib_npz.resolve().as_uri()
-        spec["validation"]["dataUri"] = self.example.val_npz.resolve().as_uri()
+        # Published with `edgemodel store put`: the conversion Job reads them over HTTP, as on a real cluster.
+        spec["source"]["uri"] = self.published["model.pt"]
+        spec["optimization"]["int8"]["calibrationDataUri"] = self.published["calib.npz"]
+        spec["validation"]["dataUri"] = self.published["val.npz"]
         spec["rollout"]["analysis"]["windowSeconds"] = 3
         spec["rollout"]["analysis"].update(rollout)
         return doc

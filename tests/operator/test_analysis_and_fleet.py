@@ -40,10 +40,12 @@ def test_agent_reports_sum_requests_and_take_the_worst_p95() -> None:
     assert (m.requests, m.errors, m.p95_ms, m.nodes) == (100, 1, 9.0, 2)
 
 
-def test_promql_selects_the_model_version() -> None:
-    queries = promql("digits", 3, 30)
+def test_promql_selects_the_namespace_model_and_version() -> None:
+    queries = promql("team-a", "digits", 3, 30)
+    sel = 'namespace="team-a",model="digits",version="3"'
     assert queries["p95"] == ('1000 * histogram_quantile(0.95, sum by (le) '
-                              '(rate(edgemodel_request_duration_seconds_bucket{model="digits",version="3"}[30s])))')
+                              f'(rate(edgemodel_request_duration_seconds_bucket{{{sel}}}[30s])))')
+    assert all(sel in q for q in queries.values())
     assert 'code=~"[45].."' in queries["errors"]
 
 
@@ -75,3 +77,27 @@ def test_fleet_overlays_its_own_writes_until_the_watch_catches_up() -> None:
     assert seen.assigned_revision("default", "digits") == 2
     del index["a"]
     assert fleet.snapshot() == []
+
+
+def test_selection_uses_the_node_labels_never_the_agents_own() -> None:
+    """An agent may write its EdgeAgent's labels; the operator selects (and finds cloud agents) by Node labels."""
+    from edgemodel_operator.scheduling import select, select_cloud
+
+    from tests.operator.builders import spec
+
+    forged = {"edge": "true", "edgemodel.io/tier": "cloud"}
+    agents = {name: [AgentView.from_body(agent_body(name, labels=forged))] for name in ("edge-0", "edge-1", "ghost")}
+    nodes = {"edge-0": [{"edge": "true"}], "edge-1": [{"edgemodel.io/tier": "cloud"}]}
+    fleet = Fleet()
+    fleet.attach(agents, nodes)
+    views = {v.name: v for v in fleet.snapshot()}
+    assert views["edge-0"].labels == {"edge": "true"}
+    assert not views["edge-0"].is_cloud, "the tier label on its EdgeAgent is forged"
+    assert views["edge-1"].is_cloud, "the admin labelled its Node"
+    assert views["ghost"].labels == {}, "an EdgeAgent without a Node has no labels"
+    edge = select(spec(), "default", "digits", views.values(), NOW, 60)
+    assert [a.name for a in edge.fresh] == ["edge-0"]
+    split = spec(split={"cut": "view", "cloud": {"serviceUrl": "https://cloud:8443"}})
+    assert [a.name for a in select_cloud(split, views.values(), NOW, 60).fresh] == ["edge-1"]
+    fleet.attach(agents)  # an agent event re-attaches the agent index only: the node labels stay
+    assert fleet.get("edge-0") == views["edge-0"]

@@ -105,6 +105,59 @@ def test_kubectl_apply_converts_rolls_out_by_canary_and_serves(stack: Stack) -> 
         assert sample in metrics
 
 
+def test_a_selector_only_change_brings_every_condition_to_the_new_generation(stack: Stack) -> None:
+    """No rebuild for a selector change, yet Converted (and every other condition) reports the new generation."""
+    assert stack.status("digits").get("revision") == 1, "needs the previous test's rollout"
+    selector = {"matchLabels": {"node-role.kubernetes.io/edge": "true"},
+                "matchExpressions": [{"key": "node-role.kubernetes.io/edge", "operator": "Exists"}]}
+    stack.cluster.kubectl("patch", "em", "digits", "--type=merge", "-p", json.dumps({"spec": {"selector": selector}}))
+    generation = int(stack.cluster.kubectl("get", "em", "digits", "-o", "jsonpath={.metadata.generation}").stdout)
+    assert generation == 2
+
+    def current() -> bool:
+        status = stack.status("digits")
+        return status.get("observedGeneration") == generation and all(
+            c.get("observedGeneration") == generation for c in status.get("conditions") or [])
+
+    stack.wait_for("every condition at generation 2", current, 30,
+                   detail=lambda: str([(c["type"], c.get("observedGeneration")) for c in
+                                       stack.status("digits").get("conditions") or []]))
+    status = stack.status("digits")
+    assert {c["type"] for c in status["conditions"]} >= {"Converted", "Progressing", "Available", "Degraded"}
+    assert [(r["revision"], r["outcome"]) for r in status["history"]] == [(1, "Available")], "no rebuild"
+    assert stack.jobs("digits") == ["digits-r1-convert"]
+
+
+def reconciles(stack: Stack) -> float:
+    """Reconciles done so far by both replicas (from their /metrics)."""
+    total = 0.0
+    for replica in stack.replicas:
+        for line in stack.metrics(replica).splitlines():
+            if line.startswith("edgemodel_operator_reconcile_duration_seconds_count"):
+                total += float(line.split()[-1])
+    return total
+
+
+def test_an_agent_cannot_make_itself_a_cloud_node(stack: Stack) -> None:
+    """Its EdgeAgent's labels are its own to write; the operator selects on its Node's labels, which it cannot."""
+    node = stack.nodes[0]
+    import requests
+
+    relabelled = requests.patch(
+        f"{stack.cluster.url}/apis/edgemodel.io/v1alpha1/edgeagents/{node}",
+        json={"metadata": {"labels": {"edgemodel.io/tier": "cloud", "team": "b"}}}, timeout=10,
+        headers={"Authorization": f"Bearer {stack.cluster.agent_token(node)}",
+                 "Content-Type": "application/merge-patch+json"},
+        verify=str(stack.cluster.ca_path) if stack.cluster.ca_path else True)
+    assert relabelled.status_code == 200, "an agent may label its own EdgeAgent"
+    before = reconciles(stack)
+    stack.wait_for("two more reconciles after the relabelling", lambda: reconciles(stack) >= before + 2, 30)
+    assert stack.assigned()[node] == [1], "still an edge node: the forged tier label is not what the operator reads"
+    assert stack.status("digits")["ready"] == "3/3"
+    labels = stack.cluster.get("v1", "nodes", node)["metadata"]["labels"]
+    assert "edgemodel.io/tier" not in labels
+
+
 def test_a_revision_over_its_latency_budget_is_rolled_back(stack: Stack) -> None:
     assert stack.status("digits").get("revision") == 1, "needs the previous test's rollout"
     doc = stack.manifest(maxP95LatencyMs=0.001)
@@ -210,16 +263,25 @@ def test_suspend_pauses_everything(stack: Stack) -> None:
 def test_invalid_specs_are_refused_with_the_field_and_the_fix(stack: Stack) -> None:
     doc = stack.manifest(name="digits-bad")
     doc["spec"]["rollout"]["steps"] = [50, 20, 100]
-    stack.apply(doc, "digits-bad.yaml")
+    path = stack.dir / "digits-bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    refused = stack.cluster.kubectl("apply", "-f", str(path), check=False)
+    assert refused.returncode != 0, "the CRD's CEL rules refuse it, as `edgemodel validate` does"
+    assert "spec.rollout.steps: steps must rise strictly, e.g. [10, 50, 100]" in refused.stderr
 
+    # What the API server cannot check (a selector requirement without values) the operator refuses.
+    doc["spec"]["rollout"]["steps"] = [34, 67, 100]
+    doc["spec"]["selector"] = {"matchExpressions": [{"key": "site", "operator": "In"}]}
+    stack.apply(doc, "digits-bad.yaml")
+    expected = "spec.selector.matchExpressions[0].values: operator In needs at least one value"
     stack.wait_for("InvalidSpec on digits-bad", lambda: stack.condition("digits-bad", "InvalidSpec").get("status") == "True",
              60)
     cond = stack.condition("digits-bad", "InvalidSpec")
-    assert "spec.rollout.steps: steps must rise strictly, e.g. [10, 50, 100]" in cond["message"]
+    assert expected in cond["message"]
     assert stack.status("digits-bad")["phase"] == "Failed"
     described = stack.cluster.kubectl("describe", "em", "digits-bad").stdout
     assert "InvalidSpec" in described
-    assert "steps must rise strictly" in described
+    assert "needs at least one value" in described
     assert stack.jobs("digits-bad") == []
     assert all(revs == [] for revs in stack.assigned("digits-bad").values())
 
@@ -235,7 +297,7 @@ def test_invalid_specs_are_refused_with_the_field_and_the_fix(stack: Stack) -> N
     with urllib.request.urlopen(request, timeout=10) as resp:
         answer = json.loads(resp.read())["response"]
     assert answer["allowed"] is False
-    assert "spec.rollout.steps: steps must rise strictly" in answer["status"]["message"]
+    assert expected in answer["status"]["message"]
 
     stack.cluster.kubectl("delete", "em", "digits-bad", "--timeout=60s")
     assert stack.edgemodel("digits-bad") is None
@@ -268,6 +330,9 @@ def test_deleting_the_edgemodel_unassigns_it_everywhere_first(stack: Stack) -> N
     stack.wait_for("the conversion Jobs to be garbage-collected", lambda: stack.jobs("digits") == [], 60)
     assert not stack.stored("default/digits/3/manifest.json"), "--artifact-retention delete"
     assert not stack.stored("default/digits/1/manifest.json")
+    store = stack.dir / "store"
+    assert not (store / "default" / "digits").exists(), "no empty model folder is left behind"
+    assert not (store / ".staging" / "default" / "digits").exists(), "no empty staging folder is left behind"
     for endpoint in stack.endpoints():
         with pytest.raises(Exception, match="(?i)not found|unknown|404"):
             stack.predict(endpoint)

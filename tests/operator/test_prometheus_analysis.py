@@ -47,7 +47,7 @@ def prometheus_and_target(tmp_path: Path) -> Iterator[tuple[str, AgentMetrics, i
         shutil.rmtree(tmp_path / "tsdb", ignore_errors=True)
 
 
-async def test_promql_checks_judge_the_new_revision(prometheus_and_target: tuple[str, AgentMetrics, int]) -> None:
+async def test_each_namespace_canary_sees_only_its_own_traffic(prometheus_and_target: tuple[str, AgentMetrics, int]) -> None:
     url, metrics, port = prometheus_and_target
 
     async def exposition(_: web.Request) -> web.Response:
@@ -66,27 +66,33 @@ async def test_promql_checks_judge_the_new_revision(prometheus_and_target: tuple
                 await asyncio.sleep(0.2)
             else:
                 pytest.fail("Prometheus never scraped the metrics endpoint")
-        # Six seconds of traffic: revision 1 fast and clean, revision 2 slow with 5 % server errors.
+        # Two teams' EdgeModels named digits, both at revision 3: team-a's fast and clean, team-b's slow with
+        # 5 % server errors; on the same scrape target, as when one node serves both.
         for _ in range(8):
             for i in range(20):
-                metrics.request_duration.labels("digits", "1", "CPUExecutionProvider").observe(0.002)
-                metrics.requests.labels("digits", "1", "CPUExecutionProvider", "200").inc()
-                metrics.request_duration.labels("digits", "2", "CPUExecutionProvider").observe(0.040)
+                metrics.request_duration.labels("team-a", "digits", "3", "CPUExecutionProvider").observe(0.002)
+                metrics.requests.labels("team-a", "digits", "3", "CPUExecutionProvider", "200").inc()
+                metrics.request_duration.labels("team-b", "digits", "3", "CPUExecutionProvider").observe(0.040)
                 code = "500" if i == 0 else "200"
-                metrics.requests.labels("digits", "2", "CPUExecutionProvider", code).inc()
+                metrics.requests.labels("team-b", "digits", "3", "CPUExecutionProvider", code).inc()
             await asyncio.sleep(0.5)
         await asyncio.sleep(1.5)  # one more scrape after the last observation
         budget = Analysis(max_p95_latency_ms=20, max_error_rate=0.01, min_requests=20, window_seconds=10)
         async with aiohttp.ClientSession() as session:
-            good = await measure_with_prometheus(session, url, "digits", 1, 10, 2)
-            bad = await measure_with_prometheus(session, url, "digits", 2, 10, 1)
-            missing = await measure_with_prometheus(session, url, "digits", 9, 10, 1)
+            good = await measure_with_prometheus(session, url, "team-a", "digits", 3, 10, 2)
+            bad = await measure_with_prometheus(session, url, "team-b", "digits", 3, 10, 1)
+            missing = await measure_with_prometheus(session, url, "team-a", "digits", 9, 10, 1)
+            other = await measure_with_prometheus(session, url, "team-c", "digits", 3, 10, 1)
+            total = await query_scalar(session, url, 'sum(increase(edgemodel_requests_total{model="digits"}[10s]))')
     finally:
         await runner.cleanup()
 
     assert good.requests >= 20
+    assert total is not None
+    assert good.requests < 0.75 * total, "team-a's canary counts only team-a's requests, not team-b's"
+    assert good.errors == 0, "team-b's errors are not team-a's"
     assert good.p95_ms is not None
-    assert good.p95_ms <= 2.5, "p95 falls in the 1-2.5 ms bucket"
+    assert good.p95_ms <= 2.5, "p95 falls in the 1-2.5 ms bucket: team-b's slow requests are not mixed in"
     assert judge(good, budget).status == VerdictStatus.PASS
     assert bad.p95_ms is not None
     assert 25 <= bad.p95_ms <= 50, "p95 falls in the 25-50 ms bucket"
@@ -96,6 +102,7 @@ async def test_promql_checks_judge_the_new_revision(prometheus_and_target: tuple
     assert verdict.status == VerdictStatus.FAIL
     assert "maxP95LatencyMs 20 ms" in verdict.message
     assert "source prometheus" in verdict.message
+    assert (other.requests, other.p95_ms) == (0, None), "a namespace without traffic sees none"
     assert missing.requests == 0
     assert missing.p95_ms is None
     assert judge(missing, budget).status == VerdictStatus.WAIT

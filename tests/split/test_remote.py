@@ -310,12 +310,12 @@ async def test_metrics_split_by_stage(parts: Parts, plain_server: RunningServer)
         ok = await run_split(parts.head, remote, None, FallbackPolicy.FAIL, parts.x)
     async with RemoteTail(f"http://127.0.0.1:{free_port()}", "res", "3", CUT) as down:
         local = await run_split(parts.head, down, parts.full, FallbackPolicy.LOCAL, parts.x)
-    metrics.observe("res", "3", ok)
-    metrics.observe("res", "3", local)
-    metrics.unavailable("res", "3")
+    metrics.observe("team-a", "res", "3", ok)
+    metrics.observe("team-a", "res", "3", local)
+    metrics.unavailable("team-a", "res", "3")
 
     def value(name: str, **labels: str) -> float | None:
-        return registry.get_sample_value(name, {"model": "res", "version": "3", **labels})
+        return registry.get_sample_value(name, {"namespace": "team-a", "model": "res", "version": "3", **labels})
 
     assert value("edgemodel_split_requests_total", path="split") == 1
     assert value("edgemodel_split_requests_total", path="local") == 1

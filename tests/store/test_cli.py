@@ -44,3 +44,34 @@ def test_store_command_rejects_an_empty_token_file(tmp_path: Path) -> None:
     assert "--token-file" in result.stderr
     assert "empty" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_store_put_publishes_files_for_conversion(tmp_path: Path) -> None:
+    """`edgemodel store put` uploads with the token and prints the URIs a conversion Job reads (docs/install.md)."""
+    from tests.store.running import running_store
+
+    token = tmp_path / "token"
+    token.write_text("abc\n")
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"torchscript bytes")
+    with running_store(tmp_path / "root", "abc") as url:
+        def put(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([EDGEMODEL, "store", "put", "--url", url, *args], capture_output=True, text=True,
+                                  timeout=60, check=False)
+
+        refused = put("--prefix", "sources/default/digits", str(model))
+        assert refused.returncode == 1
+        assert "needs its upload token: --token-file" in refused.stderr
+        done = put("--prefix", "sources/default/digits", "--token-file", str(token), "--cluster-url",
+                   "http://edgemodel-store.edgemodel.svc:8081", str(model))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["http://edgemodel-store.edgemodel.svc:8081/sources/default/digits/model.pt"]
+        assert requests.get(f"{url}/sources/default/digits/model.pt", timeout=10).content == b"torchscript bytes"
+        for prefix in ("default/digits", "default/digits/3"):
+            wrong = put("--prefix", prefix, "--token-file", str(token), str(model))
+            assert wrong.returncode == 2
+            assert "that is where converted revisions go" in wrong.stderr
+    missing = subprocess.run([EDGEMODEL, "store", "--port", "0"], capture_output=True, text=True, timeout=60,
+                             check=False)
+    assert missing.returncode == 2
+    assert "--root is required to serve the store" in missing.stderr

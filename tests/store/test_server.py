@@ -179,3 +179,26 @@ def test_clean_stale_removes_old_staged_uploads_only(tmp_path: Path) -> None:
     assert clean_stale(layout, max_age_s=3600) == 1
     assert not old.exists()
     assert new.exists()
+
+
+def test_nothing_empty_is_left_after_commit_abort_and_delete(store: tuple[str, Path], tmp_path: Path) -> None:
+    """Retention (`artifactRetention: delete`) leaves no empty {ns}/{name} or .staging/{ns}/{name} behind."""
+    url, root = store
+    requests.put(f"{url}/team-a/digits/1/manifest.json?upload=ab", data=b"{}", headers=AUTH, timeout=10)
+    assert requests.delete(f"{url}/_staging/team-a/digits/1?upload=ab", headers=AUTH, timeout=10).status_code == 204
+    assert not (root / ".staging" / "team-a").exists()
+    client = HttpStore(url, TOKEN, retries=0)
+    for revision in (1, 2):
+        client.put_revision(RevisionRef("team-a", "digits", revision), _revision_files(tmp_path, str(revision)))
+    client.put_revision(RevisionRef("team-a", "other", 1), _revision_files(tmp_path, "o"))
+    assert not (root / ".staging" / "team-a").exists(), "a commit leaves no empty staging folders"
+    assert requests.delete(f"{url}/team-a/digits/1", headers=AUTH, timeout=10).status_code == 204
+    assert (root / "team-a" / "digits").is_dir(), "revision 2 is still there"
+    assert requests.delete(f"{url}/team-a/digits/2", headers=AUTH, timeout=10).status_code == 204
+    assert not (root / "team-a" / "digits").exists()
+    assert (root / "team-a" / "other" / "1" / "manifest.json").is_file()
+    assert requests.delete(f"{url}/team-a/other/1", headers=AUTH, timeout=10).status_code == 204
+    assert not (root / "team-a").exists()
+    assert requests.get(f"{url}/", timeout=10).json()["entries"] == []
+    client.put_revision(RevisionRef("team-a", "digits", 3), _revision_files(tmp_path, "3"))
+    assert requests.get(f"{url}/team-a/digits/3/manifest.json", timeout=10).status_code == 200

@@ -45,6 +45,7 @@ app.kubernetes.io/component: {{ .component }}
 {{/* image reference; call with (dict "ctx" $ "image" .Values.operator.image). */}}
 {{- define "edgemodel.image" -}}
 {{- $tag := default .ctx.Chart.AppVersion .image.tag -}}
+{{- with .image.variant }}{{ $tag = printf "%s-%s" $tag . }}{{ end -}}
 {{- if .image.digest -}}
 {{- printf "%s:%s@%s" .image.repository $tag .image.digest -}}
 {{- else -}}
@@ -283,6 +284,9 @@ spec:
     {{- include "edgemodel.podSecurityContext" $ctx | nindent 4 }}
   {{- with $a.priorityClassName }}
   priorityClassName: {{ . }}
+  {{- end }}
+  {{- with $a.runtimeClassName }}
+  runtimeClassName: {{ . }}
   {{- end }}
   # Serving in-flight requests is finished by the agent before it exits (drain).
   terminationGracePeriodSeconds: 45
