@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgemodel.dev import podenv
+from edgemodel.dev import fileaccess, podenv
 from edgemodel.dev.builtin_kinds import now
 from edgemodel.dev.controllers import Controller
 from edgemodel.dev.podenv import ContainerConfigError, Mount
@@ -331,6 +331,7 @@ class Kubelet(Controller):
         api_url: str = "",
         max_restart_backoff: float = 10.0,
         extra_env: dict[str, str] | None = None,
+        image_user: tuple[int, int] = fileaccess.DEFAULT_IMAGE_USER,
     ) -> None:
         super().__init__(registry)
         self.state_dir = Path(state_dir)
@@ -339,6 +340,8 @@ class Kubelet(Controller):
         self.api_url = api_url
         self.max_restart_backoff = max_restart_backoff
         self.extra_env = dict(extra_env or {})
+        #: the USER the local kubelet assumes an image has (see edgemodel.dev.fileaccess)
+        self.image_user = image_user
         self.pod_rt = registry.catalog.get("", "v1", "pods")
         self.runs: dict[str, PodRun] = {}
         self._stoppers: set[asyncio.Task[None]] = set()
@@ -518,16 +521,21 @@ class Kubelet(Controller):
             (pod_dir / sub).mkdir(parents=True, exist_ok=True)
         volumes: dict[str, Path] = {}
         namespace = pod["metadata"]["namespace"]
+        identities = self.identities(pod)
         for volume in (pod.get("spec") or {}).get("volumes") or []:
             path = self.volume_path(pod, volume)
             if "configMap" in volume or "secret" in volume:
-                self._write_keyed(namespace, volume, path)
+                written = self._write_keyed(namespace, volume, path)
+                self._apply_modes(pod, volume, path, written, identities)
             elif "downwardAPI" in volume:
                 path.mkdir(parents=True, exist_ok=True)
+                written = []
                 for item in volume["downwardAPI"].get("items") or []:
                     if "fieldRef" in item:
-                        (path / item["path"]).parent.mkdir(parents=True, exist_ok=True)
-                        (path / item["path"]).write_text(podenv.field_ref(pod, item["fieldRef"]["fieldPath"]))
+                        _replace_file(path / item["path"],
+                                      podenv.field_ref(pod, item["fieldRef"]["fieldPath"]).encode())
+                        written.append(str(item["path"]))
+                self._apply_modes(pod, volume, path, written, identities)
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"].get("claimName", "")
                 if self.registry.store.get(("", "persistentvolumeclaims"), namespace, claim) is None:
@@ -564,7 +572,32 @@ class Kubelet(Controller):
                     mounts.append(entry)
         return mounts
 
-    def _write_keyed(self, namespace: str, volume: JSON, path: Path) -> None:
+    def identities(self, pod: JSON) -> dict[str, fileaccess.Identity]:
+        """Each container's modelled user and groups (raises ContainerConfigError on a non-root breach)."""
+        spec = pod.get("spec") or {}
+        default = fileaccess.Identity(os.geteuid(), os.getegid())
+        return {c["name"]: fileaccess.container_identity(pod, c, default, self.image_user)
+                for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])}
+
+    @staticmethod
+    def _apply_modes(pod: JSON, volume: JSON, path: Path, files: list[str],
+                     identities: dict[str, fileaccess.Identity]) -> None:
+        """Make each file readable exactly when the containers mounting the volume could read it."""
+        spec = pod.get("spec") or {}
+        readers = [identities[c["name"]] for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
+                   if any(m.get("name") == volume["name"] for m in c.get("volumeMounts") or [])]
+        owner, group, _ = fileaccess.keyed_file_modes(pod, volume)
+        for rel in files:
+            mode = fileaccess.file_mode(pod, volume, rel)
+            readable = all(r.can_read(owner, group, mode) for r in readers)
+            os.chmod(path / rel, (mode | 0o400) & 0o777 if readable else 0)
+            if not readable:
+                log.info("File %s of volume %s is not readable by the containers of pod %s/%s (mode %04o, "
+                         "owner %d:%d; they run as %s)", rel, volume["name"], pod["metadata"]["namespace"],
+                         pod["metadata"]["name"], mode, owner, group,
+                         ", ".join(f"{r.uid}:{r.gid} groups {list(r.groups)}" for r in readers))
+
+    def _write_keyed(self, namespace: str, volume: JSON, path: Path) -> list[str]:
         source_kind = "configMap" if "configMap" in volume else "secret"
         source = volume[source_kind]
         name = source.get("name") if source_kind == "configMap" else source.get("secretName")
@@ -573,7 +606,7 @@ class Kubelet(Controller):
         if obj is None:
             if source.get("optional"):
                 path.mkdir(parents=True, exist_ok=True)
-                return
+                return []
             raise ContainerConfigError("FailedMount", f'{source_kind.lower()} "{name}" not found')
         files: dict[str, bytes] = {}
         if source_kind == "configMap":
@@ -586,9 +619,8 @@ class Kubelet(Controller):
             files = {item["path"]: files[item["key"]] for item in items if item.get("key") in files}
         path.mkdir(parents=True, exist_ok=True)
         for rel, data in files.items():
-            target = path / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            _replace_file(path / rel, data)
+        return list(files)
 
     def base_env(self, pod: JSON, pod_dir: Path) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
@@ -618,6 +650,8 @@ class Kubelet(Controller):
         env[TERMINATION_ENV] = str(termination)
         env[MOUNTS_ENV] = json.dumps({m.container_path: str(m.local_path) for m in mounts})
         argv = podenv.command_line(container, env, mounts)
+        if self.identities(current)[container["name"]].uid != 0:
+            argv = fileaccess.drop_dac_prefix() + argv
         working = container.get("workingDir")
         if working:
             cwd = podenv.substitute(str(working), mounts)
@@ -641,3 +675,10 @@ class Kubelet(Controller):
                         return c.process.pid
         return None
 
+
+
+def _replace_file(target: Path, data: bytes) -> None:
+    """Write ``data`` to a new file at ``target`` (a previous one may be mode 0000)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    target.write_bytes(data)
