@@ -24,6 +24,7 @@ from edgemodel.dev import fileaccess, podenv
 from edgemodel.dev.builtin_kinds import now
 from edgemodel.dev.controllers import Controller
 from edgemodel.dev.podenv import ContainerConfigError, Mount
+from edgemodel.dev.podman import PodmanRuntime, apply_ownership
 from edgemodel.dev.recorder import record_event
 from edgemodel.dev.registry import Registry
 from edgemodel.dev.selectors import Requirement, labels_match
@@ -52,6 +53,7 @@ class ContainerRun:
     last_state: JSON | None = None
     state: JSON = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
     ready: bool = False
+    container_id: str = ""
 
     @property
     def running(self) -> bool:
@@ -83,7 +85,7 @@ class PodRun:
             "started": run.running,
         }
         if run.process is not None:
-            status["containerID"] = f"local://{run.process.pid}"
+            status["containerID"] = run.container_id or f"local://{run.process.pid}"
         if run.last_state:
             status["lastState"] = run.last_state
         else:
@@ -223,8 +225,13 @@ class PodRun:
         if log_file.exists() and log_file.stat().st_size and run.restarts:
             log_file.replace(log_file.with_suffix(".previous.log"))
         all_mounts = mounts + self._own_mounts(spec, name, termination)
+        runtime = self.kubelet.runtime_of(self.pod)
         try:
-            argv, env, cwd = self.kubelet.process_spec(self.pod, spec, all_mounts, termination)
+            if runtime is not None:
+                argv, env, cwd = self.kubelet.podman_spec(runtime, self.pod, spec, termination)
+                run.container_id = f"podman://{runtime.container_name(self.pod, spec)}"
+            else:
+                argv, env, cwd = self.kubelet.process_spec(self.pod, spec, all_mounts, termination)
         except ContainerConfigError as exc:
             run.state = {"terminated": {"exitCode": 128, "reason": exc.reason, "message": exc.message[:MAX_MESSAGE],
                                         "startedAt": now(), "finishedAt": now()}}
@@ -258,6 +265,9 @@ class PodRun:
             log.info("Pod %s/%s passed its activeDeadlineSeconds; stopping container %s", self.namespace,
                      self.name, name)
             await self._kill(run, 0)
+        finally:
+            if runtime is not None:
+                await runtime.remove(self.pod, spec)
         code = run.process.returncode or 0
         exit_code = 128 - code if code < 0 else code
         message = self._termination_message(spec, termination, log_file, exit_code)
@@ -332,6 +342,7 @@ class Kubelet(Controller):
         max_restart_backoff: float = 10.0,
         extra_env: dict[str, str] | None = None,
         image_user: tuple[int, int] = fileaccess.DEFAULT_IMAGE_USER,
+        runtime: PodmanRuntime | None = None,
     ) -> None:
         super().__init__(registry)
         self.state_dir = Path(state_dir)
@@ -342,6 +353,8 @@ class Kubelet(Controller):
         self.extra_env = dict(extra_env or {})
         #: the USER the local kubelet assumes an image has (see edgemodel.dev.fileaccess)
         self.image_user = image_user
+        #: when set, the pods it wants run as real containers (edgemodel.dev.podman); others as processes
+        self.runtime = runtime
         self.pod_rt = registry.catalog.get("", "v1", "pods")
         self.runs: dict[str, PodRun] = {}
         self._stoppers: set[asyncio.Task[None]] = set()
@@ -550,6 +563,8 @@ class Kubelet(Controller):
                     path.mkdir(parents=True, exist_ok=True)
             elif "emptyDir" in volume:
                 path.mkdir(parents=True, exist_ok=True)
+                if self.runtime_of(pod) is not None:
+                    os.chmod(path, 0o777)  # as a real emptyDir
             else:
                 kinds = sorted(k for k in volume if k != "name")
                 raise ContainerConfigError(
@@ -575,14 +590,31 @@ class Kubelet(Controller):
     def identities(self, pod: JSON) -> dict[str, fileaccess.Identity]:
         """Each container's modelled user and groups (raises ContainerConfigError on a non-root breach)."""
         spec = pod.get("spec") or {}
-        default = fileaccess.Identity(os.geteuid(), os.getegid())
-        return {c["name"]: fileaccess.container_identity(pod, c, default, self.image_user)
-                for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])}
+        runtime = self.runtime_of(pod)
+        out: dict[str, fileaccess.Identity] = {}
+        for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+            if runtime is not None:  # the real image's USER
+                image_user = runtime.image_user(str(c.get("image", "")))
+                default = fileaccess.Identity(*image_user)
+            else:
+                image_user, default = self.image_user, fileaccess.Identity(os.geteuid(), os.getegid())
+            out[c["name"]] = fileaccess.container_identity(pod, c, default, image_user)
+        return out
 
-    @staticmethod
-    def _apply_modes(pod: JSON, volume: JSON, path: Path, files: list[str],
+    def runtime_of(self, pod: JSON) -> PodmanRuntime | None:
+        """The container runtime that runs this pod, or None for local processes."""
+        return self.runtime if self.runtime is not None and self.runtime.wants(pod) else None
+
+    def _apply_modes(self, pod: JSON, volume: JSON, path: Path, files: list[str],
                      identities: dict[str, fileaccess.Identity]) -> None:
-        """Make each file readable exactly when the containers mounting the volume could read it."""
+        """Real containers: the owner, group and mode a real kubelet gives the files. Processes: make each
+        file readable exactly when the containers mounting the volume could read it."""
+        if self.runtime_of(pod) is not None:
+            _, group, _ = fileaccess.keyed_file_modes(pod, volume)
+            os.chmod(path, 0o755)
+            for rel in files:
+                apply_ownership(path / rel, group, fileaccess.file_mode(pod, volume, rel))
+            return
         spec = pod.get("spec") or {}
         readers = [identities[c["name"]] for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
                    if any(m.get("name") == volume["name"] for m in c.get("volumeMounts") or [])]
@@ -661,6 +693,22 @@ class Kubelet(Controller):
             cwd = str(pod_dir / "rootfs")
         Path(cwd).mkdir(parents=True, exist_ok=True)
         return argv, env, cwd
+
+    def podman_spec(self, runtime: PodmanRuntime, pod: JSON, container: JSON,
+                    termination: Path) -> tuple[list[str], dict[str, str], str]:
+        """``podman run`` argv, the podman process's environment and working directory."""
+        current = self.registry.store.get(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"]) or pod
+        base: dict[str, str] = {}
+        if self.api_url:
+            host, _, port = self.api_url.split("://", 1)[-1].partition(":")
+            base.update(KUBERNETES_SERVICE_HOST=host, KUBERNETES_SERVICE_PORT=port)
+        env = podenv.container_env(current, container, self._lookup("configmaps"), self._lookup("secrets"), base)
+        termination.chmod(0o666)
+        volumes = {v["name"]: self.volume_path(pod, v) for v in (pod.get("spec") or {}).get("volumes") or []}
+        identity = self.identities(current)[container["name"]]
+        argv = runtime.run_argv(current, container, identity, env, volumes, termination)
+        own_env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+        return argv, own_env, str(self.pod_dir(pod))
 
     # convenience for tests ----------------------------------------------------------------
     def running_pods(self) -> list[str]:
