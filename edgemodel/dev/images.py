@@ -155,7 +155,19 @@ def build_image(engine: Engine, name: str, base: str, root: Path = REPO_ROOT) ->
         argv += ["-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
     log.info("Building %s from docker/%s.Dockerfile", ref, name)
     engine.run([*argv, str(root)], timeout=1800)
-    return Built(ref, True, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    _untag_older(engine, ref)
+    return Built(ref, True, seconds)
+
+
+def _untag_older(engine: Engine, ref: str) -> None:
+    """Drop the tags of earlier builds of the same image (their shared layers stay cached)."""
+    repo = ref.rsplit(":", 1)[0]
+    listed = engine.run(["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={repo}"],
+                        check=False, timeout=60)
+    old = [line for line in listed.stdout.split() if line not in (ref, f"{repo}:dev") and line.startswith(repo + ":")]
+    if old:
+        engine.run(["rmi", "--ignore", *old], check=False, timeout=120)
 
 
 def build_images(names: tuple[str, ...] | list[str] = IMAGES, root: Path = REPO_ROOT) -> dict[str, Built]:
