@@ -50,10 +50,13 @@ def images(engine: Engine) -> dict[str, Built]:
 
 def restricted_run(engine: Engine, image: str, *args: str, name: str, network: str = "none",
                    volumes: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                   detach: bool = False, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+                   detach: bool = False, timeout: float = 300, entrypoint: str | None = None,
+                   ) -> subprocess.CompletedProcess[str]:
     """``podman run`` as uid 10001 with a read-only root file system, no capabilities, only loopback."""
     argv = ["run", "--name", name, "--user", USER, "--read-only", "--network", network, *ULIMITS, *RESTRICTED,
             "--pull", "never", "--tmpfs", "/tmp:rw,size=512m,mode=1777"]
+    if entrypoint:
+        argv += ["--entrypoint", entrypoint]
     argv.append("--detach" if detach else "--rm")
     for volume in volumes:
         argv += ["-v", volume]
