@@ -15,6 +15,7 @@ import pytest
 from edgemodel.dev.containers import RESTRICTED, ULIMITS, Engine
 from edgemodel.dev.images import IMAGES, Built, build_images
 from edgemodel.errors import UserError
+from edgemodel.examples_models import DigitsExample, write_digits_example
 
 ROOT = Path(__file__).resolve().parents[2]
 USER = "10001:10001"
@@ -63,6 +64,14 @@ def restricted_run(engine: Engine, image: str, *args: str, name: str, network: s
     for key, value in (env or {}).items():
         argv += ["--env", f"{key}={value}"]
     return engine.run([*argv, image, *args], check=False, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsExample:
+    """The digits CNN (TorchScript), calibration and validation data; the folder is readable by uid 10001."""
+    example = write_digits_example(tmp_path_factory.mktemp("digits"), epochs=12, calib_samples=64, val_samples=200)
+    example.directory.chmod(0o755)
+    return example
 
 
 @pytest.fixture

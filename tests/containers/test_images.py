@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from edgemodel.dev.containers import Engine
 from edgemodel.dev.images import Built
 from edgemodel.dev.polling import wait_until
-from edgemodel.examples_models import DigitsExample, write_digits_example
+from edgemodel.examples_models import DigitsExample
 from edgemodel.signing import generate_keypair
 from tests.containers.conftest import USER, in_netns, restricted_run
 
@@ -41,10 +40,6 @@ print(json.dumps({"live": client.is_server_live(), "correct": int((out.argmax(1)
                   "model": result.get_response()["model_name"]}))
 """
 
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsExample:
-    return write_digits_example(tmp_path_factory.mktemp("digits"), epochs=30, calib_samples=64, val_samples=200)
 
 
 def edgemodel_object(example: DigitsExample, mounted: str) -> str:
@@ -85,7 +80,6 @@ def test_images_are_non_root_and_the_agent_has_no_torch(engine: Engine, images: 
 def test_conversion_job_and_agent_in_real_containers(engine: Engine, images: dict[str, Built], digits: DigitsExample,
                                                      tmp_path: Path, containers: list[str]) -> None:
     tag = f"{os.getpid()}-{tmp_path.name[-12:]}".replace("_", "-").lower()
-    digits.directory.chmod(0o755)  # a pytest folder (0700): the containers' user reads the model files
     store_root = tmp_path / "store"
     store_root.mkdir()
     owned(store_root, 0o755)

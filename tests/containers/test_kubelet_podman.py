@@ -22,16 +22,12 @@ from edgemodel.demo.processes import Process, wait_http
 from edgemodel.dev.cluster import LocalCluster
 from edgemodel.dev.images import Built
 from edgemodel.dev.net import free_port
-from edgemodel.examples_models import DigitsExample, write_digits_example
+from edgemodel.examples_models import DigitsExample
 from edgemodel.signing import generate_keypair
 
 NS = "ml"
 FAST = ["--latency-runs", "5", "--latency-budget", "0.05", "--threads", "1", "--no-plot"]
 
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsExample:
-    return write_digits_example(tmp_path_factory.mktemp("digits"), epochs=30, calib_samples=64, val_samples=200)
 
 
 @pytest.fixture
