@@ -8,6 +8,11 @@ import base64
 import copy
 import functools
 import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +24,10 @@ from edgemodel_operator.settings import OperatorSettings
 
 from edgemodel.api import EdgeModelSpec
 from edgemodel.demo.processes import Process, wait_http
-from edgemodel.dev.cluster import LocalCluster
+from edgemodel.dev.cluster import LocalCluster, find_kubectl
 from edgemodel.dev.images import Built
 from edgemodel.dev.net import free_port
+from edgemodel.dev.polling import wait_until
 from edgemodel.examples_models import DigitsExample
 from edgemodel.signing import generate_keypair
 
@@ -122,3 +128,63 @@ def test_the_operators_conversion_job_runs_in_a_real_container(
         assert [a.hardware_class for a in result.artifacts] == ["cpu"], result
     finally:
         store.stop()
+
+
+JOB = """
+apiVersion: batch/v1
+kind: Job
+metadata: {name: whoami, namespace: default}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      securityContext: {runAsNonRoot: true, fsGroup: 3000}
+      containers:
+      - name: main
+        image: IMAGE
+        command: [python, -c]
+        args: ["import os, pathlib; print(os.getuid(), os.getgid(), sorted(os.getgroups()), os.listdir('/etc/cfg'));
+                pathlib.Path('/usr/x').touch()"]
+        securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+        volumeMounts: [{name: cfg, mountPath: /etc/cfg}]
+      volumes: [{name: cfg, configMap: {name: cfg}}]
+"""
+
+
+def test_dev_up_container_runtime_podman_runs_job_pods_from_their_image(
+        tmp_path: Path, images: dict[str, Built]) -> None:
+    """The CLI flag: a Job's pod runs as the image's user with fsGroup, on a read-only root file system."""
+    state = tmp_path / "state"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgemodel.cli", "dev", "up", "--port", "0", "--nodes", "0", "--no-crds",
+         "--state-dir", str(state), "--container-runtime", "podman"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+        while not any("running; press Ctrl-C" in line for line in lines):
+            line = process.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        env = dict(os.environ, KUBECONFIG=str(state / "kubeconfig"), HOME=str(tmp_path))
+
+        def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> str:
+            return subprocess.run([str(find_kubectl()), *args], input=stdin, capture_output=True, text=True, env=env,
+                                  timeout=60, check=check).stdout
+
+        kubectl("create", "configmap", "cfg", "--from-literal=a=A")
+        kubectl("apply", "-f", "-", stdin=JOB.replace("IMAGE", images["agent"].ref))
+
+        def failed() -> str:
+            return kubectl("get", "job", "whoami", "-o", "jsonpath={.status.failed}", check=False).strip()
+
+        wait_until("the Job's pod to finish", failed, 120)
+        logs = kubectl("logs", "job/whoami")
+        assert "10001 10001 [3000, 10001] ['a']" in logs, logs
+        assert "Read-only file system: '/usr/x'" in logs, logs
+        pod_status = json.loads(kubectl("get", "pods", "-l", "job-name=whoami", "-o", "json"))["items"][0]["status"]
+        assert pod_status["containerStatuses"][0]["containerID"].startswith("podman://")
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
