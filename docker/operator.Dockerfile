@@ -8,12 +8,14 @@ FROM ${BASE_IMAGE} AS wheel
 ARG PIP_FIND_LINKS
 ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# The build backend in a cached layer: a source change only rebuilds the wheel (the same stage in every image).
+RUN python -m venv /opt/build && /opt/build/bin/pip install -q "setuptools>=77" wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY edgemodel ./edgemodel
 COPY edge_agent ./edge_agent
 COPY operator ./operator
-RUN python -m venv /tmp/build && /tmp/build/bin/pip wheel -q --no-deps --wheel-dir /dist .
+RUN /opt/build/bin/pip wheel -q --no-deps --no-build-isolation --wheel-dir /dist .
 
 FROM ${BASE_IMAGE}
 ARG PIP_FIND_LINKS

@@ -2,7 +2,9 @@
 subprocesses, reporting container states, pod phase, logs and termination messages.
 
 Every node of the emulated cluster is backed by this one kubelet. Volumes become folders under
-the state directory (see :meth:`Kubelet.volume_path` and docs/testing.md for the mapping).
+the state directory (see :meth:`Kubelet.volume_path` and docs/testing.md for the mapping). Who a
+container runs as and which Secret/ConfigMap files it may read: edgemodel.dev.fileaccess. With a
+container runtime (edgemodel.dev.podman) the pods of Jobs run as real containers instead.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edgemodel.dev.containers import Engine
 from edgemodel.dev.images import Built
@@ -22,12 +23,14 @@ from edgemodel.examples_models import DigitsExample
 from edgemodel.signing import generate_keypair
 from tests.containers.conftest import USER, in_netns, restricted_run
 
+pytestmark = pytest.mark.timeout(1800)  # a cold machine builds the images first (about 10 min)
 UID = 10001
 KEY_DIR = "/var/run/edgemodel/signing"
 FAST = ["--latency-runs", "5", "--latency-budget", "0.05", "--threads", "1", "--no-plot"]
 CLIENT = r"""
 import json, sys
 import numpy as np
+import pytest
 import tritonclient.http as httpclient
 data = np.load(sys.argv[2])
 x, labels = data["input"][:64].astype(np.float32), data["labels"][:64]

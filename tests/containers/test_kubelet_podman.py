@@ -31,6 +31,7 @@ from edgemodel.dev.polling import wait_until
 from edgemodel.examples_models import DigitsExample
 from edgemodel.signing import generate_keypair
 
+pytestmark = pytest.mark.timeout(1800)  # a cold machine builds the images first (about 10 min)
 NS = "ml"
 FAST = ["--latency-runs", "5", "--latency-budget", "0.05", "--threads", "1", "--no-plot"]
 
