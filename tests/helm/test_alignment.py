@@ -118,7 +118,8 @@ def test_converter_resources_reach_the_job() -> None:
     from edgemodel.api import EdgeModelSpec
 
     values = {"operator": {"converter": {"resources": {"requests": {"cpu": "3", "memory": "5Gi"},
-                                                         "limits": {"cpu": "4", "memory": "6Gi"}}}}}
+                                                         "limits": {"cpu": "4", "memory": "6Gi"}}}},
+              "podSecurityContext": {"runAsUser": 20000, "runAsGroup": 20001, "fsGroup": 20002}}
     settings = settings_from_env(OperatorSettings, one(render(values), "Deployment", full("operator")))
     owner = {"apiVersion": "edgemodel.io/v1alpha1", "kind": "EdgeModel",
              "metadata": {"name": "digits", "namespace": "ml", "uid": "u1", "generation": 1}}
@@ -129,6 +130,9 @@ def test_converter_resources_reach_the_job() -> None:
     assert c["resources"] == {"requests": {"cpu": "3", "memory": "5Gi"}, "limits": {"cpu": "4", "memory": "6Gi"}}
     assert job["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"] == full("signing")
     assert c["image"] == "ghcr.io/edgemodel/converter:0.1.0"
+    # The chart's pod user and fsGroup reach the Job: the key Secret is group-readable by the converter.
+    sc = job["spec"]["template"]["spec"]["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (20000, 20001, 20002)
 
 
 def test_dockerfiles() -> None:
