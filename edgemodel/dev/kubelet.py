@@ -726,7 +726,6 @@ class Kubelet(Controller):
         return None
 
 
-
 def _replace_file(target: Path, data: bytes) -> None:
     """Write ``data`` to a new file at ``target`` (a previous one may be mode 0000)."""
     target.parent.mkdir(parents=True, exist_ok=True)
