@@ -173,10 +173,11 @@ def build_image(engine: Engine, name: str, base: str, root: Path = REPO_ROOT) ->
 
 
 def _untag_older(engine: Engine, ref: str) -> None:
-    """Drop the tags of earlier builds of the same image (their shared layers stay cached)."""
+    """Drop the tags of builds of the same image older than a day (their shared layers stay cached;
+    younger ones may belong to another checkout's tests running now)."""
     repo = ref.rsplit(":", 1)[0]
-    listed = engine.run(["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={repo}"],
-                        check=False, timeout=60)
+    listed = engine.run(["images", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference={repo}",
+                         "--filter", "until=24h"], check=False, timeout=60)
     old = [line for line in listed.stdout.split() if line not in (ref, f"{repo}:dev") and line.startswith(repo + ":")]
     if old:
         engine.run(["rmi", "--ignore", *old], check=False, timeout=120)
