@@ -79,8 +79,9 @@ def containers(engine: Engine) -> Iterator[list[str]]:
     """Names of containers a test starts; removed at the end."""
     names: list[str] = []
     yield names
-    for name in names:
-        engine.run(["rm", "--force", "--time", "2", "--ignore", name], check=False, timeout=60)
+    for name in reversed(names):  # the ones that joined another's network namespace first
+        proc = engine.run(["rm", "--force", "--time", "2", "--ignore", name], check=False, timeout=60)
+        assert proc.returncode == 0, f"could not remove container {name}: {proc.stderr}"
 
 
 def in_netns(engine: Engine, container: str, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
