@@ -1,8 +1,7 @@
 """Build the project's images (docker/*.Dockerfile) on this machine with podman, cached.
 
 No image registry is reachable here, so the base image (Debian bookworm with Python 3.11, the
-same Python as ``python:3.11-slim-bookworm``) is made with ``mmdebstrap`` (or ``debootstrap``)
-and imported. Each image
+same Python as ``python:3.11-slim-bookworm``) is made with ``debootstrap`` and imported. Each image
 is tagged with a hash of its inputs (Dockerfile, pyproject.toml, the source, the base, the build
 arguments): an image whose inputs did not change is not built again, and within a build podman's
 layer cache keeps the dependency layers (they change only with pyproject.toml).
@@ -19,7 +18,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -75,12 +73,11 @@ def _digest(*parts: str | bytes) -> str:
 def base_image(engine: Engine) -> Built:
     """``localhost/edgemodel-base:<hash>``: a minbase bookworm + Python 3.11, made once per input."""
     mirror = debian_mirror()
-    tool = "mmdebstrap" if shutil.which("mmdebstrap") else "debootstrap"
-    ref = f"{BASE_REPO}:{_digest(tool, SUITE, mirror, *BASE_PACKAGES)}"
+    ref = f"{BASE_REPO}:{_digest(SUITE, mirror, *BASE_PACKAGES)}"
     if engine.image_exists(ref):
         return Built(ref, False, 0.0)
     if os.geteuid() != 0:
-        raise UserError("building the base image needs root (mmdebstrap/debootstrap); run as root or import a Debian "
+        raise UserError("building the base image needs root (debootstrap); run as root or import a Debian "
                         f"bookworm image with Python 3.11 as {ref}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgemodel-rootfs-") as tmp:
@@ -92,22 +89,15 @@ def base_image(engine: Engine) -> Built:
 
 
 def _bootstrap(mirror: str, tmp: Path, tarball: Path) -> None:
-    """A minbase bookworm with BASE_PACKAGES as a tarball: mmdebstrap (faster) or debootstrap."""
-    include = f"--include={','.join(BASE_PACKAGES)}"
-    if shutil.which("mmdebstrap"):
-        argv = ["mmdebstrap", "--variant=minbase", include, "--quiet", "--customize-hook",
-                'rm -rf "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/* "$1"/usr/share/doc/* "$1"/usr/share/man/*',
-                SUITE, str(tarball), mirror]
-    else:
-        rootfs = tmp / "rootfs"
-        argv = ["debootstrap", "--variant=minbase", include, SUITE, str(rootfs), mirror]
+    """A minbase bookworm with BASE_PACKAGES as a tarball (debootstrap; apt's caches left out)."""
+    rootfs = tmp / "rootfs"
+    argv = ["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", SUITE, str(rootfs), mirror]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0:
-        raise RuntimeError(f"{argv[0]} failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
-    if argv[0] == "debootstrap":
-        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            subprocess.run(["find", str(rootfs / junk), "-type", "f", "-delete"], check=False)
-        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True, timeout=600)
+        raise RuntimeError(f"debootstrap failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
+    for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        subprocess.run(["find", str(rootfs / junk), "-type", "f", "-delete"], check=False)
+    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True, timeout=600)
 
 
 def _source_files(root: Path) -> list[Path]:
