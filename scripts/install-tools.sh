@@ -45,6 +45,21 @@ if ! command -v promtool >/dev/null 2>&1 && [[ ! -x "$BIN/promtool" ]]; then
     echo "!! Prometheus missing and apt-get unavailable (need root); tests that need it will fail saying so." >&2
   fi
 fi
+# Container engine for the image tests and `edgemodel dev up --container-runtime podman`:
+# podman + runc (crun fails on this host's hybrid cgroups), buildah, and debootstrap for the local
+# base image (no image registry is reachable). Skip with EDGEMODEL_NO_CONTAINERS=1.
+if [[ -z "${EDGEMODEL_NO_CONTAINERS:-}" ]] && { ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 \
+     || ! command -v debootstrap >/dev/null 2>&1 || ! command -v buildah >/dev/null 2>&1; }; then
+  if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> Installing podman, runc, buildah and debootstrap from Debian"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 \
+       podman runc buildah debootstrap uidmap fuse-overlayfs >/dev/null) \
+      || echo "!! Could not install podman; the container tests will fail saying so." >&2
+  else
+    echo "!! podman/runc/buildah/debootstrap missing and apt-get unavailable (need root); the container tests will fail saying so." >&2
+  fi
+fi
+
 for t in prometheus promtool; do
   if command -v "$t" >/dev/null 2>&1 && [[ ! -e "$BIN/$t" ]]; then ln -sf "$(command -v "$t")" "$BIN/$t"; fi
 done

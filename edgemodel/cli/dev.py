@@ -45,6 +45,10 @@ def add_parser(sub: Any) -> None:
                     help="require bearer tokens; agents get tokens that only reach their own EdgeAgent")
     up.add_argument("--agent-command", help="command to run once per edge node with NODE_NAME and KUBECONFIG "
                                             "set ({node} is replaced), e.g. 'edgemodel agent --node {node}'")
+    up.add_argument("--container-runtime", choices=("process", "podman"), default="process",
+                    help="how the kubelet runs Job pods: process (default: local processes, no images) or "
+                         "podman (real containers from locally built images: user, fsGroup, file modes, "
+                         "read-only root file system as on a real node; see docs/images.md)")
     up.add_argument("--persist", action="store_true",
                     help="save the objects to STATE_DIR/store.json on exit and load them at start")
 
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     state_dir = args.state_dir.resolve()
     cluster = LocalCluster(state_dir, port=args.port, auth=args.auth, persist=args.persist,
-                           kubeconfig=args.kubeconfig)
+                           kubeconfig=args.kubeconfig, container_runtime=args.container_runtime)
     try:
         try:
             cluster.start()

@@ -47,7 +47,10 @@ FLAGS: list[tuple[str, str, Any, str]] = [
 
 
 def _help(field: str) -> str:
-    from edgemodel_operator.settings import OperatorSettings
+    try:
+        from edgemodel_operator.settings import OperatorSettings
+    except ImportError:  # an install without the operator extra (the converter and agent images)
+        return f"(needs edgemodel[operator]) [env {ENV_PREFIX}{field.upper()}]"
 
     description = OperatorSettings.model_fields[field].description or ""
     return f"{description} [env {ENV_PREFIX}{field.upper()}]".replace("%", "%%")

@@ -58,7 +58,8 @@ class LocalCluster:
     """A local Kubernetes API (with kubelet and simulated nodes) for tests and the demo.
 
     Everything is in memory on one asyncio loop in a daemon thread; pods run as local processes
-    whose files live under ``state_dir``.
+    whose files live under ``state_dir``; with ``container_runtime="podman"`` the pods of Jobs run as
+    real containers from their (locally built) images instead (edgemodel.dev.podman).
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class LocalCluster:
         history_size: int = 10_000,
         persist: bool = False,
         kubeconfig: Path | str | None = None,
+        container_runtime: str = "process",
     ) -> None:
         self._own_state = state_dir is None
         self.state_dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="edgemodel-dev-"))
@@ -97,6 +99,7 @@ class LocalCluster:
             snapshot=self.state_dir / "store.json" if persist else None,
             pod_kubeconfig=self.state_dir / "kubeconfigs" / "pods",
             ssl_context=self.tls.context() if self.tls else None,
+            container_runtime=container_runtime,
         )
         self.node_processes: dict[str, NodeProcess] = {}
         self._agent_tokens: dict[str, str] = {}

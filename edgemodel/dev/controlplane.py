@@ -14,6 +14,7 @@ from edgemodel.dev.controllers import GarbageCollector, NamespaceController
 from edgemodel.dev.jobs import JobController
 from edgemodel.dev.kubelet import Kubelet
 from edgemodel.dev.nodes import node_lease, node_object
+from edgemodel.dev.podman import runtime_for
 from edgemodel.dev.registry import Registry
 from edgemodel.dev.resources import Catalog
 from edgemodel.dev.store import Store
@@ -40,6 +41,7 @@ class ControlPlane:
         snapshot: Path | None = None,
         pod_kubeconfig: Path | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        container_runtime: str = "process",
     ) -> None:
         self.state_dir = state_dir
         self.store = Store(history_size)
@@ -49,7 +51,8 @@ class ControlPlane:
         self.snapshot = snapshot
         self.kubelet: Kubelet | None = None
         if run_kubelet:
-            self.kubelet = Kubelet(self.registry, state_dir, CONTROL_PLANE_NODE, pod_kubeconfig=pod_kubeconfig)
+            self.kubelet = Kubelet(self.registry, state_dir, CONTROL_PLANE_NODE, pod_kubeconfig=pod_kubeconfig,
+                                   runtime=runtime_for(container_runtime))
         self.server = ApiServer(self.registry, self.auth, self.kubelet, bookmark_interval=bookmark_interval,
                                 ssl_context=ssl_context)
         self.gc = GarbageCollector(self.registry)

@@ -2,7 +2,9 @@
 subprocesses, reporting container states, pod phase, logs and termination messages.
 
 Every node of the emulated cluster is backed by this one kubelet. Volumes become folders under
-the state directory (see :meth:`Kubelet.volume_path` and docs/testing.md for the mapping).
+the state directory (see :meth:`Kubelet.volume_path` and docs/testing.md for the mapping). Who a
+container runs as and which Secret/ConfigMap files it may read: edgemodel.dev.fileaccess. With a
+container runtime (edgemodel.dev.podman) the pods of Jobs run as real containers instead.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgemodel.dev import podenv
+from edgemodel.dev import fileaccess, podenv
 from edgemodel.dev.builtin_kinds import now
 from edgemodel.dev.controllers import Controller
 from edgemodel.dev.podenv import ContainerConfigError, Mount
+from edgemodel.dev.podman import PodmanRuntime, apply_ownership
 from edgemodel.dev.recorder import record_event
 from edgemodel.dev.registry import Registry
 from edgemodel.dev.selectors import Requirement, labels_match
@@ -52,6 +55,7 @@ class ContainerRun:
     last_state: JSON | None = None
     state: JSON = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
     ready: bool = False
+    container_id: str = ""
 
     @property
     def running(self) -> bool:
@@ -83,7 +87,7 @@ class PodRun:
             "started": run.running,
         }
         if run.process is not None:
-            status["containerID"] = f"local://{run.process.pid}"
+            status["containerID"] = run.container_id or f"local://{run.process.pid}"
         if run.last_state:
             status["lastState"] = run.last_state
         else:
@@ -223,8 +227,13 @@ class PodRun:
         if log_file.exists() and log_file.stat().st_size and run.restarts:
             log_file.replace(log_file.with_suffix(".previous.log"))
         all_mounts = mounts + self._own_mounts(spec, name, termination)
+        runtime = self.kubelet.runtime_of(self.pod)
         try:
-            argv, env, cwd = self.kubelet.process_spec(self.pod, spec, all_mounts, termination)
+            if runtime is not None:
+                argv, env, cwd = self.kubelet.podman_spec(runtime, self.pod, spec, termination)
+                run.container_id = f"podman://{runtime.container_name(self.pod, spec)}"
+            else:
+                argv, env, cwd = self.kubelet.process_spec(self.pod, spec, all_mounts, termination)
         except ContainerConfigError as exc:
             run.state = {"terminated": {"exitCode": 128, "reason": exc.reason, "message": exc.message[:MAX_MESSAGE],
                                         "startedAt": now(), "finishedAt": now()}}
@@ -258,6 +267,9 @@ class PodRun:
             log.info("Pod %s/%s passed its activeDeadlineSeconds; stopping container %s", self.namespace,
                      self.name, name)
             await self._kill(run, 0)
+        finally:
+            if runtime is not None:
+                await runtime.remove(self.pod, spec)
         code = run.process.returncode or 0
         exit_code = 128 - code if code < 0 else code
         message = self._termination_message(spec, termination, log_file, exit_code)
@@ -331,6 +343,8 @@ class Kubelet(Controller):
         api_url: str = "",
         max_restart_backoff: float = 10.0,
         extra_env: dict[str, str] | None = None,
+        image_user: tuple[int, int] = fileaccess.DEFAULT_IMAGE_USER,
+        runtime: PodmanRuntime | None = None,
     ) -> None:
         super().__init__(registry)
         self.state_dir = Path(state_dir)
@@ -339,6 +353,10 @@ class Kubelet(Controller):
         self.api_url = api_url
         self.max_restart_backoff = max_restart_backoff
         self.extra_env = dict(extra_env or {})
+        #: the USER the local kubelet assumes an image has (see edgemodel.dev.fileaccess)
+        self.image_user = image_user
+        #: when set, the pods it wants run as real containers (edgemodel.dev.podman); others as processes
+        self.runtime = runtime
         self.pod_rt = registry.catalog.get("", "v1", "pods")
         self.runs: dict[str, PodRun] = {}
         self._stoppers: set[asyncio.Task[None]] = set()
@@ -518,16 +536,21 @@ class Kubelet(Controller):
             (pod_dir / sub).mkdir(parents=True, exist_ok=True)
         volumes: dict[str, Path] = {}
         namespace = pod["metadata"]["namespace"]
+        identities = self.identities(pod)
         for volume in (pod.get("spec") or {}).get("volumes") or []:
             path = self.volume_path(pod, volume)
             if "configMap" in volume or "secret" in volume:
-                self._write_keyed(namespace, volume, path)
+                written = self._write_keyed(namespace, volume, path)
+                self._apply_modes(pod, volume, path, written, identities)
             elif "downwardAPI" in volume:
                 path.mkdir(parents=True, exist_ok=True)
+                written = []
                 for item in volume["downwardAPI"].get("items") or []:
                     if "fieldRef" in item:
-                        (path / item["path"]).parent.mkdir(parents=True, exist_ok=True)
-                        (path / item["path"]).write_text(podenv.field_ref(pod, item["fieldRef"]["fieldPath"]))
+                        _replace_file(path / item["path"],
+                                      podenv.field_ref(pod, item["fieldRef"]["fieldPath"]).encode())
+                        written.append(str(item["path"]))
+                self._apply_modes(pod, volume, path, written, identities)
             elif "persistentVolumeClaim" in volume:
                 claim = volume["persistentVolumeClaim"].get("claimName", "")
                 if self.registry.store.get(("", "persistentvolumeclaims"), namespace, claim) is None:
@@ -542,6 +565,8 @@ class Kubelet(Controller):
                     path.mkdir(parents=True, exist_ok=True)
             elif "emptyDir" in volume:
                 path.mkdir(parents=True, exist_ok=True)
+                if self.runtime_of(pod) is not None:
+                    os.chmod(path, 0o777)  # as a real emptyDir
             else:
                 kinds = sorted(k for k in volume if k != "name")
                 raise ContainerConfigError(
@@ -564,7 +589,49 @@ class Kubelet(Controller):
                     mounts.append(entry)
         return mounts
 
-    def _write_keyed(self, namespace: str, volume: JSON, path: Path) -> None:
+    def identities(self, pod: JSON) -> dict[str, fileaccess.Identity]:
+        """Each container's modelled user and groups (raises ContainerConfigError on a non-root breach)."""
+        spec = pod.get("spec") or {}
+        runtime = self.runtime_of(pod)
+        out: dict[str, fileaccess.Identity] = {}
+        for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+            if runtime is not None:  # the real image's USER
+                image_user = runtime.image_user(str(c.get("image", "")))
+                default = fileaccess.Identity(*image_user)
+            else:
+                image_user, default = self.image_user, fileaccess.Identity(os.geteuid(), os.getegid())
+            out[c["name"]] = fileaccess.container_identity(pod, c, default, image_user)
+        return out
+
+    def runtime_of(self, pod: JSON) -> PodmanRuntime | None:
+        """The container runtime that runs this pod, or None for local processes."""
+        return self.runtime if self.runtime is not None and self.runtime.wants(pod) else None
+
+    def _apply_modes(self, pod: JSON, volume: JSON, path: Path, files: list[str],
+                     identities: dict[str, fileaccess.Identity]) -> None:
+        """Real containers: the owner, group and mode a real kubelet gives the files. Processes: make each
+        file readable exactly when the containers mounting the volume could read it."""
+        if self.runtime_of(pod) is not None:
+            _, group, _ = fileaccess.keyed_file_modes(pod, volume)
+            os.chmod(path, 0o755)
+            for rel in files:
+                apply_ownership(path / rel, group, fileaccess.file_mode(pod, volume, rel))
+            return
+        spec = pod.get("spec") or {}
+        readers = [identities[c["name"]] for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
+                   if any(m.get("name") == volume["name"] for m in c.get("volumeMounts") or [])]
+        owner, group, _ = fileaccess.keyed_file_modes(pod, volume)
+        for rel in files:
+            mode = fileaccess.file_mode(pod, volume, rel)
+            readable = all(r.can_read(owner, group, mode) for r in readers)
+            os.chmod(path / rel, (mode | 0o400) & 0o777 if readable else 0)
+            if not readable:
+                log.info("File %s of volume %s is not readable by the containers of pod %s/%s (mode %04o, "
+                         "owner %d:%d; they run as %s)", rel, volume["name"], pod["metadata"]["namespace"],
+                         pod["metadata"]["name"], mode, owner, group,
+                         ", ".join(f"{r.uid}:{r.gid} groups {list(r.groups)}" for r in readers))
+
+    def _write_keyed(self, namespace: str, volume: JSON, path: Path) -> list[str]:
         source_kind = "configMap" if "configMap" in volume else "secret"
         source = volume[source_kind]
         name = source.get("name") if source_kind == "configMap" else source.get("secretName")
@@ -573,7 +640,7 @@ class Kubelet(Controller):
         if obj is None:
             if source.get("optional"):
                 path.mkdir(parents=True, exist_ok=True)
-                return
+                return []
             raise ContainerConfigError("FailedMount", f'{source_kind.lower()} "{name}" not found')
         files: dict[str, bytes] = {}
         if source_kind == "configMap":
@@ -586,9 +653,8 @@ class Kubelet(Controller):
             files = {item["path"]: files[item["key"]] for item in items if item.get("key") in files}
         path.mkdir(parents=True, exist_ok=True)
         for rel, data in files.items():
-            target = path / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            _replace_file(path / rel, data)
+        return list(files)
 
     def base_env(self, pod: JSON, pod_dir: Path) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
@@ -618,6 +684,8 @@ class Kubelet(Controller):
         env[TERMINATION_ENV] = str(termination)
         env[MOUNTS_ENV] = json.dumps({m.container_path: str(m.local_path) for m in mounts})
         argv = podenv.command_line(container, env, mounts)
+        if self.identities(current)[container["name"]].uid != 0:
+            argv = fileaccess.drop_dac_prefix() + argv
         working = container.get("workingDir")
         if working:
             cwd = podenv.substitute(str(working), mounts)
@@ -627,6 +695,22 @@ class Kubelet(Controller):
             cwd = str(pod_dir / "rootfs")
         Path(cwd).mkdir(parents=True, exist_ok=True)
         return argv, env, cwd
+
+    def podman_spec(self, runtime: PodmanRuntime, pod: JSON, container: JSON,
+                    termination: Path) -> tuple[list[str], dict[str, str], str]:
+        """``podman run`` argv, the podman process's environment and working directory."""
+        current = self.registry.store.get(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"]) or pod
+        base: dict[str, str] = {}
+        if self.api_url:
+            host, _, port = self.api_url.split("://", 1)[-1].partition(":")
+            base.update(KUBERNETES_SERVICE_HOST=host, KUBERNETES_SERVICE_PORT=port)
+        env = podenv.container_env(current, container, self._lookup("configmaps"), self._lookup("secrets"), base)
+        termination.chmod(0o666)
+        volumes = {v["name"]: self.volume_path(pod, v) for v in (pod.get("spec") or {}).get("volumes") or []}
+        identity = self.identities(current)[container["name"]]
+        argv = runtime.run_argv(current, container, identity, env, volumes, termination)
+        own_env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
+        return argv, own_env, str(self.pod_dir(pod))
 
     # convenience for tests ----------------------------------------------------------------
     def running_pods(self) -> list[str]:
@@ -641,3 +725,9 @@ class Kubelet(Controller):
                         return c.process.pid
         return None
 
+
+def _replace_file(target: Path, data: bytes) -> None:
+    """Write ``data`` to a new file at ``target`` (a previous one may be mode 0000)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    target.write_bytes(data)

@@ -127,7 +127,15 @@ def build_conversion_job(
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        # Explicit user and fsGroup: the key is mounted owned by root with group fsGroup, mode 0440, so
+        # the non-root converter reads it through its group (without fsGroup, 0400 root:root is unreadable).
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.converter_run_as_user,
+            "runAsGroup": settings.converter_run_as_group,
+            "fsGroup": settings.converter_fs_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
         "volumes": [
             {
@@ -135,7 +143,7 @@ def build_conversion_job(
                 "secret": {
                     "secretName": settings.signing_key_secret,
                     "items": [{"key": SIGNING_KEY_FILE, "path": SIGNING_KEY_FILE}],
-                    "defaultMode": 0o400,
+                    "defaultMode": 0o440,
                 },
             },
             {"name": "scratch", "emptyDir": {}},

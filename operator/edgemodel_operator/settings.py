@@ -42,6 +42,12 @@ class OperatorSettings(BaseSettings):
     """Image of the conversion Job (installs edgemodel[convert])."""
     converter_image_pull_policy: str = Field(default="IfNotPresent", pattern=r"^(Always|IfNotPresent|Never)$")
     """imagePullPolicy of the conversion Job."""
+    converter_run_as_user: int = Field(default=10001, ge=1)
+    """UID of the conversion container (the converter image's user); never root."""
+    converter_run_as_group: int = Field(default=10001, ge=0)
+    """GID of the conversion container."""
+    converter_fs_group: int = Field(default=10001, ge=0)
+    """fsGroup of the conversion Pod: the signing key's group, so the non-root converter can read it."""
     converter_service_account: str | None = None
     """serviceAccountName of the conversion Job (it needs no API access)."""
     converter_cpu_request: str = Field(default="1", pattern=QUANTITY_PATTERN)

@@ -139,7 +139,8 @@ def test_converter_resources_reach_the_job() -> None:
     from edgemodel.api import EdgeModelSpec
 
     values = {"operator": {"converter": {"resources": {"requests": {"cpu": "3", "memory": "5Gi"},
-                                                         "limits": {"cpu": "4", "memory": "6Gi"}}}}}
+                                                         "limits": {"cpu": "4", "memory": "6Gi"}}}},
+              "podSecurityContext": {"runAsUser": 20000, "runAsGroup": 20001, "fsGroup": 20002}}
     settings = settings_from_env(OperatorSettings, one(render(values), "Deployment", full("operator")))
     owner = {"apiVersion": "edgemodel.io/v1alpha1", "kind": "EdgeModel",
              "metadata": {"name": "digits", "namespace": "ml", "uid": "u1", "generation": 1}}
@@ -150,23 +151,29 @@ def test_converter_resources_reach_the_job() -> None:
     assert c["resources"] == {"requests": {"cpu": "3", "memory": "5Gi"}, "limits": {"cpu": "4", "memory": "6Gi"}}
     assert job["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"] == full("signing")
     assert c["image"] == "ghcr.io/edgemodel/converter:0.1.0"
+    # The chart's pod user and fsGroup reach the Job: the key Secret is group-readable by the converter.
+    sc = job["spec"]["template"]["spec"]["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (20000, 20001, 20002)
 
 
 def test_dockerfiles() -> None:
     """Non-root numeric users, the right extras, torch only in the converter, the CLI as entrypoint."""
     docker = ROOT / "docker"
     texts = {p.name: p.read_text() for p in docker.glob("*.Dockerfile")}
-    assert set(texts) == {"agent.Dockerfile", "converter.Dockerfile", "operator.Dockerfile"}
+    assert set(texts) == {"agent.Dockerfile", "agent-gpu.Dockerfile", "converter.Dockerfile", "operator.Dockerfile"}
     for name, text in texts.items():
         assert re.search(r"^USER 10001:10001$", text, re.M), name
-        assert 'ENTRYPOINT ["edgemodel"]' in text, name
+        assert name == "agent-gpu.Dockerfile" or 'ENTRYPOINT ["edgemodel"]' in text, name
     agent_installs = [line for line in texts["agent.Dockerfile"].splitlines() if "bin/pip install" in line]
     assert agent_installs
-    assert all('".[agent]"' in line and "torch" not in line for line in agent_installs)
+    assert all("torch" not in line for line in agent_installs)
     assert "slim" in texts["agent.Dockerfile"]
     assert "torch==2.13.0" in texts["converter.Dockerfile"]
-    assert '".[convert]"' in texts["converter.Dockerfile"]
-    assert '".[operator]"' in texts["operator.Dockerfile"]
+    # Each image installs its extra's dependencies (docker/requirements.py reads pyproject.toml), then the wheel.
+    for name, extra in (("agent", "agent"), ("converter", "convert"), ("operator", "operator")):
+        assert f"requirements.py /tmp/req/pyproject.toml {extra} " in texts[f"{name}.Dockerfile"], name
+        assert "pip install -q --no-deps /tmp/dist/*.whl" in texts[f"{name}.Dockerfile"], name
+    assert '"onnxruntime-gpu[cuda,cudnn]==${version}"' in texts["agent-gpu.Dockerfile"]
     import tomllib
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]

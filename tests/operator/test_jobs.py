@@ -107,3 +107,30 @@ def test_result_comes_from_the_last_finished_pod() -> None:
     assert result.artifacts[0].hardware_class.value == "cpu"
     assert jobs.result_from_pods([pod("2025-01-01T00:00:05Z", "Traceback: not json")]) is None
     assert jobs.parse_result('{"ok": false, "reason": "InputMismatch", "message": "input x: want [1,8,8]"}') is not None
+
+
+KEY_READER = ("import os, pathlib, sys; key = pathlib.Path(sys.argv[-1]); "
+              "pathlib.Path(os.environ['EDGEMODEL_TERMINATION_LOG']).write_text(key.read_text())")
+
+
+def test_the_non_root_converter_can_read_its_signing_key(kube_cluster: Any) -> None:
+    """The Job's real pod spec (user, fsGroup, key volume and mount) on the local kubelet, which gives
+    the key the owner and mode a real node would: only the command is replaced by a key reader."""
+    job = jobs.build_conversion_job(OWNER, spec(), 1, "h", settings())
+    pod_spec = job["spec"]["template"]["spec"]
+    container = pod_spec["containers"][0]
+    key_path = container["args"][container["args"].index("--signing-key") + 1]
+    container.update(command=["python", "-c", KEY_READER, key_path], args=[], env=[])
+    kube_cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ml"}})
+    kube_cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "edgemodel-signing", "namespace": "ml"},
+                         "stringData": {"private.pem": "PRIVATE KEY"}})
+    kube_cluster.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "convert", "namespace": "ml"},
+                         "spec": pod_spec})
+
+    def finished() -> dict[str, Any] | None:
+        pod = kube_cluster.get("v1", "pods", "convert", "ml")
+        return pod if pod and pod.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
+    pod = kube_cluster.wait_for(finished, timeout=60, what="the converter pod to finish")
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert (pod["status"]["phase"], terminated.get("message")) == ("Succeeded", "PRIVATE KEY"), terminated

@@ -203,6 +203,13 @@ tests/helm checks every name against that class. */}}
   value: {{ $c.resources.requests.memory | quote }}
 - name: EDGEMODEL_OPERATOR_CONVERTER_MEMORY_LIMIT
   value: {{ $c.resources.limits.memory | quote }}
+{{- $psc := .Values.podSecurityContext }}
+- name: EDGEMODEL_OPERATOR_CONVERTER_RUN_AS_USER
+  value: {{ $psc.runAsUser | default 10001 | quote }}
+- name: EDGEMODEL_OPERATOR_CONVERTER_RUN_AS_GROUP
+  value: {{ $psc.runAsGroup | default 10001 | quote }}
+- name: EDGEMODEL_OPERATOR_CONVERTER_FS_GROUP
+  value: {{ $psc.fsGroup | default 10001 | quote }}
 - name: EDGEMODEL_OPERATOR_CONVERTER_BACKOFF_LIMIT
   value: {{ $c.backoffLimit | quote }}
 - name: EDGEMODEL_OPERATOR_CONVERTER_DEADLINE_SECONDS
