@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 # The Kubernetes API emulator fixtures (kube_cluster, kube_cluster_auth, ...) for every test folder.
-pytest_plugins = ["edgemodel.dev.testing"]
+pytest_plugins = ["edgemodel_dev.testing"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS_BIN = ROOT / ".tools" / "bin"

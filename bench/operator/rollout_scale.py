@@ -37,9 +37,9 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from edgemodel.demo.processes import Process
-from edgemodel.dev.net import free_port
-from edgemodel.dev.polling import wait_until_async
+from edgemodel_dev.demo.processes import Process
+from edgemodel_dev.net import free_port
+from edgemodel_dev.polling import wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGEMODEL = str(ROOT / ".venv" / "bin" / "edgemodel")
@@ -264,7 +264,7 @@ class MeasuredProcess(Process):
 
 
 def digits_model(cache: Path) -> Any:
-    from edgemodel.examples_models import write_digits_example
+    from edgemodel_dev.examples_models import write_digits_example
 
     return write_digits_example(cache, epochs=10)
 

@@ -26,9 +26,9 @@ from edge_agent.server import AgentServer
 from edge_agent.settings import AgentSettings
 from edge_agent.split import SplitModelVersion
 from edgemodel.api import API_VERSION, ModelAssignment, ModelPhase, ModelRole
-from edgemodel.dev.cluster import LocalCluster
-from edgemodel.dev.net import free_port
-from edgemodel.dev.polling import wait_until_async
+from edgemodel_dev.cluster import LocalCluster
+from edgemodel_dev.net import free_port
+from edgemodel_dev.polling import wait_until_async
 from edgemodel.signing import load_public_key
 from edgemodel.split.codec import WireFormat
 from edgemodel.split.devpki import Pki, make_pki

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from edgemodel.examples_models import DigitsExample, write_digits_example
+from edgemodel_dev.examples_models import DigitsExample, write_digits_example
 from edgemodel.signing import generate_keypair
 
 FAST = ["--latency-runs", "5", "--latency-budget", "0.05", "--threads", "1", "--no-plot"]

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from edgemodel.dev.cluster import find_kubectl
-from edgemodel.dev.polling import wait_until
+from edgemodel_dev.cluster import find_kubectl
+from edgemodel_dev.polling import wait_until
 
 
 def test_dev_up_serves_a_cluster_until_interrupted(tmp_path: Path) -> None:

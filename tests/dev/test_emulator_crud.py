@@ -13,7 +13,7 @@ from emulator_helpers import configmap, http
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from edgemodel.dev.cluster import LocalCluster
+from edgemodel_dev.cluster import LocalCluster
 
 GROUP, VERSION = "edgemodel.io", "v1alpha1"
 

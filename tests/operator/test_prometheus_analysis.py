@@ -15,9 +15,9 @@ from edgemodel_operator.analysis import VerdictStatus, judge, measure_with_prome
 
 from edge_agent.metrics import AgentMetrics
 from edgemodel.api.edgemodel import Analysis
-from edgemodel.demo.processes import Process
-from edgemodel.dev.net import free_port
-from edgemodel.dev.polling import http_ok, log_tail, wait_until
+from edgemodel_dev.demo.processes import Process
+from edgemodel_dev.net import free_port
+from edgemodel_dev.polling import http_ok, log_tail, wait_until
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.slow

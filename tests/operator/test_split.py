@@ -21,8 +21,8 @@ from edgemodel_operator.scheduling import AgentView, measured_rtt_ms, select, se
 
 from edgemodel.api import ArtifactRef, SplitArtifacts
 from edgemodel.api.edgemodel import Serving, Split
-from edgemodel.dev.errors import ApiError as EmulatorError
-from edgemodel.dev.patching import json_patch
+from edgemodel_dev.errors import ApiError as EmulatorError
+from edgemodel_dev.patching import json_patch
 from tests.operator.builders import NOW, SHA, agent_body, artifacts, assignment, report, spec
 
 STORE = "http://store:8080"

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edgemodel.dev.net import free_port
+from edgemodel_dev.net import free_port
 from edgemodel.split import codec
 from edgemodel.split.devpki import Pki, make_pki
 from edgemodel.split.graph import split_model
