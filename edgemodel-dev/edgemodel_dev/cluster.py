@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-import edgemodel
+from edgemodel.errors import UserError
 from edgemodel_dev.auth import ADMIN, Identity, TokenAuth, agent_identity
 from edgemodel_dev.controlplane import ControlPlane
 from edgemodel_dev.errors import ApiError
@@ -35,23 +35,22 @@ from edgemodel_dev.nodes import SITE_LABEL, CommandFor, NodeProcess, expand_comm
 from edgemodel_dev.polling import wait_until
 from edgemodel_dev.resources import ResourceType
 from edgemodel_dev.tls import make_certificates
-from edgemodel.errors import UserError
 
 JSON = dict[str, Any]
 T = TypeVar("T")
-REPO_ROOT = Path(edgemodel.__file__).resolve().parents[1]
-DEFAULT_CRDS = REPO_ROOT / "crds"
+# The project's CRDs, shipped as package data (a byte-identical copy of the repository's crds/, kept in
+# sync by `make crds` / helm/sync-chart-files.py and checked by tests/foundation/test_distributions.py).
+DEFAULT_CRDS = Path(__file__).resolve().with_name("crds")
 
 
 def find_kubectl() -> Path:
-    """The real kubectl: ``$EDGEMODEL_KUBECTL``, the project's ``.tools/bin``, then ``$PATH``."""
-    candidates = [os.environ.get("EDGEMODEL_KUBECTL"), str(REPO_ROOT / ".tools" / "bin" / "kubectl"),
-                  shutil.which("kubectl")]
+    """The real kubectl: ``$EDGEMODEL_KUBECTL``, then ``$PATH``."""
+    candidates = [os.environ.get("EDGEMODEL_KUBECTL"), shutil.which("kubectl")]
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return Path(candidate)
-    raise UserError("kubectl not found: run `make tools` (scripts/install-tools.sh installs kubectl v1.36 into "
-                    ".tools/bin) or set EDGEMODEL_KUBECTL to a kubectl binary")
+    raise UserError("kubectl not found: put kubectl on PATH (in a checkout, `make tools` installs kubectl v1.36 "
+                    "into .tools/bin) or set EDGEMODEL_KUBECTL to a kubectl binary")
 
 
 class LocalCluster:

@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 import yaml
 
-from edgemodel_dev.cluster import DEFAULT_CRDS, LocalCluster, find_kubectl
 from edgemodel.errors import UserError
+from edgemodel_dev.cluster import DEFAULT_CRDS, LocalCluster, find_kubectl
 
 REAL_CLUSTER_ENV = "EDGEMODEL_KUBECONFIG"
 

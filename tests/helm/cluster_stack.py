@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from edgemodel_dev.demo.stack import EDGEMODEL, SystemStack
 from edgemodel_dev.auth import Identity, Rule
+from edgemodel_dev.demo.stack import EDGEMODEL, SystemStack
 from edgemodel_dev.net import free_port
 from tests.helm.chart import find, full, render
 

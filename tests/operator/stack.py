@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 import yaml
-from edgemodel_operator.rbac import PERMISSIONS
 
+from edgemodel_dev.auth import Identity, Rule
 from edgemodel_dev.demo.processes import Process
 from edgemodel_dev.demo.stack import SystemStack
-from edgemodel_dev.auth import Identity, Rule
+from edgemodel_dev.examples_models import DigitsExample, load_digits_data, write_digits_example
 from edgemodel_dev.net import free_port
 from edgemodel_dev.polling import http_ok
-from edgemodel_dev.examples_models import DigitsExample, load_digits_data, write_digits_example
+from edgemodel_operator.rbac import PERMISSIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERING = "edgemodel"

@@ -1,6 +1,6 @@
-"""``edgemodel dev``: the local Kubernetes control plane (API emulator + kubelet) for the demo.
+"""``edgemodel-dev up``: the local Kubernetes control plane (API emulator + kubelet) for the demo.
 
-    edgemodel dev up --nodes 3 --state-dir .demo/dev
+    edgemodel-dev up --nodes 3 --state-dir .demo/dev
     export KUBECONFIG=.demo/dev/kubeconfig
     kubectl get nodes
 """
@@ -21,14 +21,13 @@ log = logging.getLogger("edgemodel_dev")
 
 
 def add_parser(sub: Any) -> None:
-    parser = sub.add_parser(
-        "dev",
-        help="local Kubernetes API emulator + kubelet for tests and the demo",
-        description="A local Kubernetes control plane: API server (127.0.0.1), garbage collector, Job "
-                    "controller and a kubelet that runs pods as local processes. See docs/testing.md.",
+    up = sub.add_parser(
+        "up",
+        help="start the local Kubernetes API emulator + kubelet and run until Ctrl-C",
+        description="A local Kubernetes control plane: API server (127.0.0.1), garbage collector, Job, "
+                    "Deployment and DaemonSet controllers and a kubelet that runs pods as local processes. "
+                    "See docs/testing.md.",
     )
-    dev_sub = parser.add_subparsers(dest="dev_command", metavar="DEV_COMMAND", required=True)
-    up = dev_sub.add_parser("up", help="start the control plane and run until Ctrl-C")
     up.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default 0: a free port)")
     up.add_argument("--state-dir", type=Path, default=Path(".demo/dev"),
                     help="folder for the kubeconfig, pod logs and volumes (default .demo/dev)")
@@ -39,7 +38,7 @@ def add_parser(sub: Any) -> None:
                                                       "round-robin (default site-a)")
     up.add_argument("--arch", default="amd64", help="kubernetes.io/arch label of the edge nodes")
     up.add_argument("--crds", type=Path, action="append",
-                    help="CRD file or folder to apply at start (repeatable; default: the project's crds/)")
+                    help="CRD file or folder to apply at start (repeatable; default: the edgemodel CRDs shipped in this package)")
     up.add_argument("--no-crds", action="store_true", help="apply no CRDs at start")
     up.add_argument("--auth", action="store_true",
                     help="require bearer tokens; agents get tokens that only reach their own EdgeAgent")
@@ -90,10 +89,10 @@ def run(args: argparse.Namespace) -> int:
             processes = cluster.run_on_nodes(agent_argv)
             for node, process in processes.items():
                 log.info("Started the agent of node %s (pid %s, log %s)", node, process.pid, process.log_path)
-        print(f"edgemodel dev: Kubernetes API at {cluster.url}")
-        print(f"edgemodel dev: kubeconfig {cluster.kubeconfig}")
+        print(f"edgemodel-dev up: Kubernetes API at {cluster.url}")
+        print(f"edgemodel-dev up: kubeconfig {cluster.kubeconfig}")
         print(f"  export KUBECONFIG={cluster.kubeconfig}")
-        print("edgemodel dev: running; press Ctrl-C to stop", flush=True)
+        print("edgemodel-dev up: running; press Ctrl-C to stop", flush=True)
         while not stop.wait(1.0):
             for node, process in cluster.node_processes.items():
                 if not process.running and process.returncode is not None and process.starts == 1:
@@ -103,6 +102,6 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        print("edgemodel dev: stopping", flush=True)
+        print("edgemodel-dev up: stopping", flush=True)
         cluster.close()
     return 0

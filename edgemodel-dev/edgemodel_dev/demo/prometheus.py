@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import urllib.parse
 import urllib.request
@@ -15,11 +16,9 @@ from edgemodel_dev.demo.processes import ProcessGroup, wait_http
 from edgemodel_dev.net import free_port
 
 
-def find_prometheus(tools_bin: Path | None = None) -> str | None:
-    """Path of the prometheus binary (project tools folder first, then PATH), or None."""
-    if tools_bin is not None and (tools_bin / "prometheus").exists():
-        return str(tools_bin / "prometheus")
-    return shutil.which("prometheus")
+def find_prometheus() -> str | None:
+    """Path of the prometheus binary: ``$EDGEMODEL_PROMETHEUS``, then ``$PATH``; or None."""
+    return os.environ.get("EDGEMODEL_PROMETHEUS") or shutil.which("prometheus")
 
 
 def write_config(path: Path, jobs: dict[str, list[str]], scrape_interval: str = "2s") -> None:

@@ -33,7 +33,8 @@ from edgemodel_dev.demo.views import candidates_table, model_panel, nodes_table,
 from edgemodel_dev.polling import wait_until
 
 log = logging.getLogger("edgemodel_dev.demo")
-ROOT = Path(__file__).resolve().parents[2]
+# examples/digits-edgemodel.yaml, shipped as package data (copied by helm/sync-chart-files.py).
+EXAMPLES = Path(__file__).resolve().with_name("examples")
 MODEL = "digits"
 
 
@@ -171,7 +172,7 @@ class Demo:
 
     # ---------------------------------------------------------------------------------------
     def manifest(self, source: Path, example: Any, samples: int = 360, pinned: bool = False) -> dict[str, Any]:
-        doc = yaml.safe_load((ROOT / "examples" / "digits-edgemodel.yaml").read_text())
+        doc = yaml.safe_load((EXAMPLES / "digits-edgemodel.yaml").read_text())
         spec = doc["spec"]
         spec["source"]["uri"] = source.resolve().as_uri()
         spec["optimization"]["int8"]["calibrationDataUri"] = example.calib_npz.resolve().as_uri()
@@ -371,7 +372,7 @@ class Demo:
             table.add_row("cloud outage (split)", r.split_fallback or "-")
         table.add_row("wall time", f"{r.seconds:.0f} s")
         table.add_row("kubeconfig", str(self.stack.cluster.kubeconfig))
-        table.add_row("try (with --keep)", f"KUBECONFIG={self.stack.cluster.kubeconfig} .tools/bin/kubectl get em,ea")
+        table.add_row("try (with --keep)", f"KUBECONFIG={self.stack.cluster.kubeconfig} kubectl get em,ea")
         if self.stack.prometheus is not None:
             table.add_row("Prometheus UI", self.stack.prometheus.url)
         table.add_row("logs", str(self.opt.workdir / "logs"))

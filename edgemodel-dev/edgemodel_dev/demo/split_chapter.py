@@ -20,7 +20,7 @@ from rich.table import Table
 from edgemodel_dev.demo.traffic import TrafficStats
 
 SPLIT_MODEL = "digits-split"
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits-split-edgemodel.yaml"
+EXAMPLE = Path(__file__).resolve().with_name("examples") / "digits-split-edgemodel.yaml"
 STAGES = ("head", "encode", "transfer", "tail", "local")
 
 

@@ -19,13 +19,13 @@ from typing import Any, Self, TypeVar
 
 import yaml
 
-from edgemodel_dev.demo.processes import Process, ProcessGroup, wait_http
-from edgemodel_dev.demo.prometheus import Prometheus, find_prometheus
-from edgemodel_dev.cluster import LocalCluster
-from edgemodel_dev.net import free_port
-from edgemodel_dev.polling import log_tail, wait_until
 from edgemodel.signing import generate_keypair
 from edgemodel.split.devpki import make_pki
+from edgemodel_dev.cluster import LocalCluster
+from edgemodel_dev.demo.processes import Process, ProcessGroup, wait_http
+from edgemodel_dev.demo.prometheus import Prometheus, find_prometheus
+from edgemodel_dev.net import free_port
+from edgemodel_dev.polling import log_tail, wait_until
 
 T = TypeVar("T")
 
@@ -205,7 +205,7 @@ class DemoStack(SystemStack):
         if not self.with_prometheus:
             self.prometheus_note = "Prometheus disabled (--no-prometheus)"
             return
-        binary = find_prometheus(Path(__file__).resolve().parents[2] / ".tools" / "bin")
+        binary = find_prometheus()
         if binary is None:
             self.prometheus_note = ("Prometheus is not installed (run `make tools` as root to install it from "
                                     "Debian); continuing without it: the operator analyses agent status instead")
