@@ -112,6 +112,8 @@ class ApiServer:
         self.logs = logs
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
+        #: how long a read at a resourceVersion newer than the store's waits (the watch cache's 3 s)
+        self.fresh_timeout = 3.0
         self.ssl_context = ssl_context
         self.port = 0
         self.host = "127.0.0.1"
@@ -334,6 +336,8 @@ class ApiServer:
                     self._authorize(request, "watch", target, self._selected_name(q))
                     return await self._watch(request, target)
                 self._authorize(request, "list", target, self._selected_name(q))
+                if not q.get("continue"):
+                    await self._wait_fresh(q.get("resourceVersion"))
                 return self._list(request, target)
             if method == "POST":
                 body = await self._body(request)
@@ -342,7 +346,7 @@ class ApiServer:
                 name = ((body or {}).get("metadata") or {}).get("name") if isinstance(body, dict) else None
                 self._authorize(request, "create", target, name)
                 result = self.registry.create(rt, target.namespace, body, dry_run=dry_run,
-                                              field_validation=validation)
+                                              field_validation=validation, field_manager=q.get("fieldManager"))
                 return _response(result.obj, 201, result.warnings)
             if method == "DELETE":
                 self._authorize(request, "deletecollection", target, None)
@@ -357,6 +361,7 @@ class ApiServer:
             raise errors.method_not_allowed(f"{method} is not supported on {rt.qualified}")
         self._authorize(request, verb, target, name)
         if verb == "get":
+            await self._wait_fresh(q.get("resourceVersion"))
             obj = self.registry.get(rt, target.namespace, name)
             if _wants_table(request):
                 return _response(tables.table(rt, [obj], q.get("includeObject", "Metadata"),
@@ -367,13 +372,15 @@ class ApiServer:
             if not isinstance(body, dict):
                 raise errors.bad_request("the body of the request must be a JSON object")
             result = self.registry.update(rt, target.namespace, name, body, subresource=target.subresource,
-                                          dry_run=dry_run, field_validation=validation)
+                                          dry_run=dry_run, field_validation=validation,
+                                          field_manager=self._manager(request))
             return _response(result.obj, 200, result.warnings)
         if verb == "patch":
             raw = await request.read()
             result = self.registry.patch(rt, target.namespace, name, request.headers.get("Content-Type", ""), raw,
                                          subresource=target.subresource, dry_run=dry_run,
-                                         field_validation=validation)
+                                         field_validation=validation, field_manager=self._manager(request),
+                                         force=_flag(q.get("force")))
             return self._patched(result)
         body = await self._body(request)
         options = DeleteOptions.parse(body if isinstance(body, dict) else None, dict(q))
@@ -383,6 +390,11 @@ class ApiServer:
                               "details": {"name": name, "group": rt.group, "kind": rt.plural,
                                           "uid": obj["metadata"].get("uid")}})
         return _response(obj, 200)
+
+    @staticmethod
+    def _manager(request: web.Request) -> str:
+        """``fieldManager``, else ``?<user agent>`` (used only where fields are already managed)."""
+        return request.query.get("fieldManager") or "?" + request.headers.get("User-Agent", "unknown")
 
     @staticmethod
     def _patched(result: WriteResult) -> web.Response:
@@ -395,23 +407,52 @@ class ApiServer:
                 return term.value
         return None
 
+    # reads at a resourceVersion --------------------------------------------------------------
+    async def _wait_fresh(self, rv_param: str | None) -> None:
+        """A read "not older than" a resourceVersion the server has not reached yet waits for it
+        (the watch cache's 3 s), then fails as the real server does: 504 ResourceVersionTooLarge."""
+        if not rv_param or rv_param == "0":
+            return
+        try:
+            wanted = int(rv_param)
+        except ValueError:
+            raise errors.bad_request(f"invalid resourceVersion {rv_param!r}") from None
+        deadline = time.monotonic() + self.fresh_timeout
+        while self.store.rv < wanted and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.store.rv < wanted:
+            raise ApiError(504, "Timeout", f"Timeout: Too large resource version: {wanted}, current: {self.store.rv}",
+                           details={"causes": [{"reason": "ResourceVersionTooLarge",
+                                                "message": "Too large resource version"}],
+                                    "retryAfterSeconds": 1})
+
     # list ----------------------------------------------------------------------------------
     def _list(self, request: web.Request, target: Target) -> web.Response:
+        """One list, or one page of it; every page of a paged list shows the state at the
+        resourceVersion of its first page (rebuilt from the kind's history; 410 once that is gone)."""
         q = request.query
         rt = target.rt
         labels = parse_label_selector(q.get("labelSelector"))
         fields = parse_field_selector(q.get("fieldSelector"))
-        items = self.registry.list_objects(rt, target.namespace, labels, fields)
         list_rv = str(self.store.rv)
         start = 0
         if q.get("continue"):
             try:
                 token = json.loads(base64.urlsafe_b64decode(q["continue"].encode()))
                 after = (token["ns"], token["name"])
+                list_rv = str(int(token["rv"]))
             except (ValueError, KeyError, TypeError):
                 raise errors.bad_request("invalid continue token") from None
+            page = self.registry.list_at(rt, target.namespace, labels, fields, at_rv=int(list_rv))
+            if page is None:
+                raise errors.gone(
+                    "The provided continue parameter is too old to display a consistent list result. You can "
+                    "start a new list without the continue parameter.")
+            items = page
             start = next((i for i, o in enumerate(items) if (o["metadata"].get("namespace", ""),
                                                              o["metadata"]["name"]) > after), len(items))
+        else:
+            items = self.registry.list_objects(rt, target.namespace, labels, fields)
         items = items[start:]
         meta: JSON = {"resourceVersion": list_rv}
         limit = int(q.get("limit") or 0)
@@ -449,6 +490,17 @@ class ApiServer:
         rv_param = q.get("resourceVersion") or ""
         namespace = target.namespace if rt.namespaced else None
         queue: asyncio.Queue[Change] = asyncio.Queue()
+        if rv_param not in ("", "0") and not send_initial:
+            try:  # a resourceVersion from the future: wait for it, else one ERROR event (as the watch cache)
+                await self._wait_fresh(rv_param)
+            except ApiError as exc:
+                if exc.code != 504:
+                    raise
+                response = web.StreamResponse(headers={"Content-Type": "application/json"})
+                await response.prepare(request)
+                await response.write(_dump({"type": "ERROR", "object": exc.status()}) + b"\n")
+                await response.write_eof()
+                return response
 
         def on_change(change: Change) -> None:
             if change.storage == rt.storage:
@@ -469,9 +521,9 @@ class ApiServer:
             except ValueError:
                 unsubscribe()
                 raise errors.bad_request(f"invalid resourceVersion {rv_param!r}") from None
-            changes = self.store.changes_since(since)
+            changes = self.store.changes_since(since, rt.storage)
             if changes is None:
-                expired = f"too old resource version: {since} ({self.store.oldest_rv + 1})"
+                expired = f"too old resource version: {since} ({self.store.oldest_rv_of(rt.storage) + 1})"
             else:
                 for change in changes:
                     event = self._event(rt, change, namespace, labels, fields)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import json
 import re
 from typing import Any
 
 from edgemodel_dev.errors import cause
 from edgemodel_dev.resources import ResourceType
+from edgemodel_dev.selectors import labels_match, selector_from_label_selector
 
 JSON = dict[str, Any]
 
@@ -228,6 +230,25 @@ def prepare_for_create(rt: ResourceType, obj: JSON) -> None:
                  "message": "the initial names have been accepted", "lastTransitionTime": now()},
             ],
         }
+    elif kind == "Deployment":
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("replicas", 1)
+        spec.setdefault("revisionHistoryLimit", 10)
+        spec.setdefault("progressDeadlineSeconds", 600)
+        spec.setdefault("strategy", {"type": "RollingUpdate",
+                                     "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+        default_pod_spec(spec.setdefault("template", {}).setdefault("spec", {}))
+        obj["status"] = {}
+    elif kind == "DaemonSet":
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("revisionHistoryLimit", 10)
+        spec.setdefault("updateStrategy", {"type": "RollingUpdate",
+                                           "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        default_pod_spec(spec.setdefault("template", {}).setdefault("spec", {}))
+        obj["status"] = {"currentNumberScheduled": 0, "desiredNumberScheduled": 0, "numberMisscheduled": 0,
+                         "numberReady": 0}
+    elif kind in ("PodDisruptionBudget", "ValidatingAdmissionPolicy"):
+        obj["status"] = {}
     elif kind == "Event" and rt.group == "":
         obj.setdefault("firstTimestamp", obj.get("lastTimestamp") or None)
         obj.setdefault("count", 1)
@@ -268,6 +289,20 @@ def validate_object(rt: ResourceType, obj: JSON, old: JSON | None) -> list[JSON]
                                 "Invalid value: field is immutable"))
         if old is not None and (old.get("spec") or {}).get("selector") != spec.get("selector"):
             causes.append(cause("spec.selector", "FieldValueInvalid", "Invalid value: field is immutable"))
+    elif kind in ("Deployment", "DaemonSet"):
+        spec = obj.get("spec") or {}
+        template = spec.get("template") or {}
+        causes += validate_pod_spec(template.get("spec") or {}, "spec.template.spec", ("Always",))
+        selector = spec.get("selector")
+        if not selector:
+            causes.append(cause("spec.selector", "FieldValueRequired", "Required value"))
+        else:
+            if not labels_match(selector_from_label_selector(selector), template):
+                causes.append(cause("spec.template.metadata.labels", "FieldValueInvalid",
+                                    f"Invalid value: {json.dumps((template.get('metadata') or {}).get('labels') or {})}"
+                                    ": `selector` does not match template `labels`"))
+            if old is not None and (old.get("spec") or {}).get("selector") != selector:
+                causes.append(cause("spec.selector", "FieldValueInvalid", "Invalid value: field is immutable"))
     elif kind == "Namespace":
         causes += validate_name(obj["metadata"]["name"], True)
     elif kind == "Secret":

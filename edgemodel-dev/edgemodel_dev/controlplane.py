@@ -17,6 +17,7 @@ from edgemodel_dev.nodes import node_lease, node_object
 from edgemodel_dev.registry import Registry
 from edgemodel_dev.resources import Catalog
 from edgemodel_dev.store import Store
+from edgemodel_dev.workloads import WorkloadController
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class ControlPlane:
         self.gc = GarbageCollector(self.registry)
         self.namespaces = NamespaceController(self.registry)
         self.jobs = JobController(self.registry, backoff_base=job_backoff)
+        self.workloads = WorkloadController(self.registry)
 
     def _bootstrap(self) -> None:
         if self.snapshot is not None and self.snapshot.exists():
@@ -84,6 +86,7 @@ class ControlPlane:
         self.gc.start()
         self.namespaces.start()
         self.jobs.start()
+        self.workloads.start()
         port = await self.server.start(port)
         if self.kubelet is not None:
             scheme = "https" if self.server.ssl_context else "http"
@@ -96,6 +99,7 @@ class ControlPlane:
         if self.kubelet is not None:
             await self.kubelet.stop()
         await self.jobs.stop()
+        await self.workloads.stop()
         await self.gc.stop()
         await self.namespaces.stop()
         if self.snapshot is not None:

@@ -1,7 +1,7 @@
 """Decoding of the protobuf request bodies kubectl sends for a few built-in kinds.
 
 kubectl's imperative commands (``kubectl create configmap|secret|namespace|serviceaccount``,
-``kubectl auth can-i``) post ``application/vnd.kubernetes.protobuf``: the ``k8s\\0`` magic, then
+``kubectl auth can-i``) and helm's deletes (``DeleteOptions``) post ``application/vnd.kubernetes.protobuf``: the ``k8s\\0`` magic, then
 a ``runtime.Unknown`` envelope whose ``raw`` field holds the object. The emulator always answers
 in JSON (kubectl accepts it); other kinds in protobuf get 415 with a hint to use ``-f``.
 Field numbers follow k8s.io/api ``generated.proto``.
@@ -57,10 +57,15 @@ MESSAGES: dict[str, dict[int, Field]] = {
                            4: ("version", "str", False), 5: ("resource", "str", False),
                            6: ("subresource", "str", False), 7: ("name", "str", False)},
     "NonResourceAttributes": {1: ("path", "str", False), 2: ("verb", "str", False)},
+    # helm uninstall sends its DELETE bodies in protobuf
+    "DeleteOptions": {1: ("gracePeriodSeconds", "int", False), 2: ("preconditions", "Preconditions", False),
+                      3: ("orphanDependents", "bool", False), 4: ("propagationPolicy", "str", False),
+                      5: ("dryRun", "str", True)},
+    "Preconditions": {1: ("uid", "str", False), 2: ("resourceVersion", "str", False)},
     "Time": {1: ("seconds", "int", False), 2: ("nanos", "int", False)},
     "MapEntry": {1: ("key", "bytes", False), 2: ("value", "bytes", False)},
 }
-KINDS = {"ConfigMap", "Secret", "Namespace", "ServiceAccount", "SelfSubjectAccessReview"}
+KINDS = {"ConfigMap", "Secret", "Namespace", "ServiceAccount", "SelfSubjectAccessReview", "DeleteOptions"}
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from edgemodel_dev import builtin_kinds, errors, patching, schema
+from edgemodel_dev import builtin_kinds, errors, fieldmanager, patching, schema
 from edgemodel_dev.builtin_schemas import PatchMeta, definitions, drop_fields, unknown_fields
 from edgemodel_dev.errors import ApiError
 from edgemodel_dev.resources import Catalog, ResourceType, storage_version
@@ -74,6 +74,28 @@ class DeleteOptions:
                    pre.get("resourceVersion"), bool(dry))
 
 
+# Built-in kinds whose strategy sets metadata.generation (the rest, e.g. ConfigMap, Secret, Service,
+# Event, Lease, Node, Namespace, ServiceAccount and the RBAC kinds, have none); custom resources always do.
+GENERATION_KINDS = frozenset({
+    "Pod", "Job", "CronJob", "Deployment", "ReplicaSet", "DaemonSet", "StatefulSet", "CustomResourceDefinition",
+    "NetworkPolicy", "PodDisruptionBudget", "Ingress", "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration",
+})
+
+
+def field_manager_of(manager: str | None, tracked: bool) -> str | None:
+    """The manager a non-apply write records: ``fieldManager``, else (only on an object whose fields
+    are already managed) the client's user agent, passed as ``"?<user agent>"``."""
+    if manager and manager.startswith("?"):
+        return (manager[1:].split("/")[0] or "unknown") if tracked else None
+    return manager
+
+
+def has_generation(rt: ResourceType) -> bool:
+    """Whether objects of this kind carry metadata.generation."""
+    return not rt.builtin or rt.kind in GENERATION_KINDS
+
+
 def _timestamp(offset_seconds: float = 0) -> str:
     when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset_seconds)
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -83,7 +105,9 @@ def _comparable(obj: JSON) -> JSON:
     result = copy.deepcopy(obj)
     meta = result.get("metadata") or {}
     meta.pop("resourceVersion", None)
-    meta.pop("managedFields", None)
+    # a write that changes only the times of managedFields is a no-op (ownership changes are not)
+    for item in meta.get("managedFields") or []:
+        item.pop("time", None)
     return result
 
 
@@ -146,8 +170,29 @@ class Registry:
         labels: list[Requirement] | None = None,
         fields: list[FieldTerm] | None = None,
     ) -> list[JSON]:
+        """The selected objects as they are now."""
+        return self.list_at(rt, namespace, labels, fields) or []
+
+    def list_at(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        labels: list[Requirement] | None = None,
+        fields: list[FieldTerm] | None = None,
+        *,
+        at_rv: int | None = None,
+    ) -> list[JSON] | None:
+        """The selected objects now, or as they were at ``at_rv``; None when ``at_rv`` is older
+        than the kind's history (a paged list's continue token that expired)."""
+        ns = self._namespace_of(rt, namespace) or None
+        if at_rv is None:
+            stored_items: list[JSON] | None = self.store.items(rt.storage, ns)
+        else:
+            stored_items = self.store.items_at(rt.storage, at_rv, ns)
+        if stored_items is None:
+            return None
         result = []
-        for stored in self.store.items(rt.storage, self._namespace_of(rt, namespace) or None):
+        for stored in stored_items:
             obj = self.present(rt, stored)
             if labels and not labels_match(labels, obj):
                 continue
@@ -235,6 +280,8 @@ class Registry:
         *,
         dry_run: bool = False,
         field_validation: str = "Warn",
+        field_manager: str | None = None,
+        managed_fields: list[JSON] | None = None,
     ) -> WriteResult:
         self._check_identity(rt, body)
         obj = copy.deepcopy(body)
@@ -257,16 +304,28 @@ class Registry:
             else:
                 raise errors.invalid(rt.group, rt.kind, "", [errors.cause(
                     "metadata.name", "FieldValueRequired", "Required value: name or generateName is required")])
+        if meta.get("resourceVersion"):
+            # what the real server's storage layer answers (an InternalError, not a 4xx)
+            raise ApiError(500, "InternalError",
+                           "Internal error occurred: resourceVersion should not be set on objects to be created",
+                           details={"causes": [{"message": "resourceVersion should not be set on objects to be "
+                                                           "created"}]})
         for key in SYSTEM_META:
             meta.pop(key, None)
         meta.pop("managedFields", None)
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = _timestamp()
-        meta["generation"] = 1
+        if has_generation(rt):
+            meta["generation"] = 1
         if rt.builtin:
             builtin_kinds.prepare_for_create(rt, obj)
         elif rt.has_status:
             obj.pop("status", None)
+        if managed_fields is not None:
+            meta["managedFields"] = managed_fields
+        elif field_manager and not field_manager.startswith("?"):
+            paths = fieldmanager.field_set(obj, self._patch_meta(rt), skip_status=rt.has_status)
+            meta["managedFields"] = [fieldmanager.entry(field_manager, "Update", rt.api_version, paths, _timestamp())]
         self._validate(rt, obj, None)
         self._check_namespace(rt, ns)
         if self.store.get(rt.storage, ns, meta["name"]) is not None:
@@ -305,6 +364,8 @@ class Registry:
         subresource: str = "",
         dry_run: bool = False,
         field_validation: str = "Warn",
+        field_manager: str | None = None,
+        managed_fields: list[JSON] | None = None,
     ) -> WriteResult:
         self._check_identity(rt, body)
         stored = self.get_stored(rt, namespace, name)
@@ -314,6 +375,11 @@ class Registry:
             raise errors.bad_request(f"the name of the object ({body_meta['name']}) does not match the name on "
                                      f"the URL ({name})")
         expected_rv = body_meta.get("resourceVersion")
+        if not expected_rv and not rt.builtin:
+            # custom resources forbid unconditional updates (AllowUnconditionalUpdate is false for them)
+            raise errors.invalid(rt.group, rt.kind, name, [errors.cause(
+                "metadata.resourceVersion", "FieldValueInvalid",
+                "Invalid value: 0x0: must be specified for an update")])
         if expected_rv and str(expected_rv) != stored["metadata"]["resourceVersion"]:
             raise errors.stale(rt.group, rt.plural, name)
         if subresource == "status":
@@ -341,10 +407,11 @@ class Registry:
                 new["spec"] = copy.deepcopy(old.get("spec", {}))
             warnings = self._unknown(rt, new, field_validation)
             self._check_finalizers(rt, old, new)
+            self._manage_fields(rt, old, new, field_manager, managed_fields)
         if rt.kind == "Secret" and "stringData" in new:
             builtin_kinds.prepare_for_create(rt, new)  # folds stringData into data
         ignored = ("metadata", "status") if rt.has_status else ("metadata",)
-        if _without(new, *ignored) != _without(old, *ignored):
+        if has_generation(rt) and _without(new, *ignored) != _without(old, *ignored):
             new["metadata"]["generation"] = int(old["metadata"].get("generation", 1)) + 1
         self._validate(rt, new, old)
         if _comparable(new) == _comparable(old):
@@ -352,6 +419,86 @@ class Registry:
         if dry_run:
             return WriteResult(new, warnings)
         return WriteResult(self._write(rt, new), warnings)
+
+    @staticmethod
+    def _patch_meta(rt: ResourceType) -> PatchMeta:
+        return PatchMeta.for_definition(rt.definition) if rt.builtin else PatchMeta(None)
+
+    def _manage_fields(self, rt: ResourceType, old: JSON, new: JSON, manager: str | None,
+                       managed_fields: list[JSON] | None) -> None:
+        """metadata.managedFields of an update: the server's, never the body's (see fieldmanager)."""
+        meta = new["metadata"]
+        if managed_fields is not None:
+            meta["managedFields"] = managed_fields
+            return
+        current = fieldmanager.entries(old)
+        manager = field_manager_of(manager, bool(current))
+        if not manager:
+            if current:
+                meta["managedFields"] = current
+            else:
+                meta.pop("managedFields", None)
+            return
+        changed = fieldmanager.changed(old, new, self._patch_meta(rt), skip_status=rt.has_status)
+        if not changed:
+            meta["managedFields"] = current
+            return
+        kept: list[JSON] = []
+        mine: set[fieldmanager.Path] = set()
+        for item in current:
+            if fieldmanager.is_entry_of(item, manager, "Update", ""):
+                mine = fieldmanager.owned(item)
+                continue
+            left = fieldmanager.owned(item) - changed
+            if left:
+                item["fieldsV1"] = fieldmanager.to_fields_v1(left)
+                kept.append(item)
+        present = fieldmanager.field_set(new, self._patch_meta(rt), skip_status=rt.has_status)
+        mine = (mine | changed) & present
+        meta["managedFields"] = kept + ([fieldmanager.entry(manager, "Update", rt.api_version, mine, _timestamp())]
+                                        if mine else [])
+
+    def _apply(self, rt: ResourceType, current: JSON, config: JSON, manager: str,
+               force: bool) -> tuple[JSON, list[JSON]]:
+        """The object an apply leaves (before the merge) and its managedFields; 409 on conflicts."""
+        pmeta = self._patch_meta(rt)
+        applied = fieldmanager.field_set(config, pmeta, skip_status=rt.has_status)
+        mine: set[fieldmanager.Path] = set()
+        others: list[JSON] = []
+        for item in fieldmanager.entries(current):
+            if fieldmanager.is_entry_of(item, manager, "Apply", ""):
+                mine = fieldmanager.owned(item)
+            elif not item.get("subresource"):
+                others.append(item)
+        conflicts: list[tuple[JSON, fieldmanager.Path]] = []
+        for item in others:
+            for path in sorted(fieldmanager.owned(item) & applied):
+                if fieldmanager.value_at(current, path) != fieldmanager.value_at(config, path):
+                    conflicts.append((item, path))
+        if conflicts and not force:
+            causes = [{"reason": "FieldManagerConflict", "field": fieldmanager.dotted(path),
+                       "message": f'conflict with "{item["manager"]}"'
+                                  + (" using " + item["apiVersion"] if item.get("apiVersion") else "")}
+                      for item, path in conflicts]
+            listed = "\n".join(f"- {c['message']}: {c['field']}" for c in causes)
+            raise ApiError(409, "Conflict", f"Apply failed with {len(causes)} conflict{'s' if len(causes) > 1 else ''}: "
+                           + (f"{causes[0]['message']}: {causes[0]['field']}" if len(causes) == 1 else listed),
+                           details={"causes": causes, "group": rt.group, "kind": rt.plural,
+                                    "name": current["metadata"]["name"]})
+        kept: list[JSON] = []
+        others_owned: set[fieldmanager.Path] = set()
+        for item in others:
+            left = fieldmanager.owned(item) - (applied if force else set())
+            if left:
+                item["fieldsV1"] = fieldmanager.to_fields_v1(left)
+                kept.append(item)
+                others_owned |= left
+        base = copy.deepcopy(current)
+        for path in sorted(mine - applied - others_owned, key=len, reverse=True):
+            fieldmanager.remove(base, path)
+        entries = [e for e in fieldmanager.entries(current) if e.get("subresource")] + kept
+        entries.append(fieldmanager.entry(manager, "Apply", rt.api_version, applied, _timestamp()))
+        return base, entries
 
     def _check_finalizers(self, rt: ResourceType, old: JSON, new: JSON) -> None:
         if not old["metadata"].get("deletionTimestamp"):
@@ -388,8 +535,16 @@ class Registry:
         subresource: str = "",
         dry_run: bool = False,
         field_validation: str = "Warn",
+        field_manager: str | None = None,
+        force: bool = False,
     ) -> WriteResult:
         content_type = content_type.split(";")[0].strip()
+        if content_type == patching.APPLY_PATCH and (not field_manager or field_manager.startswith("?")):
+            raise errors.invalid("meta.k8s.io", "PatchOptions", "", [errors.cause(
+                "fieldManager", "FieldValueRequired", "Required value: is required for apply patch")])
+        if content_type != patching.APPLY_PATCH and force:
+            raise errors.invalid("meta.k8s.io", "PatchOptions", "", [errors.cause(
+                "force", "FieldValueForbidden", "Forbidden: may not be specified for non-apply patch")])
         if content_type not in patching.PATCH_TYPES or (
             content_type == patching.STRATEGIC_PATCH and not rt.builtin
         ):
@@ -410,7 +565,13 @@ class Registry:
                 raise
             if not isinstance(patch, dict):
                 raise errors.bad_request("an apply patch must be an object") from None
-            return self.create(rt, namespace, patch, dry_run=dry_run, field_validation=field_validation)
+            applied = fieldmanager.field_set(patch, self._patch_meta(rt), skip_status=rt.has_status)
+            entry = fieldmanager.entry(str(field_manager), "Apply", rt.api_version, applied, _timestamp())
+            return self.create(rt, namespace, patch, dry_run=dry_run, field_validation=field_validation,
+                               managed_fields=[entry])
+        managed: list[JSON] | None = None
+        if content_type == patching.APPLY_PATCH and isinstance(patch, dict) and not subresource:
+            current, managed = self._apply(rt, current, patch, str(field_manager), force)
         if content_type == patching.JSON_PATCH:
             patched = patching.json_patch(current, patch)
         elif not isinstance(patch, dict):
@@ -427,7 +588,8 @@ class Registry:
             if body_rv and str(body_rv) != current["metadata"]["resourceVersion"]:
                 raise errors.stale(rt.group, rt.plural, name)
         return self.update(rt, namespace, name, patched, subresource=subresource, dry_run=dry_run,
-                           field_validation=field_validation)
+                           field_validation=field_validation, field_manager=field_manager,
+                           managed_fields=managed)
 
     # delete ---------------------------------------------------------------------------------
     def default_propagation(self, rt: ResourceType) -> str:
