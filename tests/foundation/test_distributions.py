@@ -27,11 +27,24 @@ WHEEL_CONFORMANCE = [ROOT / "tests" / "dev" / "test_emulator_conformance.py"]
 TEST_INFRA = re.compile(r"^\s*(import pytest|from pytest|import edgemodel_dev|from edgemodel_dev|from _pytest)", re.M)
 
 
+def sources(project: Path, into: Path) -> Path:
+    """The project's files that git tracks or would track (no build/, .venv, caches), copied to
+    ``into``: a wheel built there cannot pick up stale build output or ignored files."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "."],
+                            cwd=project, capture_output=True, check=True, timeout=60).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        src = project / rel
+        if src.is_file() and not rel.startswith(("tests/", "bench/", "edgemodel-dev/")):
+            (into / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, into / rel)
+    return into
+
+
 def build_wheel(project: Path, out: Path) -> Path:
+    tree = sources(project, out / f"src-{project.name}")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(project)], check=True, capture_output=True, text=True,
+                    "--wheel-dir", str(out), str(tree)], check=True, capture_output=True, text=True,
                    timeout=300, cwd=out)
-    # setuptools leaves build/ and *.egg-info beside the sources; the repo git-ignores them.
     name = "edgemodel_dev" if project == DEV else "edgemodel"
     (wheel,) = out.glob(f"{name}-*.whl")
     return wheel
