@@ -141,10 +141,14 @@ def test_dev_wheel_installs_into_a_fresh_venv_and_passes_conformance_from_there(
     assert "--nodes" in cli.stdout
     result = subprocess.run(
         [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(work), "-c", os.devnull,
-         "-o", "asyncio_mode=auto", "-W", "error", "-W", "ignore::DeprecationWarning", *[t.name for t in WHEEL_CONFORMANCE]],
+         "-o", "asyncio_mode=auto", "-W", "error", "-W", "ignore::DeprecationWarning",
+         # the 3 s waits of the future-resourceVersion check run in the main suite only
+         "-k", "not future_resource_version", *[t.name for t in WHEEL_CONFORMANCE]],
         capture_output=True, text=True, env=env, cwd=work, timeout=600)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
-    assert re.search(r"\d+ passed", summary), summary
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed is not None, summary
+    assert int(passed.group(1)) >= 9, summary
     assert "failed" not in summary, summary
     assert "error" not in summary, summary
