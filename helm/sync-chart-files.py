@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Copy the files the chart embeds from their sources into helm/edgemodel/files/.
+"""Copy the files the chart and the dev distribution embed from their sources.
 
-Helm can only read files inside the chart, so the chart carries byte-identical copies of:
+Helm can only read files inside the chart, and a wheel only files inside its package, so these
+hold byte-identical copies:
   crds/*.yaml                       -> helm/edgemodel/files/crds/   (generated from edgemodel/api)
   helm/alerts/edgemodel-alerts.yaml -> helm/edgemodel/files/alerts/ (PrometheusRule source)
   helm/dashboards/*.json            -> helm/edgemodel/files/dashboards/
+  crds/*.yaml                       -> edgemodel-dev/edgemodel_dev/crds/ (package data: the emulator's default CRDs)
+  examples/digits-*edgemodel.yaml   -> edgemodel-dev/edgemodel_dev/demo/examples/ (package data: the demo's manifests)
 
 Run after `edgemodel crds --write crds` or after editing alerts or dashboards:
   .venv/bin/python helm/sync-chart-files.py          # write the copies
@@ -19,10 +22,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = ROOT / "helm" / "edgemodel" / "files"
-SOURCES: dict[str, tuple[Path, str]] = {
-    "crds": (ROOT / "crds", "*.yaml"),
-    "alerts": (ROOT / "helm" / "alerts", "edgemodel-alerts.yaml"),
-    "dashboards": (ROOT / "helm" / "dashboards", "*.json"),
+DEV = ROOT / "edgemodel-dev" / "edgemodel_dev"
+# destination folder -> (source folder, glob)
+SOURCES: dict[Path, tuple[Path, str]] = {
+    FILES / "crds": (ROOT / "crds", "*.yaml"),
+    FILES / "alerts": (ROOT / "helm" / "alerts", "edgemodel-alerts.yaml"),
+    FILES / "dashboards": (ROOT / "helm" / "dashboards", "*.json"),
+    DEV / "crds": (ROOT / "crds", "*.yaml"),
+    DEV / "demo" / "examples": (ROOT / "examples", "digits-*edgemodel.yaml"),
 }
 
 
@@ -31,7 +38,7 @@ def planned() -> dict[Path, bytes]:
     out: dict[Path, bytes] = {}
     for folder, (src_dir, pattern) in SOURCES.items():
         for src in sorted(src_dir.glob(pattern)):
-            out[FILES / folder / src.name] = src.read_bytes()
+            out[folder / src.name] = src.read_bytes()
     return out
 
 
@@ -40,7 +47,7 @@ def stale() -> list[str]:
     want = planned()
     problems = [str(p.relative_to(ROOT)) for p, data in want.items() if not p.is_file() or p.read_bytes() != data]
     for folder in SOURCES:
-        for p in sorted((FILES / folder).glob("*")):
+        for p in sorted(folder.glob("*")):
             if p not in want:
                 problems.append(f"{p.relative_to(ROOT)} (no source)")
     return problems
@@ -50,8 +57,8 @@ def write() -> list[Path]:
     """Write the copies and delete copies whose source is gone."""
     want = planned()
     for folder in SOURCES:
-        (FILES / folder).mkdir(parents=True, exist_ok=True)
-        for p in (FILES / folder).glob("*"):
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in folder.glob("*"):
             if p not in want:
                 p.unlink()
     for path, data in want.items():
@@ -66,7 +73,7 @@ def main() -> int:
     if args.check:
         problems = stale()
         if problems:
-            print("stale chart files: " + ", ".join(problems) + "; run `.venv/bin/python helm/sync-chart-files.py`",
+            print("stale copies: " + ", ".join(problems) + "; run `.venv/bin/python helm/sync-chart-files.py`",
                   file=sys.stderr)
             return 1
         print("chart files are up to date")

@@ -45,7 +45,7 @@ if ! command -v promtool >/dev/null 2>&1 && [[ ! -x "$BIN/promtool" ]]; then
     echo "!! Prometheus missing and apt-get unavailable (need root); tests that need it will fail saying so." >&2
   fi
 fi
-# Container engine for the image tests and `edgemodel dev up --container-runtime podman`:
+# Container engine for the image tests and `edgemodel-dev up --container-runtime podman`:
 # podman + runc (crun fails on this host's hybrid cgroups), buildah, and debootstrap for the local
 # base image (no image registry is reachable). Skip with EDGEMODEL_NO_CONTAINERS=1.
 if [[ -z "${EDGEMODEL_NO_CONTAINERS:-}" ]] && { ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 \

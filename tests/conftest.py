@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-# The Kubernetes API emulator fixtures (kube_cluster, kube_cluster_auth, ...) for every test folder.
-pytest_plugins = ["edgemodel.dev.testing"]
+# The Kubernetes API emulator fixtures (kube_cluster, kube_cluster_auth, ...) come from the
+# edgemodel-dev distribution's pytest plugin (entry point pytest11), loaded by its installation.
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS_BIN = ROOT / ".tools" / "bin"

@@ -31,8 +31,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from bench.agent.models import build
-from edgemodel.dev.net import free_port
-from edgemodel.dev.polling import http_ok, wait_until
+from edgemodel_dev.net import free_port
+from edgemodel_dev.polling import http_ok, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20

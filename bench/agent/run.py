@@ -28,8 +28,8 @@ from pathlib import Path
 
 from bench.agent import raw_ort
 from bench.agent.models import MODELS, build
-from edgemodel.dev.net import free_port
-from edgemodel.dev.polling import http_ok, wait_until
+from edgemodel_dev.net import free_port
+from edgemodel_dev.polling import http_ok, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 

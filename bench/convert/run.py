@@ -35,8 +35,13 @@ from models import MobileNetV2, ResNet18, randomly_initialised
 
 from edgemodel.api import ArtifactManifest, EdgeModel
 from edgemodel.convert.pipeline import ConvertOptions, convert
-from edgemodel.examples_models import load_digits_data, save_torch_export, save_torchscript, train_digits_cnn
 from edgemodel.signing import generate_keypair, load_private_key
+from edgemodel_dev.examples_models import (
+    load_digits_data,
+    save_torch_export,
+    save_torchscript,
+    train_digits_cnn,
+)
 
 log = logging.getLogger("bench.convert")
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/operator/rollout_scale.py --nodes 10 100 1000 --out bench/results/operator.md
 
-Per fleet size, fresh processes: the emulator (`edgemodel dev up`, its kubelet runs the real
+Per fleet size, fresh processes: the emulator (`edgemodel-dev up`, its kubelet runs the real
 conversion Job), the artifact store, and the operator (`edgemodel operator`), whose API traffic
 goes through a counting proxy in this process. The agents are simulated here: N EdgeAgents with
 capabilities and a heartbeat every 10 s, one watch on all of them, and for each new assignment one
@@ -37,9 +37,9 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from edgemodel.demo.processes import Process
-from edgemodel.dev.net import free_port
-from edgemodel.dev.polling import wait_until_async
+from edgemodel_dev.demo.processes import Process
+from edgemodel_dev.net import free_port
+from edgemodel_dev.polling import wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGEMODEL = str(ROOT / ".venv" / "bin" / "edgemodel")
@@ -264,7 +264,7 @@ class MeasuredProcess(Process):
 
 
 def digits_model(cache: Path) -> Any:
-    from edgemodel.examples_models import write_digits_example
+    from edgemodel_dev.examples_models import write_digits_example
 
     return write_digits_example(cache, epochs=10)
 
@@ -289,7 +289,7 @@ async def run_once(nodes: int, workdir: Path, example: Any) -> Result:
     proxy: CountingProxy | None = None
     fleet: SimFleet | None = None
     try:
-        procs.append(MeasuredProcess("emulator", [EDGEMODEL, "dev", "up", "--nodes", "0", "--port", str(api_port),
+        procs.append(MeasuredProcess("emulator", [str(ROOT / ".venv" / "bin" / "edgemodel-dev"), "up", "--nodes", "0", "--port", str(api_port),
                                           "--state-dir", str(workdir / "dev")], workdir))
         kubeconfig = workdir / "dev" / "kubeconfig"
         await wait_until_async("the emulator's kubeconfig", _exists(kubeconfig), 60, interval=0.1)
@@ -406,7 +406,7 @@ def table(results: list[Result], load: str, command: str) -> str:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other work; load average "
         f"(1/5/15 min) when measured: {load}.",
         "",
-        "Real operator (`edgemodel operator`), API emulator (`edgemodel dev up`), real conversion Job "
+        "Real operator (`edgemodel operator`), API emulator (`edgemodel-dev up`), real conversion Job "
         "(digits CNN, FP32 only); simulated agents in the harness (heartbeat every 10 s, one status write "
         f"reporting Ready {LOAD_DELAY_SECONDS:.1f} s after each new assignment). Canary steps 10/50/100 %, "
         "maxUnavailable 25 %, analysis window 1 s (from the agents' reported status, no Prometheus). Operator requests are counted by a proxy between it and "

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from edgemodel.dev.polling import wait_until
 from edgemodel.split.codec import WireFormat
 from edgemodel.split.graph import find_cut_candidates, load_model, split_model
 from edgemodel.split.profile import host_info, profile_split
 from edgemodel.split.remote import FallbackPolicy, RemoteTail, TlsFiles, run_split
 from edgemodel.split.runtime import OrtPart
+from edgemodel_dev.polling import wait_until
 
 log = logging.getLogger("bench.split.edge")
 

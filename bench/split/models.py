@@ -2,7 +2,7 @@
 
 ResNet-18 is written here (no torchvision beside torch 2.13); its weights are random (seeded), so
 it measures latency and feature sizes, and "accuracy" is top-1 agreement with the unsplit model.
-The digits CNN is edgemodel.examples_models' model trained on scikit-learn's digits: real accuracy.
+The digits CNN is edgemodel_dev.examples_models' model trained on scikit-learn's digits: real accuracy.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def resnet18(workdir: Path, eval_samples: int = 64) -> BenchModel:
 
 def digits(workdir: Path) -> BenchModel:
     """The digits CNN trained on scikit-learn's digits (train split); evaluation on the 360 test images."""
-    from edgemodel.examples_models import load_digits_data, train_digits_cnn
+    from edgemodel_dev.examples_models import load_digits_data, train_digits_cnn
 
     path = workdir / "digits.onnx"
     info = workdir / "digits.json"

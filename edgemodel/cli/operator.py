@@ -80,10 +80,10 @@ def add_parser(sub: Any) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     """OperatorSettings from flags over environment variables; a UserError naming the flag on bad input."""
-    from edgemodel_operator.settings import OperatorSettings
     from pydantic import ValidationError
 
     from edgemodel.errors import UserError
+    from edgemodel_operator.settings import OperatorSettings
 
     given = {k: v for k, v in vars(args).items() if k in OperatorSettings.model_fields}
     if getattr(args, "all_namespaces", False):

@@ -13,7 +13,6 @@ import pytest
 
 from edge_agent.server import AgentServer
 from edge_agent.settings import AgentSettings, LocalModel
-from edgemodel.dev.testing import kube_cluster, kube_cluster_auth  # noqa: F401  (fixtures)
 from tests.agent import onnx_models
 
 T = TypeVar("T")

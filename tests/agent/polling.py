@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.control.reconciler import Reconciler, TrackKey
 from edgemodel.api import ModelPhase
-from edgemodel.dev.polling import wait_until_async
+from edgemodel_dev.polling import wait_until_async
 
 MetricKey = tuple[str, tuple[tuple[str, str], ...]]
 

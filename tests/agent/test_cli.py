@@ -12,8 +12,8 @@ import numpy as np
 import requests
 import tritonclient.http as httpclient
 
-from edgemodel.dev.net import free_port
-from edgemodel.dev.polling import http_ok, wait_until
+from edgemodel_dev.net import free_port
+from edgemodel_dev.polling import http_ok, wait_until
 
 EDGEMODEL = [sys.executable, "-m", "edgemodel.cli"]
 

@@ -14,7 +14,7 @@ import pytest
 from edge_agent.app import Agent
 from edge_agent.settings import AgentSettings
 from edgemodel.api import API_VERSION, ModelAssignment
-from edgemodel.dev.cluster import LocalCluster
+from edgemodel_dev.cluster import LocalCluster
 from tests.agent.artifacts import ArtifactStore, Keys, make_keys
 from tests.agent.polling import eventually
 

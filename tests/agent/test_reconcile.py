@@ -16,8 +16,8 @@ from edge_agent.control.reconciler import Reconciler
 from edge_agent.server import AgentServer
 from edge_agent.settings import AgentSettings
 from edgemodel.api import ModelAssignment, ModelPhase
-from edgemodel.dev.polling import wait_until_async
 from edgemodel.signing import load_public_key
+from edgemodel_dev.polling import wait_until_async
 from tests.agent.artifacts import ArtifactStore, Keys, make_keys
 from tests.agent.polling import wait_state
 

@@ -26,14 +26,14 @@ from edge_agent.server import AgentServer
 from edge_agent.settings import AgentSettings
 from edge_agent.split import SplitModelVersion
 from edgemodel.api import API_VERSION, ModelAssignment, ModelPhase, ModelRole
-from edgemodel.dev.cluster import LocalCluster
-from edgemodel.dev.net import free_port
-from edgemodel.dev.polling import wait_until_async
 from edgemodel.signing import load_public_key
 from edgemodel.split.codec import WireFormat
 from edgemodel.split.devpki import Pki, make_pki
 from edgemodel.split.graph import split_model
 from edgemodel.split.remote import RemoteTail, TailRejected, TlsFiles
+from edgemodel_dev.cluster import LocalCluster
+from edgemodel_dev.net import free_port
+from edgemodel_dev.polling import wait_until_async
 from tests.agent.artifacts import ArtifactStore, Keys, SplitRevision, make_keys, publish_split
 from tests.agent.polling import eventually, samples, wait_state
 from tests.conftest import require_tool

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgemodel.dev.containers import Engine
-from edgemodel.dev.images import Built
-from edgemodel.dev.polling import wait_until
-from edgemodel.examples_models import DigitsExample
+from edgemodel_dev.containers import Engine
+from edgemodel_dev.images import Built
+from edgemodel_dev.polling import wait_until
+from edgemodel_dev.examples_models import DigitsExample
 from edgemodel.signing import generate_keypair
 from tests.containers.conftest import USER, in_netns, restricted_run
 

@@ -1,4 +1,4 @@
-"""The local kubelet with the podman runtime (``edgemodel dev up --container-runtime podman``): the
+"""The local kubelet with the podman runtime (``edgemodel-dev up --container-runtime podman``): the
 operator's real conversion Job spec runs as a real container of the converter image, so the user,
 fsGroup, Secret file modes, read-only root file system and volumes are those of a real node."""
 
@@ -23,12 +23,12 @@ from edgemodel_operator import jobs
 from edgemodel_operator.settings import OperatorSettings
 
 from edgemodel.api import EdgeModelSpec
-from edgemodel.demo.processes import Process, wait_http
-from edgemodel.dev.cluster import LocalCluster, find_kubectl
-from edgemodel.dev.images import Built
-from edgemodel.dev.net import free_port
-from edgemodel.dev.polling import wait_until
-from edgemodel.examples_models import DigitsExample
+from edgemodel_dev.demo.processes import Process, wait_http
+from edgemodel_dev.cluster import LocalCluster, find_kubectl
+from edgemodel_dev.images import Built
+from edgemodel_dev.net import free_port
+from edgemodel_dev.polling import wait_until
+from edgemodel_dev.examples_models import DigitsExample
 from edgemodel.signing import generate_keypair
 
 pytestmark = pytest.mark.timeout(1800)  # a cold machine builds the images first (about 10 min)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from edgemodel.examples_models import DigitsExample, write_digits_example
 from edgemodel.signing import generate_keypair
+from edgemodel_dev.examples_models import DigitsExample, write_digits_example
 
 FAST = ["--latency-runs", "5", "--latency-budget", "0.05", "--latency-rounds", "3", "--threads", "1", "--no-plot"]
 """CLI flags that keep measurements short in tests (the pipeline still times every candidate)."""

@@ -15,7 +15,7 @@ from edgemodel.api import ConversionResult
 from edgemodel.cli import main
 from edgemodel.convert.job import run_job
 from edgemodel.convert.pipeline import ConvertOptions
-from edgemodel.examples_models import DigitsExample
+from edgemodel_dev.examples_models import DigitsExample
 from tests.convert.conftest import FAST, Keys, digits_doc, write_doc, write_npz
 from tests.store.running import running_store
 

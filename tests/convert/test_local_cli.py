@@ -10,8 +10,8 @@ import pytest
 
 from edgemodel.api import ArtifactManifest, ConversionResult
 from edgemodel.cli import main
-from edgemodel.examples_models import DigitsExample
 from edgemodel.signing import SignatureError, load_public_key, sha256_file, verify
+from edgemodel_dev.examples_models import DigitsExample
 from tests.convert.conftest import FAST, Keys, digits_doc, write_doc
 
 

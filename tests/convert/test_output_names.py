@@ -9,7 +9,7 @@ import pytest
 
 from edgemodel.api import ArtifactManifest
 from edgemodel.cli import main
-from edgemodel.examples_models import DigitsExample
+from edgemodel_dev.examples_models import DigitsExample
 from tests.convert.conftest import FAST, Keys, digits_doc, write_doc, write_npz
 
 ONLY_FP32 = {"spec.optimization.mode": "explicit", "spec.optimization.int8": {"enabled": False},

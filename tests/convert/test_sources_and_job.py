@@ -13,9 +13,9 @@ import requests
 
 from edgemodel.api import ArtifactManifest, ConversionResult
 from edgemodel.cli import main
-from edgemodel.examples_models import DigitsExample
 from edgemodel.signing import load_public_key, verify
 from edgemodel.store import HttpStore, download, open_store
+from edgemodel_dev.examples_models import DigitsExample
 from tests.convert.conftest import FAST, Keys, digits_doc, write_doc
 from tests.store.running import running_store
 from tests.store.s3server import moto_s3

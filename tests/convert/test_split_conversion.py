@@ -24,10 +24,10 @@ from edgemodel.convert.pipeline import (
     success_result,
     termination_message,
 )
-from edgemodel.examples_models import DigitsExample
 from edgemodel.signing import load_private_key, load_public_key, sha256_file, verify
 from edgemodel.split.graph import find_cut_candidates
 from edgemodel.store import HttpStore, RevisionRef, download
+from edgemodel_dev.examples_models import DigitsExample
 from tests.convert.conftest import FAST, Keys, digits_doc, write_doc
 from tests.store.running import running_store
 

@@ -25,7 +25,7 @@ from edgemodel.convert.export import compare
 from edgemodel.convert.pipeline import termination_message
 from edgemodel.convert.select import choose
 from edgemodel.convert.source import sniff
-from edgemodel.examples_models import DigitsExample
+from edgemodel_dev.examples_models import DigitsExample
 
 CPU = HardwareClass.CPU
 GPU = HardwareClass.GPU

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.conftest import require_tool
 
-EDGEMODEL = str(Path(sys.executable).parent / "edgemodel")
+EDGEMODEL_DEV = str(Path(sys.executable).parent / "edgemodel-dev")
 
 
 def test_demo_runs_the_whole_loop_rolls_back_the_slow_revision_and_splits_the_model(tmp_path: Path) -> None:
@@ -17,7 +17,7 @@ def test_demo_runs_the_whole_loop_rolls_back_the_slow_revision_and_splits_the_mo
     require_tool("prometheus")
     workdir = tmp_path / "demo"
     result = subprocess.run(
-        [EDGEMODEL, "demo", "--plain", "--workdir", str(workdir), "--traffic-seconds", "5", "--epochs", "30"],
+        [EDGEMODEL_DEV, "demo", "--plain", "--workdir", str(workdir), "--traffic-seconds", "5", "--epochs", "30"],
         capture_output=True, text=True, timeout=900, check=False,
     )
     out = result.stdout + result.stderr

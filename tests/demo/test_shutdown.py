@@ -1,4 +1,4 @@
-"""`edgemodel demo` stops everything it started, even when signals keep coming during shutdown,
+"""`edgemodel-dev demo` stops everything it started, even when signals keep coming during shutdown,
 and never deletes a work folder it did not create."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgemodel.dev.polling import wait_until
+from edgemodel_dev.polling import wait_until
 from tests.conftest import require_tool
 
 EDGEMODEL = str(Path(sys.executable).parent / "edgemodel")

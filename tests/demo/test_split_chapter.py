@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
-from edgemodel.demo.split_chapter import EXAMPLE, SPLIT_MODEL, read_split_metrics, split_manifest
-from edgemodel.dev.net import free_port
 from edgemodel.split.metrics import SplitMetrics
 from edgemodel.split.remote import SplitOutcome
+from edgemodel_dev.demo.split_chapter import EXAMPLE, SPLIT_MODEL, read_split_metrics, split_manifest
+from edgemodel_dev.net import free_port
 
 
 @pytest.fixture

@@ -1,8 +1,2 @@
-"""Fixtures of the Kubernetes API emulator tests (the shared ones come from edgemodel.dev.testing)."""
-
-from edgemodel.dev.testing import (  # noqa: F401
-    kube_cluster,
-    kube_cluster_auth,
-    kubectl_path,
-    module_kube_cluster,
-)
+"""The emulator tests' fixtures (kube_cluster, module_kube_cluster, kube_cluster_auth, kubectl_path)
+come from the edgemodel-dev pytest plugin (entry point pytest11): nothing to import here."""

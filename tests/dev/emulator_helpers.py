@@ -8,7 +8,7 @@ from typing import Any
 
 import requests
 
-from edgemodel.dev.cluster import LocalCluster
+from edgemodel_dev.cluster import LocalCluster
 
 JSON = dict[str, Any]
 

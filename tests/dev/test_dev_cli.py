@@ -1,4 +1,4 @@
-"""`edgemodel dev up`: the control plane for the demo, as a real process."""
+"""`edgemodel-dev up`: the control plane for the demo, as a real process."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import sys
 import time
 from pathlib import Path
 
-from edgemodel.dev.cluster import find_kubectl
-from edgemodel.dev.polling import wait_until
+from edgemodel_dev.cluster import find_kubectl
+from edgemodel_dev.polling import wait_until
 
 
 def test_dev_up_serves_a_cluster_until_interrupted(tmp_path: Path) -> None:
     state = tmp_path / "state"
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgemodel.cli", "dev", "up", "--port", "0", "--nodes", "2", "--sites", "a,b",
+        [sys.executable, "-m", "edgemodel_dev.cli", "up", "--port", "0", "--nodes", "2", "--sites", "a,b",
          "--state-dir", str(state), "--agent-command", f"python {Path(__file__).with_name('fake_agent.py')}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -58,7 +58,7 @@ def test_dev_up_serves_a_cluster_until_interrupted(tmp_path: Path) -> None:
 
 
 def test_dev_up_rejects_bad_arguments_in_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "edgemodel.cli", "dev", "up", "--nodes", "-1", "--state-dir",
+    result = subprocess.run([sys.executable, "-m", "edgemodel_dev.cli", "up", "--nodes", "-1", "--state-dir",
                              str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr.strip() == "edgemodel dev: error: --nodes: must be 0 or more, got -1"
+    assert result.stderr.strip() == "edgemodel-dev up: error: --nodes: must be 0 or more, got -1"

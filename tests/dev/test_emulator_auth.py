@@ -9,7 +9,7 @@ from emulator_helpers import http, watch_lines
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from edgemodel.dev.cluster import LocalCluster
+from edgemodel_dev.cluster import LocalCluster
 
 AGENTS = "/apis/edgemodel.io/v1alpha1/edgeagents"
 

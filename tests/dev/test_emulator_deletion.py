@@ -11,7 +11,7 @@ from emulator_helpers import configmap, http
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from edgemodel.dev.cluster import LocalCluster
+from edgemodel_dev.cluster import LocalCluster
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgemodel.dev.cluster import LocalCluster
+from edgemodel_dev.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = """apiVersion: edgemodel.io/v1alpha1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import requests
 
-from edgemodel.dev.cluster import LocalCluster
+from edgemodel_dev.cluster import LocalCluster
 
 AGENT = [str(Path(__file__).with_name("fake_agent.py"))]
 

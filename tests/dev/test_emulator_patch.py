@@ -9,7 +9,7 @@ import pytest
 from emulator_helpers import configmap, http
 from kubernetes import client
 
-from edgemodel.dev.cluster import LocalCluster
+from edgemodel_dev.cluster import LocalCluster
 
 POD = {
     "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "labels": {"a": "1"}},

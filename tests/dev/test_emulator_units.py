@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from edgemodel.dev import cel, patching, podenv, schema, selectors
-from edgemodel.dev.builtin_schemas import PatchMeta
-from edgemodel.dev.errors import ApiError
-from edgemodel.dev.jsonpath import find
-from edgemodel.dev.tables import human_duration
+from edgemodel_dev import cel, patching, podenv, schema, selectors
+from edgemodel_dev.builtin_schemas import PatchMeta
+from edgemodel_dev.errors import ApiError
+from edgemodel_dev.jsonpath import find
+from edgemodel_dev.tables import human_duration
 
 
 def _obj(labels: dict[str, str]) -> dict:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from emulator_helpers import http
 
-from edgemodel.dev.cluster import LocalCluster
+from edgemodel_dev.cluster import LocalCluster
 
 BASE = "/apis/edgemodel.io/v1alpha1/namespaces/default/edgemodels"
 

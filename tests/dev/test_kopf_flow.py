@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kopf.testing import KopfRunner
 
-from edgemodel.dev.cluster import LocalCluster
+from edgemodel_dev.cluster import LocalCluster
 
 OPERATOR = Path(__file__).with_name("kopf_example_operator.py")
 CRD = """apiVersion: apiextensions.k8s.io/v1

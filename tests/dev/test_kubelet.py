@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from edgemodel.dev.cluster import LocalCluster
+from edgemodel_dev.cluster import LocalCluster
 
 SCRIPT = r"""
 import json, os, pathlib, sys

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from edgemodel.dev.cluster import LocalCluster
-from edgemodel.dev.fileaccess import Identity, container_identity, file_mode
-from edgemodel.dev.podenv import ContainerConfigError
+from edgemodel_dev.cluster import LocalCluster
+from edgemodel_dev.fileaccess import Identity, container_identity, file_mode
+from edgemodel_dev.podenv import ContainerConfigError
 
 READ = r"""
 import json, os, pathlib, sys

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from edgemodel.dev import net
+from edgemodel_dev import net
 
 
 def test_ports_come_from_below_the_ephemeral_range_and_are_never_repeated() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgemodel.dev.containers import Engine
-from edgemodel.dev.fileaccess import Identity
-from edgemodel.dev.podman import PodmanRuntime
+from edgemodel_dev.containers import Engine
+from edgemodel_dev.fileaccess import Identity
+from edgemodel_dev.podman import PodmanRuntime
 
 POD: dict[str, Any] = {
     "metadata": {"name": "digits-r1-convert-abcde", "namespace": "ml", "uid": "0123456789",

@@ -2,7 +2,7 @@
 (LocalCluster: API server, Job controller, kubelet running pods as local processes) with the
 chart's own CRDs and its own RBAC: the real operator and a real cluster-mode agent each run under a
 token holding exactly the rules of the chart's rendered ClusterRole. Built on the shared
-``edgemodel.demo.stack.SystemStack``; only the chart-specific parts live here."""
+``edgemodel_dev.demo.stack.SystemStack``; only the chart-specific parts live here."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from edgemodel.demo.stack import EDGEMODEL, SystemStack
-from edgemodel.dev.auth import Identity, Rule
-from edgemodel.dev.net import free_port
+from edgemodel_dev.auth import Identity, Rule
+from edgemodel_dev.demo.stack import EDGEMODEL, SystemStack
+from edgemodel_dev.net import free_port
 from tests.helm.chart import find, full, render
 
 STORE_TOKEN = "e2e-upload-token"

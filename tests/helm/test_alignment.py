@@ -133,10 +133,9 @@ def test_store_networkpolicy_admits_the_operators_conversion_pods() -> None:
 
 def test_converter_resources_reach_the_job() -> None:
     """converter.resources -> operator settings -> the Job the operator builds."""
+    from edgemodel.api import EdgeModelSpec
     from edgemodel_operator.jobs import build_conversion_job
     from edgemodel_operator.settings import OperatorSettings
-
-    from edgemodel.api import EdgeModelSpec
 
     values = {"operator": {"converter": {"resources": {"requests": {"cpu": "3", "memory": "5Gi"},
                                                          "limits": {"cpu": "4", "memory": "6Gi"}}}},

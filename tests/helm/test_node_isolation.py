@@ -104,8 +104,8 @@ SCENARIOS = [  # (operation, name, subresource, models, old models)
 @pytest.mark.parametrize(("op", "name", "sub", "models", "old_models"), SCENARIOS)
 def test_the_emulator_admits_agents_exactly_as_the_chart_policy(op: str, name: str, sub: str, models: list[Any],
                                                                 old_models: list[Any] | None) -> None:
-    """edgemodel.dev.admission (the local cluster's per-agent rules) and the chart's CEL give the same verdict."""
-    from edgemodel.dev.admission import Write, own_edgeagent
+    """edgemodel_dev.admission (the local cluster's per-agent rules) and the chart's CEL give the same verdict."""
+    from edgemodel_dev.admission import Write, own_edgeagent
 
     allowed, message = admit(op, name, sub=sub, models=models, old_models=old_models)
     obj = {"metadata": {"name": name}, "spec": {"models": models}}

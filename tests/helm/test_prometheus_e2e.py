@@ -32,8 +32,8 @@ import numpy as np
 import pytest
 import yaml
 
-from edgemodel.dev import polling
-from edgemodel.dev.net import free_port
+from edgemodel_dev import polling
+from edgemodel_dev.net import free_port
 from tests.conftest import ROOT, require_tool
 from tests.helm.cluster_stack import ClusterSide, broken_edgemodel
 

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 import yaml
-from edgemodel_operator.rbac import PERMISSIONS
 
-from edgemodel.demo.processes import Process
-from edgemodel.demo.stack import SystemStack
-from edgemodel.dev.auth import Identity, Rule
-from edgemodel.dev.net import free_port
-from edgemodel.dev.polling import http_ok
-from edgemodel.examples_models import DigitsExample, load_digits_data, write_digits_example
+from edgemodel_dev.auth import Identity, Rule
+from edgemodel_dev.demo.processes import Process
+from edgemodel_dev.demo.stack import SystemStack
+from edgemodel_dev.examples_models import DigitsExample, load_digits_data, write_digits_example
+from edgemodel_dev.net import free_port
+from edgemodel_dev.polling import http_ok
+from edgemodel_operator.rbac import PERMISSIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERING = "edgemodel"
@@ -140,7 +140,7 @@ class Stack(SystemStack):
         """``edgemodel store put`` into the artifact store, as docs/install.md tells users to publish a model."""
         import subprocess
 
-        from edgemodel.demo.stack import EDGEMODEL
+        from edgemodel_dev.demo.stack import EDGEMODEL
 
         put = subprocess.run([EDGEMODEL, "store", "put", "--url", self.store_url, "--prefix", "sources/default/digits",
                               *map(str, files)], capture_output=True, text=True, timeout=60, check=False)

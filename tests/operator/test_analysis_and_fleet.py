@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+from edgemodel.api.edgemodel import Analysis
 from edgemodel_operator.analysis import Measurements, VerdictStatus, judge, measure_from_agents, promql
 from edgemodel_operator.fleet import Fleet, woken_models
 from edgemodel_operator.scheduling import AgentView
-
-from edgemodel.api.edgemodel import Analysis
 from tests.operator.builders import NOW, agent_body, assignment, report
 
 BUDGET = Analysis(max_p95_latency_ms=20, max_error_rate=0.01, min_requests=10, window_seconds=30)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from edgemodel_operator.assignments import desired_assignment, patch_for, rebase_uri
-from edgemodel_operator.scheduling import AgentView
 
 from edgemodel.api.edgemodel import Serving
-from edgemodel.dev.errors import ApiError as EmulatorError
-from edgemodel.dev.patching import json_patch
+from edgemodel_dev.errors import ApiError as EmulatorError
+from edgemodel_dev.patching import json_patch
+from edgemodel_operator.assignments import desired_assignment, patch_for, rebase_uri
+from edgemodel_operator.scheduling import AgentView
 from tests.operator.builders import agent_body, artifacts, assignment
 
 STORE = "http://store:8080"

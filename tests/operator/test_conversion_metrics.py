@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from edgemodel_operator.jobs import job_duration_seconds
-from edgemodel_operator.metrics import OperatorMetrics
 from prometheus_client import generate_latest
 
 from edgemodel.api import CandidateSummary
+from edgemodel_operator.jobs import job_duration_seconds
+from edgemodel_operator.metrics import OperatorMetrics
 
 
 def _cand(name: str, cls: str, precision: str, p50: float, chosen: bool = False) -> CandidateSummary:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from edgemodel.demo.stack import EDGEMODEL
+from edgemodel_dev.demo.stack import EDGEMODEL
 from tests.conftest import require_tool
 from tests.operator.stack import Stack
 

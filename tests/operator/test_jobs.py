@@ -7,10 +7,10 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from edgemodel_operator import jobs
-from edgemodel_operator.settings import OperatorSettings
 
 from edgemodel.api import ConversionResult
+from edgemodel_operator import jobs
+from edgemodel_operator.settings import OperatorSettings
 from tests.operator.builders import artifacts, spec
 
 OWNER = {

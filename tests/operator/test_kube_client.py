@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from aiohttp import web
+
+from edgemodel_dev.net import free_port
 from edgemodel_operator.kube import ApiError, ApiUnavailable, KubeClient, KubeConfig, Paths, resource_of
 from edgemodel_operator.metrics import OperatorMetrics
-
-from edgemodel.dev.net import free_port
 
 
 def test_resource_names_for_metrics() -> None:

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from edgemodel.demo.stack import EM, SystemStack
-from edgemodel.dev.net import free_port
-from edgemodel.examples_models import DigitsExample, write_digits_example
+from edgemodel_dev.demo.stack import EM, SystemStack
+from edgemodel_dev.examples_models import DigitsExample, write_digits_example
+from edgemodel_dev.net import free_port
 from tests.conftest import require_tool
 
 T = TypeVar("T")

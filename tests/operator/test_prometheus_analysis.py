@@ -11,13 +11,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from edgemodel_operator.analysis import VerdictStatus, judge, measure_with_prometheus, query_scalar
 
 from edge_agent.metrics import AgentMetrics
 from edgemodel.api.edgemodel import Analysis
-from edgemodel.demo.processes import Process
-from edgemodel.dev.net import free_port
-from edgemodel.dev.polling import http_ok, log_tail, wait_until
+from edgemodel_dev.demo.processes import Process
+from edgemodel_dev.net import free_port
+from edgemodel_dev.polling import http_ok, log_tail, wait_until
+from edgemodel_operator.analysis import VerdictStatus, judge, measure_with_prometheus, query_scalar
 from tests.conftest import require_tool
 
 pytestmark = pytest.mark.slow

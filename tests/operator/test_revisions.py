@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from edgemodel_operator import revisions
-
 from edgemodel.api import EdgeModelStatus, RevisionOutcome
+from edgemodel_operator import revisions
 from tests.operator.builders import spec
 
 

@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgemodel.api import RolloutStatus
+from edgemodel.api.edgemodel import Analysis, Rollout
 from edgemodel_operator.analysis import Measurements, judge
 from edgemodel_operator.rollout import (
     RolloutInput,
@@ -17,11 +22,6 @@ from edgemodel_operator.rollout import (
     step_counts,
 )
 from edgemodel_operator.scheduling import AgentView, select
-from hypothesis import given
-from hypothesis import strategies as st
-
-from edgemodel.api import RolloutStatus
-from edgemodel.api.edgemodel import Analysis, Rollout
 from tests.operator.builders import NOW, agent_body, assignment, report, spec
 
 

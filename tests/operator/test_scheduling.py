@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 from edgemodel_operator.scheduling import AgentView, choose_artifact, select, variant_class
-
 from tests.operator.builders import NOW, agent_body, artifacts, assignment, report, spec
 
 

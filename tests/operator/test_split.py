@@ -6,6 +6,11 @@ import datetime as dt
 from typing import Any
 
 import pytest
+
+from edgemodel.api import ArtifactRef, SplitArtifacts
+from edgemodel.api.edgemodel import Serving, Split
+from edgemodel_dev.errors import ApiError as EmulatorError
+from edgemodel_dev.patching import json_patch
 from edgemodel_operator.assignments import (
     desired_assignment,
     patch_for,
@@ -18,11 +23,6 @@ from edgemodel_operator.jobs import with_measured_rtt
 from edgemodel_operator.reconciler import cloud_url, split_gate, tail_revisions
 from edgemodel_operator.revisions import build_hash
 from edgemodel_operator.scheduling import AgentView, measured_rtt_ms, select, select_cloud
-
-from edgemodel.api import ArtifactRef, SplitArtifacts
-from edgemodel.api.edgemodel import Serving, Split
-from edgemodel.dev.errors import ApiError as EmulatorError
-from edgemodel.dev.patching import json_patch
 from tests.operator.builders import NOW, SHA, agent_body, artifacts, assignment, report, spec
 
 STORE = "http://store:8080"

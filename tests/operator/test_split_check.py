@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgemodel_operator import status as status_mod
-from edgemodel_operator.scheduling import AgentView, measured_head_ms, measured_rtt_ms
-from edgemodel_operator.split_check import CutCheck, Measured, PlannedCuts, check_cut
-
 from edgemodel.api import EdgeModelStatus, get_condition
 from edgemodel.api.edgemodel import Split
 from edgemodel.split.planner import (
@@ -21,6 +17,9 @@ from edgemodel.split.planner import (
     on_link,
     pick,
 )
+from edgemodel_operator import status as status_mod
+from edgemodel_operator.scheduling import AgentView, measured_head_ms, measured_rtt_ms
+from edgemodel_operator.split_check import CutCheck, Measured, PlannedCuts, check_cut
 from tests.operator.builders import agent_body, report
 
 NOW = "2026-11-22T10:00:00Z"

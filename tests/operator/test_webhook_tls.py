@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from edgemodel.demo.stack import SystemStack
-from edgemodel.dev.net import free_port
 from edgemodel.split.devpki import Pki, make_pki
+from edgemodel_dev.demo.stack import SystemStack
+from edgemodel_dev.net import free_port
 from tests.operator.builders import spec
 
 

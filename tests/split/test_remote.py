@@ -12,7 +12,6 @@ import onnx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edgemodel.dev.net import free_port
 from edgemodel.split import codec
 from edgemodel.split.devpki import Pki, make_pki
 from edgemodel.split.graph import split_model
@@ -32,6 +31,7 @@ from edgemodel.split.remote import (
 )
 from edgemodel.split.runtime import OrtPart
 from edgemodel.split.shaping import ShapingProxy
+from edgemodel_dev.net import free_port
 from tests.split import models
 
 CUT = "block_relu"

@@ -21,8 +21,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgemodel.demo.stack import DemoStack
-from edgemodel.examples_models import DIGITS_INPUT_NAME, DigitsExample, load_digits_data, write_digits_example
+from edgemodel_dev.demo.stack import DemoStack
+from edgemodel_dev.examples_models import (
+    DIGITS_INPUT_NAME,
+    DigitsExample,
+    load_digits_data,
+    write_digits_example,
+)
 from tests.conftest import require_tool
 
 T = TypeVar("T")

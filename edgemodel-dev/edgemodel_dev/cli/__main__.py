@@ -1,0 +1,5 @@
+import sys
+
+from edgemodel_dev.cli import main
+
+sys.exit(main())

@@ -1,0 +1,46 @@
+"""``edgemodel-dev demo``: the whole loop on one machine, no cluster needed (``make demo``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "demo", help="run the whole loop locally: emulated cluster, operator, 3 edge agents, Prometheus",
+        description="Train a digits CNN, apply it as an EdgeModel with kubectl, watch it convert and roll out "
+        "by canary to 3 simulated edge nodes, send real traffic, then roll out a slow revision and watch it "
+        "roll back automatically; finally split the CNN between the edge nodes and a cloud node and take the cloud away.",
+    )
+    p.add_argument("--workdir", type=Path, default=Path(".demo"), help="where state, models and logs go (reset at start; a non-empty folder the demo did not create is refused)")
+    p.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
+    p.add_argument("--plain", action="store_true", help="plain progress lines instead of the live view (CI)")
+    p.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    p.add_argument("--traffic-seconds", type=float, default=12.0, help="how long to send traffic to revision 1")
+    p.add_argument("--epochs", type=int, default=40, help="training epochs of the digits CNN")
+    p.add_argument("--no-split", action="store_true", help="skip the split-inference chapter (and the cloud node)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from rich.console import Console
+
+    from edgemodel_dev.demo.runner import DemoOptions, run_demo
+    from edgemodel_dev.demo.shutdown import SignalGuard
+
+    logging.getLogger().setLevel(logging.WARNING)
+    # SIGTERM (CI timeouts, `kill`) unwinds like Ctrl-C; a second one never cuts the shutdown short.
+    guard = SignalGuard().install()
+    console = Console(width=130) if args.plain else Console()
+    result = run_demo(DemoOptions(
+        workdir=args.workdir.resolve(), keep=args.keep, live=not args.plain, prometheus=not args.no_prometheus,
+        traffic_seconds=args.traffic_seconds, epochs=args.epochs, split=not args.no_split,
+    ), console, guard)
+    if not result.ok:
+        console.print(f"[bold red]demo failed:[/] {result.message}")
+        return 1
+    console.print(f"[bold green]demo finished:[/] {result.message} in {result.seconds:.0f} s")
+    return 0

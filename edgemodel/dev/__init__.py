@@ -1,6 +1,0 @@
-"""A local Kubernetes control plane for tests and the demo: API server emulator, garbage
-collector, Job controller, a kubelet that runs pods as local processes, and simulated edge nodes.
-
-Entry points: :class:`edgemodel.dev.cluster.LocalCluster`, the pytest fixtures in
-:mod:`edgemodel.dev.testing` and ``edgemodel dev up``. See docs/testing.md.
-"""
