@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import edgemodel
-from edgemodel_dev.containers import CA_BUNDLE, ULIMITS, Engine
 from edgemodel.errors import UserError
+from edgemodel_dev.containers import CA_BUNDLE, ULIMITS, Engine
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from edgemodel_dev.containers import RESTRICTED, ULIMITS, Engine
-from edgemodel_dev.images import IMAGES, Built, build_images
 from edgemodel.errors import UserError
+from edgemodel_dev.containers import RESTRICTED, ULIMITS, Engine
 from edgemodel_dev.examples_models import DigitsExample, write_digits_example
+from edgemodel_dev.images import IMAGES, Built, build_images
 
 ROOT = Path(__file__).resolve().parents[2]
 USER = "10001:10001"

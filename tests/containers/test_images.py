@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgemodel.signing import generate_keypair
 from edgemodel_dev.containers import Engine
+from edgemodel_dev.examples_models import DigitsExample
 from edgemodel_dev.images import Built
 from edgemodel_dev.polling import wait_until
-from edgemodel_dev.examples_models import DigitsExample
-from edgemodel.signing import generate_keypair
 from tests.containers.conftest import USER, in_netns, restricted_run
 
 pytestmark = pytest.mark.timeout(1800)  # a cold machine builds the images first (about 10 min)

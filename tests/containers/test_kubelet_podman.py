@@ -19,17 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from edgemodel_operator import jobs
-from edgemodel_operator.settings import OperatorSettings
 
 from edgemodel.api import EdgeModelSpec
-from edgemodel_dev.demo.processes import Process, wait_http
+from edgemodel.signing import generate_keypair
 from edgemodel_dev.cluster import LocalCluster, find_kubectl
+from edgemodel_dev.demo.processes import Process, wait_http
+from edgemodel_dev.examples_models import DigitsExample
 from edgemodel_dev.images import Built
 from edgemodel_dev.net import free_port
 from edgemodel_dev.polling import wait_until
-from edgemodel_dev.examples_models import DigitsExample
-from edgemodel.signing import generate_keypair
+from edgemodel_operator import jobs
+from edgemodel_operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.timeout(1800)  # a cold machine builds the images first (about 10 min)
 NS = "ml"

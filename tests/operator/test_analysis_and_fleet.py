@@ -81,7 +81,6 @@ def test_fleet_overlays_its_own_writes_until_the_watch_catches_up() -> None:
 def test_selection_uses_the_node_labels_never_the_agents_own() -> None:
     """An agent may write its EdgeAgent's labels; the operator selects (and finds cloud agents) by Node labels."""
     from edgemodel_operator.scheduling import select, select_cloud
-
     from tests.operator.builders import spec
 
     forged = {"edge": "true", "edgemodel.io/tier": "cloud"}
