@@ -158,7 +158,7 @@ def test_dev_up_container_runtime_podman_runs_job_pods_from_their_image(
     """The CLI flag: a Job's pod runs as the image's user with fsGroup, on a read-only root file system."""
     state = tmp_path / "state"
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgemodel.cli", "dev", "up", "--port", "0", "--nodes", "0", "--no-crds",
+        [sys.executable, "-m", "edgemodel_dev.cli", "up", "--port", "0", "--nodes", "0", "--no-crds",
          "--state-dir", str(state), "--container-runtime", "podman"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -16,7 +16,7 @@ import pytest
 from edgemodel_dev.polling import wait_until
 from tests.conftest import require_tool
 
-EDGEMODEL = str(Path(sys.executable).parent / "edgemodel")
+EDGEMODEL_DEV = str(Path(sys.executable).parent / "edgemodel-dev")
 
 
 def leftovers(workdir: Path) -> str:
@@ -29,7 +29,7 @@ def test_a_non_empty_folder_the_demo_did_not_create_is_refused(tmp_path: Path) -
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("keep me")
-    demo = subprocess.Popen([EDGEMODEL, "demo", "--plain", "--no-prometheus", "--no-split", "--workdir", str(mine)],
+    demo = subprocess.Popen([EDGEMODEL_DEV, "demo", "--plain", "--no-prometheus", "--no-split", "--workdir", str(mine)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = demo.communicate(timeout=60)
@@ -51,7 +51,7 @@ def test_signals_during_shutdown_do_not_leave_processes_behind(tmp_path: Path) -
     out = tmp_path / "demo.out"
     with out.open("wb") as sink:
         demo = subprocess.Popen(
-            [EDGEMODEL, "demo", "--plain", "--no-prometheus", "--no-split", "--workdir", str(workdir), "--epochs", "1"],
+            [EDGEMODEL_DEV, "demo", "--plain", "--no-prometheus", "--no-split", "--workdir", str(workdir), "--epochs", "1"],
             stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
