@@ -83,7 +83,8 @@ def _batch_norm(gm: Any, node: Any) -> Any:
         if w is not None:
             module.weight.copy_(w)
             module.bias.copy_(b if b is not None else torch.zeros_like(w))
-        assert module.running_mean is not None and module.running_var is not None
+        assert module.running_mean is not None
+        assert module.running_var is not None
         module.running_mean.copy_(mean)
         module.running_var.copy_(var)
     return module, x
