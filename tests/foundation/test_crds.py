@@ -120,6 +120,13 @@ BASE = {"source": {"uri": "file:///m.pt", "format": "TorchScript"}, "inputs": [{
     [
         {**BASE, "optimization": {"mode": "explicit", "int8": {"method": "static"}}},
         {**BASE, "hardware": {"requireGpu": True}, "serving": {"accelerator": "cpu"}},
+        {**BASE, "optimization": {"pruning": {"enabled": True}}},
+        {**BASE, "optimization": {"qat": {"enabled": True}, "training": {"seed": 1}}},
+        {**BASE, "optimization": {"training": {"dataUri": "file:///t.npz"}, "distillation": {"enabled": True}}},
+        {**BASE, "optimization": {"training": {"dataUri": "file:///t.npz"}, "distillation": {
+            "enabled": True, "widthFactor": 0.5, "student": {"uri": "file:///s.pt", "format": "TorchScript"}}}},
+        {**BASE, "source": {"uri": "file:///m.onnx", "format": "ONNX"},
+         "optimization": {"training": {"dataUri": "file:///t.npz"}, "qat": {"enabled": True}}},
     ],
 )
 def test_cel_rules_reject_what_python_rejects(spec: dict[str, Any]) -> None:
@@ -136,6 +143,12 @@ def test_cel_rules_reject_what_python_rejects(spec: dict[str, Any]) -> None:
         {**BASE, "optimization": {"mode": "explicit", "int8": {"enabled": False}}},
         {**BASE, "optimization": {"mode": "explicit", "int8": {"calibrationDataUri": "file:///c.npz"}}},
         {**BASE, "hardware": {"requireGpu": True}, "serving": {"accelerator": "gpu"}},
+        {**BASE, "optimization": {"pruning": {"enabled": False}, "qat": {"epochs": 2}}},
+        {**BASE, "optimization": {"training": {"dataUri": "file:///t.npz"}, "pruning": {"enabled": True},
+                                  "qat": {"enabled": True}, "distillation": {"enabled": True, "widthFactor": 0.25}}},
+        {**BASE, "optimization": {"training": {"dataUri": "file:///t.npz"}, "distillation": {
+            "enabled": True, "student": {"uri": "file:///s.pt", "format": "TorchScript"}}}},
+        {**BASE, "source": {"uri": "file:///m.onnx", "format": "ONNX"}, "optimization": {"qat": {"enabled": False}}},
     ],
 )
 def test_cel_rules_accept_what_python_accepts(spec: dict[str, Any]) -> None:
