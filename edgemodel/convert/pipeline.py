@@ -58,7 +58,7 @@ from edgemodel.convert.runners import (
 )
 from edgemodel.convert.select import Choice, choose, latency_key
 from edgemodel.convert.source import LoadedSource, load_source
-from edgemodel.convert.training import TrainingOutput, train
+from edgemodel.convert.training import TrainingOutput, check_labels, train
 from edgemodel.errors import UserError
 from edgemodel.signing import sha256_file, sign
 
@@ -190,6 +190,8 @@ def _fetch_and_load(model: EdgeModel, workdir: Path, progress: Progress) -> _Inp
     progress.advance(f"loaded {spec.source.format.value} model and {len(evaluation)} samples of {evaluation.origin}")
     training = (load_npz(train_path, str(train_uri), spec.inputs, "training", opt.training.max_samples)
                 if train_path else None)
+    if training is not None:
+        check_labels(spec, training)  # fail before minutes of export and training
     student = None
     if student_src is not None and student_path is not None:
         if student_src.format == SourceFormat.ONNX:

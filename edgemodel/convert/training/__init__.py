@@ -65,6 +65,16 @@ def _tensors(data: Dataset, names: list[str]) -> tuple[list[Any], Any]:
     return inputs, labels
 
 
+def check_labels(spec: EdgeModelSpec, data: Dataset) -> None:
+    """InvalidData naming training.dataUri when pruning or QAT is on and the training data has no labels."""
+    opt = spec.optimization
+    if (opt.pruning.enabled or opt.qat.enabled) and data.labels is None:
+        needs = " and ".join(m for m, on in (("pruning", opt.pruning.enabled), ("qat", opt.qat.enabled)) if on)
+        raise ConversionError(Reason.INVALID_DATA, f"{DATA_FIELD}: {opt.training.data_uri} has no 'labels' array, "
+                              f"which {needs} fine-tuning needs; add labels (one integer class per sample) or use "
+                              "distillation only")
+
+
 def train(spec: EdgeModelSpec, source: LoadedSource, data: Dataset, student: LoadedSource | None, workdir: Path,
           threads: int, outputs: list[str], progress: Progress) -> TrainingOutput:
     """Run every enabled method; ConversionError (InvalidData, StudentMismatch, InvalidSpec) on bad input."""
@@ -72,10 +82,7 @@ def train(spec: EdgeModelSpec, source: LoadedSource, data: Dataset, student: Loa
 
     opt = spec.optimization
     t = opt.training
-    if (opt.pruning.enabled or opt.qat.enabled) and data.labels is None:
-        needs = " and ".join(m for m, on in (("pruning", opt.pruning.enabled), ("qat", opt.qat.enabled)) if on)
-        raise ConversionError(Reason.INVALID_DATA, f"{DATA_FIELD}: {t.data_uri} has no 'labels' array, which {needs} "
-                              "fine-tuning needs; add labels (one integer class per sample) or use distillation only")
+    check_labels(spec, data)
     names = [i.name for i in spec.inputs]
     inputs, labels = _tensors(data, names)
     example = tuple(x[:2] for x in inputs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from typing import Any
 
 from edgemodel.convert.errors import ConversionError, Reason, first_line
@@ -100,12 +101,14 @@ def lift(model: Any, args: tuple[Any, ...], dynamic_shapes: Any = None, field: s
     from torch import fx
 
     try:
-        if isinstance(model, torch.jit.ScriptModule):
-            from torch._export.converter import TS2EPConverter
+        with warnings.catch_warnings():  # the TorchScript converter warns about every specialised branch
+            warnings.simplefilter("ignore")
+            if isinstance(model, torch.jit.ScriptModule):
+                from torch._export.converter import TS2EPConverter
 
-            model = TS2EPConverter(model, args).convert().module()
-        program = torch.export.export(copy.deepcopy(model), args, dynamic_shapes=dynamic_shapes, strict=False)
-        gm = program.module()
+                model = TS2EPConverter(model, args).convert().module()
+            program = torch.export.export(copy.deepcopy(model), args, dynamic_shapes=dynamic_shapes, strict=False)
+            gm = program.module()
     except Exception as exc:
         raise ConversionError(Reason.INVALID_SPEC, f"{field}: the model cannot be captured for training "
                               f"({first_line(exc)}); make it torch.export-able or turn pruning, qat and "

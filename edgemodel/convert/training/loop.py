@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,17 @@ def fit(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, lr: float, bat
     optimiser = torch.optim.Adam(params if params is not None else model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, epochs))
     (train_mode or (lambda m: m.train()))(model)
+    with warnings.catch_warnings():
+        # torchao's PT2E graphs use a pytree spec torch 2.13 deprecates (FutureWarning on every forward)
+        warnings.simplefilter("ignore", FutureWarning)
+        return _epochs(model, data, loss_fn, epochs, optimiser, scheduler, generator, batch, deadline, what,
+                       progress)
+
+
+def _epochs(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, optimiser: Any, scheduler: Any,
+            generator: Any, batch: int, deadline: float, what: str, progress: Progress | None) -> Fitted:
+    import torch
+
     start = time.monotonic()
     done, last = 0, float("nan")
     for epoch in range(epochs):

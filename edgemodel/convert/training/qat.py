@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,14 +22,16 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _quiet_import() -> Iterator[None]:
-    """torchao prints that its CUDA kernels do not load on a CPU-only machine; nothing here needs them."""
+def _quiet() -> Iterator[None]:
+    """torchao prints that its CUDA kernels do not load on a CPU-only machine (nothing here needs them); export warns."""
     loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree", "torch._dynamo")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
@@ -41,22 +44,23 @@ def prepare(model: Any, example: tuple[Any, ...], dynamic_shapes: Any) -> Any:
 
     import torch
 
-    with _quiet_import():
+    with _quiet():
         from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
             X86InductorQuantizer,
             get_default_x86_inductor_quantization_config,
         )
-    captured = torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=dynamic_shapes,
-                                   strict=False).module()
-    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True))
-    return prepare_qat_pt2e(captured, quantizer)
+        captured = torch.export.export(copy.deepcopy(model).eval(), example, dynamic_shapes=dynamic_shapes,
+                                       strict=False).module()
+        quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(is_qat=True))
+        return prepare_qat_pt2e(captured, quantizer)
 
 
 def train_mode(prepared: Any) -> None:
     from torchao.quantization.pt2e import move_exported_model_to_train
 
-    move_exported_model_to_train(prepared)
+    with _quiet():
+        move_exported_model_to_train(prepared)
 
 
 def convert(prepared: Any) -> Any:
@@ -64,5 +68,6 @@ def convert(prepared: Any) -> Any:
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
-    move_exported_model_to_eval(prepared)
-    return convert_pt2e(prepared)
+    with _quiet():
+        move_exported_model_to_eval(prepared)
+        return convert_pt2e(prepared)
