@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,6 @@ def train(spec: EdgeModelSpec, source: LoadedSource, data: Dataset, student: Loa
     """Run every enabled method; ConversionError (InvalidData, StudentMismatch, InvalidSpec) on bad input."""
     import torch
 
-    opt = spec.optimization
-    t = opt.training
     check_labels(spec, data)
     names = [i.name for i in spec.inputs]
     inputs, labels = _tensors(data, names)
@@ -93,43 +92,57 @@ def train(spec: EdgeModelSpec, source: LoadedSource, data: Dataset, student: Loa
     torch.set_num_threads(threads)
     start = time.monotonic()
     try:
-        progress.stage("Capturing the model for training", 1)
-        teacher = lift(source.torch_model, example, dynamic)
-        reference = predict(source.torch_model, list(example))
-        got = predict(teacher, list(example))
-        if reference.dim() != 2 or tuple(got.shape) != tuple(reference.shape):
-            raise ConversionError(Reason.INVALID_SPEC, f"spec.optimization: pruning, qat and distillation train "
-                                  f"classifiers whose first output is [batch, classes] logits; this model's is "
-                                  f"{list(reference.shape)}")
-        if not torch.allclose(got, reference, atol=LIFT_ATOL * max(1.0, float(reference.abs().max())), rtol=1e-3):
-            raise ConversionError(Reason.INVALID_SPEC, "spec.source.uri: the model captured for training differs "
-                                  f"from the original by {float((got - reference).abs().max()):.3g}; turn pruning, "
-                                  "qat and distillation off")
-        teacher_macs, _ = count(teacher, example)
-        progress.advance(f"captured with {sum(1 for _ in teacher.modules()) - 1} layers, {teacher_macs:,} MACs")
-        methods = [m for m, on in (("pruning", opt.pruning.enabled), ("qat", opt.qat.enabled),
-                                   ("distillation", opt.distillation.enabled)) if on]
-        end = start + t.max_seconds
-        context = _Context(spec, teacher, inputs, labels, example, dynamic, student, progress)
-        made: list[Trained] = []
-        notes: list[str] = []
-        for index, method in enumerate(methods):
-            now = time.monotonic()
-            deadline = now + max(0.0, end - now) / (len(methods) - index)
-            trained, note = _METHODS[method](context, deadline)
-            module, name, precision, macs, quantize, settings, fitted = trained
-            progress.stage(f"Exporting {name}", 1)
-            path = export_module(module, spec.inputs, sample, workdir / f"{name}.onnx", opt.opset, outputs)
-            progress.advance(f"exported {path.name}")
-            settings.update({"method": method, "macs": macs, "training": fitted.describe(), "seed": t.seed})
-            made.append(Trained(name, method, precision, path, macs, quantize, settings))
-            if fitted.stopped_by_time:
-                notes.append(f"{name}: training stopped at the time bound (spec.optimization.training.maxSeconds "
-                             f"{t.max_seconds}) after {fitted.epochs} of {fitted.asked} epochs.")
-            notes += [note] if note else []
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates a pytree spec that torch-pruning's deep copies and torchao's graphs still use
+            warnings.simplefilter("ignore", FutureWarning)
+            made, notes, teacher_macs = _run(spec, source, student, workdir, outputs, progress, inputs, labels,
+                                             example, sample, dynamic, start)
     finally:
         torch.set_num_threads(saved_threads)
     return TrainingOutput(made, teacher_macs, notes, time.monotonic() - start)
+
+
+def _run(spec: EdgeModelSpec, source: LoadedSource, student: LoadedSource | None, workdir: Path,
+         outputs: list[str], progress: Progress, inputs: list[Any], labels: Any, example: tuple[Any, ...],
+         sample: dict[str, np.ndarray], dynamic: Any, start: float) -> tuple[list[Trained], list[str], int]:
+    import torch
+
+    opt, t = spec.optimization, spec.optimization.training
+    progress.stage("Capturing the model for training", 1)
+    teacher = lift(source.torch_model, example, dynamic)
+    reference = predict(source.torch_model, list(example))
+    got = predict(teacher, list(example))
+    if reference.dim() != 2 or tuple(got.shape) != tuple(reference.shape):
+        raise ConversionError(Reason.INVALID_SPEC, f"spec.optimization: pruning, qat and distillation train "
+                              f"classifiers whose first output is [batch, classes] logits; this model's is "
+                              f"{list(reference.shape)}")
+    if not torch.allclose(got, reference, atol=LIFT_ATOL * max(1.0, float(reference.abs().max())), rtol=1e-3):
+        raise ConversionError(Reason.INVALID_SPEC, "spec.source.uri: the model captured for training differs "
+                              f"from the original by {float((got - reference).abs().max()):.3g}; turn pruning, "
+                              "qat and distillation off")
+    teacher_macs, _ = count(teacher, example)
+    progress.advance(f"captured with {sum(1 for _ in teacher.modules()) - 1} layers, {teacher_macs:,} MACs")
+    methods = [m for m, on in (("pruning", opt.pruning.enabled), ("qat", opt.qat.enabled),
+                               ("distillation", opt.distillation.enabled)) if on]
+    end = start + t.max_seconds
+    context = _Context(spec, teacher, inputs, labels, example, dynamic, student, progress)
+    made: list[Trained] = []
+    notes: list[str] = []
+    for index, method in enumerate(methods):
+        now = time.monotonic()
+        deadline = now + max(0.0, end - now) / (len(methods) - index)
+        trained, note = _METHODS[method](context, deadline)
+        module, name, precision, macs, quantize, settings, fitted = trained
+        progress.stage(f"Exporting {name}", 1)
+        path = export_module(module, spec.inputs, sample, workdir / f"{name}.onnx", opt.opset, outputs)
+        progress.advance(f"exported {path.name}")
+        settings.update({"method": method, "macs": macs, "training": fitted.describe(), "seed": t.seed})
+        made.append(Trained(name, method, precision, path, macs, quantize, settings))
+        if fitted.stopped_by_time:
+            notes.append(f"{name}: training stopped at the time bound (spec.optimization.training.maxSeconds "
+                         f"{t.max_seconds}) after {fitted.epochs} of {fitted.asked} epochs.")
+        notes += [note] if note else []
+    return made, notes, teacher_macs
 
 
 Made = tuple[Any, str, Precision, int, bool, dict[str, Any], Fitted]
