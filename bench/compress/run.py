@@ -70,7 +70,7 @@ def table(m: ArtifactManifest) -> list[str]:
     for c in m.candidates:
         b1 = next((s for s in c.latency if s.batch_size == 1), None)
         verdict = "**chosen**" if c.name in chosen else ("accepted" if c.accepted else "rejected: " + c.reject_reason[:60])
-        lines.append(f"| `{c.name}` | {c.settings.get('method') or 'post-training'} | {c.size_bytes / 1e6:.3f} | "
+        lines.append(f"| `{c.name}` | {c.settings.get('compression') or 'post-training'} | {c.size_bytes / 1e6:.3f} | "
                      f"{c.settings.get('macs', 0) / 1e6:.2f} | "
                      + (f"{b1.p50_ms:.3f} / {b1.p95_ms:.3f} | {p50(base) / b1.p50_ms:.2f}x" if b1 else "- | -")
                      + f" | {c.metric:.4f} | {100 * (c.metric_drop or 0):+.2f} pp | {verdict} |")

@@ -175,7 +175,7 @@ def trained_plans(trained: list[Any], level: GraphOptimizationLevel, int8: bool,
             if int8 and t.quantize:
                 plan = _static_plan(TRAINED_STATIC, samples)
                 plan.name, plan.kind = f"{t.name.removesuffix('-fp32')}-{TRAINED_STATIC.name}", "trained_static"
-                plan.settings = {**base, **plan.settings, "method": f"{t.method}+int8"}
+                plan.settings = {**base, **plan.settings, "compression": f"{t.method}+int8"}
                 plans.append(plan)
         else:
             plans.append(CandidatePlan(t.name, HardwareClass.CPU, t.precision, "trained_qdq", base))

@@ -474,7 +474,7 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
     if trained is not None:
         for r in results:
             r.settings.pop("file", None)
-            r.settings.setdefault("method", "")
+            r.settings.setdefault("compression", "")
             r.settings.setdefault("macs", trained.teacher_macs)
     choices = choose(results, spec.optimization.targets, spec.validation.max_accuracy_drop, inputs.metric.value,
                      measured_on_target, selection_batch)
@@ -559,7 +559,7 @@ def success_result(output: ConversionOutput, uris: dict[str, str]) -> Conversion
         b1 = next((s for s in c.latency if s.batch_size == 1), c.latency[0] if c.latency else None)
         summaries.append(CandidateSummary(
             name=c.name, hardware_class=c.hardware_class, precision=c.precision, p50_ms=b1.p50_ms if b1 else None,
-            metric=c.metric, size_bytes=c.size_bytes or None, method=str(c.settings.get("method", "")),
+            metric=c.metric, size_bytes=c.size_bytes or None, method=str(c.settings.get("compression", "")),
             macs=c.settings.get("macs"), accepted=c.accepted, chosen=choice is not None,
             reason=(choice.reason if choice else c.reject_reason or "accepted")[:300]))
     parts = []

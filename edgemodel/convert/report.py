@@ -32,7 +32,7 @@ def candidate_table(manifest: ArtifactManifest, batches: list[int]) -> list[str]
         verdict = "**chosen**" if (c.hardware_class, c.name) in chosen else ("accepted" if c.accepted else
                                                                               f"rejected: {c.reject_reason}")
         macs = c.settings.get("macs")
-        extra = [c.settings.get("method") or "post-training", "-" if macs is None else f"{macs / 1e6:.3f}"]
+        extra = [c.settings.get("compression") or "post-training", "-" if macs is None else f"{macs / 1e6:.3f}"]
         row = [f"`{c.name}`", c.hardware_class.value, c.precision.value, *(extra if trained else []),
                "-" if c.metric is None else f"{c.metric:.4f}", "-" if c.metric_drop is None else f"{c.metric_drop:+.4f}",
                *[_lat(c.latency, b) for b in batches], _mb(c.size_bytes) if c.size_bytes else "-", verdict]

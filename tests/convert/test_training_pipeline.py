@@ -47,7 +47,7 @@ def test_pruning_qat_and_distillation_become_gated_candidates(digits: DigitsExam
     result = ConversionResult.model_validate(json.loads((out / "result.json").read_text()))
     manifest = json.loads((out / "manifest.json").read_text())
     by_name = {c["name"]: c for c in manifest["candidates"]}
-    methods = {name: by_name[name]["settings"].get("method") for name in by_name}
+    methods = {name: by_name[name]["settings"].get("compression") for name in by_name}
     assert methods == {"fp32-opt": "", "int8-static-qdq-u8s8-perchannel-minmax": "", "pruned-fp32": "pruning",
                        PRUNED8: "pruning+int8", QAT: "qat", "distilled-fp32": "distillation",
                        DISTILLED8: "distillation+int8"}

@@ -136,7 +136,7 @@ def _run(spec: EdgeModelSpec, source: LoadedSource, student: LoadedSource | None
         progress.stage(f"Exporting {name}", 1)
         path = export_module(module, spec.inputs, sample, workdir / f"{name}.onnx", opt.opset, outputs)
         progress.advance(f"exported {path.name}")
-        settings.update({"method": method, "macs": macs, "training": fitted.describe(), "seed": t.seed})
+        settings.update({"compression": method, "macs": macs, "training": fitted.describe(), "seed": t.seed})
         made.append(Trained(name, method, precision, path, macs, quantize, settings))
         if fitted.stopped_by_time:
             notes.append(f"{name}: training stopped at the time bound (spec.optimization.training.maxSeconds "
