@@ -32,6 +32,9 @@ from edgemodel.convert.training.prune import count, prune_channels, width_studen
 log = logging.getLogger(__name__)
 
 DATA_FIELD = "spec.optimization.training.dataUri"
+SMALL_MODEL_MACS = 20_000_000
+"""Below this many MACs per sample, training runs on one thread: more only add synchronisation (and on a shared
+machine, OpenMP threads spinning against other processes made a 0.5 M MAC student 20x slower)."""
 LIFT_ATOL = 1e-4
 
 
@@ -121,6 +124,8 @@ def _run(spec: EdgeModelSpec, source: LoadedSource, student: LoadedSource | None
                               f"from the original by {float((got - reference).abs().max()):.3g}; turn pruning, "
                               "qat and distillation off")
     teacher_macs, _ = count(teacher, example)
+    if teacher_macs < SMALL_MODEL_MACS:
+        torch.set_num_threads(1)
     progress.advance(f"captured with {sum(1 for _ in teacher.modules()) - 1} layers, {teacher_macs:,} MACs")
     methods = [m for m, on in (("pruning", opt.pruning.enabled), ("qat", opt.qat.enabled),
                                ("distillation", opt.distillation.enabled)) if on]
