@@ -127,8 +127,9 @@ def _run(spec: EdgeModelSpec, source: LoadedSource, student: LoadedSource | None
     if teacher_macs < SMALL_MODEL_MACS:
         torch.set_num_threads(1)
     progress.advance(f"captured with {sum(1 for _ in teacher.modules()) - 1} layers, {teacher_macs:,} MACs")
-    methods = [m for m, on in (("pruning", opt.pruning.enabled), ("qat", opt.qat.enabled),
-                               ("distillation", opt.distillation.enabled)) if on]
+    # Cheapest first: each method gets an equal share of the time left, so a slow one cannot starve the others.
+    methods = [m for m, on in (("distillation", opt.distillation.enabled), ("pruning", opt.pruning.enabled),
+                               ("qat", opt.qat.enabled)) if on]
     end = start + t.max_seconds
     context = _Context(spec, teacher, inputs, labels, example, dynamic, student, progress)
     made: list[Trained] = []
