@@ -185,11 +185,16 @@ def _prune(c: _Context, deadline: float) -> tuple[Made, str]:
 def _qat(c: _Context, deadline: float) -> tuple[Made, str]:
     opt, t = c.spec.optimization.qat, c.spec.optimization.training
     progress, example, teacher = c.progress, c.example, c.teacher
-    progress.stage("Training: quantisation-aware", opt.epochs)
+    progress.stage("Training: quantisation-aware", opt.epochs + 2)
+    began = time.monotonic()
     prepared = qat.prepare(teacher, example, c.dynamic)
+    progress.advance(f"prepared fake quantisation (prepare_qat_pt2e) in {time.monotonic() - began:.1f}s")
     fitted = fit(prepared, TrainSet(c.inputs, c.labels, []), cross_entropy, opt.epochs, t.learning_rate / 10,
                  t.batch_size, t.seed, deadline, "QAT model", progress, train_mode=qat.train_mode)
+    began = time.monotonic()
     converted = qat.convert(prepared)
+    progress.advance(f"converted to quantize/dequantize ops (convert_pt2e) in {time.monotonic() - began:.1f}s")
+    log.info("Converted the QAT model with convert_pt2e in %.1fs", time.monotonic() - began)
     macs, _ = count(teacher, example)
     settings = {"library": "torchao PT2E (prepare_qat_pt2e, X86InductorQuantizer)", "format": "QDQ",
                 "activationType": "uint8", "weightType": "int8", "perChannel": True, "epochs": fitted.epochs}
