@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +17,7 @@ from edgemodel.convert.errors import ConversionError  # noqa: E402
 from edgemodel.convert.export import _dynamic_shapes, export_module  # noqa: E402
 from edgemodel.convert.runners import ort_session  # noqa: E402
 from edgemodel.convert.training import distill, qat  # noqa: E402
-from edgemodel.convert.training.lift import lift, output_layers  # noqa: E402
+from edgemodel.convert.training.lift import clone, lift, output_layers  # noqa: E402
 from edgemodel.convert.training.loop import TrainSet, cross_entropy, fit, predict  # noqa: E402
 from edgemodel.convert.training.prune import count, prune_channels, width_student  # noqa: E402
 from edgemodel.examples_models import digits_cnn  # noqa: E402
@@ -62,7 +61,7 @@ def test_lift_gives_real_layers_with_the_same_outputs_at_any_batch(tiny: Any, fo
 
 
 def test_structured_pruning_removes_channels_and_onnx_runtime_runs_fewer_macs(captured: Any, tmp_path: Path) -> None:
-    lifted = copy.deepcopy(captured)
+    lifted = clone(captured)
     convs_before = [m.out_channels for m in lifted.modules() if isinstance(m, torch.nn.Conv2d)]
     pruned = prune_channels(lifted, (_x(2),), target_speedup=2.0, seed=0)
     convs_after = [m.out_channels for m in pruned.model.modules() if isinstance(m, torch.nn.Conv2d)]
@@ -150,7 +149,7 @@ def test_student_with_other_outputs_is_refused_naming_the_field() -> None:
 
 
 def test_training_stops_at_the_time_bound(captured: Any) -> None:
-    lifted = copy.deepcopy(captured)
+    lifted = clone(captured)
     x, y = _x(32), torch.zeros(32, dtype=torch.long)
     fitted = fit(lifted, TrainSet([x], y, []), cross_entropy, 50, 1e-3, 16, 0, time.monotonic() - 1, "bounded")
     assert fitted.epochs == 1
@@ -161,7 +160,7 @@ def test_training_stops_at_the_time_bound(captured: Any) -> None:
 def test_training_is_seeded(captured: Any) -> None:
     runs = []
     for _ in range(2):
-        lifted = copy.deepcopy(captured)
+        lifted = clone(captured)
         x, y = _x(32), torch.arange(32) % 10
         fit(lifted, TrainSet([x], y, []), cross_entropy, 2, 1e-2, 8, 7, time.monotonic() + 60, "seeded")
         runs.append(predict(lifted.eval(), [x]))

@@ -8,7 +8,6 @@ epoch. Training assumes a classifier: the first output is ``[batch, classes]`` l
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import warnings
@@ -25,7 +24,7 @@ from edgemodel.convert.export import _dynamic_shapes, export_module
 from edgemodel.convert.progress import Progress
 from edgemodel.convert.source import LoadedSource
 from edgemodel.convert.training import distill, qat
-from edgemodel.convert.training.lift import lift
+from edgemodel.convert.training.lift import clone, lift
 from edgemodel.convert.training.loop import Fitted, TrainSet, cross_entropy, fit, predict
 from edgemodel.convert.training.prune import count, prune_channels, width_student
 
@@ -170,7 +169,7 @@ def _prune(c: _Context, deadline: float) -> tuple[Made, str]:
     opt, t = c.spec.optimization.pruning, c.spec.optimization.training
     progress, example, teacher = c.progress, c.example, c.teacher
     progress.stage("Training: structured pruning", 1 + opt.fine_tune_epochs)
-    pruned = prune_channels(copy.deepcopy(teacher), example, opt.target_speedup, t.seed)
+    pruned = prune_channels(clone(teacher), example, opt.target_speedup, t.seed)
     progress.advance(f"pruned channels: MACs {pruned.macs_before:,} -> {pruned.macs_after:,}")
     fitted = fit(pruned.model, TrainSet(c.inputs, c.labels, []), cross_entropy, opt.fine_tune_epochs, t.learning_rate,
                  t.batch_size, t.seed, deadline, "pruned model", progress)

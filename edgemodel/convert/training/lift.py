@@ -149,6 +149,13 @@ def lift(model: Any, args: tuple[Any, ...], dynamic_shapes: Any = None, field: s
     return lifted.eval()
 
 
+def clone(module: Any) -> Any:
+    """A deep copy of a lifted module (torch 2.13 warns about the pytree spec of captured graphs; harmless)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(module)
+
+
 def output_layers(gm: Any) -> list[Any]:
     """The weighted modules whose outputs reach the model's outputs without passing another one (kept whole)."""
     modules = dict(gm.named_modules())

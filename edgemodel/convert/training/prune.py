@@ -7,7 +7,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from edgemodel.convert.training.lift import output_layers
+from edgemodel.convert.training.lift import clone, output_layers
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +46,17 @@ def prune_channels(model: Any, example: tuple[Any, ...], target_speedup: float, 
 
     torch.manual_seed(seed)
     macs0, params0 = count(model, example)
-    pruner = tp.pruner.MagnitudePruner(
-        model, example, importance=tp.importance.MagnitudeImportance(p=1), iterative_steps=STEPS,
-        pruning_ratio=MAX_RATIO, ignored_layers=output_layers(model), round_to=None,
-    )
     macs, step = macs0, 0
-    while macs0 / max(macs, 1) < target_speedup and step < STEPS:
-        pruner.step()
-        step += 1
-        macs, _ = count(model, example)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        pruner = tp.pruner.MagnitudePruner(
+            model, example, importance=tp.importance.MagnitudeImportance(p=1), iterative_steps=STEPS,
+            pruning_ratio=MAX_RATIO, ignored_layers=output_layers(model), round_to=None,
+        )
+        while macs0 / max(macs, 1) < target_speedup and step < STEPS:
+            pruner.step()
+            step += 1
+            macs, _ = count(model, example)
     macs, params = count(model, example)
     log.info("Pruned channels: MACs %s -> %s (%.2fx), parameters %s -> %s, %d step(s) of %.0f%%",
              f"{macs0:,}", f"{macs:,}", macs0 / max(macs, 1), f"{params0:,}", f"{params:,}", step,
@@ -64,16 +66,16 @@ def prune_channels(model: Any, example: tuple[Any, ...], target_speedup: float, 
 
 def width_student(teacher: Any, example: tuple[Any, ...], width_factor: float, seed: int) -> Pruned:
     """The teacher with every hidden layer's channels times ``width_factor`` (one uniform cut), freshly initialised."""
-    import copy
-
     import torch
     import torch_pruning as tp
 
     torch.manual_seed(seed)
-    student = copy.deepcopy(teacher)
+    student = clone(teacher)
     macs0, params0 = count(student, example)
-    tp.pruner.MagnitudePruner(student, example, importance=tp.importance.MagnitudeImportance(p=1),
-                              pruning_ratio=1.0 - width_factor, ignored_layers=output_layers(student)).step()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        tp.pruner.MagnitudePruner(student, example, importance=tp.importance.MagnitudeImportance(p=1),
+                                  pruning_ratio=1.0 - width_factor, ignored_layers=output_layers(student)).step()
     for module in student.modules():
         if module is not student and hasattr(module, "reset_parameters"):
             module.reset_parameters()
