@@ -67,7 +67,7 @@ def test_structured_pruning_removes_channels_and_onnx_runtime_runs_fewer_macs(ca
     convs_after = [m.out_channels for m in pruned.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(a < b for a, b in zip(convs_after, convs_before, strict=True)), (convs_before, convs_after)
     assert pruned.macs_before / pruned.macs_after >= 2.0
-    assert count(pruned.model, (_x(1),))[0] == pruned.macs_after
+    assert count(pruned.model, (_x(1),))[0] == pytest.approx(pruned.macs_after, rel=1e-3)  # per sample
     linear = next(m for m in pruned.model.modules() if isinstance(m, torch.nn.Linear))
     assert linear.out_features == 10, "output layers keep their width"
     path = export_module(pruned.model.eval(), INPUTS, {"input": _x(2).numpy()}, tmp_path / "pruned.onnx", None,
