@@ -23,7 +23,7 @@ class ConversionResult(StatusModel):
     """Converted on success; on failure a CamelCase reason (``edgemodel.convert.errors.Reason``):
     bad input (exit 2) InvalidSpec, SourceUnreadable, SourceDigestMismatch, WrongFormat, InputMismatch,
     NonFiniteOutput, MissingCalibrationData, InvalidData, ExportFailed, ExportMismatch,
-    AccuracyBudgetNotMet, NoAcceptableCandidate, InvalidSplit, SigningKeyUnreadable; retryable (exit 1)
+    AccuracyBudgetNotMet, NoAcceptableCandidate, InvalidSplit, StudentMismatch, SigningKeyUnreadable; retryable (exit 1)
     SourceUnavailable, StoreUnavailable (exit 2 when the store refuses the token), Internal."""
     message: str = ""
     """One line a person can act on."""

@@ -131,6 +131,65 @@ class Measurement(ApiModel):
     bound of the 95% confidence interval, e.g. 1.05: at least 5% faster beyond the noise."""
 
 
+class TrainingOptions(ApiModel):
+    """Data and bounds for the compression methods that train (pruning fine-tuning, QAT, distillation)."""
+
+    data_uri: str | None = Field(default=None, pattern=URI_PATTERN)
+    """An .npz with inputs (one array per input name) and a "labels" array (integer class per sample); labels
+    may be left out when only distillation trains (it then learns the teacher's soft targets alone)."""
+    max_samples: int = Field(default=50000, ge=1, le=10_000_000)
+    """How many training samples to use at most."""
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    """Samples per optimiser step."""
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
+    """Adam learning rate of fine-tuning and distillation (QAT uses a tenth of it)."""
+    max_seconds: int = Field(default=600, ge=1, le=86400)
+    """Wall-time bound for all training of one conversion, in seconds; a method stops after the epoch that
+    crosses its share and the report says so."""
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    """Seed of initialisation, shuffling and pruning, so a conversion is reproducible."""
+
+
+class PruningOptions(ApiModel):
+    """Structured (channel) pruning with fine-tuning: ONNX Runtime really runs fewer FLOPs."""
+
+    enabled: bool = False
+    """Build pruned candidates (pruned FP32, and pruned + INT8 when INT8 is on)."""
+    target_speedup: float = Field(default=2.0, ge=1.05, le=50.0)
+    """Channels are removed until the model's MACs fall by this factor, e.g. 2.0; the measured p50 speed-up
+    is checked against it after selection (a miss is reported, the best accepted candidate still chosen)."""
+    fine_tune_epochs: int = Field(default=5, ge=0, le=500)
+    """Epochs of fine-tuning on training.dataUri after pruning."""
+
+
+class QatOptions(ApiModel):
+    """Quantisation-aware training: fine-tune with fake quantisation, export as QDQ U8S8 per-channel."""
+
+    enabled: bool = False
+    """Build a QAT INT8 candidate."""
+    epochs: int = Field(default=3, ge=1, le=500)
+    """Epochs of fine-tuning with fake quantisation."""
+
+
+class DistillationOptions(ApiModel):
+    """Knowledge distillation: a smaller student learns the original model's soft targets."""
+
+    enabled: bool = False
+    """Build distilled candidates (distilled FP32, and distilled + INT8 when INT8 is on)."""
+    student: ModelSource | None = None
+    """The student model (TorchScript or TorchExport) with the teacher's inputs and outputs; its weights are
+    the starting point."""
+    width_factor: float | None = Field(default=None, gt=0.0, lt=1.0)
+    """Instead of a student source: the teacher with every hidden layer's channels times this factor (0.25 gives
+    about 1/16 of the MACs), freshly initialised."""
+    temperature: float = Field(default=4.0, gt=0.0, le=100.0)
+    """Softmax temperature of the soft targets."""
+    alpha: float = Field(default=0.7, ge=0.0, le=1.0)
+    """Weight of the soft-target loss; 1 - alpha weighs the labels (alpha is 1 without labels)."""
+    epochs: int = Field(default=30, ge=1, le=1000)
+    """Training epochs of the student."""
+
+
 class Optimization(ApiModel):
     """What the conversion Job tries; in auto mode it measures every candidate and keeps the best."""
 
@@ -149,6 +208,19 @@ class Optimization(ApiModel):
     """Hardware classes to build artifacts for, e.g. [{hardwareClass: cpu}, {hardwareClass: gpu}]."""
     measurement: Measurement = Field(default_factory=Measurement)
     """How latency is measured and how much faster a more complex candidate must be to be chosen."""
+    training: TrainingOptions = Field(default_factory=TrainingOptions)
+    """Training data and bounds for pruning, qat and distillation (run inside the conversion Job, on CPU)."""
+    pruning: PruningOptions = Field(default_factory=PruningOptions)
+    """Structured pruning with fine-tuning."""
+    qat: QatOptions = Field(default_factory=QatOptions)
+    """Quantisation-aware training."""
+    distillation: DistillationOptions = Field(default_factory=DistillationOptions)
+    """Knowledge distillation into a smaller student."""
+
+    @property
+    def trains(self) -> bool:
+        """Whether any compression method that trains is on."""
+        return self.pruning.enabled or self.qat.enabled or self.distillation.enabled
 
 
 class ValidationMetric(StrEnum):
@@ -378,6 +450,10 @@ def _max_unavailable_ok(value: int | str) -> bool:
 PERCENT = r"([1-9][0-9]?|100)%"
 _STEPS = "!has(self.rollout) || !has(self.rollout.steps) || "
 _UNIQUE_INPUTS = "self.inputs.all(a, self.inputs.exists_one(b, b.name == a.name))"
+_NO_TRAINING_CEL = "!has(self.optimization) || (" + " && ".join(
+    f"(!has(self.optimization.{m}) || !has(self.optimization.{m}.enabled) || !self.optimization.{m}.enabled)"
+    for m in ("pruning", "qat", "distillation")) + ")"
+"""CEL: none of the compression methods that train is on."""
 
 CROSS_FIELD_RULES: list[CrossFieldRule] = [
     CrossFieldRule(
@@ -483,6 +559,29 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
         "&& has(self.optimization.int8.calibrationDataUri))",
         check=lambda s: not s.split.quantize_parts or bool(s.optimization.int8.calibration_data_uri),
     ),
+    CrossFieldRule(
+        field="spec.optimization.training.dataUri",
+        message="pruning, qat and distillation train inside the conversion Job and need training data; set "
+        "training.dataUri (an .npz of inputs and labels) or turn them off",
+        cel=f"{_NO_TRAINING_CEL} || (has(self.optimization.training) && has(self.optimization.training.dataUri))",
+        check=lambda s: not s.optimization.trains or bool(s.optimization.training.data_uri),
+    ),
+    CrossFieldRule(
+        field="spec.optimization.distillation.student",
+        message="distillation needs exactly one student: a model source (student) or a widthFactor of the teacher",
+        cel="!has(self.optimization) || !has(self.optimization.distillation) "
+        "|| !has(self.optimization.distillation.enabled) || !self.optimization.distillation.enabled "
+        "|| (has(self.optimization.distillation.student) != has(self.optimization.distillation.widthFactor))",
+        check=lambda s: not s.optimization.distillation.enabled
+        or (s.optimization.distillation.student is None) != (s.optimization.distillation.width_factor is None),
+    ),
+    CrossFieldRule(
+        field="spec.source.format",
+        message="pruning, qat and distillation train the PyTorch model; they need a TorchScript or TorchExport "
+        "source, not ONNX",
+        cel=f"self.source.format != 'ONNX' || {_NO_TRAINING_CEL}",
+        check=lambda s: s.source.format != SourceFormat.ONNX or not s.optimization.trains,
+    ),
 ]
 
 
@@ -559,6 +658,10 @@ class CandidateSummary(StatusModel):
     """Validation metric (top1 accuracy, cosine or agreement)."""
     size_bytes: int | None = None
     """Size of the ONNX file."""
+    method: str = ""
+    """How it was made beyond conversion, e.g. pruning, pruning+int8, qat, distillation (empty: post-training only)."""
+    macs: int | None = None
+    """Multiply-accumulates of one sample (batch 1), counted on the PyTorch model it came from."""
     accepted: bool = False
     """Whether it met the accuracy budget and was not slower than the FP32 baseline."""
     chosen: bool = False

@@ -54,11 +54,11 @@ class StaticSettings:
         return f"int8-static-{fmt}-{act}-{channel}-{self.method.value.lower()}"
 
 
-TIERS = {"fp32": 0, "fp16": 10, "dynamic": 20, "static": 30}
+TIERS = {"fp32": 0, "fp16": 10, "dynamic": 20, "static": 30, "trained": 40, "trained_qdq": 41, "trained_static": 41}
 """Simplicity of each kind of candidate (lower is simpler): the FP32 graph as exported and optimised, FP16 (a
 cast of the weights), INT8 dynamic (weights only, no calibration data), INT8 static (activation ranges
-calibrated on data). Candidates that change the weights by training (pruned, QAT, distilled) belong at 40 and
-above. Within a tier every setting that differs from the spec's INT8 defaults adds one (see complexity)."""
+calibrated on data). Candidates that change the weights by training (pruned, distilled: 40; QAT or retrained +
+static INT8: 41) come last. Within a tier every setting that differs from the spec's INT8 defaults adds one (see complexity)."""
 
 
 def complexity(kind: str, settings: dict[str, Any]) -> int:
@@ -189,6 +189,33 @@ def plan_candidates(spec: EdgeModelSpec, calibration: Dataset | None) -> tuple[l
     return plans, extras, notes
 
 
+TRAINED_STATIC = StaticSettings(QuantFormat.QDQ, ActivationType.UINT8, True, CalibrationMethod.MIN_MAX)
+"""Static INT8 of pruned and distilled models: QDQ U8S8 per-channel MinMax, the setting that measured fastest here."""
+
+
+def trained_plans(trained: list[Any], level: GraphOptimizationLevel, int8: bool, samples: int) -> list[CandidatePlan]:
+    """Candidates of models made by training (``edgemodel.convert.training.Trained``), CPU only.
+
+    FP32 results are offline-optimised like the baseline; QAT models are QDQ already; with ``int8`` (and
+    calibration data) pruned and distilled models also get a static INT8 sibling named ``<method>-int8-...``.
+    """
+    plans: list[CandidatePlan] = []
+    for t in trained:
+        base = {**t.settings, "file": str(t.path)}
+        if t.precision == Precision.FP32:
+            plans.append(CandidatePlan(t.name, HardwareClass.CPU, Precision.FP32, "trained",
+                                       {**base, "offlineLevel": offline_level(level, HardwareClass.CPU)}))
+            if int8 and t.quantize:
+                plan = _static_plan(TRAINED_STATIC, samples)
+                plan.name, plan.kind = f"{t.name.removesuffix('-fp32')}-{TRAINED_STATIC.name}", "trained_static"
+                plan.settings = {**base, **plan.settings, "compression": f"{t.method}+int8"}
+                plan.complexity = complexity(plan.kind, plan.settings)
+                plans.append(plan)
+        else:
+            plans.append(CandidatePlan(t.name, HardwareClass.CPU, t.precision, "trained_qdq", base))
+    return plans
+
+
 class CandidateBuilder:
     """Builds candidate files in ``workdir`` from the exported model."""
 
@@ -246,6 +273,19 @@ class CandidateBuilder:
             return
         ort_session(self.exported, level, self.threads, optimized_path=out)
 
+    def _build_trained(self, plan: CandidatePlan, out: Path) -> None:
+        ort_session(Path(plan.settings["file"]), plan.settings["offlineLevel"], self.threads, optimized_path=out)
+
+    def _build_trained_qdq(self, plan: CandidatePlan, out: Path) -> None:
+        shutil.copyfile(plan.settings["file"], out)
+
+    def _build_trained_static(self, plan: CandidatePlan, out: Path) -> None:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        pre = out.with_suffix(".pre.onnx")
+        quant_pre_process(plan.settings["file"], str(pre), skip_symbolic_shape=True)
+        self._quantize_static(plan, pre, out)
+
     def _build_fp16(self, plan: CandidatePlan, out: Path) -> None:
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -262,6 +302,9 @@ class CandidateBuilder:
                          per_channel=bool(plan.settings["perChannel"]))
 
     def _build_static(self, plan: CandidatePlan, out: Path) -> None:
+        self._quantize_static(plan, self.preprocessed(), out)
+
+    def _quantize_static(self, plan: CandidatePlan, source: Path, out: Path) -> None:
         from onnxruntime.quantization import CalibrationMethod as OrtCalibration
         from onnxruntime.quantization import QuantFormat as OrtFormat
         from onnxruntime.quantization import QuantType, quantize_static
@@ -271,7 +314,7 @@ class CandidateBuilder:
         s = plan.static
         samples = int(plan.settings["calibrationSamples"])
         quantize_static(
-            str(self.preprocessed()), str(out), _Reader(self.calibration.take(samples), self.calib_batch),
+            str(source), str(out), _Reader(self.calibration.take(samples), self.calib_batch),
             quant_format=OrtFormat.QDQ if s.format == QuantFormat.QDQ else OrtFormat.QOperator,
             activation_type=QuantType.QUInt8 if s.activation == ActivationType.UINT8 else QuantType.QInt8,
             weight_type=QuantType.QInt8, per_channel=s.per_channel,

@@ -37,6 +37,8 @@ class Reason(StrEnum):
     INVALID_SPLIT = "InvalidSplit"
     """spec.split cannot be built: the cut is not a valid cut of the exported graph, or the split settings are
     inconsistent (the message lists valid cuts)."""
+    STUDENT_MISMATCH = "StudentMismatch"
+    """The distillation student's outputs are not shaped like the teacher's."""
     SIGNING_KEY_UNREADABLE = "SigningKeyUnreadable"
     """The ed25519 private key is missing or not an ed25519 PEM key."""
     SOURCE_UNAVAILABLE = "SourceUnavailable"

@@ -246,6 +246,22 @@ def _export_torch(source: LoadedSource, inputs: list[TensorSpec], sample: Batch,
                           "make the model torch.export-able or provide an ONNX file (spec.source.format: ONNX)")
 
 
+def export_module(module: Any, inputs: list[TensorSpec], sample: Batch, out: Path, opset: int | None,
+                  outputs: list[str]) -> Path:
+    """Export a module the converter trained (pruned, QAT, distilled) like the source, with the source's output names."""
+    import torch
+
+    args = tuple(torch.from_numpy(np.ascontiguousarray(sample[spec.name])) for spec in inputs)
+    with _quiet_exporter():
+        try:
+            _export_dynamo(module, args, inputs, outputs, out, opset)
+        except Exception as exc:
+            raise ConversionError(Reason.EXPORT_FAILED, f"torch.onnx could not export the trained model "
+                                  f"{out.stem} ({first_line(exc)})") from exc
+    _tidy_dims(out, inputs)
+    return out
+
+
 def compare(reference: list[np.ndarray], exported: list[np.ndarray]) -> tuple[float, bool]:
     """Largest absolute difference and whether every output is within the export tolerance."""
     worst = 0.0

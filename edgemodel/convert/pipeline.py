@@ -25,7 +25,9 @@ from edgemodel.api import (
     CandidateSummary,
     ConversionResult,
     EdgeModel,
+    EdgeModelSpec,
     HardwareClass,
+    Precision,
     SplitArtifacts,
     now_rfc3339,
 )
@@ -34,6 +36,7 @@ from edgemodel.api.edgemodel import (
     SPLIT_AUTO,
     OptimizationMode,
     QuantMethod,
+    SourceFormat,
     SplitObjective,
     ValidationMetric,
 )
@@ -54,8 +57,9 @@ from edgemodel.convert.runners import (
     run_dataset,
     torch_runner,
 )
-from edgemodel.convert.select import choose, latency_key
+from edgemodel.convert.select import Choice, choose, latency_key
 from edgemodel.convert.source import LoadedSource, load_source
+from edgemodel.convert.training import TrainingOutput, check_labels, train
 from edgemodel.errors import UserError
 from edgemodel.signing import sha256_file, sign
 
@@ -115,6 +119,8 @@ class _Inputs:
     evaluation: Dataset
     metric: ValidationMetric
     notes: list[str]
+    training: Dataset | None = None
+    student: LoadedSource | None = None
 
 
 def _fetch_and_load(model: EdgeModel, workdir: Path, progress: Progress) -> _Inputs:
@@ -128,7 +134,10 @@ def _fetch_and_load(model: EdgeModel, workdir: Path, progress: Progress) -> _Inp
         raise ConversionError(Reason.MISSING_CALIBRATION_DATA, "spec.optimization.int8.calibrationDataUri: explicit "
                               "static INT8 needs calibration data (an .npz of representative inputs); set it or use "
                               "method: dynamic")
-    progress.stage("Fetching the model and data", 1 + bool(calib_uri) + bool(spec.validation.data_uri))
+    train_uri = opt.training.data_uri if opt.trains else None
+    student_src = opt.distillation.student if opt.distillation.enabled else None
+    progress.stage("Fetching the model and data", 1 + bool(calib_uri) + bool(spec.validation.data_uri)
+                   + bool(train_uri) + bool(student_src))
     name = Path(spec.source.uri.split("?")[0]).name or "model"
     source_path, source_sha = fetch(spec.source.uri, workdir / "source" / name, "spec.source.uri",
                                     Reason.SOURCE_UNREADABLE)
@@ -145,6 +154,19 @@ def _fetch_and_load(model: EdgeModel, workdir: Path, progress: Progress) -> _Inp
         val_path, _ = fetch(spec.validation.data_uri, workdir / "data" / "validation.npz", "spec.validation.dataUri",
                             Reason.INVALID_DATA)
         progress.advance(f"fetched {spec.validation.data_uri}")
+    train_path = student_path = None
+    if train_uri:
+        train_path, _ = fetch(train_uri, workdir / "data" / "training.npz", "spec.optimization.training.dataUri",
+                              Reason.INVALID_DATA)
+        progress.advance(f"fetched {train_uri}")
+    if student_src is not None:
+        student_name = Path(student_src.uri.split("?")[0]).name or "student"
+        student_path, student_sha = fetch(student_src.uri, workdir / "student" / student_name,
+                                          "spec.optimization.distillation.student.uri", Reason.SOURCE_UNREADABLE)
+        if student_src.sha256 and student_src.sha256 != student_sha:
+            raise ConversionError(Reason.SOURCE_DIGEST_MISMATCH, f"spec.optimization.distillation.student.sha256 is "
+                                  f"{student_src.sha256} but {student_src.uri} has sha256 {student_sha}")
+        progress.advance(f"fetched {student_src.uri}")
 
     progress.stage("Loading and checking the model", 1)
     source = load_source(source_path, spec.source.uri, spec.source.format, spec.inputs)
@@ -170,7 +192,17 @@ def _fetch_and_load(model: EdgeModel, workdir: Path, progress: Progress) -> _Inp
                       Dataset(evaluation.repeat_to(fixed), None if evaluation.labels is None else
                               np.resize(evaluation.labels, fixed), evaluation.origin))
     progress.advance(f"loaded {spec.source.format.value} model and {len(evaluation)} samples of {evaluation.origin}")
-    return _Inputs(source, source_sha, calibration, evaluation, metric, notes)
+    training = (load_npz(train_path, str(train_uri), spec.inputs, "training", opt.training.max_samples)
+                if train_path else None)
+    if training is not None:
+        check_labels(spec, training)  # fail before minutes of export and training
+    student = None
+    if student_src is not None and student_path is not None:
+        if student_src.format == SourceFormat.ONNX:
+            raise ConversionError(Reason.INVALID_SPEC, "spec.optimization.distillation.student.format: the student "
+                                  "is trained, so it must be TorchScript or TorchExport, not ONNX")
+        student = load_source(student_path, student_src.uri, student_src.format, spec.inputs)
+    return _Inputs(source, source_sha, calibration, evaluation, metric, notes, training, student)
 
 
 def _reference(inputs: _Inputs, model: EdgeModel, batch: int, threads: int) -> list[np.ndarray]:
@@ -247,9 +279,21 @@ def _measure_all(built: list[cands.BuiltCandidate], evaluator: Evaluator, option
 
 
 def _build_all(model: EdgeModel, exported: Path, inputs: _Inputs, workdir: Path, threads: int,
-               progress: Progress) -> tuple[list[cands.BuiltCandidate], list[str]]:
-    plans, extras, notes = cands.plan_candidates(model.spec, inputs.calibration)
-    builder = cands.CandidateBuilder(exported, workdir / "candidates", inputs.calibration, CALIB_BATCH, threads)
+               progress: Progress, trained: TrainingOutput | None = None) -> tuple[list[cands.BuiltCandidate], list[str]]:
+    opt = model.spec.optimization
+    calibration = inputs.calibration
+    if calibration is None and inputs.training is not None and opt.int8.enabled:
+        # With training on, the training inputs calibrate static INT8 when calibrationDataUri is empty.
+        calibration = inputs.training.take(opt.int8.calibration_samples)
+    plans, extras, notes = cands.plan_candidates(model.spec, calibration)
+    if trained is not None:
+        cpu = next((t for t in opt.targets if t.hardware_class == HardwareClass.CPU), None)
+        int8 = bool(opt.int8.enabled and cpu and Precision.INT8 in cpu.precisions and calibration is not None)
+        plans += cands.trained_plans(trained.candidates, opt.graph_optimization_level, int8,
+                                     min(opt.int8.calibration_samples, len(calibration)) if calibration else 0)
+        if cpu is None:
+            notes.append("Trained candidates are built for cpu targets only; no cpu target is listed.")
+    builder = cands.CandidateBuilder(exported, workdir / "candidates", calibration, CALIB_BATCH, threads)
     (workdir / "candidates").mkdir(parents=True, exist_ok=True)
     progress.stage("Building candidates", len(plans))
     built: list[cands.BuiltCandidate] = []
@@ -368,6 +412,22 @@ def _build_split(model: EdgeModel, exported: Path, inputs: _Inputs, fixed_batch:
     return {k: v for k, v in summary.items() if v is not None}
 
 
+def _targets_missed(spec: EdgeModelSpec, choices: dict[HardwareClass, Choice]) -> list[str]:
+    """spec.optimization.pruning.targetSpeedup checked against the measured CPU choice; appended to its reason."""
+    pruning = spec.optimization.pruning
+    choice = choices.get(HardwareClass.CPU)
+    if not pruning.enabled or choice is None:
+        return []
+    speedup = choice.speedup or 1.0
+    if speedup >= pruning.target_speedup:
+        return []
+    missed = (f"target missed: spec.optimization.pruning.targetSpeedup {pruning.target_speedup:g}x; the best "
+              f"accepted candidate, {choice.candidate.name}, runs {speedup:.2f}x the FP32 baseline")
+    choice.reason = f"{missed}; {choice.reason}"  # first, so status.candidates[].reason (300 chars) keeps it
+    log.warning("Chose %s, but the %s", choice.candidate.name, missed)
+    return [missed[0].upper() + missed[1:] + " (it is still chosen)."]
+
+
 def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOptions,
             progress: Progress | None = None) -> ConversionOutput:
     """Run the whole pipeline; raise ConversionError with a reason on failure."""
@@ -395,11 +455,16 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
     if spec.split.enabled and spec.split.cut != SPLIT_AUTO:
         _check_cut(info.path, spec.split.cut)  # fail fast, before minutes of candidate builds
 
-    built, build_notes = _build_all(model, info.path, inputs, workdir, threads, progress)
+    trained = None
+    if spec.optimization.trains:
+        assert inputs.training is not None
+        trained = train(spec, inputs.source, inputs.training, inputs.student, workdir / "trained", threads,
+                        [o.name for o in info.outputs], progress)
+    built, build_notes = _build_all(model, info.path, inputs, workdir, threads, progress, trained)
 
     classes = [t.hardware_class for t in spec.optimization.targets]
     providers: dict[HardwareClass, str] = {HardwareClass.CPU: "CPUExecutionProvider"}
-    notes = inputs.notes + build_notes
+    notes = inputs.notes + build_notes + (trained.notes if trained else [])
     if HardwareClass.GPU in classes:
         gpu = gpu_provider(info.path)
         providers[HardwareClass.GPU] = gpu or "CPUExecutionProvider"
@@ -416,8 +481,14 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
     results = _measure_all(built, evaluator, options, threads, batches, providers, progress, rounds)
 
     selection_batch = big if (spec.serving.batching.enabled and not fixed_batch) else batch_sizes[0]
+    if trained is not None:
+        for r in results:
+            r.settings.pop("file", None)
+            r.settings.setdefault("compression", "")
+            r.settings.setdefault("macs", trained.teacher_macs)
     choices = choose(results, spec.optimization.targets, spec.validation.max_accuracy_drop, inputs.metric.value,
                      measured_on_target, selection_batch, spec.optimization.measurement.min_speedup)
+    notes += _targets_missed(spec, choices)
     split = (_build_split(model, info.path, inputs, fixed_batch, workdir / "split", threads, options, progress, rounds)
              if spec.split.enabled else None)
 
@@ -503,7 +574,8 @@ def success_result(output: ConversionOutput, uris: dict[str, str]) -> Conversion
         b1 = next((s for s in c.latency if s.batch_size == 1), c.latency[0] if c.latency else None)
         summaries.append(CandidateSummary(
             name=c.name, hardware_class=c.hardware_class, precision=c.precision, p50_ms=b1.p50_ms if b1 else None,
-            metric=c.metric, size_bytes=c.size_bytes or None, accepted=c.accepted, chosen=choice is not None,
+            metric=c.metric, size_bytes=c.size_bytes or None, method=str(c.settings.get("compression", "")),
+            macs=c.settings.get("macs"), accepted=c.accepted, chosen=choice is not None,
             reason=(choice.reason if choice else c.reject_reason or "accepted")[:300]))
     parts = []
     for a in m.choices:
@@ -517,6 +589,7 @@ def success_result(output: ConversionOutput, uris: dict[str, str]) -> Conversion
                      if a.metric is not None else f"{a.hardware_class.value}: {a.candidate}")
     if split is not None:
         parts.append(f"split at {split.cut} ({split.chosen_by})")
+    parts += [n.rstrip(".") for n in m.notes if n.startswith("Target missed")]
     return ConversionResult(ok=True, revision=m.revision, reason="Converted",
                             message=f"Converted revision {m.revision} ({'; '.join(parts)})",
                             manifest_uri=uris["manifest.json"], artifacts=artifacts, candidates=summaries)

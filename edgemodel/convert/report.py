@@ -24,13 +24,16 @@ def _mb(size: int) -> str:
 def candidate_table(manifest: ArtifactManifest, batches: list[int]) -> list[str]:
     chosen = {(c.hardware_class, c.candidate) for c in manifest.choices}
     metric = manifest.validation.get("metric", "metric")
-    head = ["candidate", "class", "precision", metric, "drop"] + [f"p50 / p95 ms (batch {b})" for b in batches] + \
-        ["MB", "verdict"]
+    trained = any("macs" in c.settings for c in manifest.candidates)  # compression with training was on
+    head = ["candidate", "class", "precision", *(["method", "MMACs"] if trained else []), metric, "drop"] + \
+        [f"p50 / p95 ms (batch {b})" for b in batches] + ["MB", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in manifest.candidates:
         verdict = "**chosen**" if (c.hardware_class, c.name) in chosen else ("accepted" if c.accepted else
                                                                               f"rejected: {c.reject_reason}")
-        row = [f"`{c.name}`", c.hardware_class.value, c.precision.value,
+        macs = c.settings.get("macs")
+        extra = [c.settings.get("compression") or "post-training", "-" if macs is None else f"{macs / 1e6:.3f}"]
+        row = [f"`{c.name}`", c.hardware_class.value, c.precision.value, *(extra if trained else []),
                "-" if c.metric is None else f"{c.metric:.4f}", "-" if c.metric_drop is None else f"{c.metric_drop:+.4f}",
                *[_lat(c.latency, b) for b in batches], _mb(c.size_bytes) if c.size_bytes else "-", verdict]
         lines.append("| " + " | ".join(row) + " |")

@@ -139,6 +139,13 @@ BASE = {"source": {"uri": "file:///m.pt", "format": "TorchScript"}, "inputs": [{
         {**BASE, "inputs": [{"name": "x", "shape": [-1, 0]}]},
         {**BASE, "outputs": [{"name": "logits"}, {"name": "logits"}]},
         {**BASE, "optimization": {"targets": [{"hardwareClass": "cpu"}, {"hardwareClass": "cpu"}]}},
+        {**BASE, "optimization": {"pruning": {"enabled": True}}},
+        {**BASE, "optimization": {"qat": {"enabled": True}, "training": {"seed": 1}}},
+        {**BASE, "optimization": {"training": {"dataUri": "file:///t.npz"}, "distillation": {"enabled": True}}},
+        {**BASE, "optimization": {"training": {"dataUri": "file:///t.npz"}, "distillation": {
+            "enabled": True, "widthFactor": 0.5, "student": {"uri": "file:///s.pt", "format": "TorchScript"}}}},
+        {**BASE, "source": {"uri": "file:///m.onnx", "format": "ONNX"},
+         "optimization": {"training": {"dataUri": "file:///t.npz"}, "qat": {"enabled": True}}},
     ],
 )
 def test_cel_rules_reject_what_python_rejects(spec: dict[str, Any]) -> None:
@@ -159,6 +166,12 @@ def test_cel_rules_reject_what_python_rejects(spec: dict[str, Any]) -> None:
         {**BASE, "rollout": {"steps": [34, 67, 100], "maxUnavailable": 1}},
         {**BASE, "rollout": {"steps": [100], "maxUnavailable": "100%"}},
         {**BASE, "outputs": [{"name": "logits"}, {"name": "embedding"}], "validation": {"labelsArray": "y"}},
+        {**BASE, "optimization": {"pruning": {"enabled": False}, "qat": {"epochs": 2}}},
+        {**BASE, "optimization": {"training": {"dataUri": "file:///t.npz"}, "pruning": {"enabled": True},
+                                  "qat": {"enabled": True}, "distillation": {"enabled": True, "widthFactor": 0.25}}},
+        {**BASE, "optimization": {"training": {"dataUri": "file:///t.npz"}, "distillation": {
+            "enabled": True, "student": {"uri": "file:///s.pt", "format": "TorchScript"}}}},
+        {**BASE, "source": {"uri": "file:///m.onnx", "format": "ONNX"}, "optimization": {"qat": {"enabled": False}}},
     ],
 )
 def test_cel_rules_accept_what_python_accepts(spec: dict[str, Any]) -> None:

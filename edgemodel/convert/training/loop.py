@@ -1,0 +1,114 @@
+"""One bounded, seeded CPU training loop shared by fine-tuning, QAT and distillation."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgemodel.convert.progress import Progress
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[Any, list[Any], Any], Any]
+"""(first output of the model, per-sample extras such as teacher logits, labels or None) -> loss tensor."""
+
+
+@dataclass
+class Fitted:
+    """What a training run did: epochs run of those asked, seconds, last mean loss, whether time ran out."""
+
+    epochs: int
+    asked: int
+    seconds: float
+    loss: float
+    stopped_by_time: bool
+
+    def describe(self) -> str:
+        text = f"{self.epochs} epoch(s) in {self.seconds:.1f}s, final loss {self.loss:.4f}"
+        return text + (f" (stopped at the time bound after {self.epochs} of {self.asked})" if self.stopped_by_time else "")
+
+
+@dataclass
+class TrainSet:
+    """Training tensors: inputs in spec order, optional labels, optional per-sample extras (teacher logits)."""
+
+    inputs: list[Any]
+    labels: Any | None
+    extras: list[Any]
+
+    def __len__(self) -> int:
+        return int(self.inputs[0].shape[0])
+
+
+def fit(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, lr: float, batch: int, seed: int,
+        deadline: float, what: str, progress: Progress | None = None, params: Any = None,
+        train_mode: Callable[[Any], None] | None = None) -> Fitted:
+    """Adam with a cosine schedule for ``epochs`` or until ``deadline`` (time.monotonic()), one log line per epoch."""
+    import torch
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.Adam(params if params is not None else model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, epochs))
+    (train_mode or (lambda m: m.train()))(model)
+    with warnings.catch_warnings():
+        # torchao's PT2E graphs use a pytree spec torch 2.13 deprecates (FutureWarning on every forward)
+        warnings.simplefilter("ignore", FutureWarning)
+        return _epochs(model, data, loss_fn, epochs, optimiser, scheduler, generator, batch, deadline, what,
+                       progress)
+
+
+def _epochs(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, optimiser: Any, scheduler: Any,
+            generator: Any, batch: int, deadline: float, what: str, progress: Progress | None) -> Fitted:
+    import torch
+
+    start = time.monotonic()
+    done, last = 0, float("nan")
+    for epoch in range(epochs):
+        order = torch.randperm(len(data), generator=generator)
+        losses: list[float] = []
+        for first in range(0, len(data), batch):
+            idx = order[first:first + batch]
+            out = model(*[x[idx] for x in data.inputs])
+            out = out[0] if isinstance(out, (tuple, list)) else out
+            loss = loss_fn(out, [e[idx] for e in data.extras], None if data.labels is None else data.labels[idx])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+        scheduler.step()
+        done, last = epoch + 1, float(np.mean(losses))
+        log.info("Trained %s: epoch %d/%d, loss %.4f, %.1fs", what, done, epochs, last, time.monotonic() - start)
+        if progress is not None:
+            progress.advance(f"{what}: epoch {done}/{epochs}, loss {last:.4f}")
+        if time.monotonic() > deadline and done < epochs:
+            log.warning("Stopped training %s after %d of %d epochs: spec.optimization.training.maxSeconds reached",
+                        what, done, epochs)
+            if progress is not None:
+                progress.add_steps(-(epochs - done))
+            return Fitted(done, epochs, time.monotonic() - start, last, True)
+    return Fitted(done, epochs, time.monotonic() - start, last, False)
+
+
+def cross_entropy(out: Any, extras: list[Any], labels: Any) -> Any:
+    import torch.nn.functional as F
+
+    return F.cross_entropy(out, labels)
+
+
+def predict(model: Any, inputs: list[Any], batch: int = 256) -> Any:
+    """The model's first output over all samples (eval mode, no gradients)."""
+    import torch
+
+    parts = []
+    with torch.no_grad():
+        for first in range(0, int(inputs[0].shape[0]), batch):
+            out = model(*[x[first:first + batch] for x in inputs])
+            parts.append(out[0] if isinstance(out, (tuple, list)) else out)
+    return torch.cat(parts)

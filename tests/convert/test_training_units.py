@@ -1,0 +1,167 @@
+"""Compression with training, piece by piece on a tiny CNN: capture, structured pruning, QAT export, distillation."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgemodel.api import TensorSpec  # noqa: E402
+from edgemodel.convert.errors import ConversionError  # noqa: E402
+from edgemodel.convert.export import _dynamic_shapes, export_module  # noqa: E402
+from edgemodel.convert.runners import ort_session  # noqa: E402
+from edgemodel.convert.training import distill, qat  # noqa: E402
+from edgemodel.convert.training.lift import clone, lift, output_layers  # noqa: E402
+from edgemodel.convert.training.loop import TrainSet, cross_entropy, fit, predict  # noqa: E402
+from edgemodel.convert.training.prune import count, prune_channels, width_student  # noqa: E402
+from edgemodel.examples_models import digits_cnn  # noqa: E402
+
+INPUTS = [TensorSpec(name="input", shape=[-1, 1, 8, 8])]
+DYNAMIC = _dynamic_shapes(INPUTS)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Any:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                *list(digits_cnn(width=8).children())[2:]).eval()
+    with torch.no_grad():  # batch norm with real statistics
+        model[1].running_mean.uniform_(-0.2, 0.2)
+        model[1].running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def captured(tiny: Any) -> Any:
+    """The tiny CNN lifted once (from its torch.export form, the quicker capture); tests take deep copies."""
+    return lift(torch.export.export(tiny, (_x(),)).module(), (_x(),), DYNAMIC)
+
+
+def _x(n: int = 4, seed: int = 0) -> Any:
+    return torch.from_numpy(np.random.default_rng(seed).random((n, 1, 8, 8), dtype=np.float32))
+
+
+@pytest.mark.parametrize("form", ["TorchScript", "TorchExport"])
+def test_lift_gives_real_layers_with_the_same_outputs_at_any_batch(tiny: Any, form: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = torch.jit.script(tiny) if form == "TorchScript" else torch.export.export(tiny, (_x(),)).module()
+        lifted = lift(source, (_x(),), DYNAMIC)
+    kinds = sorted(type(m).__name__ for m in lifted.children())
+    assert kinds == ["BatchNorm2d", "Conv2d", "Conv2d", "Conv2d", "Linear"]
+    x = _x(7, seed=1)  # another batch size than the capture's
+    assert torch.allclose(predict(lifted, [x]), predict(tiny, [x]), atol=1e-5)
+    assert [type(m).__name__ for m in output_layers(lifted)] == ["Linear"]
+
+
+def test_structured_pruning_removes_channels_and_onnx_runtime_runs_fewer_macs(captured: Any, tmp_path: Path) -> None:
+    lifted = clone(captured)
+    convs_before = [m.out_channels for m in lifted.modules() if isinstance(m, torch.nn.Conv2d)]
+    pruned = prune_channels(lifted, (_x(2),), target_speedup=2.0, seed=0)
+    convs_after = [m.out_channels for m in pruned.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(a < b for a, b in zip(convs_after, convs_before, strict=True)), (convs_before, convs_after)
+    assert pruned.macs_before / pruned.macs_after >= 2.0
+    assert count(pruned.model, (_x(1),))[0] == pytest.approx(pruned.macs_after, rel=1e-3)  # per sample
+    linear = next(m for m in pruned.model.modules() if isinstance(m, torch.nn.Linear))
+    assert linear.out_features == 10, "output layers keep their width"
+    path = export_module(pruned.model.eval(), INPUTS, {"input": _x(2).numpy()}, tmp_path / "pruned.onnx", None,
+                         ["logits"])
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    weights = {i.name: list(i.dims) for i in graph.initializer}
+    conv_out = [weights[n.input[1]][0] for n in graph.node if n.op_type == "Conv"]
+    assert conv_out == convs_after, "the ONNX graph has the pruned channel counts"
+    out = ort_session(path, "all", 1).run(None, {"input": _x(5).numpy()})[0]
+    assert out.shape == (5, 10)
+    np.testing.assert_allclose(out, predict(pruned.model, [_x(5)]).numpy(), atol=1e-4)
+
+
+def test_width_student_scales_every_hidden_layer_and_is_freshly_initialised(captured: Any) -> None:
+    teacher = captured
+    student = width_student(teacher, (_x(2),), 0.5, seed=0)
+    widths = [(m.out_channels, s.out_channels) for m, s in zip(
+        [m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d)],
+        [m for m in student.model.modules() if isinstance(m, torch.nn.Conv2d)], strict=True)]
+    assert all(s == t // 2 for t, s in widths), widths
+    assert 3.0 <= student.macs_before / student.macs_after <= 4.5  # about 1/w^2 (the first conv has 1 input)
+    assert not torch.allclose(predict(student.model, [_x()]), predict(teacher, [_x()]))
+
+
+def test_qat_exports_qdq_u8s8_per_channel_that_onnx_runtime_runs(captured: Any, tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto
+
+    lifted = captured
+    x, y = _x(64, seed=2), torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(0))
+    prepared = qat.prepare(lifted, (_x(2),), DYNAMIC)
+    fitted = fit(prepared, TrainSet([x], y, []), cross_entropy, 1, 1e-4, 32, 0, time.monotonic() + 60, "qat",
+                 train_mode=qat.train_mode)
+    assert fitted.epochs == 1
+    converted = qat.convert(prepared)
+    path = export_module(converted, INPUTS, {"input": _x(2).numpy()}, tmp_path / "qat.onnx", None, ["logits"])
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops
+    assert "DequantizeLinear" in ops
+    init = {i.name: i for i in model.graph.initializer}
+    conv_weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in init
+                      and init[n.input[0]].data_type == TensorProto.INT8 and len(init[n.input[0]].dims) == 4]
+    assert conv_weight_dq, "convolution weights are stored as int8"
+    assert all(list(init[n.input[1]].dims) == [init[n.input[0]].dims[0]] for n in conv_weight_dq), "per-channel scales"
+    activation_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    zero_points = [init[n.input[2]] for n in activation_q if len(n.input) > 2 and n.input[2] in init]
+    assert zero_points
+    assert all(z.data_type == TensorProto.UINT8 for z in zero_points), "U8 activations"
+    out = ort_session(path, "all", 1).run(None, {"input": x.numpy()})[0]
+    reference = predict(lifted, [x]).numpy()
+    assert (out.argmax(1) == reference.argmax(1)).mean() >= 0.8
+
+
+def test_distillation_loss_is_on_soft_targets() -> None:
+    teacher = torch.tensor([[4.0, 1.0, -2.0], [0.0, 3.0, 0.5]])
+    labels = torch.tensor([2, 0])  # deliberately unlike the teacher's top-1
+    soft_only = distill.kd_loss(temperature=4.0, alpha=1.0)
+    assert float(soft_only(teacher.clone(), [teacher], labels)) == pytest.approx(0.0, abs=1e-6)
+    student = torch.zeros_like(teacher)
+    assert float(soft_only(student, [teacher], labels)) == pytest.approx(float(soft_only(student, [teacher], None)))
+    t = 4.0
+    kl = torch.nn.functional.kl_div(torch.log_softmax(student / t, 1), torch.softmax(teacher / t, 1),
+                                    reduction="batchmean")
+    assert float(soft_only(student, [teacher], labels)) == pytest.approx(float(kl) * t * t, rel=1e-5)
+    mixed = distill.kd_loss(temperature=4.0, alpha=0.5)
+    ce = torch.nn.functional.cross_entropy(student, labels)
+    assert float(mixed(student, [teacher], labels)) == pytest.approx(0.5 * float(kl) * t * t + 0.5 * float(ce), rel=1e-5)
+
+
+def test_student_with_other_outputs_is_refused_naming_the_field() -> None:
+    with pytest.raises(ConversionError) as err:
+        distill.check_student(torch.zeros(2, 5), torch.zeros(2, 10), "spec.optimization.distillation.student")
+    assert err.value.reason.value == "StudentMismatch"
+    assert err.value.exit_code == 2
+    assert str(err.value).startswith("spec.optimization.distillation.student: the student outputs [2, 5]")
+
+
+def test_training_stops_at_the_time_bound(captured: Any) -> None:
+    lifted = clone(captured)
+    x, y = _x(32), torch.zeros(32, dtype=torch.long)
+    fitted = fit(lifted, TrainSet([x], y, []), cross_entropy, 50, 1e-3, 16, 0, time.monotonic() - 1, "bounded")
+    assert fitted.epochs == 1
+    assert fitted.stopped_by_time
+    assert "stopped at the time bound after 1 of 50" in fitted.describe()
+
+
+def test_training_is_seeded(captured: Any) -> None:
+    runs = []
+    for _ in range(2):
+        lifted = clone(captured)
+        x, y = _x(32), torch.arange(32) % 10
+        fit(lifted, TrainSet([x], y, []), cross_entropy, 2, 1e-2, 8, 7, time.monotonic() + 60, "seeded")
+        runs.append(predict(lifted.eval(), [x]))
+    assert torch.equal(runs[0], runs[1])
