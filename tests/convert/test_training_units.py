@@ -12,6 +12,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from edgemodel.examples_models import digits_cnn  # noqa: E402
+
 from edgemodel.api import TensorSpec  # noqa: E402
 from edgemodel.convert.errors import ConversionError  # noqa: E402
 from edgemodel.convert.export import _dynamic_shapes, export_module  # noqa: E402
@@ -20,7 +22,6 @@ from edgemodel.convert.training import distill, qat  # noqa: E402
 from edgemodel.convert.training.lift import clone, lift, output_layers  # noqa: E402
 from edgemodel.convert.training.loop import TrainSet, cross_entropy, fit, predict  # noqa: E402
 from edgemodel.convert.training.prune import count, prune_channels, width_student  # noqa: E402
-from edgemodel.examples_models import digits_cnn  # noqa: E402
 
 INPUTS = [TensorSpec(name="input", shape=[-1, 1, 8, 8])]
 DYNAMIC = _dynamic_shapes(INPUTS)
