@@ -627,7 +627,7 @@ class ApiServer:
         attrs = ((body or {}).get("spec") or {}).get("resourceAttributes") or {}
         resource = str(attrs.get("resource", "")) + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
         allowed = identity.allows(str(attrs.get("verb", "")), str(attrs.get("group", "")), resource,
-                                  attrs.get("name"))
+                                  attrs.get("name"), attrs.get("namespace"))
         result = dict(body or {})
         result.update({"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
                        "status": {"allowed": allowed}})

@@ -3,16 +3,21 @@
 kopf keeps the index current from its watch (and pre-populates it before any handler runs, so a
 restarted operator never plans against an empty fleet). A patch response is newer than the
 watch for a moment: ``Fleet`` overlays the spec it wrote until the watch catches up
-(``metadata.generation`` tells which is newer).
+(``metadata.generation`` tells which is newer). Liveness comes from the agents' Leases
+(``liveness.Liveness``): a view's ``heartbeat`` is the later of its Lease's renewTime and the
+``status.heartbeatTime`` of its last status write.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgemodel_operator.scheduling import AgentView
+
+if TYPE_CHECKING:
+    from edgemodel_operator.liveness import Liveness
 
 ModelKey = tuple[str, str]
 """(namespace, name) of an EdgeModel."""
@@ -24,12 +29,22 @@ class Fleet:
     def __init__(self) -> None:
         self._index: Mapping[str, Iterable[AgentView]] = {}
         self._written: dict[str, AgentView] = {}
+        self.liveness: Liveness | None = None
 
     def attach(self, index: Mapping[str, Iterable[AgentView]]) -> None:
         """Use kopf's live index (a mapping of agent name to a store of views)."""
         self._index = index
 
     def get(self, name: str) -> AgentView | None:
+        view = self._spec_view(name)
+        if view is None or self.liveness is None:
+            return view
+        renewed = self.liveness.last_seen(name)
+        if renewed is not None and (view.heartbeat is None or renewed > view.heartbeat):
+            return view.with_heartbeat(renewed)
+        return view
+
+    def _spec_view(self, name: str) -> AgentView | None:
         indexed = next(iter(self._index.get(name, ())), None)
         written = self._written.get(name)
         if written is None:

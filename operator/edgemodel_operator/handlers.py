@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping
@@ -24,11 +25,13 @@ log = logging.getLogger(__name__)
 DEBOUNCE_SECONDS = 0.2
 """Pause after a wake-up so that a burst of agent events makes one reconcile."""
 MAX_ERROR_BACKOFF = 60.0
+LIVENESS_SYNC_SECONDS = 15.0
 TRANSIENT = (ApiUnavailable, ApiError, aiohttp.ClientError, TimeoutError)
 
 
 async def reconcile_once(runtime: Runtime, namespace: str, name: str) -> None:
     """create/update/resume: reconcile now; an invalid spec fails the handler for good (after its condition)."""
+    await wait_for_liveness(runtime)
     outcome = await Reconciler(runtime).reconcile(namespace, name)
     runtime.wakeups.wake([(namespace, name)])
     if outcome.invalid:
@@ -40,6 +43,7 @@ async def reconcile_loop(runtime: Runtime, namespace: str, name: str, stopped: k
     key = (namespace, name)
     wake = runtime.wakeups.event(key)
     reconciler = Reconciler(runtime)
+    await wait_for_liveness(runtime)
     backoff = 1.0
     try:
         while not stopped:
@@ -60,6 +64,13 @@ async def reconcile_loop(runtime: Runtime, namespace: str, name: str, stopped: k
                 await asyncio.sleep(DEBOUNCE_SECONDS)
     finally:
         runtime.wakeups.forget(key)
+
+
+async def wait_for_liveness(runtime: Runtime) -> None:
+    """Wait (bounded) for the first list of Leases, so that no node looks stale just because it was not read yet."""
+    if not runtime.liveness.synced.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.liveness.synced.wait(), LIVENESS_SYNC_SECONDS)
 
 
 async def _sleep_until(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:

@@ -74,6 +74,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.startup(id="startup", registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, runtime.settings)
+        runtime.start_liveness()
         log.info("Started the edgemodel operator (namespaces: %s, Prometheus: %s)",
                  ", ".join(runtime.settings.namespaces) or "all", runtime.settings.prometheus_url or "off")
 
@@ -88,6 +89,10 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.probe(id="agents", registry=registry)
     def probe_agents(**_: Any) -> int:
         return len(runtime.fleet)
+
+    @kopf.on.probe(id="leases", registry=registry)
+    def probe_leases(**_: Any) -> dict[str, int]:
+        return {"fresh": len(runtime.liveness) - len(runtime.liveness.stale), "stale": len(runtime.liveness.stale)}
 
     @kopf.index(*EDGEAGENTS, id="edgeagents", registry=registry)
     def edgeagents(body: kopf.Body, **kwargs: Any) -> dict[str, Any]:
@@ -150,7 +155,7 @@ async def operate(settings: OperatorSettings, stop_flag: asyncio.Event | None = 
 
 
 def quiet_framework_logs() -> None:
-    """kopf logs every handler success per object (each agent heartbeat): keep those for -v only."""
+    """kopf logs every handler success per object (each agent status write): keep those for -v only."""
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

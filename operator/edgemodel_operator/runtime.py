@@ -10,6 +10,7 @@ import aiohttp
 
 from edgemodel_operator.fleet import Fleet, ModelKey
 from edgemodel_operator.kube import KubeClient
+from edgemodel_operator.liveness import Liveness
 from edgemodel_operator.metrics import OperatorMetrics
 from edgemodel_operator.settings import OperatorSettings
 
@@ -48,6 +49,20 @@ class Runtime:
     locks: dict[ModelKey, asyncio.Lock] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
     """For Prometheus and the artifact store (opened on startup)."""
+    liveness: Liveness = field(init=False)
+    """Node liveness from the agents' Leases (started on startup)."""
+    _liveness_task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.liveness = Liveness(self.settings.heartbeat_timeout_seconds, on_flip=lambda names: self.wakeups.wake(None),
+                                 metrics=self.metrics)
+        self.fleet.liveness = self.liveness
+
+    def start_liveness(self) -> None:
+        """Follow the agents' Leases in the background (idempotent)."""
+        if self._liveness_task is None or self._liveness_task.done():
+            self._liveness_task = asyncio.get_running_loop().create_task(
+                self.liveness.run(self.client, self.settings.lease_namespace), name="lease-liveness")
 
     def lock(self, key: ModelKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -58,6 +73,9 @@ class Runtime:
         return self.http
 
     async def close(self) -> None:
+        if self._liveness_task is not None:
+            self._liveness_task.cancel()
+            await asyncio.gather(self._liveness_task, return_exceptions=True)
         await self.client.close()
         if self.http is not None:
             await self.http.close()

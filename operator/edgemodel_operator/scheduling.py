@@ -68,6 +68,7 @@ class AgentView:
     memory_bytes: int = 0
     providers: tuple[str, ...] = ()
     heartbeat: dt.datetime | None = None
+    """Last sign of life: status.heartbeatTime, or the Lease's renewTime when later (see fleet.Fleet)."""
     endpoint: str = ""
     split_endpoint: str = ""
     spec_models: tuple[Mapping[str, Any], ...] = ()
@@ -157,6 +158,10 @@ class AgentView:
     def is_fresh(self, now: dt.datetime, timeout_seconds: float) -> bool:
         """Whether the agent reported within the heartbeat timeout."""
         return self.heartbeat is not None and (now - self.heartbeat).total_seconds() <= timeout_seconds
+
+    def with_heartbeat(self, when: dt.datetime) -> AgentView:
+        """A copy whose last sign of life is ``when`` (its Lease's renewTime)."""
+        return dataclasses.replace(self, heartbeat=when)
 
     def with_spec_models(self, models: Sequence[Mapping[str, Any]], generation: int) -> AgentView:
         """A copy with spec.models as the operator just wrote them."""

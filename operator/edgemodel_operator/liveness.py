@@ -1,0 +1,166 @@
+"""Node liveness from the agents' Leases: one list + watch, no kopf handler per renewal.
+
+Each agent renews ``Lease <lease namespace>/<node>`` (label ``edgemodel.io/heartbeat=true``)
+every few seconds; at 10,000 nodes that is 1,000 renewals a second, far too many to route
+through kopf. ``Liveness`` keeps one watch of those Leases (its own light loop: one JSON line
+parsed into ``(name, renewTime)`` per event, nothing else), and a sweep every ``sweep_seconds``
+turns renewals older than the stale timeout into a "stale" mark. Only a node changing between
+fresh and stale wakes the EdgeModels (``on_flip``), so renewals cost the operator almost nothing.
+Memory is one timestamp per Lease; a deleted Lease is forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+
+import orjson
+
+from edgemodel_operator.kube import ApiError, ApiUnavailable, KubeClient, Paths
+from edgemodel_operator.metrics import OperatorMetrics
+from edgemodel_operator.scheduling import parse_time
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_LABEL = "edgemodel.io/heartbeat"
+"""Label of the agents' Leases (the operator lists and watches by it)."""
+WATCH_TIMEOUT_SECONDS = 300
+
+
+def renewed_at(lease: dict[str, object]) -> tuple[str, float | None]:
+    """(node name, renewTime as epoch seconds) of an agent's Lease; None when it was never renewed."""
+    meta = lease.get("metadata") or {}
+    spec = lease.get("spec") or {}
+    name = str(meta.get("name", "")) if isinstance(meta, dict) else ""
+    when = parse_time(str(spec.get("renewTime") or spec.get("acquireTime") or "")) if isinstance(spec, dict) else None
+    return name, when.timestamp() if when is not None else None
+
+
+class Liveness:
+    """Last renewal per node, and which nodes are stale (renewal older than ``timeout_seconds``)."""
+
+    def __init__(self, timeout_seconds: float, on_flip: Callable[[set[str]], None] = lambda names: None,
+                 metrics: OperatorMetrics | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.timeout_seconds = timeout_seconds
+        self.on_flip = on_flip
+        self.metrics = metrics
+        self.clock = clock
+        self.renewed: dict[str, float] = {}
+        """Node -> renewTime of its Lease (epoch seconds)."""
+        self.stale: set[str] = set()
+        self.synced = asyncio.Event()
+        """Set once the first list was attempted (handlers wait for it, so no node looks stale at start)."""
+        self.events = 0
+
+    # -- what the reconciler asks --------------------------------------------------------------
+    def last_seen(self, name: str) -> dt.datetime | None:
+        """When the node's Lease was last renewed, or None without a Lease."""
+        when = self.renewed.get(name)
+        return None if when is None else dt.datetime.fromtimestamp(when, dt.UTC)
+
+    def __len__(self) -> int:
+        return len(self.renewed)
+
+    # -- updates -----------------------------------------------------------------------------
+    def observe(self, name: str, renew: float | None, live: bool = True) -> None:
+        """A Lease was seen (``live``: from the watch, else listed); a stale node coming back flips at once."""
+        if not name or renew is None:
+            return
+        self.renewed[name] = renew
+        self.events += 1
+        if live and self.metrics is not None:
+            self.metrics.lease_lag.observe(max(0.0, self.clock() - renew))
+        if name in self.stale and self.clock() - renew <= self.timeout_seconds:
+            self.stale.discard(name)
+            log.info("Found the Lease of EdgeAgent %s renewed again; the node counts as fresh", name)
+            self.on_flip({name})
+
+    def forget(self, name: str) -> None:
+        self.renewed.pop(name, None)
+        self.stale.discard(name)
+
+    def sweep(self) -> set[str]:
+        """Mark nodes whose renewal is older than the timeout stale; returns the newly stale ones."""
+        limit = self.clock() - self.timeout_seconds
+        newly = {name for name, renew in self.renewed.items() if renew < limit and name not in self.stale}
+        if newly:
+            self.stale |= newly
+            shown = ", ".join(sorted(newly)[:10]) + (f" and {len(newly) - 10} more" if len(newly) > 10 else "")
+            log.warning("Found %d EdgeAgent(s) whose Lease was not renewed for %.0f s: %s; marked stale, they keep "
+                        "their models and are not counted as ready until their agent renews again", len(newly),
+                        self.timeout_seconds, shown)
+            self.on_flip(newly)
+        if self.metrics is not None:
+            self.metrics.agents.labels(liveness="fresh").set(len(self.renewed) - len(self.stale))
+            self.metrics.agents.labels(liveness="stale").set(len(self.stale))
+        return newly
+
+    def replace(self, leases: list[dict[str, object]]) -> None:
+        """A full list: the new truth (Leases gone since are forgotten)."""
+        seen = set()
+        for lease in leases:
+            name, renew = renewed_at(lease)
+            seen.add(name)
+            self.observe(name, renew, live=False)
+        for name in set(self.renewed) - seen:
+            self.forget(name)
+
+    # -- the loops ---------------------------------------------------------------------------
+    async def run(self, client: KubeClient, namespace: str, sweep_seconds: float = 1.0) -> None:
+        """List + watch the Leases and sweep until cancelled; reconnects after failures."""
+        sweeper = asyncio.create_task(self._sweep_loop(sweep_seconds), name="lease-sweep")
+        try:
+            await self._watch_loop(client, namespace)
+        finally:
+            sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
+
+    async def _sweep_loop(self, seconds: float) -> None:
+        while True:  # runs until cancelled
+            await asyncio.sleep(seconds)
+            try:
+                self.sweep()
+            except Exception:  # never let a bug stop staleness marking
+                log.exception("Sweeping the agents' Leases failed unexpectedly")
+
+    async def _watch_loop(self, client: KubeClient, namespace: str) -> None:
+        failures = 0
+        selector = f"{HEARTBEAT_LABEL}=true"
+        while True:  # runs until cancelled
+            try:
+                listed = await client.list_object(Paths.leases(namespace), label_selector=selector)
+                self.replace(list(listed.get("items") or []))
+                version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
+                if not self.synced.is_set():
+                    log.info("Listed %d agent Lease(s) in namespace %s", len(self.renewed), namespace)
+                self.synced.set()
+                failures = 0
+                async for line in client.stream(Paths.leases(namespace), {"labelSelector": selector, "watch": "true",
+                                                       "resourceVersion": version, "allowWatchBookmarks": "true",
+                                                       "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS)}):
+                    if not self._event(line):
+                        break  # an ERROR (e.g. 410 Expired): list again
+            except asyncio.CancelledError:
+                raise
+            except (ApiError, ApiUnavailable, OSError, ValueError) as exc:
+                failures += 1
+                self.synced.set()
+                log.warning("Could not watch the agents' Leases in namespace %s: %s; retrying (nodes turn stale "
+                            "after %.0f s without news)", namespace, exc, self.timeout_seconds)
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
+
+    def _event(self, line: bytes) -> bool:
+        event = orjson.loads(line)
+        kind = event.get("type")
+        obj = event.get("object") or {}
+        if kind in ("ADDED", "MODIFIED"):
+            self.observe(*renewed_at(obj))
+        elif kind == "DELETED":
+            self.forget(renewed_at(obj)[0])
+        elif kind == "ERROR":
+            log.info("The watch of the agents' Leases ended: %s; listing again", obj.get("message", obj))
+            return False
+        return True
