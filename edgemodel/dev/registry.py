@@ -7,7 +7,6 @@ Used by the HTTP layer and, directly, by the built-in controllers and the kubele
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import logging
 import random
@@ -18,6 +17,7 @@ from typing import Any
 import yaml
 
 from edgemodel.dev import builtin_kinds, errors, patching, schema
+from edgemodel.dev import fastcopy as copy
 from edgemodel.dev.builtin_schemas import PatchMeta, definitions, drop_fields, unknown_fields
 from edgemodel.dev.errors import ApiError
 from edgemodel.dev.resources import Catalog, ResourceType, storage_version
@@ -80,11 +80,9 @@ def _timestamp(offset_seconds: float = 0) -> str:
 
 
 def _comparable(obj: JSON) -> JSON:
-    result = copy.deepcopy(obj)
-    meta = result.get("metadata") or {}
-    meta.pop("resourceVersion", None)
-    meta.pop("managedFields", None)
-    return result
+    """The object without resourceVersion and managedFields, for comparison only (shares its values)."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields")}
+    return {**obj, "metadata": meta}
 
 
 def _without(obj: JSON, *keys: str) -> JSON:
@@ -147,14 +145,24 @@ class Registry:
         fields: list[FieldTerm] | None = None,
     ) -> list[JSON]:
         result = []
-        for stored in self.store.items(rt.storage, self._namespace_of(rt, namespace) or None):
-            obj = self.present(rt, stored)
-            if labels and not labels_match(labels, obj):
+        for stored in self._candidates(rt, namespace, fields or []):
+            if labels and not labels_match(labels, stored):  # labels are the same stored and presented
                 continue
+            obj = self.present(rt, stored)
             if fields and not fields_match(fields, obj):
                 continue
             result.append(obj)
         return result
+
+    def _candidates(self, rt: ResourceType, namespace: str | None, fields: list[FieldTerm]) -> list[JSON]:
+        """Stored objects a list may return: one lookup for ``metadata.name=X``, else the namespace's (or all);
+        only matching objects are then copied and presented."""
+        ns = self._namespace_of(rt, namespace)
+        name = next((t.value for t in fields if t.path == "metadata.name" and not t.negate), None)
+        if name is not None and (ns or not rt.namespaced):
+            found = self.store.get(rt.storage, ns, name)
+            return [found] if found is not None else []
+        return self.store.items(rt.storage, ns or None)
 
     # helpers --------------------------------------------------------------------------------
     def _check_identity(self, rt: ResourceType, body: JSON) -> None:
