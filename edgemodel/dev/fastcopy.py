@@ -26,4 +26,4 @@ def _clone(value: Any) -> Any:
 
 def deepcopy(value: T) -> T:
     """A deep copy of a JSON-like value."""
-    return _clone(value)  # type: ignore[no-any-return]
+    return _clone(value)  # type: ignore[no-any-return,unused-ignore]

@@ -1,19 +1,24 @@
-"""The operator's view of the EdgeAgents: kopf's index plus the spec writes it has just made.
+"""The operator's view of the EdgeAgents: a list + watch of its own, plus the spec writes it has just made.
 
-kopf keeps the index current from its watch (and pre-populates it before any handler runs, so a
-restarted operator never plans against an empty fleet). A patch response is newer than the
-watch for a moment: ``Fleet`` overlays the spec it wrote until the watch catches up
-(``metadata.generation`` tells which is newer). Liveness comes from the agents' Leases
-(``liveness.Liveness``): a view's ``heartbeat`` is the later of its Lease's renewTime and the
-``status.heartbeatTime`` of its last status write.
+``Fleet.run`` follows the EdgeAgents with ``listwatch.ListWatch`` (kopf's per-object machinery and
+its index pre-population cost too much at 10,000 nodes): each event is parsed once into an
+``AgentView`` and wakes only the EdgeModels the change matters to (``woken_models``); handlers wait
+for the first list (``synced``), so a restarted operator never plans against an empty fleet. A
+patch response is newer than the watch for a moment: ``Fleet`` overlays the spec it wrote until the
+watch catches up (``metadata.generation`` tells which is newer). Liveness comes from the agents'
+Leases (``liveness.Liveness``): a view's ``heartbeat`` is the later of its Lease's renewTime and the
+``status.heartbeatTime`` of its last status write. Memory: one view per EdgeAgent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from edgemodel_operator.kube import KubeClient, Paths
+from edgemodel_operator.listwatch import ListWatch
 from edgemodel_operator.scheduling import AgentView
 
 if TYPE_CHECKING:
@@ -26,15 +31,17 @@ ModelKey = tuple[str, str]
 class Fleet:
     """Agent views by name, with the operator's own recent writes laid over them."""
 
-    def __init__(self) -> None:
-        self._index: Mapping[str, Iterable[AgentView]] = {}
+    def __init__(self, wake: Callable[[Iterable[ModelKey] | None], None] = lambda keys: None,
+                 heartbeat_timeout: float = 40.0) -> None:
+        self._views: dict[str, AgentView] = {}
         self._written: dict[str, AgentView] = {}
         self.liveness: Liveness | None = None
+        self.wake = wake
+        self.heartbeat_timeout = heartbeat_timeout
+        self.synced = asyncio.Event()
+        self.events = 0
 
-    def attach(self, index: Mapping[str, Iterable[AgentView]]) -> None:
-        """Use kopf's live index (a mapping of agent name to a store of views)."""
-        self._index = index
-
+    # -- reading -------------------------------------------------------------------------------
     def get(self, name: str) -> AgentView | None:
         view = self._spec_view(name)
         if view is None or self.liveness is None:
@@ -45,11 +52,12 @@ class Fleet:
         return view
 
     def _spec_view(self, name: str) -> AgentView | None:
-        indexed = next(iter(self._index.get(name, ())), None)
+        indexed = self._views.get(name)
         written = self._written.get(name)
         if written is None:
             return indexed
         if indexed is None:
+            self._written.pop(name, None)
             return None
         if indexed.generation >= written.generation:
             self._written.pop(name, None)
@@ -59,7 +67,7 @@ class Fleet:
     def snapshot(self) -> list[AgentView]:
         """Every known agent, newest knowledge first."""
         views = []
-        for name in list(self._index):
+        for name in list(self._views):
             view = self.get(name)
             if view is not None:
                 views.append(view)
@@ -72,7 +80,44 @@ class Fleet:
         return view
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._views)
+
+    # -- following the API ---------------------------------------------------------------------
+    def load(self, bodies: Iterable[Mapping[str, Any]]) -> None:
+        """A full list: the new truth; after the first one, every EdgeModel is woken (anything may have changed)."""
+        views = {v.name: v for v in (AgentView.from_body(b) for b in bodies)}
+        first = not self.synced.is_set()
+        self._views = views
+        for name in [n for n in self._written if n not in views]:
+            self._written.pop(name, None)
+        if not first:
+            self.wake(None)
+
+    def on_event(self, kind: str, body: dict[str, Any]) -> None:
+        """One watch event: update the view and wake the EdgeModels this change matters to."""
+        self.events += 1
+        name = str((body.get("metadata") or {}).get("name", ""))
+        previous = self._views.get(name)
+        if kind == "DELETED":
+            self._views.pop(name, None)
+            self._written.pop(name, None)
+            self.wake(None)
+            return
+        view = AgentView.from_body(body)
+        self._views[name] = view
+        self.wake(woken_models(previous, view, dt.datetime.now(dt.UTC), self.heartbeat_timeout))
+
+    async def run(self, client: KubeClient) -> None:
+        """Follow the EdgeAgents until cancelled."""
+        follow = ListWatch(client, Paths.edgeagents(), "EdgeAgents", self.load, self.on_event)
+        task = asyncio.create_task(follow.run(), name="edgeagents-listwatch")
+        try:
+            await follow.synced.wait()
+            self.synced.set()
+            await task
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def model_signature(view: AgentView) -> dict[ModelKey, tuple[tuple[str, int, str, int | None], ...]]:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -14,11 +13,9 @@ import kopf
 
 from edgemodel_operator import validation
 from edgemodel_operator.constants import LABEL_MODEL
-from edgemodel_operator.fleet import woken_models
 from edgemodel_operator.kube import ApiError, ApiUnavailable
 from edgemodel_operator.reconciler import Reconciler
 from edgemodel_operator.runtime import Runtime
-from edgemodel_operator.scheduling import AgentView
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +64,13 @@ async def reconcile_loop(runtime: Runtime, namespace: str, name: str, stopped: k
 
 
 async def wait_for_liveness(runtime: Runtime) -> None:
-    """Wait (bounded) for the first list of Leases, so that no node looks stale just because it was not read yet."""
+    """Wait for the first list of EdgeAgents (a plan never starts from an empty fleet), and (bounded) for the
+    first list of Leases, so that no node looks stale just because it was not read yet."""
+    while not runtime.fleet.synced.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.fleet.synced.wait(), LIVENESS_SYNC_SECONDS)
+        if not runtime.fleet.synced.is_set():
+            log.warning("Waiting for the first list of EdgeAgents before reconciling (see the errors above)")
     if not runtime.liveness.synced.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(runtime.liveness.synced.wait(), LIVENESS_SYNC_SECONDS)
@@ -97,17 +100,6 @@ async def unassign_on_delete(runtime: Runtime, namespace: str, name: str, status
         await reconciler.delete_artifacts(namespace, name, revisions)
     runtime.metrics.forget_model(namespace, name)
     runtime.wakeups.forget((namespace, name))
-
-
-def index_agent(runtime: Runtime, body: Mapping[str, Any], index: Mapping[str, Iterable[AgentView]]) -> dict[str, AgentView]:
-    """The EdgeAgent index entry; wakes the EdgeModels this change matters to."""
-    runtime.fleet.attach(index)
-    view = AgentView.from_body(body)
-    previous = next(iter(index.get(view.name, ())), None)
-    runtime.wakeups.wake(
-        woken_models(previous, view, dt.datetime.now(dt.UTC), runtime.settings.heartbeat_timeout_seconds)
-    )
-    return {view.name: view}
 
 
 def job_event(runtime: Runtime, namespace: str | None, labels: Mapping[str, str]) -> None:

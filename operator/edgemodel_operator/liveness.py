@@ -2,7 +2,7 @@
 
 Each agent renews ``Lease <lease namespace>/<node>`` (label ``edgemodel.io/heartbeat=true``)
 every few seconds; at 10,000 nodes that is 1,000 renewals a second, far too many to route
-through kopf. ``Liveness`` keeps one watch of those Leases (its own light loop: one JSON line
+through kopf. ``Liveness`` keeps one watch of those Leases (``listwatch.ListWatch``: one JSON line
 parsed into ``(name, renewTime)`` per event, nothing else), and a sweep every ``sweep_seconds``
 turns renewals older than the stale timeout into a "stale" mark. Only a node changing between
 fresh and stale wakes the EdgeModels (``on_flip``), so renewals cost the operator almost nothing.
@@ -17,9 +17,8 @@ import logging
 import time
 from collections.abc import Callable
 
-import orjson
-
-from edgemodel_operator.kube import ApiError, ApiUnavailable, KubeClient, Paths
+from edgemodel_operator.kube import KubeClient, Paths
+from edgemodel_operator.listwatch import ListWatch
 from edgemodel_operator.metrics import OperatorMetrics
 from edgemodel_operator.scheduling import parse_time
 
@@ -27,7 +26,6 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_LABEL = "edgemodel.io/heartbeat"
 """Label of the agents' Leases (the operator lists and watches by it)."""
-WATCH_TIMEOUT_SECONDS = 300
 
 
 def renewed_at(lease: dict[str, object]) -> tuple[str, float | None]:
@@ -109,14 +107,26 @@ class Liveness:
             self.forget(name)
 
     # -- the loops ---------------------------------------------------------------------------
+    def on_event(self, kind: str, obj: dict[str, object]) -> None:
+        """One watch event of a Lease."""
+        if kind == "DELETED":
+            self.forget(renewed_at(obj)[0])
+        else:
+            self.observe(*renewed_at(obj))
+
     async def run(self, client: KubeClient, namespace: str, sweep_seconds: float = 1.0) -> None:
         """List + watch the Leases and sweep until cancelled; reconnects after failures."""
-        sweeper = asyncio.create_task(self._sweep_loop(sweep_seconds), name="lease-sweep")
+        follow = ListWatch(client, Paths.leases(namespace), f"agent Leases in namespace {namespace}", self.replace,
+                           self.on_event, label_selector=f"{HEARTBEAT_LABEL}=true")
+        tasks = [asyncio.create_task(follow.run(), name="lease-listwatch"),
+                 asyncio.create_task(self._sweep_loop(sweep_seconds), name="lease-sweep"),
+                 asyncio.create_task(_set_when(follow.attempted, self.synced))]
         try:
-            await self._watch_loop(client, namespace)
+            await asyncio.gather(*tasks)
         finally:
-            sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _sweep_loop(self, seconds: float) -> None:
         while True:  # runs until cancelled
@@ -126,41 +136,7 @@ class Liveness:
             except Exception:  # never let a bug stop staleness marking
                 log.exception("Sweeping the agents' Leases failed unexpectedly")
 
-    async def _watch_loop(self, client: KubeClient, namespace: str) -> None:
-        failures = 0
-        selector = f"{HEARTBEAT_LABEL}=true"
-        while True:  # runs until cancelled
-            try:
-                listed = await client.list_object(Paths.leases(namespace), label_selector=selector)
-                self.replace(list(listed.get("items") or []))
-                version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
-                if not self.synced.is_set():
-                    log.info("Listed %d agent Lease(s) in namespace %s", len(self.renewed), namespace)
-                self.synced.set()
-                failures = 0
-                async for line in client.stream(Paths.leases(namespace), {"labelSelector": selector, "watch": "true",
-                                                       "resourceVersion": version, "allowWatchBookmarks": "true",
-                                                       "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS)}):
-                    if not self._event(line):
-                        break  # an ERROR (e.g. 410 Expired): list again
-            except asyncio.CancelledError:
-                raise
-            except (ApiError, ApiUnavailable, OSError, ValueError) as exc:
-                failures += 1
-                self.synced.set()
-                log.warning("Could not watch the agents' Leases in namespace %s: %s; retrying (nodes turn stale "
-                            "after %.0f s without news)", namespace, exc, self.timeout_seconds)
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(failures, 6)))
 
-    def _event(self, line: bytes) -> bool:
-        event = orjson.loads(line)
-        kind = event.get("type")
-        obj = event.get("object") or {}
-        if kind in ("ADDED", "MODIFIED"):
-            self.observe(*renewed_at(obj))
-        elif kind == "DELETED":
-            self.forget(renewed_at(obj)[0])
-        elif kind == "ERROR":
-            log.info("The watch of the agents' Leases ended: %s; listing again", obj.get("message", obj))
-            return False
-        return True
+async def _set_when(first: asyncio.Event, then: asyncio.Event) -> None:
+    await first.wait()
+    then.set()

@@ -51,18 +51,24 @@ class Runtime:
     """For Prometheus and the artifact store (opened on startup)."""
     liveness: Liveness = field(init=False)
     """Node liveness from the agents' Leases (started on startup)."""
-    _liveness_task: asyncio.Task[None] | None = None
+    _followers: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.liveness = Liveness(self.settings.heartbeat_timeout_seconds, on_flip=lambda names: self.wakeups.wake(None),
                                  metrics=self.metrics)
         self.fleet.liveness = self.liveness
+        self.fleet.wake = self.wakeups.wake
+        self.fleet.heartbeat_timeout = self.settings.heartbeat_timeout_seconds
 
-    def start_liveness(self) -> None:
-        """Follow the agents' Leases in the background (idempotent)."""
-        if self._liveness_task is None or self._liveness_task.done():
-            self._liveness_task = asyncio.get_running_loop().create_task(
-                self.liveness.run(self.client, self.settings.lease_namespace), name="lease-liveness")
+    def start_followers(self) -> None:
+        """Follow the EdgeAgents and the agents' Leases in the background (idempotent)."""
+        if any(not t.done() for t in self._followers):
+            return
+        loop = asyncio.get_running_loop()
+        self._followers = [
+            loop.create_task(self.fleet.run(self.client), name="fleet"),
+            loop.create_task(self.liveness.run(self.client, self.settings.lease_namespace), name="lease-liveness"),
+        ]
 
     def lock(self, key: ModelKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -73,9 +79,9 @@ class Runtime:
         return self.http
 
     async def close(self) -> None:
-        if self._liveness_task is not None:
-            self._liveness_task.cancel()
-            await asyncio.gather(self._liveness_task, return_exceptions=True)
+        for task in self._followers:
+            task.cancel()
+        await asyncio.gather(*self._followers, return_exceptions=True)
         await self.client.close()
         if self.http is not None:
             await self.http.close()

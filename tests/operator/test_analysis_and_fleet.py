@@ -62,16 +62,21 @@ def test_woken_models_only_on_changes_that_matter() -> None:
 
 
 def test_fleet_overlays_its_own_writes_until_the_watch_catches_up() -> None:
-    index: dict[str, list[AgentView]] = {"a": [AgentView.from_body(agent_body("a", generation=1))]}
-    fleet = Fleet()
-    fleet.attach(index)
+    woken: list[object] = []
+    fleet = Fleet(wake=woken.append)
+    fleet.load([agent_body("a", generation=1)])
+    fleet.synced.set()
+    assert woken == [], "the first list wakes nothing"
     fleet.record_write(agent_body("a", generation=2, models=[assignment(1)]))
     seen = fleet.get("a")
     assert seen is not None
     assert seen.assigned_revision("default", "digits") == 1
-    index["a"] = [AgentView.from_body(agent_body("a", generation=3, models=[assignment(2)]))]
+    fleet.on_event("MODIFIED", agent_body("a", generation=3, models=[assignment(2)]))
     seen = fleet.get("a")
     assert seen is not None
     assert seen.assigned_revision("default", "digits") == 2
-    del index["a"]
+    fleet.on_event("MODIFIED", agent_body("a", generation=3, models=[assignment(2)], reported=[report(1, requests=9)]))
+    assert woken[-1] == {("default", "digits")}, "a reported state change wakes its model"
+    fleet.on_event("DELETED", agent_body("a", generation=3))
+    assert woken[-1] is None
     assert fleet.snapshot() == []

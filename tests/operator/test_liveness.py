@@ -11,7 +11,7 @@ from edgemodel_operator.fleet import Fleet
 from edgemodel_operator.kube import KubeClient, KubeConfig
 from edgemodel_operator.liveness import Liveness, renewed_at
 from edgemodel_operator.metrics import OperatorMetrics
-from edgemodel_operator.scheduling import AgentView, select
+from edgemodel_operator.scheduling import select
 
 from edgemodel.api import EdgeModelSpec
 from edgemodel.dev.cluster import LocalCluster
@@ -39,18 +39,22 @@ def test_a_node_turns_stale_after_the_timeout_and_fresh_on_its_next_renewal() ->
     metrics = OperatorMetrics()
     live = Liveness(40.0, on_flip=lambda names: flips.append(sorted(names)), metrics=metrics, clock=clock)
     live.replace([lease("a", T0), lease("b", T0)])
-    assert flips == [] and live.sweep() == set()
+    assert flips == []
+    assert live.sweep() == set()
     clock.now = T0 + 39
     live.observe(*renewed_at(lease("a", T0 + 39)))
     clock.now = T0 + 40.5
     assert live.sweep() == {"b"}, "b renewed nothing for 40 s"
-    assert flips == [["b"]] and live.stale == {"b"}
-    assert live.sweep() == set() and flips == [["b"]], "marked once, not on every sweep"
+    assert flips == [["b"]]
+    assert live.stale == {"b"}
+    assert live.sweep() == set(), "marked once, not on every sweep"
+    assert flips == [["b"]]
     assert metrics.agents.labels(liveness="stale")._value.get() == 1
     assert metrics.agents.labels(liveness="fresh")._value.get() == 1
     clock.now = T0 + 50
     live.observe(*renewed_at(lease("b", T0 + 50)))
-    assert live.stale == set() and flips == [["b"], ["b"]], "a returning node flips back at once"
+    assert live.stale == set(), "a returning node flips back at once"
+    assert flips == [["b"], ["b"]]
     assert metrics.lease_lag._sum.get() == 0.0, "renewals seen the moment they were made"
     live.replace([lease("a", T0 + 50)])
     assert live.last_seen("b") is None, "a deleted Lease is forgotten"
@@ -66,7 +70,7 @@ def test_the_fleet_counts_the_lease_over_an_old_status_heartbeat() -> None:
                        "capabilities": {"hardwareClass": "cpu", "arch": "amd64"}}}
     clock = Clock()
     fleet, live = Fleet(), Liveness(40.0, clock=clock)
-    fleet.attach({"n1": [AgentView.from_body(body)]})
+    fleet.load([body])
     fleet.liveness = live
     spec = EdgeModelSpec.model_validate({"source": {"uri": "file:///m.pt", "format": "TorchScript"},
                                          "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 4]}]})
