@@ -59,7 +59,8 @@ async def test_the_lease_is_renewed_and_an_unchanged_status_is_not_rewritten(
     for _ in range(3):  # three renewals (heartbeat_interval_s=1), no status write in between
         renewals.append(await eventually(lambda: (t := lease(cluster)["spec"]["renewTime"]) != renewals[-1] and t,
                                          "the next renewal", timeout=5))
-    assert renewals == sorted(renewals) and len(set(renewals)) == 4
+    assert renewals == sorted(renewals)
+    assert len(set(renewals)) == 4
     assert edgeagent(cluster)["metadata"]["resourceVersion"] == version, "status rewritten without a change"
     assert started.control.status_writes == writes  # type: ignore[union-attr]
 
@@ -79,7 +80,8 @@ async def test_a_failing_renewal_leaves_a_condition_and_a_log_line(
         failed = await eventually(lambda: (c := conditions(cluster).get("LeaseRenewed")) and c["status"] == "False"
                                   and c, "LeaseRenewed=False")
         assert failed["reason"] == "RenewFailed"
-        assert "kube-system/edge-0" in failed["message"] and "403" in failed["message"]
+        assert "kube-system/edge-0" in failed["message"]
+        assert "403" in failed["message"]
         assert any("Could not renew Lease kube-system/edge-0" in r.getMessage() for r in caplog.records)
         assert lease(cluster, namespace="kube-system") == {}
     finally:
