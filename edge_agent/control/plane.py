@@ -189,7 +189,7 @@ class ControlPlane:
             if missing:
                 obj = await self.client.merge_patch(self.object_path, {"metadata": {"labels": missing}})
                 log.info("Refreshed %d label(s) of EdgeAgent %s", len(missing), self.node_name)
-        await self.write_status()
+        await self.write_status(only_if_changed=True, stored=obj.get("status") or {})
         self.registered.set()
         return obj
 
@@ -291,10 +291,13 @@ class ControlPlane:
             body["observedGeneration"] = self.observed_generation
         return body
 
-    async def write_status(self, only_if_changed: bool = False) -> bool:
-        """Write the status (``heartbeatTime`` = now); with ``only_if_changed`` skip it when nothing else changed."""
+    async def write_status(self, only_if_changed: bool = False, stored: dict[str, Any] | None = None) -> bool:
+        """Write the status (``heartbeatTime`` = now); with ``only_if_changed`` skip it when nothing else changed
+        since the last write (or, given the ``stored`` status, when the API server already has it)."""
         body = self.status_body()
         fingerprint = _fingerprint({k: v for k, v in body.items() if k != "heartbeatTime"})
+        if stored is not None:
+            self._written = _fingerprint({k: v for k, v in stored.items() if k != "heartbeatTime"})
         if only_if_changed and fingerprint == self._written:
             return False
         self._written = None  # unknown until the write succeeds
