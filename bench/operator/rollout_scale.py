@@ -442,7 +442,7 @@ async def measure_steady(session: aiohttp.ClientSession, fleet: SimFleet, emulat
         return value if value is not None and value >= nodes else None
 
     await wait_until_async("the operator seeing every Lease", fresh, TIMEOUT_SECONDS, interval=0.5)
-    log(f"the operator sees {nodes} fresh Leases; {warmup:.0f} s for its start-up (kopf indexing the EdgeAgents)")
+    log(f"the operator sees {nodes} fresh Leases; {warmup:.0f} s for its start-up")
     await asyncio.sleep(warmup)
     log(f"steady state: {nodes} nodes renewing every {HEARTBEAT_SECONDS:.0f} s; measuring {seconds:.0f} s")
     first = await scrape(session, metrics_port)
