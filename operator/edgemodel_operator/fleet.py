@@ -35,6 +35,8 @@ class Fleet:
                  heartbeat_timeout: float = 40.0) -> None:
         self._views: dict[str, AgentView] = {}
         self._written: dict[str, AgentView] = {}
+        self._lived: dict[str, tuple[AgentView, float, AgentView]] = {}
+        """name -> (view, Lease renewTime, the view with that heartbeat)."""
         self.liveness: Liveness | None = None
         self.wake = wake
         self.heartbeat_timeout = heartbeat_timeout
@@ -46,10 +48,16 @@ class Fleet:
         view = self._spec_view(name)
         if view is None or self.liveness is None:
             return view
-        renewed = self.liveness.last_seen(name)
-        if renewed is not None and (view.heartbeat is None or renewed > view.heartbeat):
-            return view.with_heartbeat(renewed)
-        return view
+        renewed = self.liveness.renewed.get(name)
+        if renewed is None:
+            return view
+        cached = self._lived.get(name)
+        if cached is not None and cached[0] is view and cached[1] == renewed:
+            return cached[2]  # a reconcile reads 10,000 views: copy one only when its view or Lease changed
+        when = dt.datetime.fromtimestamp(renewed, dt.UTC)
+        lived = view.with_heartbeat(when) if view.heartbeat is None or when > view.heartbeat else view
+        self._lived[name] = (view, renewed, lived)
+        return lived
 
     def _spec_view(self, name: str) -> AgentView | None:
         indexed = self._views.get(name)
@@ -88,6 +96,7 @@ class Fleet:
         views = {v.name: v for v in (AgentView.from_body(b) for b in bodies)}
         first = not self.synced.is_set()
         self._views = views
+        self._lived.clear()
         for name in [n for n in self._written if n not in views]:
             self._written.pop(name, None)
         if not first:
@@ -101,6 +110,7 @@ class Fleet:
         if kind == "DELETED":
             self._views.pop(name, None)
             self._written.pop(name, None)
+            self._lived.pop(name, None)
             self.wake(None)
             return
         view = AgentView.from_body(body)
