@@ -26,8 +26,10 @@ import base64
 import contextlib
 import datetime as dt
 import json
+import multiprocessing
 import os
 import platform
+import queue
 import shutil
 import ssl
 import subprocess
@@ -55,6 +57,8 @@ EM_PATH = "/apis/edgemodel.io/v1alpha1/namespaces/default/edgemodels"
 HEARTBEAT_SECONDS = 10.0
 LOAD_DELAY_SECONDS = 0.2
 TIMEOUT_SECONDS = 600.0
+RENEWERS = 2
+"""Processes that renew the simulated nodes' Leases."""
 
 
 def log(message: str) -> None:
@@ -217,34 +221,35 @@ class SimFleet:
         self.tasks = [asyncio.create_task(self.renewals()), asyncio.create_task(self.watch())]
 
     async def renewals(self) -> None:
-        """Every node renews its Lease once per HEARTBEAT_SECONDS, spread evenly (10 slots a second)."""
+        """Every node renews its Lease once per HEARTBEAT_SECONDS from RENEWERS processes of their own (one
+        Python process could not send 1,000 PUTs a second beside the proxy and the fleet on a loaded machine)."""
+        ctx = multiprocessing.get_context("spawn")
+        reports: Any = ctx.Queue()
+        stop = ctx.Event()
         names = self.names()
-        slots = int(HEARTBEAT_SECONDS * 10)
-        start = time.monotonic()
-        tick = 0
-        while not self.stop.is_set():
-            due = names[tick % slots::slots]
-            self.behind = max(0.0, time.monotonic() - (start + tick / 10))
-            await asyncio.gather(*(self.renew(n) for n in due))
-            tick += 1
-            pause = start + tick / 10 - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
-
-    async def renew(self, name: str) -> None:
-        lease = self.leases[name]
-        lease["spec"]["renewTime"] = micro_now()
-        started = time.monotonic()
+        procs = [ctx.Process(target=renew_worker, daemon=True, args=(
+            self.upstream.server, self.upstream.token, {n: self.leases[n] for n in names[i::RENEWERS]}, reports, stop))
+            for i in range(RENEWERS)]
+        for proc in procs:
+            proc.start()
+        behind: dict[int, float] = {}
         try:
-            self.leases[name] = await self.request("PUT", f"{LEASE_PATH}/{name}", lease)
-            self.renewed += 1
-            self.renew_seconds.append(time.monotonic() - started)
-        except Exception:  # a conflict or a timeout: read it again next time
-            self.renew_failures += 1
-            with contextlib.suppress(Exception):
-                async with self.limit, self.session.get(self.upstream.server + f"{LEASE_PATH}/{name}", ssl=self.upstream.ssl,
-                                                        headers={"Authorization": f"Bearer {self.upstream.token}"}) as r:
-                    self.leases[name] = await r.json()
+            while not self.stop.is_set():
+                try:
+                    index, renewed, failures, late, latencies = await asyncio.to_thread(reports.get, True, 0.5)
+                except queue.Empty:
+                    continue
+                self.renewed += renewed
+                self.renew_failures += failures
+                self.renew_seconds.extend(latencies)
+                behind[index] = late
+                self.behind = max(behind.values())
+        finally:
+            stop.set()
+            for proc in procs:
+                await asyncio.to_thread(proc.join, 5)
+                if proc.is_alive():
+                    proc.kill()
 
     async def watch(self) -> None:
         while not self.stop.is_set():
@@ -280,6 +285,57 @@ class SimFleet:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.session.close()
+
+
+def renew_worker(server: str, token: str, leases: dict[str, dict[str, Any]], reports: Any, stop: Any) -> None:
+    """A renewal process: PUT each of ``leases`` once per HEARTBEAT_SECONDS (10 slots a second, as agents
+    spread out); every second it reports (renewed, failed, seconds behind schedule, PUT latencies)."""
+    asyncio.run(_renew(server, token, leases, reports, stop))
+
+
+async def _renew(server: str, token: str, leases: dict[str, dict[str, Any]], reports: Any, stop: Any) -> None:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    names = sorted(leases)
+    slots = int(HEARTBEAT_SECONDS * 10)
+    counts = {"renewed": 0, "failed": 0}
+    latencies: list[float] = []
+    limit = asyncio.Semaphore(64)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
+                                     connector=aiohttp.TCPConnector(limit=64)) as session:
+
+        async def renew(name: str) -> None:
+            lease = leases[name]
+            lease["spec"]["renewTime"] = micro_now()
+            started = time.monotonic()
+            try:
+                async with limit, session.put(f"{server}{LEASE_PATH}/{name}", data=json.dumps(lease), headers=headers) as r:
+                    body = await r.json()
+                if r.status >= 300:
+                    raise RuntimeError(str(body)[:200])
+                leases[name] = body
+                counts["renewed"] += 1
+                latencies.append(time.monotonic() - started)
+            except Exception:  # a conflict or a timeout: read it again for the next renewal
+                counts["failed"] += 1
+                with contextlib.suppress(Exception):
+                    async with limit, session.get(f"{server}{LEASE_PATH}/{name}", headers=headers) as r:
+                        leases[name] = await r.json()
+
+        start = time.monotonic()
+        tick = 0
+        reported = start
+        while not stop.is_set():
+            late = max(0.0, time.monotonic() - (start + tick / 10))
+            await asyncio.gather(*(renew(n) for n in names[tick % slots::slots]))
+            tick += 1
+            if time.monotonic() - reported >= 1.0:
+                reports.put((os.getpid(), counts["renewed"], counts["failed"], late, latencies[:]))
+                counts.update(renewed=0, failed=0)
+                latencies.clear()
+                reported = time.monotonic()
+            pause = start + tick / 10 - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
 
 
 # --- processes -----------------------------------------------------------------------------------
