@@ -52,6 +52,27 @@ class Liveness:
         self.synced = asyncio.Event()
         """Set once the first list was attempted (handlers wait for it, so no node looks stale at start)."""
         self.events = 0
+        self.newest = 0.0
+        """The latest renewTime seen: the stream's own clock."""
+        self._last_event: float | None = None
+        """When (our clock) the last renewal arrived."""
+
+    def reference(self) -> float:
+        """The time renewals are judged against: the latest renewal seen while renewals keep arriving, else now.
+
+        A starved operator or an API server that falls behind delivers renewals late; judged against the
+        wall clock every node would turn stale at once (and the rollout would stop for nothing). Against the
+        stream's own clock a node is stale only when the others renewed for ``timeout_seconds`` after it did;
+        when no renewal arrives at all for that long, the wall clock decides (all of them went quiet).
+        """
+        now = self.clock()
+        if self._last_event is not None and now - self._last_event <= self.timeout_seconds:
+            return min(now, self.newest)
+        return now
+
+    def now(self) -> dt.datetime:
+        """``reference()`` as a datetime, for judging freshness elsewhere (the scheduling)."""
+        return dt.datetime.fromtimestamp(self.reference(), dt.UTC)
 
     # -- what the reconciler asks --------------------------------------------------------------
     def last_seen(self, name: str) -> dt.datetime | None:
@@ -69,9 +90,11 @@ class Liveness:
             return
         self.renewed[name] = renew
         self.events += 1
+        self.newest = max(self.newest, renew)
+        self._last_event = self.clock()
         if live and self.metrics is not None:
             self.metrics.lease_lag.observe(max(0.0, self.clock() - renew))
-        if name in self.stale and self.clock() - renew <= self.timeout_seconds:
+        if name in self.stale and self.reference() - renew <= self.timeout_seconds:
             self.stale.discard(name)
             log.info("Found the Lease of EdgeAgent %s renewed again; the node counts as fresh", name)
             self.on_flip({name})
@@ -82,7 +105,7 @@ class Liveness:
 
     def sweep(self) -> set[str]:
         """Mark nodes whose renewal is older than the timeout stale; returns the newly stale ones."""
-        limit = self.clock() - self.timeout_seconds
+        limit = self.reference() - self.timeout_seconds
         newly = {name for name, renew in self.renewed.items() if renew < limit and name not in self.stale}
         if newly:
             self.stale |= newly

@@ -284,8 +284,9 @@ class Reconciler:
         now = rfc3339(now_dt)
         agents = rt.fleet.snapshot()
         by_name = {a.name: a for a in agents}
-        selection = scheduling.select(spec, namespace, name, agents, now_dt, settings.heartbeat_timeout_seconds)
-        cloud = scheduling.select_cloud(spec, agents, now_dt, settings.heartbeat_timeout_seconds)
+        seen_now = rt.liveness.now()  # freshness by the Lease stream's clock (see liveness.Liveness.reference)
+        selection = scheduling.select(spec, namespace, name, agents, seen_now, settings.heartbeat_timeout_seconds)
+        cloud = scheduling.select_cloud(spec, agents, seen_now, settings.heartbeat_timeout_seconds)
         artifacts = {r.revision: r.artifacts for r in status.history}
         url = cloud_url(spec, cloud)
         target = newest.revision if newest.outcome == RevisionOutcome.ROLLING_OUT else None

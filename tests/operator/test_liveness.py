@@ -44,6 +44,7 @@ def test_a_node_turns_stale_after_the_timeout_and_fresh_on_its_next_renewal() ->
     clock.now = T0 + 39
     live.observe(*renewed_at(lease("a", T0 + 39)))
     clock.now = T0 + 40.5
+    live.observe(*renewed_at(lease("a", T0 + 40.5)))
     assert live.sweep() == {"b"}, "b renewed nothing for 40 s"
     assert flips == [["b"]]
     assert live.stale == {"b"}
@@ -58,6 +59,25 @@ def test_a_node_turns_stale_after_the_timeout_and_fresh_on_its_next_renewal() ->
     assert metrics.lease_lag._sum.get() == 0.0, "renewals seen the moment they were made"
     live.replace([lease("a", T0 + 50)])
     assert live.last_seen("b") is None, "a deleted Lease is forgotten"
+
+
+def test_late_renewals_are_judged_by_the_streams_clock_and_silence_by_the_wall_clock() -> None:
+    """An API server (or operator) that falls behind delivers every renewal late: nobody is stale while the
+    others keep renewing after it; when no renewal arrives at all for the timeout, the wall clock decides."""
+    clock = Clock()
+    live = Liveness(40.0, clock=clock)
+    live.replace([lease("a", T0), lease("b", T0)])
+    for second in range(1, 120):  # renewals of a arrive 60 s late; b stopped at T0
+        clock.now = T0 + 60 + second
+        live.observe(*renewed_at(lease("a", T0 + second)))
+        live.sweep()
+        if second <= 40:
+            assert live.stale == set(), f"nobody is stale at stream time T0+{second}"
+    assert live.stale == {"b"}, "b is stale once a renewed for 40 s (stream time) after it"
+    assert live.now() == dt.datetime.fromtimestamp(T0 + 119, dt.UTC)
+    clock.now += 40.5  # silence: no renewal of anyone arrives
+    assert live.sweep() == {"a"}
+    assert live.now() == dt.datetime.fromtimestamp(clock.now, dt.UTC)
 
 
 def test_the_fleet_counts_the_lease_over_an_old_status_heartbeat() -> None:
