@@ -83,6 +83,9 @@ class Agent:
                 labels=s.labels,
                 heartbeat_interval_s=s.heartbeat_interval_s,
                 status_min_interval_s=s.status_min_interval_s,
+                stats_interval_s=s.stats_interval_s,
+                lease_namespace=s.lease_namespace,
+                lease_duration_s=s.lease_duration_s,
                 resync_interval_s=s.resync_interval_s,
                 retry_backoff_s=s.retry_backoff_s,
             )

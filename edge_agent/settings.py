@@ -129,9 +129,16 @@ class AgentSettings(BaseSettings):
     endpoint: str = ""
     """URL clients reach this agent at (reported in status); default http(s)://POD_IP or host:port."""
     heartbeat_interval_s: float = Field(default=10.0, ge=1.0)
-    """Seconds between heartbeats (status.heartbeatTime)."""
+    """Seconds between two renewals of the node's Lease (the heartbeat; docs/architecture.md#heartbeats)."""
+    lease_namespace: str = Field(
+        default="default", validation_alias=AliasChoices("EDGEMODEL_AGENT_LEASE_NAMESPACE", "POD_NAMESPACE", "lease_namespace"))
+    """Namespace of the heartbeat Lease (named after the node): the product's namespace ($POD_NAMESPACE in a pod)."""
+    lease_duration_s: int = Field(default=40, ge=1, le=3600)
+    """leaseDurationSeconds written into the Lease (informational; the operator's stale timeout decides)."""
     status_min_interval_s: float = Field(default=1.0, ge=0.05)
     """Least time between two status writes (state changes are coalesced)."""
+    stats_interval_s: float = Field(default=10.0, ge=1.0)
+    """How often the request counts and p50/p95 in status are refreshed; written only when they changed."""
     stats_window_s: float = Field(default=60.0, gt=0)
     """Window of the p50/p95 reported in status."""
     download_attempts: int = Field(default=4, ge=1, le=100)

@@ -205,13 +205,15 @@ def edgeagent_crd() -> dict[str, Any]:
         {"name": "Class", "type": "string", "jsonPath": ".status.capabilities.hardwareClass", "description": "Hardware class."},
         {"name": "Arch", "type": "string", "jsonPath": ".status.capabilities.arch"},
         {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
-        {"name": "Heartbeat", "type": "date", "jsonPath": ".status.heartbeatTime", "description": "Last report of the agent."},
+        {"name": "Reported", "type": "date", "jsonPath": ".status.heartbeatTime",
+         "description": "Last status write of the agent (only on change; liveness is its Lease)."},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
     return _crd(
         "EdgeAgent", "edgeagents", "ea", "Cluster", structural_schema(EdgeAgentSpec), structural_schema(EdgeAgentStatus),
         "EdgeAgent is one edge node's serving agent: the operator writes the models assigned to the node "
-        "in spec; the agent reports capabilities, heartbeat and per-model state in status.",
+        "in spec; the agent reports capabilities and per-model state in status (written on change) and renews a "
+        "Lease named after its node as its heartbeat.",
         columns,
     )
 

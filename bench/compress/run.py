@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from edgemodel.examples_models import load_digits_data
+from edgemodel_dev.examples_models import load_digits_data
 from models import DigitsWideCNN, train
 
 from edgemodel.api import ArtifactManifest, CandidateResult, EdgeModel

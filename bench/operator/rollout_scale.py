@@ -5,12 +5,17 @@
 Per fleet size, fresh processes: the emulator (`edgemodel-dev up`, its kubelet runs the real
 conversion Job), the artifact store, and the operator (`edgemodel operator`), whose API traffic
 goes through a counting proxy in this process. The agents are simulated here: N EdgeAgents with
-capabilities and a heartbeat every 10 s, one watch on all of them, and for each new assignment one
-status write reporting the revision Ready after a short load delay (a real agent writes 1-3 times).
+capabilities, each renewing its heartbeat Lease every 10 s (one PUT, as a real agent does), one
+watch on all EdgeAgents, and for each new assignment one status write reporting the revision Ready
+after a short load delay (a real agent writes 1-3 times). EdgeAgent status is written only then.
 
-Measured from the revision being ready (Converted=True) to every node reporting it Ready and the
-EdgeModel Available: wall time, the operator's API requests per node (writes and all), the
-operator's CPU time, and its peak RSS (VmHWM) over the whole run.
+Steady state first (``--steady-seconds``, nothing to roll out, every node renewing): the
+operator's and the emulator's CPU share, and the lag from a renewal (its renewTime) to the
+operator seeing it (``edgemodel_operator_lease_lag_seconds``), in the first and the second half of
+the window: a lag that grows means the emulator cannot keep up. Then the rollout, measured from the
+revision being ready (Converted=True) to every node reporting it Ready and the EdgeModel Available:
+wall time, the operator's API requests per node (writes and all), the operator's CPU time, and
+its peak RSS (VmHWM) over the whole run.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import datetime as dt
 import json
+import multiprocessing
 import os
 import platform
+import queue
 import shutil
 import ssl
 import subprocess
@@ -44,10 +52,13 @@ from edgemodel_dev.polling import wait_until_async
 ROOT = Path(__file__).resolve().parents[2]
 EDGEMODEL = str(ROOT / ".venv" / "bin" / "edgemodel")
 EA_PATH = "/apis/edgemodel.io/v1alpha1/edgeagents"
+LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/default/leases"
 EM_PATH = "/apis/edgemodel.io/v1alpha1/namespaces/default/edgemodels"
 HEARTBEAT_SECONDS = 10.0
 LOAD_DELAY_SECONDS = 0.2
 TIMEOUT_SECONDS = 600.0
+RENEWERS = 2
+"""Processes that renew the simulated nodes' Leases."""
 
 
 def log(message: str) -> None:
@@ -145,6 +156,10 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+def micro_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 @dataclass
 class SimFleet:
     """N lightweight EdgeAgents: heartbeats, and a Ready report for every new assignment."""
@@ -157,10 +172,16 @@ class SimFleet:
     writes: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
+    limit: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(64))
+    leases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    renewed: int = 0
+    renew_failures: int = 0
+    renew_seconds: list[float] = field(default_factory=list)
+    behind: float = 0.0
+    """How far the renewal schedule is behind (s): grows when the emulator cannot take 1 renewal/node/10 s."""
 
     def names(self) -> list[str]:
-        return [f"sim-{i:04d}" for i in range(self.size)]
+        return [f"sim-{i:05d}" for i in range(self.size)]
 
     async def request(self, method: str, path: str, body: Any, content_type: str = "application/json") -> Any:
         async with self.limit, self.session.request(
@@ -182,7 +203,8 @@ class SimFleet:
         return status
 
     async def create(self) -> None:
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
+                                             connector=aiohttp.TCPConnector(limit=64))
 
         async def one(name: str) -> None:
             await self.request("POST", EA_PATH, {"apiVersion": "edgemodel.io/v1alpha1", "kind": "EdgeAgent",
@@ -190,23 +212,44 @@ class SimFleet:
                                                  "spec": {"nodeName": name}})
             await self.request("PATCH", f"{EA_PATH}/{name}/status", {"status": self.status(name, [])},
                                "application/merge-patch+json")
+            self.leases[name] = await self.request("POST", LEASE_PATH, {
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "labels": {"edgemodel.io/heartbeat": "true"}},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": micro_now()}})
 
         await asyncio.gather(*(one(n) for n in self.names()))
-        self.tasks = [asyncio.create_task(self.heartbeats()), asyncio.create_task(self.watch())]
+        self.tasks = [asyncio.create_task(self.renewals()), asyncio.create_task(self.watch())]
 
-    async def heartbeats(self) -> None:
+    async def renewals(self) -> None:
+        """Every node renews its Lease once per HEARTBEAT_SECONDS from RENEWERS processes of their own (one
+        Python process could not send 1,000 PUTs a second beside the proxy and the fleet on a loaded machine)."""
+        ctx = multiprocessing.get_context("spawn")
+        reports: Any = ctx.Queue()
+        stop = ctx.Event()
         names = self.names()
-        while not self.stop.is_set():
-            started = time.monotonic()
-            for i, name in enumerate(names):
-                if self.stop.is_set():
-                    return
-                with contextlib.suppress(Exception):
-                    await self.request("PATCH", f"{EA_PATH}/{name}/status", {"status": {"heartbeatTime": now()}},
-                                       "application/merge-patch+json")
-                pause = started + HEARTBEAT_SECONDS * (i + 1) / len(names) - time.monotonic()
-                if pause > 0:
-                    await asyncio.sleep(pause)
+        procs = [ctx.Process(target=renew_worker, daemon=True, args=(
+            self.upstream.server, self.upstream.token, {n: self.leases[n] for n in names[i::RENEWERS]}, reports, stop))
+            for i in range(RENEWERS)]
+        for proc in procs:
+            proc.start()
+        behind: dict[int, float] = {}
+        try:
+            while not self.stop.is_set():
+                try:
+                    index, renewed, failures, late, latencies = await asyncio.to_thread(reports.get, True, 0.5)
+                except queue.Empty:
+                    continue
+                self.renewed += renewed
+                self.renew_failures += failures
+                self.renew_seconds.extend(latencies)
+                behind[index] = late
+                self.behind = max(behind.values())
+        finally:
+            stop.set()
+            for proc in procs:
+                await asyncio.to_thread(proc.join, 5)
+                if proc.is_alive():
+                    proc.kill()
 
     async def watch(self) -> None:
         while not self.stop.is_set():
@@ -242,6 +285,57 @@ class SimFleet:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.session.close()
+
+
+def renew_worker(server: str, token: str, leases: dict[str, dict[str, Any]], reports: Any, stop: Any) -> None:
+    """A renewal process: PUT each of ``leases`` once per HEARTBEAT_SECONDS (10 slots a second, as agents
+    spread out); every second it reports (renewed, failed, seconds behind schedule, PUT latencies)."""
+    asyncio.run(_renew(server, token, leases, reports, stop))
+
+
+async def _renew(server: str, token: str, leases: dict[str, dict[str, Any]], reports: Any, stop: Any) -> None:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    names = sorted(leases)
+    slots = int(HEARTBEAT_SECONDS * 10)
+    counts = {"renewed": 0, "failed": 0}
+    latencies: list[float] = []
+    limit = asyncio.Semaphore(64)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60),
+                                     connector=aiohttp.TCPConnector(limit=64)) as session:
+
+        async def renew(name: str) -> None:
+            lease = leases[name]
+            lease["spec"]["renewTime"] = micro_now()
+            started = time.monotonic()
+            try:
+                async with limit, session.put(f"{server}{LEASE_PATH}/{name}", data=json.dumps(lease), headers=headers) as r:
+                    body = await r.json()
+                if r.status >= 300:
+                    raise RuntimeError(str(body)[:200])
+                leases[name] = body
+                counts["renewed"] += 1
+                latencies.append(time.monotonic() - started)
+            except Exception:  # a conflict or a timeout: read it again for the next renewal
+                counts["failed"] += 1
+                with contextlib.suppress(Exception):
+                    async with limit, session.get(f"{server}{LEASE_PATH}/{name}", headers=headers) as r:
+                        leases[name] = await r.json()
+
+        start = time.monotonic()
+        tick = 0
+        reported = start
+        while not stop.is_set():
+            late = max(0.0, time.monotonic() - (start + tick / 10))
+            await asyncio.gather(*(renew(n) for n in names[tick % slots::slots]))
+            tick += 1
+            if time.monotonic() - reported >= 1.0:
+                reports.put((os.getpid(), counts["renewed"], counts["failed"], late, latencies[:]))
+                counts.update(renewed=0, failed=0)
+                latencies.clear()
+                reported = time.monotonic()
+            pause = start + tick / 10 - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(pause)
 
 
 # --- processes -----------------------------------------------------------------------------------
@@ -280,11 +374,28 @@ class Result:
     cpu_seconds_total: float
     peak_rss_mib: float
     counts: dict[str, int]
+    steady: Steady | None = None
 
 
-async def run_once(nodes: int, workdir: Path, example: Any) -> Result:
+@dataclass
+class Steady:
+    """The steady state: every node renewing its Lease, nothing to roll out."""
+
+    seconds: float
+    renewals_per_second: float
+    operator_cpu_share: float
+    emulator_cpu_share: float
+    lag_first_half_ms: float
+    lag_second_half_ms: float
+    renew_p50_ms: float
+    renew_p99_ms: float
+    behind_seconds: float
+    fresh: int
+
+
+async def run_once(nodes: int, workdir: Path, example: Any, steady_seconds: float, warmup_seconds: float) -> Result:
     workdir.mkdir(parents=True, exist_ok=True)
-    api_port, store_port = free_port(), free_port()
+    api_port, store_port, metrics_port = free_port(), free_port(), free_port()
     procs: list[MeasuredProcess] = []
     proxy: CountingProxy | None = None
     fleet: SimFleet | None = None
@@ -313,9 +424,11 @@ async def run_once(nodes: int, workdir: Path, example: Any) -> Result:
             operator = MeasuredProcess("operator", [
                 EDGEMODEL, "operator", "--kubeconfig", str(proxy.write_kubeconfig(workdir / "operator.kubeconfig")),
                 "--standalone", "--store-url", f"http://127.0.0.1:{store_port}", "--converter-image", "local",
-                "--signing-key-secret", "signing", "--metrics-port", "0", "--liveness-port", "0",
+                "--signing-key-secret", "signing", "--metrics-port", str(metrics_port), "--liveness-port", "0",
             ], workdir)
             procs.append(operator)
+            steady = await measure_steady(session, fleet, procs[0], operator, metrics_port, nodes, steady_seconds,
+                                          warmup_seconds)
             manifest = example.manifest(name="bench")
             manifest["spec"]["optimization"] = {"mode": "explicit", "int8": {"enabled": False}, "fp16": False,
                                                 "targets": [{"hardwareClass": "cpu", "precisions": ["fp32"]}]}
@@ -340,7 +453,7 @@ async def run_once(nodes: int, workdir: Path, example: Any) -> Result:
         log(f"{nodes} nodes ready in {seconds:.1f} s; {writes} operator writes for the revision")
         return Result(nodes, seconds, writes / nodes, agent_writes / nodes, sum(during.values()) / nodes,
                       cpu_rollout, cpu_total, rss,
-                      {f"{verb} {res}": v for (verb, res), v in sorted(during.items()) if v})
+                      {f"{verb} {res}": v for (verb, res), v in sorted(during.items()) if v}, steady)
     finally:
         for proc in reversed(procs):  # the operator first: its watch streams through the proxy end with it
             await asyncio.to_thread(proc.stop)
@@ -348,6 +461,64 @@ async def run_once(nodes: int, workdir: Path, example: Any) -> Result:
             await fleet.close()
         if proxy is not None:
             await proxy.close()
+
+
+async def scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    """The operator's metrics (name{labels} -> value), {} while it does not answer."""
+    try:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+    except aiohttp.ClientError:
+        return {}
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                values[key] = float(value)
+    return values
+
+
+def _lag(before: dict[str, float], after: dict[str, float]) -> float:
+    """Mean renewal -> operator lag (ms) between two scrapes."""
+    count = after.get("edgemodel_operator_lease_lag_seconds_count", 0) - before.get("edgemodel_operator_lease_lag_seconds_count", 0)
+    total = after.get("edgemodel_operator_lease_lag_seconds_sum", 0) - before.get("edgemodel_operator_lease_lag_seconds_sum", 0)
+    return 1000 * total / count if count else float("nan")
+
+
+async def measure_steady(session: aiohttp.ClientSession, fleet: SimFleet, emulator: MeasuredProcess,
+                         operator: MeasuredProcess, metrics_port: int, nodes: int, seconds: float,
+                         warmup: float) -> Steady | None:
+    """CPU and lag while every node renews its Lease and nothing rolls out."""
+    if seconds <= 0:
+        return None
+
+    async def fresh() -> float | None:
+        value = (await scrape(session, metrics_port)).get('edgemodel_operator_agents{liveness="fresh"}')
+        return value if value is not None and value >= nodes else None
+
+    await wait_until_async("the operator seeing every Lease", fresh, TIMEOUT_SECONDS, interval=0.5)
+    log(f"the operator sees {nodes} fresh Leases; {warmup:.0f} s for its start-up")
+    await asyncio.sleep(warmup)
+    log(f"steady state: {nodes} nodes renewing every {HEARTBEAT_SECONDS:.0f} s; measuring {seconds:.0f} s")
+    first = await scrape(session, metrics_port)
+    t0, op0, em0, renewed0 = time.monotonic(), operator.cpu_seconds(), emulator.cpu_seconds(), fleet.renewed
+    fleet.renew_seconds.clear()
+    await asyncio.sleep(seconds / 2)
+    middle = await scrape(session, metrics_port)
+    await asyncio.sleep(seconds / 2)
+    last = await scrape(session, metrics_port)
+    wall = time.monotonic() - t0
+    latencies = sorted(fleet.renew_seconds) or [float("nan")]
+    steady = Steady(
+        seconds=wall, renewals_per_second=(fleet.renewed - renewed0) / wall,
+        operator_cpu_share=(operator.cpu_seconds() - op0) / wall, emulator_cpu_share=(emulator.cpu_seconds() - em0) / wall,
+        lag_first_half_ms=_lag(first, middle), lag_second_half_ms=_lag(middle, last),
+        renew_p50_ms=1000 * latencies[len(latencies) // 2], renew_p99_ms=1000 * latencies[int(len(latencies) * 0.99)],
+        behind_seconds=fleet.behind, fresh=int(last.get('edgemodel_operator_agents{liveness="fresh"}', 0)),
+    )
+    log(f"steady state: {steady}")
+    return steady
 
 
 def _exists(path: Path) -> Any:
@@ -407,11 +578,12 @@ def table(results: list[Result], load: str, command: str) -> str:
         f"(1/5/15 min) when measured: {load}.",
         "",
         "Real operator (`edgemodel operator`), API emulator (`edgemodel-dev up`), real conversion Job "
-        "(digits CNN, FP32 only); simulated agents in the harness (heartbeat every 10 s, one status write "
+        "(digits CNN, FP32 only); simulated agents in the harness (a Lease renewal every 10 s, one status write "
         f"reporting Ready {LOAD_DELAY_SECONDS:.1f} s after each new assignment). Canary steps 10/50/100 %, "
         "maxUnavailable 25 %, analysis window 1 s (from the agents' reported status, no Prometheus). Operator requests are counted by a proxy between it and "
         "the API, from `kubectl apply` of the EdgeModel to Available (conversion included; watch streams "
-        "count once when opened). Targets: 1,000 nodes in under 60 s, at most 5 API writes per node per rollout, RSS under 200 MB.",
+        "count once when opened). Targets (issue 21): 10,000 nodes in under 60 s, at most 2 operator writes per node, "
+        "peak RSS under 500 MB; steady state: operator under 10 % of a core, no growing lag.",
         "",
         "| nodes | revision ready -> all nodes Ready | operator writes / node | EdgeAgent patches / node "
         "| all operator requests / node | operator CPU (rollout / whole run) | operator peak RSS |",
@@ -421,6 +593,17 @@ def table(results: list[Result], load: str, command: str) -> str:
         lines.append(f"| {r.nodes:,} | {r.rollout_seconds:.1f} s | {r.writes_per_node:.2f} | "
                      f"{r.agent_writes_per_node:.2f} | {r.requests_per_node:.2f} | {r.cpu_seconds:.1f} s / "
                      f"{r.cpu_seconds_total:.1f} s | {r.peak_rss_mib:.0f} MiB |")
+    lines += ["", f"Steady state: every node renews its Lease every {HEARTBEAT_SECONDS:.0f} s, nothing rolls out "
+              "(CPU as a share of one core; lag = renewTime to the operator seeing the renewal, mean per half of "
+              "the window; a second half far above the first would mean the emulator falls behind):", "",
+              "| nodes | renewals/s | operator CPU | emulator CPU | lag 1st / 2nd half | renewal PUT p50 / p99 "
+              "| schedule behind | fresh |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        if r.steady is not None:
+            st = r.steady
+            lines.append(f"| {r.nodes:,} | {st.renewals_per_second:.0f} | {100 * st.operator_cpu_share:.1f} % | "
+                         f"{100 * st.emulator_cpu_share:.0f} % | {st.lag_first_half_ms:.0f} / {st.lag_second_half_ms:.0f} ms "
+                         f"| {st.renew_p50_ms:.1f} / {st.renew_p99_ms:.1f} ms | {st.behind_seconds:.2f} s | {st.fresh:,} |")
     lines += ["", "Operator requests for the revision, by verb and resource:", ""]
     for r in results:
         lines.append(f"- {r.nodes:,} nodes: " + ", ".join(f"{k} {v}" for k, v in r.counts.items()))
@@ -436,7 +619,7 @@ async def main_async(args: argparse.Namespace) -> int:
     for nodes in args.nodes:
         log(f"fleet of {nodes} nodes")
         loads.append(" / ".join(f"{x:.2f}" for x in os.getloadavg()))
-        results.append(await run_once(nodes, workdir / f"n{nodes}", example))
+        results.append(await run_once(nodes, workdir / f"n{nodes}", example, args.steady_seconds, args.warmup_seconds))
     command = "python bench/operator/rollout_scale.py " + " ".join(sys.argv[1:])
     text = table(results, "; ".join(f"{n} nodes: {load}" for n, load in zip(args.nodes, loads, strict=True)),
                  command)
@@ -455,6 +638,10 @@ def main() -> int:
     parser.add_argument("--out", help="write the Markdown table here (e.g. bench/results/operator.md)")
     parser.add_argument("--workdir", help="keep logs and state here (default: a temporary folder, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--steady-seconds", type=float, default=30.0,
+                        help="length of the steady-state window before the rollout (0: skip it)")
+    parser.add_argument("--warmup-seconds", type=float, default=20.0,
+                        help="wait this long after the operator sees every Lease before measuring the steady state")
     args = parser.parse_args()
     if any(n < 1 for n in args.nodes):
         parser.error("--nodes: every fleet size must be at least 1")

@@ -177,6 +177,10 @@ class KubeClient(SessionOwner):
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", path, body)
 
+    async def put(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Replace an object (optimistic concurrency on its metadata.resourceVersion)."""
+        return await self.request("PUT", path, body)
+
     async def merge_patch(self, path: str, patch: dict[str, Any]) -> dict[str, Any]:
         return await self.request("PATCH", path, patch, content_type=MERGE_PATCH)
 

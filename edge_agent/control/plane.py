@@ -5,13 +5,16 @@ talked to the API server. Then, in a loop with backoff:
 
 1. GET (or create) ``EdgeAgent/<node>`` with the ``--label`` flags as labels (for people; the operator
    selects on the Node's labels, which the agent neither reads nor writes),
-2. write the whole status (capabilities, endpoint, heartbeat, per-model state),
+2. write the whole status (capabilities, endpoint, per-model state),
 3. apply ``spec.models`` when it changed, and watch that one object
    (``fieldSelector=metadata.name=<node>``) until the watch ends or fails.
 
-Status writes are coalesced (at most one per ``status_min_interval_s``) and a heartbeat is
-written every ``heartbeat_interval_s``. When the API server is unreachable nothing stops
-serving; when it returns, the agent re-registers, reports and reconciles.
+Liveness is apart from state: the heartbeat is the node's Lease (``lease.LeaseRenewer``,
+renewed every ``heartbeat_interval_s``), and the status is written only when something in it
+changed (model states, capabilities, endpoint, conditions; request counts and p50/p95 are
+looked at every ``stats_interval_s``), coalesced to at most one write per
+``status_min_interval_s``. When the API server is unreachable nothing stops serving; when it
+returns, the agent re-registers, reports and reconciles.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import orjson
 from pydantic import ValidationError
 
 from edge_agent.control.kube import ApiError, ApiUnavailable, KubeClient, resource_path
+from edge_agent.control.lease import LeaseRenewer
 from edge_agent.control.reconciler import ApplyFailed, Reconciler
 from edgemodel.api import (
     API_VERSION,
@@ -65,6 +69,9 @@ class ControlPlane:
         split_endpoint: str = "",
         heartbeat_interval_s: float = 10.0,
         status_min_interval_s: float = 1.0,
+        stats_interval_s: float = 10.0,
+        lease_namespace: str | None = "default",
+        lease_duration_s: int = 40,
         resync_interval_s: float = 60.0,
         watch_timeout_s: float = 300.0,
         retry_backoff_s: float = 1.0,
@@ -79,6 +86,7 @@ class ControlPlane:
         self.labels = labels
         self.heartbeat_interval_s = heartbeat_interval_s
         self.status_min_interval_s = status_min_interval_s
+        self.stats_interval_s = stats_interval_s
         self.resync_interval_s = resync_interval_s
         self.watch_timeout_s = watch_timeout_s
         self.retry_backoff_s = retry_backoff_s
@@ -95,6 +103,11 @@ class ControlPlane:
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.status_writes = 0
+        self._written: bytes | None = None
+        """Fingerprint of the last status written (without heartbeatTime): unchanged status is not written."""
+        self.lease = None if lease_namespace is None else LeaseRenewer(
+            client, lease_namespace, node_name, lease_duration_s, heartbeat_interval_s, on_change=self._dirty.set)
+        """The heartbeat; None: no Lease (liveness from status.heartbeatTime only, for old operators)."""
         reconciler.on_change = self._dirty.set
 
     @property
@@ -125,6 +138,8 @@ class ControlPlane:
             loop.create_task(self._resync_loop(), name="edgeagent-resync"),
             loop.create_task(self._rtt_loop(), name="edgeagent-split-rtt"),
         ]
+        if self.lease is not None:
+            self._tasks.append(loop.create_task(self.lease.run(), name="edgeagent-lease"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -176,7 +191,7 @@ class ControlPlane:
             if missing:
                 obj = await self.client.merge_patch(self.object_path, {"metadata": {"labels": missing}})
                 log.info("Refreshed %d label(s) of EdgeAgent %s", len(missing), self.node_name)
-        await self.write_status()
+        await self.write_status(only_if_changed=True, stored=obj.get("status") or {})
         self.registered.set()
         return obj
 
@@ -271,6 +286,14 @@ class ControlPlane:
         else:
             self._conditions = set_condition(self._conditions, "Ready", ConditionStatus.TRUE, "AllModelsReady",
                                              f"{len(models)} model(s) serving")  # fmt: skip
+        if self.lease is not None and self.lease.renewed is not None:
+            where = f"Lease {self.lease.namespace}/{self.node_name}"
+            if self.lease.renewed:
+                self._conditions = set_condition(self._conditions, "LeaseRenewed", ConditionStatus.TRUE, "Renewed",
+                                                 f"{where} renewed every {self.heartbeat_interval_s:g} s")
+            else:
+                self._conditions = set_condition(self._conditions, "LeaseRenewed", ConditionStatus.FALSE, "RenewFailed",
+                                                 f"{where}: {self.lease.error}"[:1000])
         body: dict[str, Any] = {
             "capabilities": self.capabilities.to_k8s(),
             "heartbeatTime": now_rfc3339(),
@@ -283,14 +306,25 @@ class ControlPlane:
             body["observedGeneration"] = self.observed_generation
         return body
 
-    async def write_status(self) -> None:
-        await self.client.merge_patch(resource_path(GROUP, VERSION, PLURAL, self.node_name, "status"), {"status": self.status_body()})
+    async def write_status(self, only_if_changed: bool = False, stored: dict[str, Any] | None = None) -> bool:
+        """Write the status (``heartbeatTime`` = now); with ``only_if_changed`` skip it when nothing else changed
+        since the last write (or, given the ``stored`` status, when the API server already has it)."""
+        body = self.status_body()
+        fingerprint = _fingerprint({k: v for k, v in body.items() if k != "heartbeatTime"})
+        if stored is not None:
+            self._written = _fingerprint({k: v for k, v in stored.items() if k != "heartbeatTime"})
+        if only_if_changed and fingerprint == self._written:
+            return False
+        self._written = None  # unknown until the write succeeds
+        await self.client.merge_patch(resource_path(GROUP, VERSION, PLURAL, self.node_name, "status"), {"status": body})
+        self._written = fingerprint
         self.status_writes += 1
+        return True
 
     async def _status_loop(self) -> None:
         last = time.monotonic()
-        while True:  # runs until cancelled; one write per pass, at most one per min interval
-            wait = max(0.0, self.heartbeat_interval_s - (time.monotonic() - last))
+        while True:  # runs until cancelled; at most one write per pass and per min interval, none without a change
+            wait = max(0.0, self.stats_interval_s - (time.monotonic() - last))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._dirty.wait()
@@ -298,11 +332,11 @@ class ControlPlane:
             if pause > 0:
                 await asyncio.sleep(pause)
             self._dirty.clear()
+            last = time.monotonic()
             if not self.registered.is_set():
-                last = time.monotonic()
                 continue
             try:
-                await self.write_status()
+                await self.write_status(only_if_changed=True)
                 self._set_online(True)
             except ApiUnavailable as exc:
                 self._set_online(False, str(exc))
@@ -310,7 +344,6 @@ class ControlPlane:
                 log.warning("Writing the status of EdgeAgent %s failed: %s", self.node_name, exc)
             except Exception:
                 log.exception("Writing the status of EdgeAgent %s failed unexpectedly", self.node_name)
-            last = time.monotonic()
 
     async def _resync_loop(self) -> None:
         while True:  # runs until cancelled

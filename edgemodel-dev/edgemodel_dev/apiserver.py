@@ -52,6 +52,16 @@ KUBERNETES_VERSION = {
 TABLE_KIND = "as=Table"
 IDENTITY = web.RequestKey("identity", Identity)
 PROTOBUF = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+FRAME_CACHE_SIZE = 4096
+NAME_FIELDS = ("metadata.name", "metadata.namespace")
+
+
+def _watched_object(rt: ResourceType, namespace: str | None, fields: list[FieldTerm]) -> tuple[str, str] | None:
+    """(namespace, name) when a watch can only ever see one object (``fieldSelector=metadata.name=X``)."""
+    name = next((t.value for t in fields if t.path == "metadata.name" and not t.negate), None)
+    if name is None or (rt.namespaced and not namespace):
+        return None
+    return (namespace or "", name)
 
 
 class LogSource(Protocol):
@@ -121,6 +131,8 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
         self._openapi_cache: dict[str, tuple[int, Any]] = {}
+        self._frames: dict[tuple[int, str], bytes] = {}
+        """Encoded watch events by (resourceVersion, apiVersion), newest last (see ``_shared_frame``)."""
         self.requests = 0
 
     # lifecycle -----------------------------------------------------------------------------
@@ -513,7 +525,7 @@ class ApiServer:
                 queue.put_nowait(change)
 
         # Subscribe and snapshot without yielding to the loop: nothing can slip in between.
-        unsubscribe = self.store.subscribe(on_change)
+        unsubscribe = self.store.subscribe(on_change, rt.storage, _watched_object(rt, namespace, fields))
         initial: list[tuple[str, JSON]] = []
         expired: str | None = None
         if rv_param in ("", "0") or send_initial:
@@ -564,7 +576,7 @@ class ApiServer:
                         break
                     if request.transport is None or request.transport.is_closing():
                         break  # the client went away
-                    wait = min(deadline, next_bookmark, now + 1.0) - now
+                    wait = min(deadline, next_bookmark if bookmarks else deadline, now + 1.0) - now  # no spin
                     getter = asyncio.ensure_future(queue.get())
                     done, _ = await asyncio.wait({getter, closing}, timeout=max(wait, 0.0),
                                                  return_when=asyncio.FIRST_COMPLETED)
@@ -580,7 +592,13 @@ class ApiServer:
                             await response.write(_dump({"type": "BOOKMARK", "object": mark}) + b"\n")
                             next_bookmark = time.monotonic() + self.bookmark_interval
                         continue
-                    event = self._event(rt, getter.result(), namespace, labels, fields)
+                    change = getter.result()
+                    frame = None if as_table or labels else self._shared_frame(rt, change, namespace, fields)
+                    if frame is not None:
+                        if frame:  # b"": not for this watch (an empty write could end the chunked stream)
+                            await response.write(frame)
+                        continue
+                    event = self._event(rt, change, namespace, labels, fields)
                     if event:
                         await response.write(self._frame(rt, event[0], event[1], as_table, not columns_sent))
                         columns_sent = True
@@ -593,6 +611,27 @@ class ApiServer:
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await response.write_eof()
         return response
+
+    def _shared_frame(self, rt: ResourceType, change: Change, namespace: str | None,
+                      fields: list[FieldTerm]) -> bytes | None:
+        """The encoded event of ``change``, shared by every watcher of the same version without a label
+        selector (the real watch cache serializes an event once, too); None when the watch's field
+        selector needs more than the object's name and namespace (then ``_event`` decides)."""
+        if change.storage != rt.storage or any(t.path not in NAME_FIELDS for t in fields):
+            return None
+        obj = change.obj
+        if namespace and (obj["metadata"].get("namespace") or "") != namespace:
+            return b""
+        if fields and not fields_match(fields, obj):
+            return b""
+        key = (change.rv, rt.api_version)
+        frame = self._frames.get(key)
+        if frame is None:
+            frame = _dump({"type": change.type, "object": self.registry.present(rt, obj)}) + b"\n"
+            self._frames[key] = frame
+            while len(self._frames) > FRAME_CACHE_SIZE:
+                self._frames.pop(next(iter(self._frames)))
+        return frame
 
     def _frame(self, rt: ResourceType, kind: str, obj: JSON, as_table: bool, with_columns: bool) -> bytes:
         if as_table:
@@ -685,7 +724,7 @@ class ApiServer:
         attrs = ((body or {}).get("spec") or {}).get("resourceAttributes") or {}
         resource = str(attrs.get("resource", "")) + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
         allowed = identity.allows(str(attrs.get("verb", "")), str(attrs.get("group", "")), resource,
-                                  attrs.get("name"))
+                                  attrs.get("name"), attrs.get("namespace"))
         result = dict(body or {})
         result.update({"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
                        "status": {"allowed": allowed}})

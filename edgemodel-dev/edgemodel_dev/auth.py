@@ -21,7 +21,8 @@ class Rule:
     """Allows ``verbs`` on ``resources`` (``edgeagents`` or ``edgeagents/status``) of ``api_groups``.
 
     ``resource_names`` restricts the rule to those object names (for list/watch: a
-    ``fieldSelector=metadata.name=<name>``; for create: the name in the body).
+    ``fieldSelector=metadata.name=<name>``; for create: the name in the body); ``namespaces``
+    to those namespaces (what a Role and its RoleBinding in a namespace give).
     """
 
     verbs: tuple[str, ...]
@@ -29,9 +30,12 @@ class Rule:
     resources: tuple[str, ...] = ("*",)
     resource_names: tuple[str, ...] = ()
     non_resource_urls: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
 
-    def allows(self, verb: str, group: str, resource: str, name: str | None) -> bool:
+    def allows(self, verb: str, group: str, resource: str, name: str | None, namespace: str | None = None) -> bool:
         if "*" not in self.verbs and verb not in self.verbs:
+            return False
+        if self.namespaces and namespace not in self.namespaces:
             return False
         if "*" not in self.api_groups and group not in self.api_groups:
             return False
@@ -50,16 +54,17 @@ class Identity:
     node: str | None = None
     """The node of an agent's bound token (user extra authentication.kubernetes.io/node-name); see admission."""
 
-    def allows(self, verb: str, group: str, resource: str, name: str | None) -> bool:
-        return any(rule.allows(verb, group, resource, name) for rule in self.rules)
+    def allows(self, verb: str, group: str, resource: str, name: str | None, namespace: str | None = None) -> bool:
+        return any(rule.allows(verb, group, resource, name, namespace) for rule in self.rules)
 
 
 ADMIN = Identity("admin", ("system:masters",), (Rule(("*",)),))
 READ_VERBS = ("get", "list", "watch")
 
 
-def agent_identity(node: str) -> Identity:
-    """What an edge agent may do: read and write its own EdgeAgent (and status), nothing else.
+def agent_identity(node: str, lease_namespace: str = "default") -> Identity:
+    """What an edge agent may do: its own EdgeAgent (and status) and its own heartbeat Lease in
+    ``lease_namespace``, nothing else.
 
     Its Node is not readable: the operator selects on Node labels, the agent needs none of them.
     What it may write there (never spec.models) is ``admission.CHECKS``, the chart's policy.
@@ -71,9 +76,15 @@ def agent_identity(node: str) -> Identity:
         (
             Rule(("get", "list", "watch", "patch", "update", "create"), ("edgemodel.io",), ("edgeagents",), own),
             Rule(("get", "patch", "update"), ("edgemodel.io",), ("edgeagents/status",), own),
+            lease_rule(node, lease_namespace),
         ),
         node=node,
     )
+
+
+def lease_rule(node: str, namespace: str) -> Rule:
+    """An agent renews only the Lease named after its node, in the product's namespace."""
+    return Rule(("get", "create", "update", "patch"), ("coordination.k8s.io",), ("leases",), (node,), namespaces=(namespace,))
 
 
 class TokenAuth:
@@ -111,7 +122,7 @@ def authorize(
     name: str | None,
 ) -> None:
     """Raise 403 Forbidden (with the message kubectl shows) unless the identity may do this."""
-    if identity.allows(verb, group, resource, name):
+    if identity.allows(verb, group, resource, name, namespace):
         return
     base, _, sub = resource.partition("/")
     what = f'{base}.{group} "{name}"' if name and group else f'{base} "{name}"' if name else (

@@ -7,7 +7,6 @@ Used by the HTTP layer and, directly, by the built-in controllers and the kubele
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import logging
 import random
@@ -18,6 +17,7 @@ from typing import Any
 import yaml
 
 from edgemodel_dev import admission, builtin_kinds, errors, fieldmanager, patching, schema
+from edgemodel_dev import fastcopy as copy
 from edgemodel_dev.builtin_schemas import PatchMeta, definitions, drop_fields, unknown_fields
 from edgemodel_dev.errors import ApiError
 from edgemodel_dev.resources import Catalog, ResourceType, storage_version
@@ -102,13 +102,14 @@ def _timestamp(offset_seconds: float = 0) -> str:
 
 
 def _comparable(obj: JSON) -> JSON:
-    result = copy.deepcopy(obj)
-    meta = result.get("metadata") or {}
-    meta.pop("resourceVersion", None)
-    # a write that changes only the times of managedFields is a no-op (ownership changes are not)
-    for item in meta.get("managedFields") or []:
-        item.pop("time", None)
-    return result
+    """The object without resourceVersion and managedFields' times, for comparison only (shares its values).
+
+    A write that changes only the times of managedFields is a no-op (ownership changes are not).
+    """
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
+    if meta.get("managedFields"):
+        meta["managedFields"] = [{k: v for k, v in item.items() if k != "time"} for item in meta["managedFields"]]
+    return {**obj, "metadata": meta}
 
 
 def _without(obj: JSON, *keys: str) -> JSON:
@@ -186,20 +187,30 @@ class Registry:
         than the kind's history (a paged list's continue token that expired)."""
         ns = self._namespace_of(rt, namespace) or None
         if at_rv is None:
-            stored_items: list[JSON] | None = self.store.items(rt.storage, ns)
+            stored_items: list[JSON] | None = self._candidates(rt, namespace, fields or [])
         else:
             stored_items = self.store.items_at(rt.storage, at_rv, ns)
         if stored_items is None:
             return None
         result = []
         for stored in stored_items:
-            obj = self.present(rt, stored)
-            if labels and not labels_match(labels, obj):
+            if labels and not labels_match(labels, stored):  # labels are the same stored and presented
                 continue
+            obj = self.present(rt, stored)
             if fields and not fields_match(fields, obj):
                 continue
             result.append(obj)
         return result
+
+    def _candidates(self, rt: ResourceType, namespace: str | None, fields: list[FieldTerm]) -> list[JSON]:
+        """Stored objects a list may return: one lookup for ``metadata.name=X``, else the namespace's (or all);
+        only matching objects are then copied and presented."""
+        ns = self._namespace_of(rt, namespace)
+        name = next((t.value for t in fields if t.path == "metadata.name" and not t.negate), None)
+        if name is not None and (ns or not rt.namespaced):
+            found = self.store.get(rt.storage, ns, name)
+            return [found] if found is not None else []
+        return self.store.items(rt.storage, ns or None)
 
     # helpers --------------------------------------------------------------------------------
     def _check_identity(self, rt: ResourceType, body: JSON) -> None:

@@ -162,7 +162,7 @@ class EdgeAgentStatus(StatusModel):
 
     capabilities: Capabilities = Field(default_factory=Capabilities)
     heartbeat_time: str | None = None
-    """Last time the agent reported (RFC 3339)."""
+    """Time of the agent's last status write (RFC 3339); written only on change: liveness is the node's Lease."""
     endpoint: str = ""
     """URL of the agent's Open Inference Protocol endpoint."""
     split_endpoint: str = ""

@@ -70,7 +70,13 @@ def add_parser(sub: Any) -> None:
                          help="EdgeAgent label (repeatable), for people; EdgeModels select on the Node's labels")
     cluster.add_argument("--endpoint", help="URL clients reach this agent at (default http(s)://$POD_IP:PORT)")
     cluster.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s", metavar="SECONDS",
-                         help="seconds between heartbeats (default 10, at least 1)")
+                         help="seconds between two renewals of the node's Lease, the heartbeat (default 10, at least 1)")
+    cluster.add_argument("--lease-namespace", metavar="NAMESPACE",
+                         help="namespace of the heartbeat Lease named after the node (default $POD_NAMESPACE, else default)")
+    cluster.add_argument("--lease-duration", type=int, dest="lease_duration_s", metavar="SECONDS",
+                         help="leaseDurationSeconds written into the Lease (default 40)")
+    cluster.add_argument("--stats-interval", type=float, dest="stats_interval_s", metavar="SECONDS",
+                         help="how often request counts and p50/p95 in status are refreshed when they changed (default 10)")
     split = p.add_argument_group("split inference (docs/split-inference.md)")
     split.add_argument("--split-port", type=int, metavar="PORT",
                        help="serve split tails (cloud agent) on this port; 0 = any free port (default: no tail server)")
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             "accelerator", "gpu_fallback_to_cpu", "intra_op_threads", "inference_workers", "batching", "max_batch_size",
             "max_queue_delay_ms", "allow_non_finite", "in_cluster", "kubeconfig", "node_name", "public_key",
             "cache_dir", "cache_max_bytes", "store_token_file", "endpoint", "heartbeat_interval_s",
+            "lease_namespace", "lease_duration_s", "stats_interval_s",
             "split_port", "split_tls_ca", "split_tls_cert", "split_tls_key")  # fmt: skip
     settings = load_settings(labels=labels, **{k: getattr(args, k) for k in keys})
     if not settings.cluster_mode and not settings.models and settings.node_name and os.environ.get("KUBECONFIG"):

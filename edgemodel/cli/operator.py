@@ -32,6 +32,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--converter-deadline-seconds", "converter_deadline_seconds", int, "S"),
     ("--prometheus-url", "prometheus_url", str, "URL"),
     ("--heartbeat-timeout-seconds", "heartbeat_timeout_seconds", float, "S"),
+    ("--lease-namespace", "lease_namespace", str, "NS"),
     ("--resync-seconds", "resync_seconds", float, "S"),
     ("--history-limit", "history_limit", int, "N"),
     ("--max-parallel-writes", "max_parallel_writes", int, "N"),

@@ -103,6 +103,16 @@ def fleet() -> Board:
           description="Operator replicas (one works, the other waits: kopf peering).")
     b.add("stat", "Model versions ready", [(f'count(max by (namespace, model, version, node) (edgemodel_model_state{{state="Ready", {AGENT_SEL}}}) == 1)', "ready")],
           w=6, h=4, description="(node, model, version) pairs in state Ready.")
+    b.add("stat", "Nodes stale (no Lease renewal)", [('max(edgemodel_operator_agents{liveness="stale"})', "stale")], w=6, h=4,
+          description="Agents whose heartbeat Lease was not renewed within the operator's stale timeout "
+                      "(EdgemodelNodesStale fires after 5 minutes); they keep their models and are not counted ready.")
+    b.add("stat", "Nodes fresh (Lease renewed)", [('max(edgemodel_operator_agents{liveness="fresh"})', "fresh")], w=6, h=4,
+          description="Agents that renewed their heartbeat Lease within the stale timeout (the liveness signal).")
+    b.add("timeseries", "Heartbeat lag (renewal -> operator)", [(
+        f'max(rate(edgemodel_operator_lease_lag_seconds_sum[{RATE}]) / rate(edgemodel_operator_lease_lag_seconds_count[{RATE}]))',
+        "mean lag")], w=12, h=4, unit="s",
+          description="Mean time from an agent renewing its Lease to the operator seeing it: grows when the API server "
+                      "falls behind (EdgemodelLeaseLagHigh fires above 2 s).")
     b.add("table", "Model state per node", [(f'max by (node, namespace, model, version, state) (edgemodel_model_state{{{AGENT_SEL}}}) == 1', "")],
           w=12, h=9, instant=True, description="Current state of every assigned model version on every node.")
     b.add("table", "Served revisions", [(f'max by (node, namespace, model, version, provider, sha256) (edgemodel_model_info{{{AGENT_SEL}}})', "")],

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -13,22 +13,22 @@ import kopf
 
 from edgemodel_operator import validation
 from edgemodel_operator.constants import LABEL_MODEL
-from edgemodel_operator.fleet import woken_models
 from edgemodel_operator.kube import ApiError, ApiUnavailable
 from edgemodel_operator.reconciler import Reconciler
 from edgemodel_operator.runtime import Runtime
-from edgemodel_operator.scheduling import AgentView
 
 log = logging.getLogger(__name__)
 
 DEBOUNCE_SECONDS = 0.2
 """Pause after a wake-up so that a burst of agent events makes one reconcile."""
 MAX_ERROR_BACKOFF = 60.0
+LIVENESS_SYNC_SECONDS = 15.0
 TRANSIENT = (ApiUnavailable, ApiError, aiohttp.ClientError, TimeoutError)
 
 
 async def reconcile_once(runtime: Runtime, namespace: str, name: str) -> None:
     """create/update/resume: reconcile now; an invalid spec fails the handler for good (after its condition)."""
+    await wait_for_liveness(runtime)
     outcome = await Reconciler(runtime).reconcile(namespace, name)
     runtime.wakeups.wake([(namespace, name)])
     if outcome.invalid:
@@ -40,6 +40,7 @@ async def reconcile_loop(runtime: Runtime, namespace: str, name: str, stopped: k
     key = (namespace, name)
     wake = runtime.wakeups.event(key)
     reconciler = Reconciler(runtime)
+    await wait_for_liveness(runtime)
     backoff = 1.0
     try:
         while not stopped:
@@ -60,6 +61,19 @@ async def reconcile_loop(runtime: Runtime, namespace: str, name: str, stopped: k
                 await asyncio.sleep(DEBOUNCE_SECONDS)
     finally:
         runtime.wakeups.forget(key)
+
+
+async def wait_for_liveness(runtime: Runtime) -> None:
+    """Wait for the first list of EdgeAgents (a plan never starts from an empty fleet), and (bounded) for the
+    first list of Leases, so that no node looks stale just because it was not read yet."""
+    while not runtime.fleet.synced.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.fleet.synced.wait(), LIVENESS_SYNC_SECONDS)
+        if not runtime.fleet.synced.is_set():
+            log.warning("Waiting for the first list of EdgeAgents before reconciling (see the errors above)")
+    if not runtime.liveness.synced.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(runtime.liveness.synced.wait(), LIVENESS_SYNC_SECONDS)
 
 
 async def _sleep_until(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> None:
@@ -86,28 +100,6 @@ async def unassign_on_delete(runtime: Runtime, namespace: str, name: str, status
         await reconciler.delete_artifacts(namespace, name, revisions)
     runtime.metrics.forget_model(namespace, name)
     runtime.wakeups.forget((namespace, name))
-
-
-def index_agent(runtime: Runtime, body: Mapping[str, Any], index: Mapping[str, Iterable[AgentView]]) -> dict[str, AgentView]:
-    """The EdgeAgent index entry; wakes the EdgeModels this change matters to."""
-    runtime.fleet.attach(index)
-    view = AgentView.from_body(body)
-    previous = next(iter(index.get(view.name, ())), None)
-    runtime.wakeups.wake(
-        woken_models(previous, view, dt.datetime.now(dt.UTC), runtime.settings.heartbeat_timeout_seconds)
-    )
-    return {view.name: view}
-
-
-def index_node(runtime: Runtime, name: str, labels: Mapping[str, str],
-               index: Mapping[str, Iterable[Mapping[str, str]]]) -> dict[str, dict[str, str]]:
-    """The Node index entry (its labels); a change of labels may change any EdgeModel's selection."""
-    current = {str(k): str(v) for k, v in labels.items()}
-    previous = next(iter(index.get(name, ())), None)
-    if previous is not None and dict(previous) != current:
-        log.info("Node %s changed its labels; re-checking every EdgeModel's selection", name)
-        runtime.wakeups.wake(None)
-    return {name: current}
 
 
 def job_event(runtime: Runtime, namespace: str | None, labels: Mapping[str, str]) -> None:

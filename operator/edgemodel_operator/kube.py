@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,12 +186,36 @@ class KubeClient(SessionOwner):
         params = {"labelSelector": label_selector} if label_selector else None
         return list((await self.request("GET", path, params=params)).get("items") or [])
 
+    async def list_object(self, path: str, label_selector: str | None = None) -> dict[str, Any]:
+        """The whole list object (items and metadata.resourceVersion, to watch from)."""
+        return await self.request("GET", path, params={"labelSelector": label_selector} if label_selector else None)
+
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.request("POST", path, body=body, params={"fieldManager": MANAGER})
 
     async def patch(self, path: str, body: Any, content_type: str = MERGE_PATCH) -> dict[str, Any]:
         return await self.request("PATCH", path, body=body, content_type=content_type,
                                   params={"fieldManager": MANAGER})
+
+    async def stream(self, path: str, params: dict[str, str]) -> AsyncIterator[bytes]:
+        """The lines of a streaming GET (a watch), unparsed; ApiError / ApiUnavailable when it cannot start."""
+        headers = request_headers(self.config.current_token())
+        try:
+            async with self._open().get(self.config.server + path, params=params, headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=None, sock_read=120)) as resp:
+                self._count("WATCH", path, str(resp.status))
+                if resp.status >= 400:
+                    text = await resp.text()
+                    raise ApiError(resp.status, _message(text), f"WATCH {path}: HTTP {resp.status}: {_message(text)}")
+                buffer = b""
+                async for chunk in resp.content.iter_any():
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield line
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ApiUnavailable(f"WATCH {path}: API server {self.config.server} unreachable: {exc}") from exc
 
     async def delete(self, path: str, propagation: str = "Background") -> None:
         try:
@@ -235,6 +260,10 @@ class Paths:
         return "/apis/edgemodel.io/v1alpha1/edgeagents"
 
     @staticmethod
+    def nodes() -> str:
+        return "/api/v1/nodes"
+
+    @staticmethod
     def edgeagent(name: str) -> str:
         return f"/apis/edgemodel.io/v1alpha1/edgeagents/{quote(name)}"
 
@@ -245,6 +274,10 @@ class Paths:
     @staticmethod
     def job(namespace: str, name: str) -> str:
         return f"{Paths.jobs(namespace)}/{quote(name)}"
+
+    @staticmethod
+    def leases(namespace: str) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 
     @staticmethod
     def pods(namespace: str) -> str:

@@ -15,7 +15,7 @@ from prometheus_client import start_http_server
 
 from edgemodel.api import GROUP
 from edgemodel_operator import handlers
-from edgemodel_operator.constants import EDGEAGENTS, EDGEMODELS, FINALIZER, LABEL_MANAGED_BY, MANAGER, NODES
+from edgemodel_operator.constants import EDGEMODELS, FINALIZER, LABEL_MANAGED_BY, MANAGER
 from edgemodel_operator.kube import KubeClient, KubeConfig, load_kube_config
 from edgemodel_operator.metrics import OperatorMetrics
 from edgemodel_operator.runtime import Runtime
@@ -74,6 +74,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.startup(id="startup", registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, runtime.settings)
+        runtime.start_followers()
         log.info("Started the edgemodel operator (namespaces: %s, Prometheus: %s)",
                  ", ".join(runtime.settings.namespaces) or "all", runtime.settings.prometheus_url or "off")
 
@@ -89,13 +90,9 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     def probe_agents(**_: Any) -> int:
         return len(runtime.fleet)
 
-    @kopf.index(*EDGEAGENTS, id="edgeagents", registry=registry)
-    def edgeagents(body: kopf.Body, **kwargs: Any) -> dict[str, Any]:
-        return handlers.index_agent(runtime, body, kwargs["edgeagents"])
-
-    @kopf.index(*NODES, id="nodes", registry=registry)
-    def nodes(name: str, labels: kopf.Labels, **kwargs: Any) -> dict[str, Any]:
-        return handlers.index_node(runtime, name, labels, kwargs["nodes"])
+    @kopf.on.probe(id="leases", registry=registry)
+    def probe_leases(**_: Any) -> dict[str, int]:
+        return {"fresh": len(runtime.liveness) - len(runtime.liveness.stale), "stale": len(runtime.liveness.stale)}
 
     @kopf.on.event("batch", "v1", "jobs", id="jobs", labels={LABEL_MANAGED_BY: MANAGER}, registry=registry)
     def job_changed(namespace: str | None, labels: kopf.Labels, **_: Any) -> None:
@@ -104,13 +101,11 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.resume(*EDGEMODELS, id="reconcile", registry=registry)
     @kopf.on.create(*EDGEMODELS, id="reconcile", registry=registry)
     @kopf.on.update(*EDGEMODELS, id="reconcile", registry=registry)
-    async def reconcile(namespace: str | None, name: str, **kwargs: Any) -> None:
-        runtime.fleet.attach(kwargs["edgeagents"], kwargs["nodes"])
+    async def reconcile(namespace: str | None, name: str, **_: Any) -> None:
         await handlers.reconcile_once(runtime, namespace or "default", name)
 
     @kopf.daemon(*EDGEMODELS, id="resync", registry=registry, cancellation_timeout=10.0)
-    async def resync(namespace: str | None, name: str, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
-        runtime.fleet.attach(kwargs["edgeagents"], kwargs["nodes"])
+    async def resync(namespace: str | None, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
         await handlers.reconcile_loop(runtime, namespace or "default", name, stopped)
 
     @kopf.on.delete(*EDGEMODELS, id="unassign", registry=registry)
@@ -154,7 +149,7 @@ async def operate(settings: OperatorSettings, stop_flag: asyncio.Event | None = 
 
 
 def quiet_framework_logs() -> None:
-    """kopf logs every handler success per object (each agent heartbeat): keep those for -v only."""
+    """kopf logs every handler success per object (each agent status write): keep those for -v only."""
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -45,6 +45,15 @@ class OperatorMetrics:
             "Kubernetes API requests the operator's client made, by verb, resource and HTTP status code.",
             ["verb", "resource", "code"], registry=r,
         )
+        self.agents = Gauge(
+            "edgemodel_operator_agents", "EdgeAgents with a heartbeat Lease, by liveness (fresh, stale): a node is "
+            "stale when its Lease was not renewed within the stale timeout.", ["liveness"], registry=r,
+        )
+        self.lease_lag = Histogram(
+            "edgemodel_operator_lease_lag_seconds", "Time from an agent renewing its Lease (renewTime) to the "
+            "operator seeing the renewal: grows when the API server cannot keep up.", registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
         self.agent_writes = Counter(
             "edgemodel_operator_agent_writes_total", "EdgeAgent.spec.models patches by result (ok, conflict, error).",
             ["result"], registry=r,

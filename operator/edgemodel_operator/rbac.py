@@ -13,7 +13,8 @@ class Permission:
     verbs: tuple[str, ...]
     why: str
     scope: str = "workload"
-    """cluster (ClusterRole), workload (where EdgeModels are), or peering (kopf, per the mode)."""
+    """cluster (ClusterRole), workload (where EdgeModels are), peering (kopf, per the mode) or release (the
+    product's namespace, where the agents' Leases are)."""
 
 
 PERMISSIONS: tuple[Permission, ...] = (
@@ -31,6 +32,8 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "nodes", ("list", "watch"),
                "spec.selector and the cloud tier select on Node labels (an admin's, which no agent can change)",
                "cluster"),
+    Permission("coordination.k8s.io", "leases", ("list", "watch"),
+               "node liveness from the agents' heartbeat Leases (one list + watch, no handler per renewal)", "release"),
     Permission("edgemodel.io", "edgemodels", ("get", "list", "watch", "patch"),
                "reconcile reads the object fresh; kopf watches and patches finalizer and progress annotations"),
     Permission("edgemodel.io", "edgemodels/status", ("patch",), "phase, conditions, revisions, rollout progress"),

@@ -284,8 +284,9 @@ class Reconciler:
         now = rfc3339(now_dt)
         agents = rt.fleet.snapshot()
         by_name = {a.name: a for a in agents}
-        selection = scheduling.select(spec, namespace, name, agents, now_dt, settings.heartbeat_timeout_seconds)
-        cloud = scheduling.select_cloud(spec, agents, now_dt, settings.heartbeat_timeout_seconds)
+        seen_now = rt.liveness.now()  # freshness by the Lease stream's clock (see liveness.Liveness.reference)
+        selection = scheduling.select(spec, namespace, name, agents, seen_now, settings.heartbeat_timeout_seconds)
+        cloud = scheduling.select_cloud(spec, agents, seen_now, settings.heartbeat_timeout_seconds)
         artifacts = {r.revision: r.artifacts for r in status.history}
         url = cloud_url(spec, cloud)
         target = newest.revision if newest.outcome == RevisionOutcome.ROLLING_OUT else None
@@ -320,10 +321,16 @@ class Reconciler:
             stale=[a.name for a in selection.stale],
         )
         if len(observed.stale) > status.rollout.stale_nodes:
-            log.warning("Found %d EdgeAgent(s) of EdgeModel %s/%s with a heartbeat older than %.0f s: %s; they are "
-                        "not counted as ready until their agent reports again (check the agent and its node)",
-                        len(observed.stale), namespace, name, settings.heartbeat_timeout_seconds,
-                        ", ".join(observed.stale[:10]))
+            message = (f"{len(observed.stale)} selected node(s) renewed no Lease for {settings.heartbeat_timeout_seconds:.0f}"
+                       f" s: {', '.join(observed.stale[:10])}; they keep their models and are not counted as ready "
+                       "until their agent renews again (check the agent and its node)")
+            log.warning("Found stale EdgeAgents of EdgeModel %s/%s: %s", namespace, name, message)
+            outcome.events.append(("Warning", "NodesStale", message))
+        elif len(observed.stale) < status.rollout.stale_nodes:
+            message = (f"{status.rollout.stale_nodes - len(observed.stale)} node(s) renewed their Lease again; "
+                       f"{len(observed.stale)} stale")
+            log.info("Found EdgeAgents of EdgeModel %s/%s fresh again: %s", namespace, name, message)
+            outcome.events.append(("Normal", "NodesReturned", message))
         progress = plan.progress
         if split_wait is not None:
             progress = progress.model_copy(update={"message": split_wait})

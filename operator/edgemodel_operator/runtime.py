@@ -10,6 +10,7 @@ import aiohttp
 
 from edgemodel_operator.fleet import Fleet, ModelKey
 from edgemodel_operator.kube import KubeClient
+from edgemodel_operator.liveness import Liveness
 from edgemodel_operator.metrics import OperatorMetrics
 from edgemodel_operator.settings import OperatorSettings
 
@@ -48,6 +49,26 @@ class Runtime:
     locks: dict[ModelKey, asyncio.Lock] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
     """For Prometheus and the artifact store (opened on startup)."""
+    liveness: Liveness = field(init=False)
+    """Node liveness from the agents' Leases (started on startup)."""
+    _followers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.liveness = Liveness(self.settings.heartbeat_timeout_seconds, on_flip=lambda names: self.wakeups.wake(None),
+                                 metrics=self.metrics)
+        self.fleet.liveness = self.liveness
+        self.fleet.wake = self.wakeups.wake
+        self.fleet.heartbeat_timeout = self.settings.heartbeat_timeout_seconds
+
+    def start_followers(self) -> None:
+        """Follow the EdgeAgents and the agents' Leases in the background (idempotent)."""
+        if any(not t.done() for t in self._followers):
+            return
+        loop = asyncio.get_running_loop()
+        self._followers = [
+            loop.create_task(self.fleet.run(self.client), name="fleet"),
+            loop.create_task(self.liveness.run(self.client, self.settings.lease_namespace), name="lease-liveness"),
+        ]
 
     def lock(self, key: ModelKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -58,6 +79,9 @@ class Runtime:
         return self.http
 
     async def close(self) -> None:
+        for task in self._followers:
+            task.cancel()
+        await asyncio.gather(*self._followers, return_exceptions=True)
         await self.client.close()
         if self.http is not None:
             await self.http.close()

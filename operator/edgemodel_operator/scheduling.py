@@ -68,6 +68,7 @@ class AgentView:
     memory_bytes: int = 0
     providers: tuple[str, ...] = ()
     heartbeat: dt.datetime | None = None
+    """Last sign of life: status.heartbeatTime, or the Lease's renewTime when later (see fleet.Fleet)."""
     endpoint: str = ""
     split_endpoint: str = ""
     spec_models: tuple[Mapping[str, Any], ...] = ()
@@ -161,6 +162,9 @@ class AgentView:
     def with_labels(self, labels: Mapping[str, str]) -> AgentView:
         """A copy that selects by ``labels`` (its Node's) instead of the EdgeAgent's own."""
         return self if labels == self.labels else dataclasses.replace(self, labels=dict(labels))
+    def with_heartbeat(self, when: dt.datetime) -> AgentView:
+        """A copy whose last sign of life is ``when`` (its Lease's renewTime)."""
+        return dataclasses.replace(self, heartbeat=when)
 
     def with_spec_models(self, models: Sequence[Mapping[str, Any]], generation: int) -> AgentView:
         """A copy with spec.models as the operator just wrote them."""

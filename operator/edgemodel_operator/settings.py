@@ -6,7 +6,7 @@ import random
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
@@ -65,8 +65,12 @@ class OperatorSettings(BaseSettings):
 
     prometheus_url: str | None = Field(default=None, pattern=r"^https?://.+")
     """Prometheus for the rollout analysis; empty: use the p95/error counts the agents report."""
-    heartbeat_timeout_seconds: float = Field(default=60.0, gt=0)
-    """An agent whose last heartbeat is older than this is stale: reported, never counted as ready."""
+    heartbeat_timeout_seconds: float = Field(default=40.0, gt=0)
+    """Stale timeout: an agent whose Lease was not renewed for this long is stale (reported, keeps its models,
+    never counted as ready); give it 3-4 renew intervals of the agents (their --heartbeat-interval)."""
+    lease_namespace: str = Field(default="default", validation_alias=AliasChoices(
+        "EDGEMODEL_OPERATOR_LEASE_NAMESPACE", "POD_NAMESPACE", "lease_namespace"), min_length=1)
+    """Namespace of the agents' heartbeat Leases (the product's namespace; $POD_NAMESPACE in a pod)."""
     resync_seconds: float = Field(default=10.0, gt=0, le=3600)
     """Longest time between two reconciles of one EdgeModel (events wake it earlier)."""
     history_limit: int = Field(default=10, ge=1, le=100)

@@ -44,7 +44,7 @@ def cluster(kube_cluster_auth: LocalCluster) -> LocalCluster:
 def agent_settings(cluster: LocalCluster, keys: Keys, cache: Path, **extra: Any) -> AgentSettings:
     return AgentSettings(
         port=0, node_name=NODE, kubeconfig=cluster.agent_kubeconfig(NODE), public_key=keys.public, cache_dir=cache,
-        labels={"edgemodel.io/pool": "test"}, heartbeat_interval_s=1.0, status_min_interval_s=0.1,
+        labels={"edgemodel.io/pool": "test"}, heartbeat_interval_s=1.0, status_min_interval_s=0.1, stats_interval_s=1.0,
         retry_backoff_s=0.05, download_attempts=2, **extra,
     )  # fmt: skip
 
@@ -112,8 +112,11 @@ async def test_registers_heartbeats_and_serves_its_assignment(
     assert caps["hardwareClass"] == "cpu"
     assert caps["cpuCount"] >= 1
     assert status["endpoint"] == agent.server.url
-    first_beat = status["heartbeatTime"]
-    await eventually(lambda: edgeagent(cluster)["status"]["heartbeatTime"] != first_beat, "a second heartbeat", timeout=5)
+    lease = await eventually(lambda: cluster.get("coordination.k8s.io/v1", "Lease", NODE, "default"), "the Lease")
+    assert lease["spec"]["holderIdentity"] == NODE
+    first_beat = lease["spec"]["renewTime"]
+    await eventually(lambda: cluster.get("coordination.k8s.io/v1", "Lease", NODE, "default")["spec"]["renewTime"]
+                     != first_beat, "a second heartbeat (Lease renewal)", timeout=5)  # fmt: skip
 
     generation = assign(cluster, [store.publish(keys, model_files["affine1"], "affine", 1)])
     ready = await wait_affine(cluster, "Ready")

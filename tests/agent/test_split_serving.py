@@ -444,7 +444,7 @@ async def test_agents_report_split_roles_endpoint_rtt_and_fallbacks_in_their_edg
 
     def settings(node: str, **extra: Any) -> AgentSettings:
         return AgentSettings(port=0, node_name=node, kubeconfig=cluster.agent_kubeconfig(node), public_key=keys.public,
-                             cache_dir=tmp_path / node, heartbeat_interval_s=1.0, status_min_interval_s=0.1,
+                             cache_dir=tmp_path / node, heartbeat_interval_s=1.0, status_min_interval_s=0.1, stats_interval_s=1.0,
                              retry_backoff_s=0.05, download_attempts=2, warmup_runs=1, intra_op_threads=1, **extra)  # fmt: skip
 
     cloud = Agent(settings(cloud_node, split_port=0, **cloud_tls(pki)))

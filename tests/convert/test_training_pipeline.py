@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edgemodel.examples_models import DigitsExample, load_digits_data
+from edgemodel_dev.examples_models import DigitsExample, load_digits_data
 
 from edgemodel.api import ConversionResult
 from edgemodel.cli import main

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgemodel.examples_models import digits_cnn  # noqa: E402
+from edgemodel_dev.examples_models import digits_cnn  # noqa: E402
 
 from edgemodel.api import TensorSpec  # noqa: E402
 from edgemodel.convert.errors import ConversionError  # noqa: E402

@@ -73,8 +73,8 @@ def test_printer_columns_and_wide_output(cluster: LocalCluster) -> None:
                     '{"status": {"endpoint": "http://127.0.0.1:1", "capabilities": {"arch": "arm64"}}}')
     narrow = rows(cluster.kubectl("get", "ea", "edge-9").stdout)
     wide = rows(cluster.kubectl("get", "ea", "edge-9", "-o", "wide").stdout)
-    assert narrow[0] == ["NAME", "CLASS", "ARCH", "HEARTBEAT", "AGE"]
-    assert wide[0] == ["NAME", "CLASS", "ARCH", "ENDPOINT", "HEARTBEAT", "AGE"]
+    assert narrow[0] == ["NAME", "CLASS", "ARCH", "REPORTED", "AGE"]
+    assert wide[0] == ["NAME", "CLASS", "ARCH", "ENDPOINT", "REPORTED", "AGE"]
     assert wide[1][:4] == ["edge-9", "cpu", "arm64", "http://127.0.0.1:1"]
     labels = cluster.kubectl("get", "em", "digits", "--show-labels", "-L", "app").stdout
     assert "LABELS" in labels.splitlines()[0]

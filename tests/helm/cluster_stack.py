@@ -20,11 +20,21 @@ from tests.helm.chart import find, full, render
 STORE_TOKEN = "e2e-upload-token"
 
 
-def chart_identity(name: str, cluster_role: str) -> Identity:
-    """An emulator identity with exactly the rules of one of the chart's ClusterRoles."""
-    role = find(render({}), "ClusterRole", full(cluster_role))[0]
-    rules = tuple(Rule(tuple(r["verbs"]), tuple(r["apiGroups"]), tuple(r["resources"])) for r in role["rules"])
-    return Identity(name, ("system:serviceaccounts",), rules)
+RELEASE_NAMESPACE = "edge-system"
+"""Where the chart is rendered (tests/helm/chart.py): the Roles for the heartbeat Leases live there."""
+
+
+def chart_identity(name: str, cluster_role: str, lease_role: str) -> Identity:
+    """An emulator identity with exactly the rules of one of the chart's ClusterRoles and of its Lease Role
+    (limited to the Role's namespace, as a RoleBinding is)."""
+    docs = render({})
+    role = find(docs, "ClusterRole", full(cluster_role))[0]
+    rules = [Rule(tuple(r["verbs"]), tuple(r["apiGroups"]), tuple(r["resources"])) for r in role["rules"]]
+    [namespaced] = find(docs, "Role", full(lease_role))
+    assert namespaced["metadata"]["namespace"] == RELEASE_NAMESPACE
+    rules += [Rule(tuple(r["verbs"]), tuple(r["apiGroups"]), tuple(r["resources"]), namespaces=(RELEASE_NAMESPACE,))
+              for r in namespaced["rules"]]
+    return Identity(name, ("system:serviceaccounts",), tuple(rules))
 
 
 class ClusterSide(SystemStack):
@@ -74,18 +84,21 @@ class ClusterSide(SystemStack):
         self.start_store()
         self.nodes = self.cluster.add_nodes(1, prefix="edge-c")
         self.node = self.nodes[0]
+        self.cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": RELEASE_NAMESPACE}})
         agent_token = self.cluster.add_token(
-            chart_identity("system:serviceaccount:edge-system:em-edgemodel-agent", "agent"))
+            chart_identity("system:serviceaccount:edge-system:em-edgemodel-agent", "agent", "agent-lease"))
         self.procs.start("cluster-agent", [
             EDGEMODEL, "agent", "--kubeconfig", str(self.cluster.kubeconfig_for(agent_token, "agent")),
             "--node-name", self.node, "--public-key", str(self.public_key),
             "--cache-dir", str(self.dir / "agent-cache"), "--host", "127.0.0.1",
             "--port", str(self.agent_port), "--heartbeat-interval", "1", "--threads", "1",
+            "--lease-namespace", RELEASE_NAMESPACE,
         ], env={"PYTHONUNBUFFERED": "1"})
         op_token = self.cluster.add_token(
-            chart_identity("system:serviceaccount:edge-system:em-edgemodel-operator", "operator"))
+            chart_identity("system:serviceaccount:edge-system:em-edgemodel-operator", "operator", "operator-leases"))
         self.run_operator("operator", self.operator_metrics, self.operator_liveness, [
             "--peering", self.peering["metadata"]["name"], "--store-token-secret", full("store-token"),
+            "--lease-namespace", RELEASE_NAMESPACE,
             "--converter-backoff-limit", "0", "--resync-seconds", "2",
         ], kubeconfig=self.cluster.kubeconfig_for(op_token, "operator"))
 

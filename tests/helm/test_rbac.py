@@ -54,9 +54,10 @@ OPERATOR_PATHS = {  # Paths.<fn> -> (group, resource, names one object)
     "edgemodel": ("edgemodel.io", "edgemodels", True), "edgemodel_status": ("edgemodel.io", "edgemodels/status", True),
     "edgeagents": ("edgemodel.io", "edgeagents", False), "edgeagent": ("edgemodel.io", "edgeagents", True),
     "jobs": ("batch", "jobs", False), "job": ("batch", "jobs", True), "pods": ("", "pods", False),
+    "leases": ("coordination.k8s.io", "leases", False), "nodes": ("", "nodes", False),
 }
-CLIENT_VERBS = {"get": "get", "list": "list", "create": "create", "patch": "patch", "merge_patch": "patch",
-                "delete": "delete", "watch": "watch"}
+CLIENT_VERBS = {"get": "get", "list": "list", "list_object": "list", "create": "create", "patch": "patch",
+                "merge_patch": "patch", "put": "update", "delete": "delete", "watch": "watch", "stream": "watch"}
 
 
 def operator_usage() -> set[Perm]:
@@ -68,6 +69,13 @@ def operator_usage() -> set[Perm]:
                 and isinstance(arg.func.value, ast.Name) and arg.func.value.id == "Paths"):
             group, resource, _named = OPERATOR_PATHS[arg.func.attr]
             used.add((group, resource, CLIENT_VERBS[method]))
+    for path in sorted(src.glob("*.py")):  # ListWatch(client, Paths.<fn>(), ...): one list, then watches
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "ListWatch"
+                    and len(node.args) > 1 and isinstance(node.args[1], ast.Call)
+                    and isinstance(node.args[1].func, ast.Attribute)):
+                group, resource, _named = OPERATOR_PATHS[node.args[1].func.attr]
+                used |= {(group, resource, "list"), (group, resource, "watch")}
     main = (src / "main.py").read_text()
     tree = ast.parse(main)
     for node in ast.walk(tree):
@@ -110,6 +118,8 @@ def agent_usage() -> set[Perm]:
             if verb == "get" and not named:
                 verb = "list"
             used.add((str(group), f"{plural}/{sub}" if sub else str(plural), verb))
+        elif method in CLIENT_VERBS and isinstance(arg, ast.Call) and ast.unparse(arg.func) == "lease_path":
+            used.add(("coordination.k8s.io", "leases", CLIENT_VERBS[method]))
         elif method == "merge_patch" and ast.unparse(arg) == "self.object_path":
             used.add(("edgemodel.io", "edgeagents", "patch"))
         elif method == "get" and ast.unparse(arg) == "self.object_path":
@@ -132,7 +142,15 @@ def test_chart_grants_exactly_the_table() -> None:
     docs = render({})
     assert granted(find(docs, "ClusterRole", full("operator"))[0]["rules"]) == table(
         "operator", {"cluster", "workload", "cluster-wide-only"})
-    assert granted(find(docs, "ClusterRole", full("agent"))[0]["rules"]) == table("agent")
+    assert granted(find(docs, "ClusterRole", full("agent"))[0]["rules"]) == table("agent", {"cluster"})
+    for who, role in (("operator", full("operator-leases")), ("agent", full("agent-lease"))):
+        [lease_role] = find(docs, "Role", role)
+        assert lease_role["metadata"]["namespace"] == "edge-system"
+        assert granted(lease_role["rules"]) == table(who, {"release"}) == {
+            ("coordination.k8s.io", "leases", v) for v in
+            (("list", "watch") if who == "operator" else ("get", "create", "update"))}
+        [binding] = find(docs, "RoleBinding", role)
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": full(who), "namespace": "edge-system"}]
     keygen_roles = [r for r in find(docs, "Role") if r["metadata"]["name"] == full("signing-keygen")]
     assert [granted(r["rules"]) for r in keygen_roles] == [table("signingKeygen")]
     scoped = render(SWITCHES["watch-namespaces"])
@@ -152,7 +170,8 @@ def test_operator_table_is_the_operators_declared_permissions() -> None:
 
     declared = {(p.api_group, p.resource, v) for p in PERMISSIONS for v in p.verbs}
     assert table("operator") == declared
-    scopes = {"cluster": {"cluster"}, "workload": {"workload"}, "peering": {"cluster-wide-only", "namespaced-only"}}
+    scopes = {"cluster": {"cluster"}, "workload": {"workload"}, "peering": {"cluster-wide-only", "namespaced-only"},
+              "release": {"release"}}
     for p in PERMISSIONS:
         rule = next(r for r in TABLE["operator"] if p.resource in r["resources"] and p.api_group in r["apiGroups"])
         assert rule["scope"] in scopes[p.scope], (p, rule["scope"])

@@ -63,18 +63,23 @@ def test_woken_models_only_on_changes_that_matter() -> None:
 
 
 def test_fleet_overlays_its_own_writes_until_the_watch_catches_up() -> None:
-    index: dict[str, list[AgentView]] = {"a": [AgentView.from_body(agent_body("a", generation=1))]}
-    fleet = Fleet()
-    fleet.attach(index)
+    woken: list[object] = []
+    fleet = Fleet(wake=woken.append)
+    fleet.load([agent_body("a", generation=1)])
+    fleet.synced.set()
+    assert woken == [], "the first list wakes nothing"
     fleet.record_write(agent_body("a", generation=2, models=[assignment(1)]))
     seen = fleet.get("a")
     assert seen is not None
     assert seen.assigned_revision("default", "digits") == 1
-    index["a"] = [AgentView.from_body(agent_body("a", generation=3, models=[assignment(2)]))]
+    fleet.on_event("MODIFIED", agent_body("a", generation=3, models=[assignment(2)]))
     seen = fleet.get("a")
     assert seen is not None
     assert seen.assigned_revision("default", "digits") == 2
-    del index["a"]
+    fleet.on_event("MODIFIED", agent_body("a", generation=3, models=[assignment(2)], reported=[report(1, requests=9)]))
+    assert woken[-1] == {("default", "digits")}, "a reported state change wakes its model"
+    fleet.on_event("DELETED", agent_body("a", generation=3))
+    assert woken[-1] is None
     assert fleet.snapshot() == []
 
 
@@ -84,10 +89,12 @@ def test_selection_uses_the_node_labels_never_the_agents_own() -> None:
     from tests.operator.builders import spec
 
     forged = {"edge": "true", "edgemodel.io/tier": "cloud"}
-    agents = {name: [AgentView.from_body(agent_body(name, labels=forged))] for name in ("edge-0", "edge-1", "ghost")}
-    nodes = {"edge-0": [{"edge": "true"}], "edge-1": [{"edgemodel.io/tier": "cloud"}]}
-    fleet = Fleet()
-    fleet.attach(agents, nodes)
+    woken: list[object] = []
+    fleet = Fleet(wake=woken.append)
+    fleet.load([agent_body(name, labels=forged) for name in ("edge-0", "edge-1", "ghost")])
+    fleet.load_nodes([{"metadata": {"name": "edge-0", "labels": {"edge": "true"}}},
+                      {"metadata": {"name": "edge-1", "labels": {"edgemodel.io/tier": "cloud"}}}])
+    fleet.synced.set()
     views = {v.name: v for v in fleet.snapshot()}
     assert views["edge-0"].labels == {"edge": "true"}
     assert not views["edge-0"].is_cloud, "the tier label on its EdgeAgent is forged"
@@ -97,5 +104,10 @@ def test_selection_uses_the_node_labels_never_the_agents_own() -> None:
     assert [a.name for a in edge.fresh] == ["edge-0"]
     split = spec(split={"cut": "view", "cloud": {"serviceUrl": "https://cloud:8443"}})
     assert [a.name for a in select_cloud(split, views.values(), NOW, 60).fresh] == ["edge-1"]
-    fleet.attach(agents)  # an agent event re-attaches the agent index only: the node labels stay
-    assert fleet.get("edge-0") == views["edge-0"]
+    fleet.on_event("MODIFIED", agent_body("edge-0", labels={**forged, "more": "forged"}))
+    assert fleet.get("edge-0") == views["edge-0"], "an agent's own labels never reach selection"
+    fleet.on_node_event("MODIFIED", {"metadata": {"name": "edge-0", "labels": {"edgemodel.io/tier": "cloud"}}})
+    assert woken[-1] is None, "a Node's new labels wake every EdgeModel"
+    edge_0 = fleet.get("edge-0")
+    assert edge_0 is not None
+    assert edge_0.is_cloud

@@ -222,6 +222,8 @@ tests/helm checks every name against that class. */}}
   value: {{ .Values.operator.watchNamespaces | toJson | quote }}
 - name: EDGEMODEL_OPERATOR_HEARTBEAT_TIMEOUT_SECONDS
   value: {{ .Values.operator.heartbeatTimeoutSeconds | quote }}
+- name: EDGEMODEL_OPERATOR_LEASE_NAMESPACE
+  value: {{ .Release.Namespace | quote }}
 - name: EDGEMODEL_OPERATOR_RESYNC_SECONDS
   value: {{ .Values.operator.resyncSeconds | quote }}
 - name: EDGEMODEL_OPERATOR_HISTORY_LIMIT
@@ -333,6 +335,10 @@ spec:
           value: {{ $a.limits.maxElements | int64 | quote }}
         - name: EDGEMODEL_AGENT_BODY_READ_TIMEOUT_S
           value: {{ $a.limits.bodyReadTimeoutSeconds | quote }}
+        - name: EDGEMODEL_AGENT_LEASE_NAMESPACE
+          value: {{ $ctx.Release.Namespace | quote }}
+        - name: EDGEMODEL_AGENT_STATS_INTERVAL_S
+          value: {{ $a.statsIntervalSeconds | default 10 | quote }}
         {{- with .labels }}
         - name: EDGEMODEL_AGENT_LABELS
           value: {{ toJson . | quote }}
