@@ -26,12 +26,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from edgemodel_dev.examples_models import load_digits_data
 from models import DigitsWideCNN, train
 
 from edgemodel.api import ArtifactManifest, CandidateResult, EdgeModel
 from edgemodel.convert.pipeline import ConvertOptions, convert
 from edgemodel.signing import generate_keypair, load_private_key
+from edgemodel_dev.examples_models import load_digits_data
 
 log = logging.getLogger("bench.compress")
 

@@ -207,6 +207,9 @@ class SimFleet:
                                              connector=aiohttp.TCPConnector(limit=64))
 
         async def one(name: str) -> None:
+            # the operator selects on the Node's labels (an admin's), never the EdgeAgent's own
+            await self.request("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node",
+                                                         "metadata": {"name": name, "labels": {"bench": "true"}}})
             await self.request("POST", EA_PATH, {"apiVersion": "edgemodel.io/v1alpha1", "kind": "EdgeAgent",
                                                  "metadata": {"name": name, "labels": {"bench": "true"}},
                                                  "spec": {"nodeName": name}})

@@ -18,8 +18,8 @@ has no labels; a change of a Node's labels wakes every EdgeModel.
 from __future__ import annotations
 
 import asyncio
-import logging
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edgemodel_dev.examples_models import DigitsExample, load_digits_data
 
 from edgemodel.api import ConversionResult
 from edgemodel.cli import main
+from edgemodel_dev.examples_models import DigitsExample, load_digits_data
 from tests.convert.conftest import FAST, Keys, digits_doc, write_doc, write_npz
 from tests.convert.test_bad_input import convert_cli
 

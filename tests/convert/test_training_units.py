@@ -12,8 +12,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgemodel_dev.examples_models import digits_cnn  # noqa: E402
-
 from edgemodel.api import TensorSpec  # noqa: E402
 from edgemodel.convert.errors import ConversionError  # noqa: E402
 from edgemodel.convert.export import _dynamic_shapes, export_module  # noqa: E402
@@ -22,6 +20,7 @@ from edgemodel.convert.training import distill, qat  # noqa: E402
 from edgemodel.convert.training.lift import clone, lift, output_layers  # noqa: E402
 from edgemodel.convert.training.loop import TrainSet, cross_entropy, fit, predict  # noqa: E402
 from edgemodel.convert.training.prune import count, prune_channels, width_student  # noqa: E402
+from edgemodel_dev.examples_models import digits_cnn  # noqa: E402
 
 INPUTS = [TensorSpec(name="input", shape=[-1, 1, 8, 8])]
 DYNAMIC = _dynamic_shapes(INPUTS)

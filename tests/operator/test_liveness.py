@@ -7,15 +7,14 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+from edgemodel.api import EdgeModelSpec
+from edgemodel_dev.cluster import LocalCluster
+from edgemodel_dev.polling import wait_until_async
 from edgemodel_operator.fleet import Fleet
 from edgemodel_operator.kube import KubeClient, KubeConfig
 from edgemodel_operator.liveness import Liveness, renewed_at
 from edgemodel_operator.metrics import OperatorMetrics
 from edgemodel_operator.scheduling import select
-
-from edgemodel.api import EdgeModelSpec
-from edgemodel_dev.cluster import LocalCluster
-from edgemodel_dev.polling import wait_until_async
 
 T0 = 1_800_000_000.0
 
