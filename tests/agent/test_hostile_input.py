@@ -313,7 +313,7 @@ def test_refused_bodies_are_freed_at_once_not_at_the_next_gc_pass(guarded: Agent
         for _ in range(5):
             response = post(guarded, "affine", body, {"Inference-Header-Content-Length": str(len(head))})
             assert response.status_code == 400, response.text
-        holding = [f.f_code.co_name for f in gc.get_objects() if isinstance(f, types.FrameType)
+        holding = [f.f_code.co_name for f in gc.get_objects() if type(f) is types.FrameType
                    and any(isinstance(v, bytearray) and len(v) >= 50_000 for v in f.f_locals.values())]  # fmt: skip
     finally:
         gc.enable()
