@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -37,6 +38,15 @@ class WebhookStack(SystemStack):
         self.run_operator("operator", free_port(), free_port(), [
             "--standalone", "--webhook-port", str(self.webhook_port),
             "--webhook-cert", str(self.pki.server_cert), "--webhook-key", str(self.pki.server_key)])
+        # kopf opens the webhook server a moment after the liveness probe answers
+        self.wait_for(f"the webhook on port {self.webhook_port}", self._webhook_listens, 60)
+
+    def _webhook_listens(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.webhook_port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     def review(self, doc: dict[str, Any], context: ssl.SSLContext | None, scheme: str = "https") -> dict[str, Any]:
         review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
