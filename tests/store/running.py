@@ -10,6 +10,9 @@ from pathlib import Path
 
 from edgemodel.store.server import serve
 
+TOKEN = "s3cr3t-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
 
 @contextlib.contextmanager
 def running_store(root: Path, token: str = "", max_upload_bytes: int = 8 << 30) -> Iterator[str]:

@@ -11,17 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.store.running import running_store
-
-TOKEN = "s3cr3t-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    root = tmp_path / "root"
-    with running_store(root, TOKEN) as url:
-        yield url, root
+from tests.store.running import AUTH, TOKEN, running_store
 
 
 def assert_error(response: requests.Response, status: int, fragment: str) -> None:

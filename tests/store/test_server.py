@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,7 @@ import requests
 from edgemodel.store import HttpStore, RevisionExists, RevisionRef, StoreError
 from edgemodel.store.layout import StoreLayout
 from edgemodel.store.server import clean_stale
-from tests.store.running import running_store
-
-TOKEN = "s3cr3t-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    root = tmp_path / "root"
-    with running_store(root, TOKEN) as url:
-        yield url, root
+from tests.store.running import AUTH, TOKEN
 
 
 def _revision_files(tmp_path: Path, marker: str) -> dict[str, Path]:
