@@ -17,7 +17,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import tenacity
 
@@ -67,6 +67,22 @@ def _log_before_sleep(what: str) -> Callable[[tenacity.RetryCallState], None]:
     return before_sleep
 
 
+def _policy(
+    what: str, attempts: int, backoff: Backoff, retry_on: Callable[[BaseException], bool], sleep: object
+) -> dict[str, Any]:
+    """tenacity's settings for the project's policy: stop, wait, what to retry, the warning, re-raise the last."""
+    policy: dict[str, Any] = {
+        "stop": tenacity.stop_after_attempt(max(1, attempts)),
+        "wait": backoff._wait,
+        "retry": tenacity.retry_if_exception(retry_on),
+        "before_sleep": _log_before_sleep(what),
+        "reraise": True,
+    }
+    if sleep is not None:
+        policy["sleep"] = sleep
+    return policy
+
+
 def retry_sync(
     fn: Callable[[], T], *, what: str, attempts: int, backoff: Backoff, retry_on: Callable[[BaseException], bool],
     sleep: Callable[[float], None] | None = None,
@@ -75,15 +91,7 @@ def retry_sync(
 
     Exceptions ``retry_on`` refuses propagate at once. A warning names ``what`` before each wait.
     """
-    kwargs = {"sleep": sleep} if sleep is not None else {}
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(max(1, attempts)),
-        wait=backoff._wait,
-        retry=tenacity.retry_if_exception(retry_on),
-        before_sleep=_log_before_sleep(what),
-        reraise=True,
-        **kwargs,  # type: ignore[arg-type]
-    )
+    retrying = tenacity.Retrying(**_policy(what, attempts, backoff, retry_on, sleep))
     return retrying(fn)
 
 
@@ -92,13 +100,5 @@ async def retry_async(
     retry_on: Callable[[BaseException], bool], sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> T:  # fmt: skip
     """The asynchronous :func:`retry_sync`: awaits ``fn()`` and sleeps without blocking the loop."""
-    kwargs = {"sleep": sleep} if sleep is not None else {}
-    retrying = tenacity.AsyncRetrying(
-        stop=tenacity.stop_after_attempt(max(1, attempts)),
-        wait=backoff._wait,
-        retry=tenacity.retry_if_exception(retry_on),
-        before_sleep=_log_before_sleep(what),
-        reraise=True,
-        **kwargs,  # type: ignore[arg-type]
-    )
+    retrying = tenacity.AsyncRetrying(**_policy(what, attempts, backoff, retry_on, sleep))
     return await retrying(fn)
