@@ -23,15 +23,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from models import ResNet18, randomly_initialised
-from run import Prepared, prepare_digits, prepare_vision
+from run import PREPARERS, Prepared, signing_key
 
 from edgemodel.api import ArtifactManifest, EdgeModel, LatencyStats
 from edgemodel.api.edgemodel import TargetHardware
@@ -40,7 +38,6 @@ from edgemodel.convert.measure import measure_latency
 from edgemodel.convert.pipeline import ConvertOptions, convert
 from edgemodel.convert.runners import ort_session
 from edgemodel.convert.select import choose
-from edgemodel.signing import generate_keypair, load_private_key
 from edgemodel.split.artifacts import SplitSettings, build_split, scaled_profile
 from edgemodel.split.planner import Link, choose_cut
 from edgemodel.split.profile import planner_costs, profile_split
@@ -209,17 +206,12 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     sections: list[str] = []
-    preparers: dict[str, Callable[[Path], Prepared]] = {
-        "digits": prepare_digits,
-        "resnet18": lambda f: prepare_vision(f, "resnet18", randomly_initialised(ResNet18()))}
     with tempfile.TemporaryDirectory(prefix="edgemodel-repeat-") as tmp:
-        keys = Path(tmp) / "keys"
-        generate_keypair(keys / "private.pem", keys / "public.pem")
-        key = load_private_key(keys / "private.pem")
+        key = signing_key(Path(tmp) / "keys")
         for name in args.models.split(","):
             folder = Path(tmp) / name
             folder.mkdir()
-            p = preparers[name](folder)
+            p = PREPARERS[name](folder)
             sections += candidates_section(p, folder, key, args.repeats, args.threads)
             if name in args.split_models.split(","):
                 exported = folder / "work0" / "exported.onnx"

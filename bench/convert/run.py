@@ -160,6 +160,20 @@ def prepare_minilm(folder: Path) -> Prepared:
                     {b: {k: v[:b] for k, v in val.items()} for b in (1, 8)}, doc, "cosine >= 0.99 and faster than ORT FP32")
 
 
+PREPARERS: dict[str, Callable[[Path], Prepared]] = {
+    "digits": prepare_digits,
+    "resnet18": lambda folder: prepare_vision(folder, "resnet18", randomly_initialised(ResNet18())),
+    "mobilenetv2": lambda folder: prepare_vision(folder, "mobilenetv2", randomly_initialised(MobileNetV2())),
+    "minilm": prepare_minilm,
+}
+
+
+def signing_key(folder: Path) -> Any:
+    """A throwaway Ed25519 key pair in ``folder``; returns the private key the converter signs with."""
+    generate_keypair(folder / "private.pem", folder / "public.pem")
+    return load_private_key(folder / "private.pem")
+
+
 def time_eager(p: Prepared, onnx_path: Path, threads: int, runs: int, budget_s: float) -> dict[int, tuple[float, float]]:
     """p50 ms of torch eager and of ORT FP32 (the fp32-opt file) per batch size.
 
@@ -266,23 +280,14 @@ def main() -> int:
     summary: list[str] = []
     manifests: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgemodel-bench-") as tmp:
-        keys = Path(tmp) / "keys"
-        generate_keypair(keys / "private.pem", keys / "public.pem")
-        key = load_private_key(keys / "private.pem")
+        key = signing_key(Path(tmp) / "keys")
         for name in args.models.split(","):
             folder = Path(tmp) / name
             folder.mkdir()
             log.info("Preparing %s", name)
-            if name == "digits":
-                p = prepare_digits(folder)
-            elif name == "resnet18":
-                p = prepare_vision(folder, name, randomly_initialised(ResNet18()))
-            elif name == "mobilenetv2":
-                p = prepare_vision(folder, name, randomly_initialised(MobileNetV2()))
-            elif name == "minilm":
-                p = prepare_minilm(folder)
-            else:
-                parser.error(f"unknown model {name}")
+            if name not in PREPARERS:
+                parser.error(f"unknown model {name}; choose from {', '.join(PREPARERS)}")
+            p = PREPARERS[name](folder)
             start = time.perf_counter()
             output = convert(EdgeModel.model_validate(p.doc), key,
                              ConvertOptions(workdir=folder / "work", threads=args.threads, latency_runs=args.runs,

@@ -7,13 +7,13 @@ import base64
 import json
 import os
 import sys
-import uuid
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from edgemodel_dev.cluster import LocalCluster
+from tests.dev.pods import fresh_namespace, wait_phase
 
 SCRIPT = r"""
 import json, os, pathlib, sys
@@ -43,18 +43,7 @@ def cluster(module_kube_cluster: LocalCluster) -> LocalCluster:
 
 @pytest.fixture
 def ns(cluster: LocalCluster) -> str:
-    name = f"k-{uuid.uuid4().hex[:8]}"
-    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    return name
-
-
-def wait_phase(cluster: LocalCluster, ns: str, name: str, phases: tuple[str, ...] = ("Succeeded", "Failed"),
-               timeout: float = 60) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        obj = cluster.get("v1", "pods", name, ns)
-        return obj if obj and (obj.get("status") or {}).get("phase") in phases else None
-
-    return cluster.wait_for(done, timeout=timeout, what=f"pod {name} to reach {phases}")
+    return fresh_namespace(cluster, "k")
 
 
 def test_pod_environment_volumes_logs_and_termination_message(cluster: LocalCluster, ns: str) -> None:

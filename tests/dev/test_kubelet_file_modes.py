@@ -5,7 +5,6 @@ a file a real node would not let the container read is unreadable for the local 
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from kubernetes import client
 from edgemodel_dev.cluster import LocalCluster
 from edgemodel_dev.fileaccess import Identity, container_identity, file_mode
 from edgemodel_dev.podenv import ContainerConfigError
+from tests.dev.pods import fresh_namespace, wait_phase
 
 READ = r"""
 import json, os, pathlib, sys
@@ -34,8 +34,7 @@ def cluster(module_kube_cluster: LocalCluster) -> LocalCluster:
 
 @pytest.fixture
 def ns(cluster: LocalCluster) -> str:
-    name = f"fm-{uuid.uuid4().hex[:8]}"
-    cluster.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    name = fresh_namespace(cluster, "fm")
     core = client.CoreV1Api(cluster.api_client())
     core.create_namespaced_secret(ns_body := name, {"metadata": {"name": "key"},
                                                     "stringData": {"private.pem": "KEY", "other": "O"}})
@@ -52,12 +51,7 @@ def run_reader(cluster: LocalCluster, ns: str, name: str, *, pod_sc: dict[str, A
                         "securityContext": container_sc or {},
                         "volumeMounts": [{"name": "v", "mountPath": "/mnt/v", "readOnly": True}]}]}}
     cluster.create(body)
-
-    def done() -> Any:
-        obj = cluster.get("v1", "pods", name, ns)
-        return obj if obj and (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed") else None
-
-    pod = cluster.wait_for(done, timeout=60, what=f"pod {name} to finish")
+    pod = wait_phase(cluster, ns, name)
     state = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     if not state.get("message", "").startswith("["):
         return state
