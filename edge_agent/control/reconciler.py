@@ -122,7 +122,7 @@ def check_manifest(data: bytes, a: ModelAssignment, public_key: Ed25519PublicKey
             "DigestMismatch",
             f"the signed manifest gives {file_name} sha256 {listed}, the assignment says {a.sha256}; refusing it",
         )
-    cut = (manifest.split or {}).get("cut")
+    cut = manifest.split.cut if manifest.split is not None else None
     if a.split is not None and cut and cut != a.split.cut:
         raise StepFailed(
             "ManifestMismatch", f"the signed manifest splits at {cut!r}, the assignment's split.cut is {a.split.cut!r}"

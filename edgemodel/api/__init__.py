@@ -4,7 +4,15 @@ The CRDs in ``crds/`` are generated from these models (``edgemodel crds --write`
 This package imports only pydantic and the standard library (an import-linter contract).
 """
 
-from edgemodel.api.artifact import ArtifactChoice, ArtifactManifest, CandidateResult, LatencyStats
+from edgemodel.api.artifact import (
+    ArtifactChoice,
+    ArtifactManifest,
+    CandidateResult,
+    LatencyStats,
+    ManifestEnvironment,
+    ManifestSplit,
+    ManifestValidation,
+)
 from edgemodel.api.base import (
     API_VERSION,
     GROUP,
@@ -59,6 +67,9 @@ __all__ = [
     "ApiModel",
     "ArtifactChoice",
     "ArtifactManifest",
+    "ManifestEnvironment",
+    "ManifestSplit",
+    "ManifestValidation",
     "ArtifactRef",
     "CandidateResult",
     "CandidateSummary",
