@@ -36,7 +36,11 @@ SPLIT: dict[str, Any] = {
 def test_a_typed_manifest_round_trips_through_its_json() -> None:
     manifest = ArtifactManifest.model_validate({**OLD_MANIFEST, "split": SPLIT})
     assert isinstance(manifest.split, ManifestSplit)
-    assert (manifest.split.cut, manifest.split.chosen_by, manifest.split.feature_bytes) == (SPLIT["cut"], "auto", 4200)
+    assert (manifest.split.cut, manifest.split.chosen_by, manifest.split.feature_bytes) == (
+        SPLIT["cut"],
+        "auto",
+        4200,
+    )
     assert manifest.validation.samples == 200
     assert manifest.validation.max_accuracy_drop == 0.01
     assert manifest.environment.load_average == [1.5, 1.2, 0.9]
