@@ -12,6 +12,7 @@ from edgemodel.api.artifact import (
     ManifestEnvironment,
     ManifestSplit,
     ManifestValidation,
+    SplitPlanRecord,
 )
 from edgemodel.api.base import (
     API_VERSION,
@@ -70,6 +71,7 @@ __all__ = [
     "ManifestEnvironment",
     "ManifestSplit",
     "ManifestValidation",
+    "SplitPlanRecord",
     "ArtifactRef",
     "CandidateResult",
     "CandidateSummary",

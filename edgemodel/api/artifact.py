@@ -174,6 +174,41 @@ class ManifestEnvironment(ManifestSection):
     """1, 5 and 15 minute load averages when measuring began (benchmarks under load are noisy)."""
 
 
+class SplitPlanLink(ManifestSection):
+    """The link a plan was costed on."""
+
+    bandwidth_mbit_s: float = Field(gt=0)
+    rtt_ms: float = Field(ge=0)
+
+
+class SplitPlanOption(ManifestSection):
+    """One costed option of a plan: edge-only, a cut, or cloud-only (``edgemodel.split.planner.Option``)."""
+
+    kind: str = Field(min_length=1)
+    """edge-only, split or cloud-only (a plain string: a new kind is skipped by readers, not refused)."""
+    option: str = ""
+    cut: str | None = None
+    cut_index: int | None = Field(default=None, ge=0)
+    edge_ms: float = Field(ge=0)
+    codec_ms: float = Field(ge=0)
+    transfer_ms: float = Field(ge=0)
+    cloud_ms: float = Field(ge=0)
+    total_ms: float | None = Field(default=None, ge=0)
+    bytes_up: int = Field(ge=0)
+    bytes_down: int = Field(ge=0)
+
+
+class SplitPlanRecord(ManifestSection):
+    """``plan`` of split.json (beside manifest.json, its sha256 in the signed ``files``): every cut costed."""
+
+    link: SplitPlanLink
+    options: list[SplitPlanOption]
+    chosen: SplitPlanOption | None = None
+    objective: str = ""
+    budget_ms: float | None = None
+    budget_met: bool | None = None
+
+
 class ArtifactManifest(StatusModel):
     """manifest.json: everything about one converted revision."""
 
