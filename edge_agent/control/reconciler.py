@@ -155,7 +155,7 @@ class Reconciler:
         self.download_backoff = decide.download_backoff(settings.retry_backoff_s)
         """Between the attempts of one fetch."""
         self.rng = random.Random()
-        """The jitter of both backoffs (tests may seed it)."""
+        """The jitter of the model backoff (tests may seed it); one fetch's attempts jitter inside edgemodel.retry."""
 
     async def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
@@ -283,8 +283,7 @@ class Reconciler:
         self.on_change()
 
     def _fail(self, t: Tracked, exc: StepFailed) -> None:
-        if not self._current(t):
-            return  # superseded by a newer assignment
+        """Count and record a failure (:func:`decide.failure`); ``_set`` ignores it when ``t`` was superseded."""
         serving = None if t.is_tail else self.repository.default(t.assignment.name)
         outcome = decide.failure(exc, t.failures, t.assignment.revision, serving.version if serving is not None else None,
                                  self.model_backoff, self.rng)  # fmt: skip
