@@ -12,7 +12,8 @@ artifact cache, the fetcher and the model repository; tests/agent/test_decide*.p
 * :func:`failure`: a failed step -> reason, message and the retry time (``edgemodel.retry.Backoff``);
 * :func:`retries_due`, :func:`pinned`, :func:`ready_message`: the resync pass, the cache's keep set,
   what status says of a loaded model;
-* :func:`agent_conditions`: the EdgeAgent's own conditions (Ready, LeaseRenewed).
+* :func:`agent_conditions`, :func:`spec_change`: the EdgeAgent's own conditions (Ready, LeaseRenewed) and
+  which watched specs to apply.
 """
 
 from __future__ import annotations
@@ -434,3 +435,26 @@ def agent_conditions(conditions: Sequence[Condition], models: Sequence[ModelStat
 def apply_retry_delay(failures: int, backoff: Backoff, rng: random.Random | None = None) -> float:
     """Wait before applying again a spec that could not be applied (e.g. the cache volume is full)."""
     return backoff.delay(failures, rng)
+
+
+class SpecChange(Enum):
+    """What a watched EdgeAgent spec means to the agent (:func:`spec_change`)."""
+
+    UNCHANGED = "unchanged"
+    """The spec the agent already applied (or already refused)."""
+    OWN_EMPTY_SPEC = "own-empty-spec"
+    """The empty spec the agent wrote when it (re)created its EdgeAgent: keep serving the saved assignment."""
+    APPLY = "apply"
+    """A spec the operator wrote: validate and apply it."""
+
+
+def spec_change(
+    fingerprint: bytes, applied: bytes | None, created: bytes | None, serving_saved: bool
+) -> SpecChange:
+    """Whether to apply a spec, from its fingerprint, the last applied one, the one the agent created (if it
+    just created its EdgeAgent) and whether a saved assignment is being served."""
+    if fingerprint == applied:
+        return SpecChange.UNCHANGED
+    if fingerprint == created and serving_saved:
+        return SpecChange.OWN_EMPTY_SPEC
+    return SpecChange.APPLY

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from edge_agent.control.decide import LeaseFacts, agent_conditions, apply_retry_delay
+from edge_agent.control.decide import LeaseFacts, SpecChange, agent_conditions, apply_retry_delay, spec_change
 from edge_agent.control.kube import ApiError, ApiUnavailable, KubeClient, resource_path
 from edge_agent.control.lease import LeaseRenewer
 from edge_agent.control.reconciler import ApplyFailed, Reconciler
@@ -205,10 +205,11 @@ class ControlPlane:
         """Apply the object's spec.models when the spec changed."""
         raw_spec = obj.get("spec") or {}
         fingerprint = _fingerprint(raw_spec)
-        if fingerprint == self._spec_fingerprint:
+        change = spec_change(fingerprint, self._spec_fingerprint, self._created_fingerprint, bool(self.reconciler.tracked))
+        if change is SpecChange.UNCHANGED:
             return
         generation = (obj.get("metadata") or {}).get("generation")
-        if fingerprint == self._created_fingerprint and self.reconciler.tracked:
+        if change is SpecChange.OWN_EMPTY_SPEC:
             # We just (re)created the object: its empty spec was written by us, not the operator.
             log.info("EdgeAgent %s is new; serving the saved assignment until the operator writes spec.models", self.node_name)
             self._spec_fingerprint = fingerprint

@@ -359,3 +359,23 @@ def test_a_spec_that_cannot_be_applied_is_retried_with_backoff() -> None:
         300.0,
         300.0,
     ]
+
+
+@pytest.mark.parametrize(
+    ("fingerprint", "applied", "created", "serving_saved", "change"),
+    [
+        (b"a", b"a", None, True, decide.SpecChange.UNCHANGED),
+        (b"b", b"a", None, True, decide.SpecChange.APPLY),
+        (b"{}", None, b"{}", True, decide.SpecChange.OWN_EMPTY_SPEC),
+        (b"{}", None, b"{}", False, decide.SpecChange.APPLY),  # nothing saved: the empty spec is the truth
+        (b"{}", None, None, True, decide.SpecChange.APPLY),  # an empty spec the operator wrote unassigns all
+    ],
+)
+def test_which_watched_specs_are_applied(
+    fingerprint: bytes,
+    applied: bytes | None,
+    created: bytes | None,
+    serving_saved: bool,
+    change: decide.SpecChange,
+) -> None:
+    assert decide.spec_change(fingerprint, applied, created, serving_saved) is change
