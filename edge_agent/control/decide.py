@@ -1,8 +1,9 @@
 """Decide: pure functions from an observed :class:`~edge_agent.control.observe.Snapshot` to what to do.
 
-Nothing here does I/O, sleeps or reads a clock: the time is the snapshot's, the randomness of the
-jittered backoff comes in as an argument. ``reconciler`` (act) executes the results through the
-artifact cache, the fetcher and the model repository; tests/agent/test_decide*.py table-test them.
+Nothing here does I/O or sleeps; the time is the snapshot's (``agent_conditions`` stamps transitions with
+``now``, the current time when not given) and the jitter of the backoff comes in as ``rng``. ``reconciler``
+(act) executes the results through the artifact cache, the fetcher and the model repository;
+tests/agent/test_decide*.py table-test them.
 
 * :func:`plan_assignment`: a new ``spec.models`` -> unload / remove tail / forget / start actions;
 * :func:`first_step`: an assignment about to be realised -> already satisfied, refused, or fetch;
