@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from edge_agent.model import OnnxModel, TensorMeta
 from edge_agent.pool import InferencePool
 from edge_agent.repository import ModelVersion
 from edge_agent.stats import RecentLatencies
+from edgemodel.api.tensors import TensorSpec
 from edgemodel.split.metrics import SplitMetrics
 from edgemodel.split.remote import FallbackPolicy, RemoteTail, SplitUnavailable, run_split
 
@@ -142,11 +143,11 @@ class SplitModelVersion(ModelVersion):
         await super().close()
 
 
-def declared_outputs(specs: list[Any]) -> list[TensorMeta]:
-    """The manifest's output TensorSpecs as v2 tensor metadata."""
+def declared_outputs(specs: Sequence[TensorSpec]) -> list[TensorMeta]:
+    """The signed manifest's ``outputs`` (typed TensorSpecs) as v2 tensor metadata."""
     result = []
     for spec in specs:
-        dtype = str(getattr(spec.dtype, "value", spec.dtype))
+        dtype = spec.dtype.value
         try:  # TensorSpec dtypes are numpy names
             datatype = numpy_to_v2(np.dtype(dtype))
         except (TypeError, ValueError) as exc:

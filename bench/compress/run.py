@@ -119,7 +119,7 @@ def main() -> None:
     pruned, pruned8 = by["pruned-fp32"], by["pruned-int8-static-qdq-u8s8-perchannel-minmax"]
     qat, kd = by["qat-int8-qdq-u8s8-perchannel"], by["distilled-fp32"]
     student_plain = next(c for c in plain.candidates if c.name == "distilled-fp32")
-    original = manifest.validation["original"]
+    original = manifest.validation.original
 
     def pp(x: float | None) -> str:
         return f"{100 * (x or 0):.2f} pp"

@@ -67,7 +67,7 @@ def old_measure(sessions: dict[str, Any], batch: dict[str, np.ndarray], runs: in
 def old_rule(p50: dict[str, float], manifest: ArtifactManifest) -> str:
     """The previous rule: accepted = within budget and not slower than fp32-opt; the fastest within 5% wins,
     ties to the better metric, then the smaller file."""
-    budget = manifest.validation["maxAccuracyDrop"]
+    budget = manifest.validation.max_accuracy_drop
     cands = {c.name: c for c in manifest.candidates if c.hardware_class.value == "cpu" and c.name in p50}
     accepted = [n for n, c in cands.items() if c.metric_drop is not None and c.metric_drop <= budget + 1e-9
                 and (n == "fp32-opt" or p50[n] <= p50["fp32-opt"])]
@@ -79,8 +79,8 @@ def old_rule(p50: dict[str, float], manifest: ArtifactManifest) -> str:
 def new_rule(stats: dict[str, list[LatencyStats]], manifest: ArtifactManifest) -> tuple[str, str]:
     cands = [c.model_copy(update={"latency": stats[c.name]}) for c in manifest.candidates
              if c.hardware_class.value == "cpu" and c.name in stats]
-    choice = choose(cands, [TargetHardware(hardware_class="cpu")], manifest.validation["maxAccuracyDrop"],
-                    manifest.validation["metric"], {"cpu": True}, 1,
+    choice = choose(cands, [TargetHardware(hardware_class="cpu")], manifest.validation.max_accuracy_drop,
+                    manifest.validation.metric, {"cpu": True}, 1,
                     manifest.measurement.get("minSpeedup", 1.05))["cpu"]  # type: ignore[index]
     return choice.candidate.name, choice.reason
 

@@ -211,19 +211,19 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def render(p: Prepared, manifest: ArtifactManifest, eager: dict[int, tuple[float, float]], seconds: float) -> list[str]:
-    metric = manifest.validation["metric"]
+    metric = manifest.validation.metric
     cpu = [c for c in manifest.candidates if c.hardware_class.value == "cpu"]
     baseline = next(c for c in cpu if c.name == "fp32-opt")
     base = {s.batch_size: s.p50_ms for s in baseline.latency}
     choice = next(ch for ch in manifest.choices if ch.hardware_class.value == "cpu")
     lines = [f"### {p.description}", "",
-             f"Original model {metric}: {manifest.validation['original']:.4f}; budget: drop <= "
-             f"{manifest.validation['maxAccuracyDrop']}; opset {manifest.opset}; export max |diff| "
+             f"Original model {metric}: {manifest.validation.original:.4f}; budget: drop <= "
+             f"{manifest.validation.max_accuracy_drop}; opset {manifest.opset}; export max |diff| "
              f"{manifest.export_tolerance:.2g}; conversion wall time {seconds:.0f} s.", "",
              f"| variant | p50 ms b1 | p50 ms b8 | speed-up vs ORT FP32 (b1) | {metric} | MB | verdict |",
              "|---|---|---|---|---|---|---|",
              f"| torch eager | {_fmt(eager[1][0])} | {_fmt(eager[8][0])} | {eager[1][1] / eager[1][0]:.2f}x | "
-             f"{manifest.validation['original']:.4f} | - | timed beside ORT FP32 (then "
+             f"{manifest.validation.original:.4f} | - | timed beside ORT FP32 (then "
              f"{eager[1][1]:.3f} / {eager[8][1]:.3f} ms) |"]
     for c in cpu:
         lat = {s.batch_size: s.p50_ms for s in c.latency}
@@ -246,10 +246,10 @@ def summary_row(p: Prepared, manifest: ArtifactManifest) -> str:
     choice = next(ch for ch in manifest.choices if ch.hardware_class.value == "cpu")
     chosen = next(c for c in cpu if c.name == choice.candidate)
     speedup = baseline.latency[0].p50_ms / chosen.latency[0].p50_ms
-    metric = manifest.validation["metric"]
+    metric = manifest.validation.metric
     if p.name == "digits":
-        met = (manifest.validation["original"] - (chosen.metric or 0)) <= 0.005
-        got = f"top1 {chosen.metric:.4f} vs FP32 {baseline.metric:.4f} (original {manifest.validation['original']:.4f})"
+        met = (manifest.validation.original - (chosen.metric or 0)) <= 0.005
+        got = f"top1 {chosen.metric:.4f} vs FP32 {baseline.metric:.4f} (original {manifest.validation.original:.4f})"
     elif p.name == "resnet18":
         met = speedup >= 2.5
         got = f"{speedup:.2f}x"

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from edge_agent.control.decide import LeaseFacts, SpecChange, agent_conditions, apply_retry_delay, spec_change
 from edge_agent.control.kube import ApiError, ApiUnavailable, KubeClient, resource_path
 from edge_agent.control.lease import LeaseRenewer
 from edge_agent.control.reconciler import ApplyFailed, Reconciler
@@ -38,19 +39,20 @@ from edgemodel.api import (
     VERSION,
     Capabilities,
     Condition,
-    ConditionStatus,
     EdgeAgentSpec,
     ModelAssignment,
-    ModelRole,
     now_rfc3339,
     set_condition,
 )
 from edgemodel.errors import describe_validation_error
+from edgemodel.retry import Backoff
 
 log = logging.getLogger(__name__)
 
 MAX_APPLY_RETRY_S = 300.0
 """Longest wait between two attempts to apply a spec that could not be applied (e.g. disk full)."""
+MAX_WATCH_RETRY_S = 30.0
+"""Longest wait between two attempts to reach the API server."""
 
 PLURAL = "edgeagents"
 
@@ -90,6 +92,10 @@ class ControlPlane:
         self.resync_interval_s = resync_interval_s
         self.watch_timeout_s = watch_timeout_s
         self.retry_backoff_s = retry_backoff_s
+        self.apply_backoff = Backoff(first=retry_backoff_s, cap=max(MAX_APPLY_RETRY_S, retry_backoff_s))
+        """Between attempts to apply a spec that could not be applied."""
+        self.watch_backoff = Backoff(first=retry_backoff_s, cap=max(MAX_WATCH_RETRY_S, retry_backoff_s))
+        """Between attempts to reach the API server (register and watch)."""
         self.online: bool | None = None
         self.registered = asyncio.Event()
         """Set after the first successful registration (tests wait on it)."""
@@ -199,10 +205,11 @@ class ControlPlane:
         """Apply the object's spec.models when the spec changed."""
         raw_spec = obj.get("spec") or {}
         fingerprint = _fingerprint(raw_spec)
-        if fingerprint == self._spec_fingerprint:
+        change = spec_change(fingerprint, self._spec_fingerprint, self._created_fingerprint, bool(self.reconciler.tracked))
+        if change is SpecChange.UNCHANGED:
             return
         generation = (obj.get("metadata") or {}).get("generation")
-        if fingerprint == self._created_fingerprint and self.reconciler.tracked:
+        if change is SpecChange.OWN_EMPTY_SPEC:
             # We just (re)created the object: its empty spec was written by us, not the operator.
             log.info("EdgeAgent %s is new; serving the saved assignment until the operator writes spec.models", self.node_name)
             self._spec_fingerprint = fingerprint
@@ -224,7 +231,7 @@ class ControlPlane:
             self.reconciler.apply(spec.models, generation=generation)
         except ApplyFailed as exc:  # observed only once applied: the resync loop retries with backoff
             self._apply_failures += 1
-            delay = min(MAX_APPLY_RETRY_S, self.retry_backoff_s * 2 ** min(self._apply_failures - 1, 10))
+            delay = apply_retry_delay(self._apply_failures, self.apply_backoff)
             self._apply_retry = (time.monotonic() + delay, obj)
             log.error("Could not apply spec.models of EdgeAgent %s (generation %s): %s; retrying in %.0f s",
                       self.node_name, generation, exc.message, delay)  # fmt: skip
@@ -273,27 +280,15 @@ class ControlPlane:
             except Exception:  # a malformed event or a bug: log it, keep the loop alive
                 log.exception("Watching EdgeAgent %s failed unexpectedly; retrying", self.node_name)
             failures += 1
-            await asyncio.sleep(min(30.0, self.retry_backoff_s * 2 ** min(failures - 1, 8)))
+            await asyncio.sleep(self.watch_backoff.delay(failures))
 
     # -- status ------------------------------------------------------------------------------
     def status_body(self) -> dict[str, Any]:
         models = self.reconciler.states()
-        not_ready = [m for m in models if m.state.value != "Ready"]
-        if not_ready:
-            detail = ", ".join(f"{m.name}{f' (tail of revision {m.revision})' if m.role == ModelRole.TAIL else ''}: "
-                               f"{m.state.value}{' ' + m.reason if m.reason else ''}" for m in not_ready)  # fmt: skip
-            self._conditions = set_condition(self._conditions, "Ready", ConditionStatus.FALSE, "ModelsNotReady", detail[:1000])
-        else:
-            self._conditions = set_condition(self._conditions, "Ready", ConditionStatus.TRUE, "AllModelsReady",
-                                             f"{len(models)} model(s) serving")  # fmt: skip
+        lease = None
         if self.lease is not None and self.lease.renewed is not None:
-            where = f"Lease {self.lease.namespace}/{self.node_name}"
-            if self.lease.renewed:
-                self._conditions = set_condition(self._conditions, "LeaseRenewed", ConditionStatus.TRUE, "Renewed",
-                                                 f"{where} renewed every {self.heartbeat_interval_s:g} s")
-            else:
-                self._conditions = set_condition(self._conditions, "LeaseRenewed", ConditionStatus.FALSE, "RenewFailed",
-                                                 f"{where}: {self.lease.error}"[:1000])
+            lease = LeaseFacts(self.lease.renewed, f"Lease {self.lease.namespace}/{self.node_name}", str(self.lease.error))
+        self._conditions = agent_conditions(self._conditions, models, lease, self.heartbeat_interval_s)
         body: dict[str, Any] = {
             "capabilities": self.capabilities.to_k8s(),
             "heartbeatTime": now_rfc3339(),

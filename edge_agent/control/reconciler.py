@@ -18,50 +18,78 @@ Reasons (``ModelState.reason``):
   DownloadFailed (retried with backoff), LoadFailed, UnsupportedModel, GpuUnavailable, Internal,
   SplitInvalid (a head or tail entry the agent cannot use as given), SplitServerDisabled (a tail on
   an agent without --split-port), TailConflict (the same model name and revision from two namespaces).
+
+Observe -> decide -> act: :meth:`Reconciler.observe` reads the tracked entries, the repository and
+the tail registry into an immutable ``observe.Snapshot``; the pure functions of ``decide`` turn it
+into actions (what a new spec.models changes, where realising one entry starts, what a failure
+means and when to retry, what the cache keeps); this module acts on them through the artifact
+cache, the fetcher and the repository. The long-lived objects (the on-disk cache, the HTTP session,
+the per-sha256 fetch locks, the loaded tails) belong to the Reconciler, which lives as long as the
+agent: nothing is rebuilt per pass.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlparse
+from typing import Any, TypeVar
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import ValidationError
 
+from edge_agent.control import decide
 from edge_agent.control.artifacts import FetchError, download, fetch_bytes, sha256_of
 from edge_agent.control.cache import ArtifactCache
-from edge_agent.errors import LoadError
+from edge_agent.control.decide import (
+    ARTIFACT_REASONS,
+    MAX_RETRY_DELAY_S,
+    StepFailed,
+    artifact_file_name,
+    check_manifest,
+    check_split,
+    load_key,
+)
+from edge_agent.control.observe import (
+    ModelFacts,
+    ServingFacts,
+    Snapshot,
+    TailFacts,
+    TrackKey,
+    snapshot,
+    track_key,
+)
 from edge_agent.repository import BatchingConfig, ModelVersion
 from edge_agent.server import AgentServer
 from edge_agent.settings import AgentSettings
 from edge_agent.split import SplitModelVersion, TailPart, declared_outputs
 from edgemodel.api import ArtifactManifest, ModelAssignment, ModelPhase, ModelRole, ModelState, now_rfc3339
-from edgemodel.signing import SignatureError, verify
+from edgemodel.retry import retry_async
 from edgemodel.split.codec import WireFormat
 from edgemodel.split.remote import FallbackPolicy, RemoteTail
 
 log = logging.getLogger(__name__)
 
-#: Reasons counted in edgemodel_artifact_download_failures_total.
-ARTIFACT_REASONS = frozenset({"DownloadFailed", "DigestMismatch", "SignatureInvalid", "ManifestInvalid", "ManifestMismatch"})
-MAX_RETRY_DELAY_S = 300.0
+T = TypeVar("T")
 
-
-class StepFailed(Exception):
-    """A step failed; ``reason`` goes to status, ``retryable`` says whether to try again later."""
-
-    def __init__(self, reason: str, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.retryable = retryable
+__all__ = [
+    "ARTIFACT_REASONS",
+    "MAX_RETRY_DELAY_S",
+    "ApplyFailed",
+    "Reconciler",
+    "StepFailed",
+    "TrackKey",
+    "Tracked",
+    "artifact_file_name",
+    "check_manifest",
+    "check_split",
+    "load_key",
+    "track_key",
+]
 
 
 class ApplyFailed(Exception):
@@ -71,84 +99,6 @@ class ApplyFailed(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
-
-
-TrackKey = str | tuple[str, str, int]
-"""A full or head entry is tracked by model name (one per name); a tail by (namespace, name, revision)."""
-
-
-def track_key(a: ModelAssignment) -> TrackKey:
-    return (a.namespace, a.name, a.revision) if a.role == ModelRole.TAIL else a.name
-
-
-def load_key(a: ModelAssignment) -> tuple[Any, ...]:
-    """What must match for a loaded version to satisfy an assignment."""
-    b = a.batching
-    split = a.split.model_dump_json() if a.split is not None else None
-    return (a.revision, a.sha256, a.accelerator.value, a.gpu_fallback_to_cpu, b.enabled, b.max_batch_size, b.max_queue_delay_ms,
-            a.role.value, split)  # fmt: skip
-
-
-def artifact_file_name(uri: str) -> str:
-    return unquote(urlparse(uri).path).rstrip("/").rsplit("/", 1)[-1]
-
-
-def check_manifest(data: bytes, a: ModelAssignment, public_key: Ed25519PublicKey) -> ArtifactManifest:
-    """Verify the signature, then that the manifest vouches for exactly this file and revision (and split cut)."""
-    try:
-        verify(data, a.signature, public_key)
-    except SignatureError as exc:
-        raise StepFailed(
-            "SignatureInvalid",
-            f"the signature of {a.manifest_uri} does not verify with the fleet public key: the artifact is unsigned, "
-            "signed with another key or altered; re-run the conversion or fix the agent's --public-key",
-        ) from exc
-    try:
-        manifest = ArtifactManifest.model_validate_json(data)
-    except ValidationError as exc:
-        raise StepFailed("ManifestInvalid", f"{a.manifest_uri} is signed but is not a valid manifest: {exc.errors()[0]['msg']}") from exc
-    if (manifest.model, manifest.namespace, manifest.revision) != (a.name, a.namespace, a.revision):
-        raise StepFailed(
-            "ManifestMismatch",
-            f"the signed manifest is for {manifest.namespace}/{manifest.model} revision {manifest.revision}, "
-            f"the assignment is {a.namespace}/{a.name} revision {a.revision}",
-        )
-    file_name = artifact_file_name(a.artifact_uri)
-    listed = manifest.files.get(file_name) or next((c.sha256 for c in manifest.choices if c.file == file_name), None)
-    if listed is None:
-        raise StepFailed("ManifestMismatch", f"the signed manifest does not list {file_name} (artifactUri {a.artifact_uri})")
-    if listed != a.sha256:
-        raise StepFailed(
-            "DigestMismatch",
-            f"the signed manifest gives {file_name} sha256 {listed}, the assignment says {a.sha256}; refusing it",
-        )
-    cut = (manifest.split or {}).get("cut")
-    if a.split is not None and cut and cut != a.split.cut:
-        raise StepFailed(
-            "ManifestMismatch", f"the signed manifest splits at {cut!r}, the assignment's split.cut is {a.split.cut!r}"
-        )
-    return manifest
-
-
-def check_split(a: ModelAssignment, split_port: int | None) -> None:
-    """Refuse head and tail entries this agent cannot serve as given, before anything is downloaded."""
-    where = f"spec.models[{a.name}@{a.revision}]"
-    if a.role == ModelRole.FULL:
-        return
-    if a.split is None:
-        raise StepFailed("SplitInvalid", f"{where}: role {a.role.value} needs split (cut, wire...); the operator must set it")
-    if a.role == ModelRole.TAIL:
-        if split_port is None:
-            raise StepFailed(
-                "SplitServerDisabled",
-                "this agent runs no tail server: start it with --split-port PORT (EDGEMODEL_AGENT_SPLIT_PORT) and, "
-                "for mTLS, --split-tls-ca/--split-tls-cert/--split-tls-key to serve split tails",
-            )
-        return
-    if not a.split.cloud_url:
-        raise StepFailed("SplitInvalid", f"{where}.split.cloudUrl is empty: no cloud agent serves the tail yet")
-    if (a.split.full_artifact_uri is None) != (a.split.full_sha256 is None):
-        raise StepFailed("SplitInvalid", f"{where}.split: fullArtifactUri and fullSha256 go together; set both or neither")
 
 
 @dataclass
@@ -200,11 +150,35 @@ class Reconciler:
         self._http: aiohttp.ClientSession | None = None
         self._fetching: dict[str, asyncio.Lock] = {}
         """One download at a time per sha256 (two names may share an artifact)."""
+        self.model_backoff = decide.model_backoff(settings.retry_backoff_s)
+        """When a failed model is tried again (the resync loop calls :meth:`retry_due`)."""
+        self.download_backoff = decide.download_backoff(settings.retry_backoff_s)
+        """Between the attempts of one fetch."""
+        self.rng = random.Random()
+        """The jitter of the model backoff (tests may seed it); one fetch's attempts jitter inside edgemodel.retry."""
 
     async def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession()
         return self._http
+
+    # -- observe -----------------------------------------------------------------------------
+    def observe(self, now: float | None = None) -> Snapshot:
+        """The facts every decision is made from, read at one moment."""
+        serving: dict[str, ServingFacts] = {}
+        loaded: set[str] = set()
+        for name in self.repository.names():
+            default = self.repository.default(name)
+            if default is not None:
+                serving[name] = ServingFacts(default.version, str(default.revision_meta.get("key", "")), default.provider)
+            for v in self.repository.versions(name):
+                loaded.add(v.sha256)
+                if isinstance(v, SplitModelVersion):
+                    loaded.add(v.full_sha256)
+        models = [ModelFacts(t.assignment, t.state, t.failures, t.retry_at, t.task is not None and not t.task.done())
+                  for t in self.tracked.values()]  # fmt: skip
+        tails = {key: TailFacts(part.sha256, part.cut) for key, part in self.tails.items()}
+        return snapshot(time.monotonic() if now is None else now, models, serving, tails, loaded, self.server.split_port)
 
     # -- desired state -----------------------------------------------------------------------
     def apply(self, assignments: Iterable[ModelAssignment], persist: bool = True, generation: int | None = None) -> None:
@@ -212,18 +186,11 @@ class Reconciler:
 
         ApplyFailed when the assignment cannot be saved first; then nothing has changed.
         """
-        desired: dict[TrackKey, ModelAssignment] = {}
-        for a in assignments:
-            key = track_key(a)
-            if key in desired:
-                what = f"tail revision {a.revision}" if a.role == ModelRole.TAIL else "assignment"
-                log.error("Ignored a second %s for model %s (namespace %s): entries must be unique", what, a.name, a.namespace)
-                continue
-            desired[key] = a
+        plan = decide.plan_assignment(self.observe(), assignments)
         if persist:  # before anything changes: a failed save leaves the reconciler as it was, to retry whole
             try:
                 self.cache.save_assignment(
-                    {"generation": generation, "savedAt": now_rfc3339(), "models": [a.to_k8s() for a in desired.values()]}
+                    {"generation": generation, "savedAt": now_rfc3339(), "models": [a.to_k8s() for a in plan.desired.values()]}
                 )
             except OSError as exc:
                 raise ApplyFailed(
@@ -231,33 +198,38 @@ class Reconciler:
                     f"cannot save the assignment to {self.cache.assignment_path} ({exc.strerror or exc}); "
                     "free space on the cache volume or fix its permissions",
                 ) from exc
-        for key in [k for k in self.tracked if k not in desired]:
-            t = self.tracked.pop(key)
-            if t.task is not None:
-                t.task.cancel()
-            if t.is_tail:
-                self._remove_tail(t.assignment)
-                continue
-            name = t.assignment.name
-            removed = self.repository.remove(name)
-            for mv in removed:
-                self.metrics.forget_state(mv.namespace, name, mv.version)
-            self.metrics.forget_state(t.assignment.namespace, name, str(t.assignment.revision))
-            log.info("Unassigned model %s: unloading (revision %s)", name, ", ".join(v.version for v in removed) or "none loaded")
-        for key, a in desired.items():
-            previous = self.tracked.get(key)
-            if previous is not None:
-                if previous.assignment == a:
-                    continue
-                if previous.task is not None:
-                    previous.task.cancel()
-                if not previous.is_tail:
-                    serving = self.repository.default(a.name)
-                    if previous.assignment.revision != a.revision and (serving is None or serving.version != str(previous.assignment.revision)):
-                        self.metrics.forget_state(previous.assignment.namespace, a.name, str(previous.assignment.revision))
-            t = self.tracked[key] = Tracked(assignment=a)
-            self._start(t)
+        for action in plan.actions:
+            self._act(action)
         self.on_change()
+
+    def _act(self, action: decide.Action) -> None:
+        """Carry out one action of :func:`decide.plan_assignment`."""
+        if isinstance(action, decide.Ignore):
+            a = action.assignment
+            log.error("Ignored a second %s for model %s (namespace %s): entries must be unique", action.what, a.name, a.namespace)
+        elif isinstance(action, decide.RemoveTail):
+            self._cancel(self.tracked.pop(track_key(action.assignment), None))
+            self._remove_tail(action.assignment)
+        elif isinstance(action, decide.Unload):
+            a = action.assignment
+            self._cancel(self.tracked.pop(track_key(a), None))
+            removed = self.repository.remove(a.name)
+            for mv in removed:
+                self.metrics.forget_state(mv.namespace, a.name, mv.version)
+            self.metrics.forget_state(a.namespace, a.name, str(a.revision))
+            log.info("Unassigned model %s: unloading (revision %s)", a.name, ", ".join(v.version for v in removed) or "none loaded")
+        elif isinstance(action, decide.Forget):
+            self.metrics.forget_state(action.namespace, action.name, str(action.revision))
+        else:
+            key = track_key(action.assignment)
+            self._cancel(self.tracked.get(key))
+            t = self.tracked[key] = Tracked(assignment=action.assignment)
+            self._start(t)
+
+    @staticmethod
+    def _cancel(t: Tracked | None) -> None:
+        if t is not None and t.task is not None:
+            t.task.cancel()
 
     def _remove_tail(self, a: ModelAssignment) -> None:
         """Take an unassigned tail revision out of the tail server (requests in flight finish)."""
@@ -271,14 +243,12 @@ class Reconciler:
 
     def retry_due(self, now: float | None = None) -> int:
         """Restart failed models whose retry time has come; how many restarted."""
-        now = time.monotonic() if now is None else now
-        restarted = 0
-        for t in self.tracked.values():
-            if t.state == ModelPhase.FAILED and t.retry_at is not None and t.retry_at <= now and (t.task is None or t.task.done()):
-                t.retry_at = None
-                self._start(t)
-                restarted += 1
-        return restarted
+        due = decide.retries_due(self.observe(now))
+        for key in due:
+            t = self.tracked[key]
+            t.retry_at = None
+            self._start(t)
+        return len(due)
 
     def _start(self, t: Tracked) -> None:
         a = t.assignment
@@ -313,20 +283,15 @@ class Reconciler:
         self.on_change()
 
     def _fail(self, t: Tracked, exc: StepFailed) -> None:
-        t.failures += 1
-        if exc.reason in ARTIFACT_REASONS:
-            self.metrics.download_failures.labels(exc.reason).inc()
+        """Count and record a failure (:func:`decide.failure`); ``_set`` ignores it when ``t`` was superseded."""
         serving = None if t.is_tail else self.repository.default(t.assignment.name)
-        message = exc.message
-        if serving is not None and serving.version != str(t.assignment.revision):
-            message += f"; revision {serving.version} keeps serving"
-        if exc.retryable:
-            delay = min(MAX_RETRY_DELAY_S, self.settings.retry_backoff_s * 2 ** min(t.failures, 10))
-            t.retry_at = time.monotonic() + delay
-            message += f"; retrying in {delay:.0f} s"
-        else:
-            t.retry_at = None
-        self._set(t, ModelPhase.FAILED, exc.reason, message[:1000])
+        outcome = decide.failure(exc, t.failures, t.assignment.revision, serving.version if serving is not None else None,
+                                 self.model_backoff, self.rng)  # fmt: skip
+        t.failures = outcome.failures
+        if outcome.counts_as_artifact_failure:
+            self.metrics.download_failures.labels(outcome.reason).inc()
+        t.retry_at = None if outcome.retry_in is None else time.monotonic() + outcome.retry_in
+        self._set(t, ModelPhase.FAILED, outcome.reason, outcome.message)
 
     def states(self) -> list[ModelState]:
         """Per-model status for EdgeAgent.status.models, with counts and latency of the serving version.
@@ -377,15 +342,7 @@ class Reconciler:
 
     def pinned(self) -> set[str]:
         """sha256s that must stay in the cache: assigned or serving."""
-        keep = {t.assignment.sha256 for t in self.tracked.values()}
-        keep.update(t.assignment.split.full_sha256 for t in self.tracked.values() if t.assignment.split and t.assignment.split.full_sha256)
-        keep.update(part.sha256 for part in self.tails.values())
-        for name in self.repository.names():
-            for v in self.repository.versions(name):
-                keep.add(v.sha256)
-                if isinstance(v, SplitModelVersion) and v.full_sha256:
-                    keep.add(v.full_sha256)
-        return keep
+        return decide.pinned(self.observe())
 
     async def measure_rtts(self) -> None:
         """Measure every serving head's round trip to its cloud tail (status cloudRttMs); failures only blank it."""
@@ -401,23 +358,22 @@ class Reconciler:
     # -- the work ----------------------------------------------------------------------------
     def _fail_step(self, t: Tracked, exc: Exception, what: str) -> None:
         """Record why realising an assignment failed (CancelledError is never caught, so it propagates)."""
-        if isinstance(exc, StepFailed):
-            self._fail(t, exc)
-        elif isinstance(exc, LoadError):
-            self._fail(t, StepFailed(exc.reason, exc.message, retryable=False))
-        else:
+        known = decide.as_step_failure(exc)
+        if known is None:
             a = t.assignment
             log.error("Reconciling %s %s revision %d failed unexpectedly", what, a.name, a.revision, exc_info=exc)
-            self._fail(t, StepFailed("Internal", f"{type(exc).__name__}: {exc}", retryable=True))
+            known = decide.internal_failure(exc)
+        self._fail(t, known)
 
     async def _realize(self, t: Tracked) -> None:
         a = t.assignment
-        serving = self.repository.default(a.name)
-        if serving is not None and serving.revision_meta.get("key") == repr(load_key(a)):
-            self._set(t, ModelPhase.READY, "Loaded", f"serving revision {a.revision} on {serving.provider}")
+        step = decide.first_step(self.observe(), a)
+        if isinstance(step, decide.Satisfied):
+            self._set(t, ModelPhase.READY, "Loaded", step.message)
             return
         try:
-            check_split(a, self.server.split_port)
+            if isinstance(step, decide.Refuse):
+                raise step.error
             path, manifest = await self._obtain(t, a)
             if a.role == ModelRole.HEAD:
                 mv: ModelVersion = await self._load_head(t, path, manifest)
@@ -438,14 +394,12 @@ class Reconciler:
                 if previous.version != mv.version:
                     self.metrics.forget_state(previous.namespace, a.name, previous.version)
             t.failures = 0
-            note = ""
-            if a.accelerator.value == "gpu" and mv.provider == "CPUExecutionProvider":
-                note = " (no GPU provider loads here; fell back to CPU per gpuFallbackToCpu)"
-            if isinstance(mv, SplitModelVersion):
-                local = ", the whole model here for a local fallback" if mv.full is not None else ""
-                note += f"; split at {mv.cut_names[0]!r}, tail at {a.split.cloud_url if a.split else ''}{local}"
-                self._in_background(self._first_rtt(mv), f"rtt-{a.name}-{a.revision}")
-            self._set(t, ModelPhase.READY, "Loaded", f"serving revision {a.revision} on {mv.provider}{note}")
+            split = mv if isinstance(mv, SplitModelVersion) else None
+            if split is not None:
+                self._in_background(self._first_rtt(split), f"rtt-{a.name}-{a.revision}")
+            message = decide.ready_message(a, mv.provider, split.cut_names[0] if split is not None else None,
+                                           split is not None and split.full is not None)  # fmt: skip
+            self._set(t, ModelPhase.READY, "Loaded", message)
             await asyncio.to_thread(self.cache.evict, self.pinned())
         except Exception as exc:
             self._fail_step(t, exc, "model")
@@ -488,27 +442,18 @@ class Reconciler:
                  f"{rtt:.2f} ms" if rtt is not None else "not measurable (the tail server does not answer)")  # fmt: skip
         self.on_change()
 
-    def _check_tail_clash(self, a: ModelAssignment) -> None:
-        clash = next((k for k in self.tails if k[1:] == (a.name, a.revision) and k[0] != a.namespace), None)
-        if clash is not None:
-            raise StepFailed(
-                "TailConflict",
-                f"this agent already serves the tail of {a.name} revision {a.revision} from namespace {clash[0]}; "
-                "tails are addressed by model name and revision, so rename one of the EdgeModels",
-            )
-
     async def _realize_tail(self, t: Tracked) -> None:
         """Fetch, verify and load a tail, then register it with the tail server."""
         a = t.assignment
         key = (a.namespace, a.name, a.revision)
-        loaded = self.tails.get(key)
-        if loaded is not None and loaded.sha256 == a.sha256 and a.split is not None and loaded.cut == a.split.cut:
-            self._set(t, ModelPhase.READY, "Loaded", f"serving the tail of revision {a.revision} on the split port")
+        step = decide.first_step(self.observe(), a)
+        if isinstance(step, decide.Satisfied):
+            self._set(t, ModelPhase.READY, "Loaded", step.message)
             return
         try:
-            check_split(a, self.server.split_port)
-            assert a.split is not None
-            self._check_tail_clash(a)
+            if isinstance(step, decide.Refuse):
+                raise step.error
+            assert a.split is not None  # check_split
             path, _ = await self._obtain(t, a)
             self._set(t, ModelPhase.LOADING, "", f"loading {path.name} into ONNX Runtime ({a.accelerator.value})")
             part = await self.server.load_tail(a.name, str(a.revision), a.namespace, path, a.sha256, a.split.cut,
@@ -517,7 +462,7 @@ class Reconciler:
                 part.unload()
                 return
             try:
-                self._check_tail_clash(a)  # another namespace may have registered it while this one loaded
+                decide.check_tail_clash(self.observe(), a)  # another namespace may have registered it while this one loaded
             except StepFailed:
                 part.unload()
                 raise
@@ -558,10 +503,11 @@ class Reconciler:
                 actual = await asyncio.to_thread(sha256_of, self.cache.blob(sha))
             except OSError as exc:
                 actual = f"unreadable ({exc.strerror})"
-            if actual == sha and cached is not None:
+            use = decide.cache_use(actual == sha, cached is not None)
+            if use is decide.CacheUse.USE and cached is not None:
                 self.cache.touch(sha)
                 return self.cache.blob(sha), cached
-            if actual == sha:
+            if use is decide.CacheUse.VERIFY_MANIFEST:
                 # Good bytes, but no cached manifest vouches for this assignment: verify its own, keep the file.
                 session = await self._session()
                 self._set(t, ModelPhase.VERIFYING, "", f"the cached {file} is intact; verifying the manifest {a.manifest_uri}")
@@ -603,37 +549,37 @@ class Reconciler:
         return self.cache.commit(sha), checked
 
     def _download_bound(self, manifest: ArtifactManifest, a: ModelAssignment) -> int:
-        """Bytes a download may write: the signed size (older manifests: the cache bound), with room made in the cache."""
+        """Bytes a download may write (:func:`decide.download_bound`), with room made in the cache."""
         file = artifact_file_name(a.artifact_uri)
-        size = manifest.sizes.get(file)
-        bound = self.cache.max_bytes if size is None else size
-        if bound > self.cache.max_bytes:
-            raise StepFailed(
-                "DownloadFailed",
-                f"{file} is {bound} bytes, more than the artifact cache holds ({self.cache.max_bytes} bytes); "
-                "raise --cache-max-bytes (Helm agent.cache.maxBytes)",
-            )
+        bound = decide.download_bound(file, manifest.sizes.get(file), self.cache.max_bytes)
         part = self.cache.part(a.sha256)
         have = part.stat().st_size if part.exists() else 0
         self.cache.evict(self.pinned(), reserve=max(0, bound - have))
         return bound
 
-    async def _retrying(self, t: Tracked, attempt: Callable[[], Any]) -> Any:
+    async def _retrying(self, t: Tracked, fetch: Callable[[], Awaitable[T]]) -> T:
+        """``fetch`` with ``download_attempts`` attempts on the download backoff (edgemodel.retry); StepFailed after."""
         attempts = self.settings.download_attempts
-        last: FetchError | None = None
-        for number in range(1, attempts + 1):
+        made = 0
+
+        async def attempt() -> T:
+            nonlocal made
+            made += 1
             try:
-                return await attempt()
+                return await fetch()
             except FetchError as exc:
-                last = exc
-                if not exc.retryable or number == attempts:
-                    break
-                delay = min(60.0, self.settings.retry_backoff_s * 2 ** (number - 1))
-                log.warning("Download attempt %d/%d for %s failed: %s; retrying in %.1f s", number, attempts, t.assignment.name, exc.message, delay)
-                self._set(t, ModelPhase.DOWNLOADING, "", f"attempt {number}/{attempts} failed ({exc.message}); retrying")
-                await asyncio.sleep(delay)
-        assert last is not None
-        raise StepFailed(last.reason, f"{last.message} (after {number} attempt{'s' if number > 1 else ''})", retryable=last.retryable)
+                if exc.retryable and made < attempts:
+                    self._set(t, ModelPhase.DOWNLOADING, "", f"attempt {made}/{attempts} failed ({exc.message}); retrying")
+                raise
+
+        try:
+            return await retry_async(
+                attempt, what=f"the download for {t.assignment.name} ({t.assignment.artifact_uri})", attempts=attempts,
+                backoff=self.download_backoff, retry_on=lambda exc: isinstance(exc, FetchError) and exc.retryable,
+            )  # fmt: skip
+        except FetchError as last:
+            raise StepFailed(last.reason, f"{last.message} (after {made} attempt{'s' if made > 1 else ''})",
+                             retryable=last.retryable) from last  # fmt: skip
 
     async def close(self) -> None:
         for t in self.tracked.values():

@@ -4,7 +4,16 @@ The CRDs in ``crds/`` are generated from these models (``edgemodel crds --write`
 This package imports only pydantic and the standard library (an import-linter contract).
 """
 
-from edgemodel.api.artifact import ArtifactChoice, ArtifactManifest, CandidateResult, LatencyStats
+from edgemodel.api.artifact import (
+    ArtifactChoice,
+    ArtifactManifest,
+    CandidateResult,
+    LatencyStats,
+    ManifestEnvironment,
+    ManifestSplit,
+    ManifestValidation,
+    SplitPlanRecord,
+)
 from edgemodel.api.base import (
     API_VERSION,
     GROUP,
@@ -59,6 +68,10 @@ __all__ = [
     "ApiModel",
     "ArtifactChoice",
     "ArtifactManifest",
+    "ManifestEnvironment",
+    "ManifestSplit",
+    "ManifestValidation",
+    "SplitPlanRecord",
     "ArtifactRef",
     "CandidateResult",
     "CandidateSummary",

@@ -5,15 +5,28 @@ Layout in the artifact store, under ``{namespace}/{model}/{revision}/``:
 manifest.json), ``model-{hardwareClass}.onnx`` (one per hardware class), ``report.md`` (and
 ``report.png`` when matplotlib is installed), with spec.split on also ``head.onnx``, ``tail.onnx`` and
 ``split.json``, and ``result.json`` (the ConversionResult, written last).
+
+The manifest's sections are typed (:class:`ManifestSplit`, :class:`ManifestValidation`,
+:class:`ManifestEnvironment`) with one rule for old and new readers alike:
+
+* **known keys are strict**: a wrong type or an impossible value (a negative sample count, an empty cut)
+  is refused with the field named (``split.featureBytes``), so a broken writer is caught where it writes;
+* **unknown keys are kept** (``extra="allow"``): an agent of this version reading a manifest a newer
+  converter wrote does not refuse a model for a key it does not know, and re-serialising keeps the key;
+* **every key but the split's cut and wire is optional**, so manifests written before a key existed
+  (or by the test helpers, with ``validation: {}``) still load.
+
+Signatures cover the stored bytes of manifest.json, never a re-serialisation: verify those bytes first,
+then parse them (``edge_agent.control.decide`` / ``check_manifest``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
-from edgemodel.api.base import StatusModel
+from edgemodel.api.base import ApiModel, StatusModel
 from edgemodel.api.edgemodel import HardwareClass, Precision
 from edgemodel.api.tensors import TensorSpec
 
@@ -71,6 +84,131 @@ class ArtifactChoice(StatusModel):
     """95% confidence interval [low, high] of the paired speed-up over the FP32 baseline (None when not measured)."""
 
 
+class ManifestSection(ApiModel):
+    """Base of the typed manifest sections: camelCase keys, known keys validated, unknown keys kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ManifestSplit(ManifestSection):
+    """``split``: the split's essentials (head.onnx, tail.onnx and split.json hold the full plan and profile)."""
+
+    cut: str = Field(min_length=1)
+    """The tensor the model is cut at; an agent refuses a head or tail assignment with another split.cut."""
+    wire: str = Field(min_length=1)
+    """Wire format of the features, e.g. int8 or int8+zstd."""
+    chosen_by: str = ""
+    """auto (the planner) or manual (spec.split.cut); a plain string so a new way of choosing loads in old agents."""
+    shape: list[int | str | None] = Field(default_factory=list)
+    """Shape of the cut tensor (symbolic dimensions as names)."""
+    reason: str = ""
+    """Why this cut: the planner's numbers or "named in spec.split.cut"."""
+    precision: str = "fp32"
+    """Precision of the head and tail (fp32, or int8 with quantizeParts)."""
+    predicted_ms: float | None = Field(default=None, ge=0)
+    """The planner's predicted end-to-end latency at the cut (auto only)."""
+    budget_met: bool | None = None
+    """Whether the chosen cut meets spec.split.budgetMs (auto only)."""
+    feature_bytes: int | None = Field(default=None, ge=0)
+    """Encoded size of the features of one request of ``featureBatch`` samples."""
+    feature_batch: int = Field(default=1, ge=1)
+    """Samples per request ``featureBytes`` was measured with."""
+    max_abs_diff: float | None = Field(default=None, ge=0)
+    """Largest |head+tail - whole model| over the verification inputs."""
+    verified_samples: int | None = Field(default=None, ge=0)
+    """Inputs head+tail were verified on."""
+    quantized_max_abs_diff: float | None = Field(default=None, ge=0)
+    """With INT8 parts: their largest difference to the whole model (recorded, not a gate)."""
+    candidates: int | None = Field(default=None, ge=0)
+    """Cuts the planner profiled (auto only)."""
+    head: str = "head.onnx"
+    """File name of the head beside manifest.json."""
+    tail: str = "tail.onnx"
+    """File name of the tail beside manifest.json."""
+    manifest: str = "split.json"
+    """File name of the split manifest (plan, profiles) beside manifest.json."""
+
+
+class ManifestValidation(ManifestSection):
+    """``validation``: how the candidates' quality was measured."""
+
+    metric: str = ""
+    """The metric used (top1, agreement...); may differ from ``requestedMetric`` when data lacked labels."""
+    requested_metric: str = ""
+    """spec.validation.metric."""
+    data: str = ""
+    """Where the samples came from (the validation data URI, or generated inputs)."""
+    samples: int | None = Field(default=None, ge=0)
+    """How many samples each candidate was evaluated on."""
+    original: float | None = None
+    """The original model's metric on those samples."""
+    max_accuracy_drop: float | None = Field(default=None, ge=0)
+    """spec.validation.maxAccuracyDrop: the budget a candidate had to stay within."""
+    selection_batch: int | None = Field(default=None, ge=1)
+    """Batch size the latency comparison used."""
+    note: str | None = None
+    """Something the reader should know about the validation."""
+
+
+class ManifestEnvironment(ManifestSection):
+    """``environment``: where the candidates were measured."""
+
+    onnxruntime: str = ""
+    onnx: str = ""
+    numpy: str = ""
+    python: str = ""
+    torch: str | None = None
+    """torch version when the source was a torch model."""
+    machine: str = ""
+    """platform.machine(), e.g. x86_64."""
+    cpu: str = ""
+    """CPU model name."""
+    cpu_flags: list[str] = Field(default_factory=list)
+    """The CPU flags that matter for INT8/FP16 kernels."""
+    threads: int | None = Field(default=None, ge=1)
+    """ONNX Runtime intra-op threads."""
+    provider: str = ""
+    """Provider per hardware class, e.g. "cpu: CPUExecutionProvider"."""
+    available_providers: list[str] = Field(default_factory=list)
+    load_average: list[float] = Field(default_factory=list)
+    """1, 5 and 15 minute load averages when measuring began (benchmarks under load are noisy)."""
+
+
+class SplitPlanLink(ManifestSection):
+    """The link a plan was costed on."""
+
+    bandwidth_mbit_s: float = Field(gt=0)
+    rtt_ms: float = Field(ge=0)
+
+
+class SplitPlanOption(ManifestSection):
+    """One costed option of a plan: edge-only, a cut, or cloud-only (``edgemodel.split.planner.Option``)."""
+
+    kind: str = Field(min_length=1)
+    """edge-only, split or cloud-only (a plain string: a new kind is skipped by readers, not refused)."""
+    option: str = ""
+    cut: str | None = None
+    cut_index: int | None = Field(default=None, ge=0)
+    edge_ms: float = Field(ge=0)
+    codec_ms: float = Field(ge=0)
+    transfer_ms: float = Field(ge=0)
+    cloud_ms: float = Field(ge=0)
+    total_ms: float | None = Field(default=None, ge=0)
+    bytes_up: int = Field(ge=0)
+    bytes_down: int = Field(ge=0)
+
+
+class SplitPlanRecord(ManifestSection):
+    """``plan`` of split.json (beside manifest.json, its sha256 in the signed ``files``): every cut costed."""
+
+    link: SplitPlanLink
+    options: list[SplitPlanOption]
+    chosen: SplitPlanOption | None = None
+    objective: str = ""
+    budget_ms: float | None = None
+    budget_met: bool | None = None
+
+
 class ArtifactManifest(StatusModel):
     """manifest.json: everything about one converted revision."""
 
@@ -87,7 +225,7 @@ class ArtifactManifest(StatusModel):
     """Largest absolute difference between the original model and the exported ONNX model."""
     inputs: list[TensorSpec] = Field(default_factory=list)
     outputs: list[TensorSpec] = Field(default_factory=list)
-    validation: dict[str, Any] = Field(default_factory=dict)
+    validation: ManifestValidation = Field(default_factory=ManifestValidation)
     """Metric, data source (validation data, or agreement on generated inputs) and sample count."""
     measurement: dict[str, Any] = Field(default_factory=dict)
     """How latency was measured and compared: rounds, minSpeedup and the rule (edgemodel.timing)."""
@@ -101,10 +239,10 @@ class ArtifactManifest(StatusModel):
     """How the ONNX model was produced, e.g. "torch.onnx dynamo, torch 2.13.0" or "none (ONNX source)"."""
     export_check: dict[str, Any] = Field(default_factory=dict)
     """The export comparison: samples, rtol, atol, maxAbsDiff, passed."""
-    environment: dict[str, Any] = Field(default_factory=dict)
+    environment: ManifestEnvironment = Field(default_factory=ManifestEnvironment)
     """Where candidates were measured: library versions, provider, threads, CPU, load average."""
     notes: list[str] = Field(default_factory=list)
     """Things the reader should know, e.g. that GPU latency was not measured."""
-    split: dict[str, Any] | None = None
+    split: ManifestSplit | None = None
     """With spec.split on: the split's essentials (cut, wire, chosenBy auto|manual, predictedMs, featureBytes,
     maxAbsDiff, file names); head.onnx, tail.onnx and split.json (the full plan and profile) are in ``files``."""

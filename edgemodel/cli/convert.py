@@ -192,8 +192,8 @@ def _print_summary(output: ConversionOutput, result: ConversionResult, target: P
     chosen = {(c.hardware_class, c.candidate) for c in m.choices}
     batches = sorted({s.batch_size for c in m.candidates for s in c.latency})
     table = Table(title=f"{m.namespace}/{m.model} revision {m.revision}: candidates "
-                  f"({m.validation['metric']} on {m.validation['samples']} samples, budget {m.validation['maxAccuracyDrop']})")
-    for column in ["candidate", "class", m.validation["metric"], "drop", *[f"p50 ms b{b}" for b in batches], "MB",
+                  f"({m.validation.metric} on {m.validation.samples} samples, budget {m.validation.max_accuracy_drop})")
+    for column in ["candidate", "class", m.validation.metric, "drop", *[f"p50 ms b{b}" for b in batches], "MB",
                    "verdict"]:
         table.add_column(column, overflow="fold")
     for c in m.candidates:

@@ -6,8 +6,8 @@ import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
 
+from edgemodel.api import ManifestEnvironment
 from edgemodel.convert.runners import ort_session
 
 INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16", "neon", "asimd", "asimddp")
@@ -45,19 +45,18 @@ def gpu_provider(model: Path) -> str | None:
     return None
 
 
-def describe(threads: int, providers: dict[str, str]) -> dict[str, Any]:
+def describe(threads: int, providers: dict[str, str]) -> ManifestEnvironment:
+    """The manifest's ``environment``: versions, CPU, threads, providers and load when measuring began."""
     import numpy
     import onnx
     import onnxruntime
 
     cpu, flags = cpu_description()
-    env: dict[str, Any] = {
-        "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "numpy": numpy.__version__,
-        "python": platform.python_version(), "machine": platform.machine(), "cpu": cpu, "cpuFlags": flags,
-        "threads": threads, "provider": ", ".join(f"{k}: {v}" for k, v in providers.items()),
-        "availableProviders": onnxruntime.get_available_providers(),
-        "loadAverage": [round(x, 2) for x in os.getloadavg()],
-    }
-    if "torch" in sys.modules:
-        env["torch"] = str(sys.modules["torch"].__version__)
-    return env
+    return ManifestEnvironment(
+        onnxruntime=onnxruntime.__version__, onnx=onnx.__version__, numpy=numpy.__version__,
+        python=platform.python_version(), machine=platform.machine(), cpu=cpu, cpu_flags=flags,
+        threads=threads, provider=", ".join(f"{k}: {v}" for k, v in providers.items()),
+        available_providers=onnxruntime.get_available_providers(),
+        load_average=[round(x, 2) for x in os.getloadavg()],
+        torch=str(sys.modules["torch"].__version__) if "torch" in sys.modules else None,
+    )  # fmt: skip

@@ -27,6 +27,8 @@ from edgemodel.api import (
     EdgeModel,
     EdgeModelSpec,
     HardwareClass,
+    ManifestSplit,
+    ManifestValidation,
     Precision,
     SplitArtifacts,
     now_rfc3339,
@@ -346,7 +348,7 @@ def _feeds(data: Dataset, batch: int, limit: int) -> list[dict[str, np.ndarray]]
 
 
 def _build_split(model: EdgeModel, exported: Path, inputs: _Inputs, fixed_batch: int | None, workdir: Path,
-                 threads: int, options: ConvertOptions, progress: Progress, rounds: int) -> dict[str, Any]:
+                 threads: int, options: ConvertOptions, progress: Progress, rounds: int) -> ManifestSplit:
     """Cut the exported FP32 model (spec.split), verify and write head/tail/split.json; the manifest's summary.
 
     The exported model is cut, not the offline-optimised ``fp32-opt``: cut names are those of the exported
@@ -396,20 +398,20 @@ def _build_split(model: EdgeModel, exported: Path, inputs: _Inputs, fixed_batch:
             why += f"; no cut meets budgetMs {plan['budgetMs']:g}, so the fastest was taken"
     else:
         why = f"named in spec.split.cut ({split.cut!r})"
-    summary: dict[str, Any] = {
-        "cut": m["cut"]["tensor"], "shape": m["cut"]["shape"], "chosenBy": "auto" if auto else "manual",
-        "reason": why, "wire": m["wire"], "precision": m["precision"],
-        "predictedMs": round(plan["chosen"]["totalMs"], 4) if plan else None,
-        "budgetMet": plan["budgetMet"] if plan else None,
-        "featureBytes": feature_bytes, "featureBatch": batch,
-        "maxAbsDiff": m["verification"]["maxAbsDiff"], "verifiedSamples": m["verification"]["samples"],
-        "quantizedMaxAbsDiff": (m["quantizedVerification"] or {}).get("maxAbsDiff"),
-        "candidates": len(m["profile"]["cuts"]) if m["profile"] else None,
-        "head": result.head_path.name, "tail": result.tail_path.name, "manifest": result.manifest_path.name,
-    }
-    log.info("Split at %s (%s): %s; %d feature bytes in %s; max abs diff %.3g", summary["cut"], summary["chosenBy"],
-             why, feature_bytes, m["wire"], summary["maxAbsDiff"])
-    return {k: v for k, v in summary.items() if v is not None}
+    summary = ManifestSplit(
+        cut=m["cut"]["tensor"], shape=m["cut"]["shape"], chosen_by="auto" if auto else "manual",
+        reason=why, wire=m["wire"], precision=m["precision"],
+        predicted_ms=round(plan["chosen"]["totalMs"], 4) if plan else None,
+        budget_met=plan["budgetMet"] if plan else None,
+        feature_bytes=feature_bytes, feature_batch=batch,
+        max_abs_diff=m["verification"]["maxAbsDiff"], verified_samples=m["verification"]["samples"],
+        quantized_max_abs_diff=(m["quantizedVerification"] or {}).get("maxAbsDiff"),
+        candidates=len(m["profile"]["cuts"]) if m["profile"] else None,
+        head=result.head_path.name, tail=result.tail_path.name, manifest=result.manifest_path.name,
+    )  # fmt: skip
+    log.info("Split at %s (%s): %s; %d feature bytes in %s; max abs diff %.3g", summary.cut, summary.chosen_by,
+             why, feature_bytes, m["wire"], summary.max_abs_diff)
+    return summary
 
 
 def _targets_missed(spec: EdgeModelSpec, choices: dict[HardwareClass, Choice]) -> list[str]:
@@ -522,10 +524,10 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
         created_at=now_rfc3339(), source_uri=spec.source.uri, source_format=spec.source.format.value,
         source_sha256=inputs.source_sha, opset=info.opset, export_tolerance=info.max_abs_diff,
         inputs=spec.inputs, outputs=info.outputs, exporter=info.exporter, export_check=info.check,
-        validation={"metric": inputs.metric.value, "requestedMetric": spec.validation.metric.value,
-                    "data": inputs.evaluation.origin, "samples": len(inputs.evaluation),
-                    "original": round(evaluator.original, 6), "maxAccuracyDrop": spec.validation.max_accuracy_drop,
-                    "selectionBatch": selection_batch},
+        validation=ManifestValidation(
+            metric=inputs.metric.value, requested_metric=spec.validation.metric.value,
+            data=inputs.evaluation.origin, samples=len(inputs.evaluation), original=round(evaluator.original, 6),
+            max_accuracy_drop=spec.validation.max_accuracy_drop, selection_batch=selection_batch),
         measurement={"rounds": rounds, "minSpeedup": spec.optimization.measurement.min_speedup,
                      "rule": "the simplest accepted candidate that the fastest does not beat by minSpeedup at the "
                              "lower bound of the 95% CI of the paired speed-up (edgemodel.timing.decide)"},
@@ -557,11 +559,11 @@ def success_result(output: ConversionOutput, uris: dict[str, str]) -> Conversion
     chosen = {(c.hardware_class, c.candidate): c for c in m.choices}
     split = None
     if m.split is not None:
-        head, tail, manifest = (m.split[k] for k in ("head", "tail", "manifest"))
-        split = SplitArtifacts(cut=m.split["cut"], wire=m.split["wire"], head_uri=uris[head],
+        head, tail, manifest = m.split.head, m.split.tail, m.split.manifest
+        split = SplitArtifacts(cut=m.split.cut, wire=m.split.wire, head_uri=uris[head],
                                head_sha256=m.files[head], tail_uri=uris[tail], tail_sha256=m.files[tail],
-                               manifest_uri=uris[manifest], chosen_by=m.split["chosenBy"],
-                               predicted_ms=m.split.get("predictedMs"), feature_bytes=m.split.get("featureBytes"))
+                               manifest_uri=uris[manifest], chosen_by=m.split.chosen_by,
+                               predicted_ms=m.split.predicted_ms, feature_bytes=m.split.feature_bytes)
     artifacts = [
         ArtifactRef(hardware_class=c.hardware_class, uri=uris[c.file], sha256=c.sha256, size_bytes=c.size_bytes,
                     precision=c.precision, candidate=c.candidate, manifest_uri=uris["manifest.json"],
@@ -585,7 +587,7 @@ def success_result(output: ConversionOutput, uris: dict[str, str]) -> Conversion
                 f" (95% CI {a.speedup_ci95[0]:.2f}-{a.speedup_ci95[1]:.2f})" if a.speedup_ci95 else "")
         elif a.reason.startswith(f"{cands.BASELINE} kept: the fastest"):
             speed = ", kept: faster candidates within the noise"
-        parts.append(f"{a.hardware_class.value}: {a.candidate}{speed}, {m.validation['metric']} {a.metric:.4f}"
+        parts.append(f"{a.hardware_class.value}: {a.candidate}{speed}, {m.validation.metric} {a.metric:.4f}"
                      if a.metric is not None else f"{a.hardware_class.value}: {a.candidate}")
     if split is not None:
         parts.append(f"split at {split.cut} ({split.chosen_by})")

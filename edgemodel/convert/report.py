@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
-from edgemodel.api import ArtifactManifest, CandidateResult, LatencyStats
+from edgemodel.api import ArtifactManifest, CandidateResult, LatencyStats, ManifestSplit
 from edgemodel.convert.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -23,7 +22,7 @@ def _mb(size: int) -> str:
 
 def candidate_table(manifest: ArtifactManifest, batches: list[int]) -> list[str]:
     chosen = {(c.hardware_class, c.candidate) for c in manifest.choices}
-    metric = manifest.validation.get("metric", "metric")
+    metric = manifest.validation.metric or "metric"
     trained = any("macs" in c.settings for c in manifest.candidates)  # compression with training was on
     head = ["candidate", "class", "precision", *(["method", "MMACs"] if trained else []), metric, "drop"] + \
         [f"p50 / p95 ms (batch {b})" for b in batches] + ["MB", "verdict"]
@@ -40,21 +39,21 @@ def candidate_table(manifest: ArtifactManifest, batches: list[int]) -> list[str]
     return lines
 
 
-def split_section(split: dict[str, Any]) -> list[str]:
+def split_section(split: ManifestSplit) -> list[str]:
     """The report's split part: cut, why, predicted latency, feature bytes, verification."""
-    per = "sample" if split.get("featureBatch", 1) == 1 else f"request of {split['featureBatch']} samples"
-    shape = "[" + ", ".join(str(d) for d in split.get("shape", [])) + "]"
-    lines = ["", "## Split (edge-cloud)", "",
-             f"- Cut at `{split['cut']}` {shape} ({split['chosenBy']}): {split.get('reason', '')}"]
-    if split.get("predictedMs") is not None:
-        lines.append(f"- Predicted end-to-end latency: {split['predictedMs']:.3f} ms")
-    lines += [f"- Features on the wire: {split.get('featureBytes', '?')} bytes per {per} in {split['wire']}",
-              f"- Head+tail vs the whole model: max abs diff {split['maxAbsDiff']:.3g} on "
-              f"{split.get('verifiedSamples', '?')} inputs; parts in {split.get('precision', 'fp32')}"
-              + (f" (INT8 parts differ by up to {split['quantizedMaxAbsDiff']:.3g})"
-                 if split.get("quantizedMaxAbsDiff") is not None else ""),
-              f"- Files: `{split['head']}` (edge), `{split['tail']}` (cloud), `{split['manifest']}` "
-              "(plan and profiles)"]
+    per = "sample" if split.feature_batch == 1 else f"request of {split.feature_batch} samples"
+    shape = "[" + ", ".join(str(d) for d in split.shape) + "]"
+    lines = ["", "## Split (edge-cloud)", "", f"- Cut at `{split.cut}` {shape} ({split.chosen_by}): {split.reason}"]
+    if split.predicted_ms is not None:
+        lines.append(f"- Predicted end-to-end latency: {split.predicted_ms:.3f} ms")
+    diff = "?" if split.max_abs_diff is None else f"{split.max_abs_diff:.3g}"
+    lines += [f"- Features on the wire: {'?' if split.feature_bytes is None else split.feature_bytes} bytes per {per} "
+              f"in {split.wire}",
+              f"- Head+tail vs the whole model: max abs diff {diff} on "
+              f"{'?' if split.verified_samples is None else split.verified_samples} inputs; parts in {split.precision}"
+              + (f" (INT8 parts differ by up to {split.quantized_max_abs_diff:.3g})"
+                 if split.quantized_max_abs_diff is not None else ""),
+              f"- Files: `{split.head}` (edge), `{split.tail}` (cloud), `{split.manifest}` (plan and profiles)"]
     return lines
 
 
@@ -72,10 +71,10 @@ def render_markdown(manifest: ArtifactManifest, plot_name: str | None) -> str:
         if manifest.export_tolerance is not None else f"- Export: {manifest.exporter}; ONNX opset {manifest.opset}",
         f"- Inputs: {', '.join(f'`{t.name}` {t.dtype.value} {t.shape}' for t in manifest.inputs)}; "
         f"outputs: {', '.join(f'`{t.name}` {t.dtype.value} {t.shape}' for t in manifest.outputs)}",
-        f"- Validation: {v.get('metric')} on {v.get('samples')} samples of {v.get('data')}; original model "
-        f"{v.get('metric')} {v.get('original', 0):.4f}; budget: drop <= {v.get('maxAccuracyDrop')}",
-        f"- Measured with ONNX Runtime {env.get('onnxruntime', '?')} on {env.get('provider', 'CPUExecutionProvider')}, "
-        f"{env.get('threads', '?')} threads, {env.get('cpu', '')}; load average {env.get('loadAverage', '?')}",
+        f"- Validation: {v.metric} on {v.samples} samples of {v.data}; original model "
+        f"{v.metric} {v.original or 0:.4f}; budget: drop <= {v.max_accuracy_drop}",
+        f"- Measured with ONNX Runtime {env.onnxruntime or '?'} on {env.provider or 'CPUExecutionProvider'}, "
+        f"{env.threads or '?'} threads, {env.cpu}; load average {env.load_average or '?'}",
         *([f"- Latency: {manifest.measurement['rounds']} interleaved rounds per candidate; chosen: "
            f"{manifest.measurement.get('rule', '')} (minSpeedup {manifest.measurement.get('minSpeedup')})"]
           if manifest.measurement else []),
@@ -88,12 +87,12 @@ def render_markdown(manifest: ArtifactManifest, plot_name: str | None) -> str:
                      f"{_mb(choice.size_bytes)} MB, `{choice.file}`, sha256 `{choice.sha256[:16]}...`): {choice.reason}")
     lines += split_section(manifest.split) if manifest.split else []
     lines += ["", "## Candidates", "", *candidate_table(manifest, batches), ""]
-    if v.get("note") or manifest.notes:
+    if v.note or manifest.notes:
         lines += ["## Notes", ""]
-        lines += [f"- {n}" for n in ([v["note"]] if v.get("note") else []) + manifest.notes]
+        lines += [f"- {n}" for n in ([v.note] if v.note else []) + manifest.notes]
         lines.append("")
     if plot_name:
-        lines += [f"![latency vs {v.get('metric')}]({plot_name})", ""]
+        lines += [f"![latency vs {v.metric}]({plot_name})", ""]
     return "\n".join(lines)
 
 

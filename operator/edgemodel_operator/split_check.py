@@ -16,12 +16,18 @@ new head and tail artifacts, i.e. a new revision, which the user opens by correc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
-from edgemodel.api import Condition, ConditionStatus, Split
+from pydantic import ValidationError
+
+from edgemodel.api import Condition, ConditionStatus, Split, SplitPlanRecord
 from edgemodel.api.edgemodel import SplitObjective
+from edgemodel.errors import describe_validation_error
 from edgemodel.split.planner import Link, Objective, Option, OptionKind, PlanError, on_link, pick
+
+log = logging.getLogger(__name__)
 
 CONDITION = "SplitCutCurrent"
 MIN_GAIN = 0.10
@@ -46,10 +52,16 @@ class PlannedCuts:
         if not plan:
             return None
         try:
-            options = tuple(Option.from_dict(o) for o in plan["options"] if o.get("kind") == OptionKind.SPLIT.value)
-            return cls(options, float(plan["link"]["rttMs"]))
-        except (KeyError, TypeError, ValueError):
+            record = SplitPlanRecord.model_validate(plan)
+            options = tuple(
+                Option(OptionKind.SPLIT, o.cut, o.cut_index, o.edge_ms, o.transfer_ms, o.cloud_ms, o.codec_ms,
+                       o.bytes_up, o.bytes_down)
+                for o in record.options if o.kind == OptionKind.SPLIT.value
+            )  # fmt: skip
+        except ValidationError as exc:
+            log.debug("Ignored the plan of a split.json: %s", describe_validation_error(exc, "plan"))
             return None
+        return cls(options, record.link.rtt_ms)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ def test_tight_budget_keeps_fp32_and_rejects_every_int8(digits: DigitsExample, d
     doc = digits_doc(digits, **{"spec.source.uri": digits_onnx.as_uri(), "spec.source.format": "ONNX",
                                 "spec.validation.metric": "cosine", "spec.validation.maxAccuracyDrop": budget})
     manifest = _convert(doc, tmp_path, keys, capsys)
-    assert manifest.validation["metric"] == "cosine"
+    assert manifest.validation.metric == "cosine"
     by_name = {c.name: c for c in manifest.candidates}
     baseline = by_name["fp32-opt"]
     assert baseline.accepted

@@ -64,9 +64,9 @@ def test_torchscript_model_converts_with_signed_manifest_and_verified_digests(
     assert manifest.measurement["rounds"] == 3
     assert manifest.measurement["minSpeedup"] == 1.05
 
-    assert manifest.validation["metric"] == "top1"
-    assert manifest.validation["samples"] == 200
-    original = manifest.validation["original"]
+    assert manifest.validation.metric == "top1"
+    assert manifest.validation.samples == 200
+    original = manifest.validation.original
     assert original > 0.9
     (choice,) = manifest.choices
     chosen = next(c for c in manifest.candidates if c.name == choice.candidate)

@@ -45,8 +45,8 @@ def test_outputs_and_the_labels_array_are_named_by_the_spec(
     manifest = ArtifactManifest.model_validate_json((out / "manifest.json").read_bytes())
     assert [o.name for o in manifest.outputs] == ["digit_scores"]
     assert graph_outputs(out / "model-cpu.onnx") == ["digit_scores"]
-    assert manifest.validation["metric"] == "top1", "the labels were found under spec.validation.labelsArray"
-    assert manifest.validation["original"] > 0.9
+    assert manifest.validation.metric == "top1", "the labels were found under spec.validation.labelsArray"
+    assert manifest.validation.original > 0.9
 
 
 def test_a_wrong_number_of_output_names_is_a_clear_error(digits: DigitsExample, keys: Keys, tmp_path: Path,

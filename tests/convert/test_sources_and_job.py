@@ -120,7 +120,7 @@ def test_onnx_model_with_a_fixed_batch_is_fed_whole_batches(digits: DigitsExampl
                  "--signing-key", str(keys.private), *FAST])
     assert code == 0, capsys.readouterr().err
     manifest = ArtifactManifest.model_validate_json((tmp_path / "out" / "manifest.json").read_bytes())
-    assert manifest.validation["samples"] == 200  # 200 validation images = 50 whole batches of 4
+    assert manifest.validation.samples == 200  # 200 validation images = 50 whole batches of 4
     assert {s.batch_size for c in manifest.candidates for s in c.latency} == {4}
     assert manifest.choices[0].metric is not None
     assert manifest.choices[0].metric > 0.9

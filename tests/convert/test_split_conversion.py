@@ -67,7 +67,7 @@ def assert_signed_files(folder: Path, manifest_bytes: bytes, signature: str, key
     assert split_json["head"]["sha256"] == manifest.files["head.onnx"]
     assert split_json["tail"]["sha256"] == manifest.files["tail.onnx"]
     assert manifest.split is not None
-    assert split_json["cut"]["tensor"] == manifest.split["cut"]
+    assert split_json["cut"]["tensor"] == manifest.split.cut
     assert split_json["verification"]["passed"] is True
     return manifest
 
@@ -78,12 +78,12 @@ def assert_split_refs(result: ConversionResult, manifest: ArtifactManifest, uris
     for artifact in result.artifacts:
         s = artifact.split
         assert s is not None, artifact.hardware_class
-        assert (s.cut, s.wire, s.chosen_by) == (manifest.split["cut"], manifest.split["wire"],
-                                                manifest.split["chosenBy"])
+        assert (s.cut, s.wire, s.chosen_by) == (manifest.split.cut, manifest.split.wire,
+                                                manifest.split.chosen_by)
         assert (s.head_uri, s.tail_uri, s.manifest_uri) == (uris["head.onnx"], uris["tail.onnx"], uris["split.json"])
         assert (s.head_sha256, s.tail_sha256) == (manifest.files["head.onnx"], manifest.files["tail.onnx"])
-        assert s.feature_bytes == manifest.split["featureBytes"]
-        assert s.predicted_ms == manifest.split.get("predictedMs")
+        assert s.feature_bytes == manifest.split.feature_bytes
+        assert s.predicted_ms == manifest.split.predicted_ms
 
 
 # --- manual cut through the CLI, on an ONNX source (cut names are the user's own graph's) ---------------------------
@@ -115,18 +115,18 @@ def test_manual_cut_files_are_signed_and_listed_with_their_digests(manual: Manua
     manifest = assert_signed_files(manual.out, raw, (manual.out / "manifest.json.sig").read_text().strip(), keys)
     assert set(manifest.files) == {"model-cpu.onnx", "report.md", *SPLIT_FILES}
     assert manifest.split is not None
-    assert manifest.split["cut"] == manual.cut_tensor
-    assert manifest.split["chosenBy"] == "manual"
-    assert manifest.split["wire"] == "int8+zstd"
-    assert manifest.split["maxAbsDiff"] == 0.0  # the same graph, cut in two
-    assert manifest.split["verifiedSamples"] == 16
-    assert "predictedMs" not in manifest.split  # nothing is planned for a manual cut
-    assert manifest.split["featureBytes"] > 0
+    assert manifest.split.cut == manual.cut_tensor
+    assert manifest.split.chosen_by == "manual"
+    assert manifest.split.wire == "int8+zstd"
+    assert manifest.split.max_abs_diff == 0.0  # the same graph, cut in two
+    assert manifest.split.verified_samples == 16
+    assert "predictedMs" not in manifest.split.to_k8s()  # nothing is planned for a manual cut
+    assert manifest.split.feature_bytes > 0
     report = (manual.out / "report.md").read_text()
     assert "## Split (edge-cloud)" in report
     assert f"Cut at `{manual.cut_tensor}`" in report
     assert f"named in spec.split.cut ('{manual.cut_node}')" in report
-    assert f"{manifest.split['featureBytes']} bytes per sample in int8+zstd" in report
+    assert f"{manifest.split.feature_bytes} bytes per sample in int8+zstd" in report
 
 
 def test_manual_cut_head_then_tail_reproduce_the_whole_model(manual: Manual, digits: DigitsExample,
@@ -178,16 +178,16 @@ def test_auto_cut_is_planned_signed_and_reproduces_the_whole_model(auto: Auto, d
     assert manifest.to_k8s() == auto.output.manifest.to_k8s()
     split = manifest.split
     assert split is not None
-    assert split["chosenBy"] == "auto"
+    assert split.chosen_by == "auto"
     plan = json.loads((out / "split.json").read_text())["plan"]
-    assert plan["chosen"]["option"] == f"cut:{split['cut']}"
+    assert plan["chosen"]["option"] == f"cut:{split.cut}"
     assert plan["link"] == {"bandwidthMbitS": 10.0, "rttMs": 20.0}
-    assert split["predictedMs"] == pytest.approx(plan["chosen"]["totalMs"], abs=1e-3)
-    assert split["predictedMs"] >= 20.0  # at least the RTT
-    assert split["candidates"] == len(plan["options"]) >= 5
-    assert "chosen by the planner (latency) for 10 Mbit/s and RTT 20 ms" in split["reason"]
+    assert split.predicted_ms == pytest.approx(plan["chosen"]["totalMs"], abs=1e-3)
+    assert split.predicted_ms >= 20.0  # at least the RTT
+    assert split.candidates == len(plan["options"]) >= 5
+    assert "chosen by the planner (latency) for 10 Mbit/s and RTT 20 ms" in split.reason
     report = (out / "report.md").read_text()
-    assert f"Predicted end-to-end latency: {split['predictedMs']:.3f} ms" in report
+    assert f"Predicted end-to-end latency: {split.predicted_ms:.3f} ms" in report
     # head then tail give the shipped FP32 model's outputs and the same classes on every validation image
     val = np.load(digits.val_npz)
     feeds, name = {"input": val["input"]}, manifest.outputs[0].name
@@ -254,10 +254,10 @@ def test_quantized_parts_on_a_fixed_batch_model(digits: DigitsExample, keys: Key
     output = run(doc, keys, tmp_path / "work")
     split = output.manifest.split
     assert split is not None
-    assert (split["cut"], split["precision"], split["featureBatch"]) == (cut, "int8", 4)
-    assert 0 < split["quantizedMaxAbsDiff"] < 1.0
-    assert split["maxAbsDiff"] == 0.0  # the FP32 parts, verified before quantising
-    assert split["verifiedSamples"] == 4  # 16 samples in whole batches of 4
+    assert (split.cut, split.precision, split.feature_batch) == (cut, "int8", 4)
+    assert 0 < split.quantized_max_abs_diff < 1.0
+    assert split.max_abs_diff == 0.0  # the FP32 parts, verified before quantising
+    assert split.verified_samples == 4  # 16 samples in whole batches of 4
     assert "(INT8 parts differ by up to" in (output.directory / "report.md").read_text()
     val = np.load(digits.val_npz)
     agree = []

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgemodel.api import EdgeModelStatus, get_condition
+import pytest
+from pydantic import ValidationError
+
+from edgemodel.api import EdgeModelStatus, SplitPlanRecord, get_condition
 from edgemodel.api.edgemodel import Split
+from edgemodel.errors import describe_validation_error
 from edgemodel.split.planner import (
     Link,
     Objective,
@@ -173,3 +177,27 @@ def test_pick_is_the_choice_of_choose_cut_and_on_link_recosts_only_the_transfer(
         moved = on_link(option, fast)
         assert (moved.edge_ms, moved.cloud_ms, moved.bytes_up) == (option.edge_ms, option.cloud_ms, option.bytes_up)
         assert moved.transfer_ms == (0.0 if option.bytes_up == 0 else fast.transfer_ms(option.bytes_up, option.bytes_down))
+
+
+def test_the_plan_is_read_through_its_typed_record_naming_a_bad_field() -> None:
+    """split.json's plan as :class:`SplitPlanRecord`: every option the planner writes round-trips; bad values name the field."""
+    costs = SplitCosts(["early", "mid", "late"], [0.1, 0.9, 3.0, 1.0], [5.0, 3.0, 1.9, 0.1], [100_000, 10_000, 500], 3000, 40)
+    plan = choose_cut(costs, Link(10, 20))
+    record = SplitPlanRecord.model_validate(plan.to_dict())
+    assert [o.to_dict() for o in plan.options] == [o.to_k8s() | {"cut": o.cut, "cutIndex": o.cut_index}
+                                                   for o in record.options]  # fmt: skip
+    assert record.chosen is not None
+    assert record.chosen.option == plan.chosen.label
+    planned = PlannedCuts.from_split_json({"plan": plan.to_dict()})
+    assert planned is not None
+    assert [o.cut for o in planned.options] == ["early", "mid", "late"]
+    assert [o.total_ms for o in planned.options] == [o.total_ms for o in plan.options if o.kind is OptionKind.SPLIT]
+    bad = plan.to_dict()
+    bad["options"][2]["edgeMs"] = -1.0
+    with pytest.raises(ValidationError) as info:
+        SplitPlanRecord.model_validate(bad)
+    assert describe_validation_error(info.value, "plan").startswith("plan.options[2].edgeMs: ")
+    assert PlannedCuts.from_split_json({"plan": bad}) is None
+    newer = plan.to_dict() | {"replannedAt": "2027-01-01T00:00:00Z"}
+    newer["options"] = [o | {"energyMj": 1.0} for o in newer["options"]]
+    assert PlannedCuts.from_split_json({"plan": newer}) == planned  # keys a newer converter adds are tolerated
