@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -25,6 +25,7 @@ from edge_agent.repository import ModelVersion
 from edgemodel.auth import bearer_matches
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -99,6 +100,10 @@ class RestApi:
 
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
+
+    async def decode_off_loop(self, decode: Callable[[], T]) -> T:
+        """Run a large decode in the decode thread (one at a time), e.g. a large gRPC request's."""
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, decode)
 
     # -- helpers -----------------------------------------------------------------------------
     def _authorize(self, request: web.Request) -> None:
