@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -25,7 +25,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.model import ModelOptions, OnnxModel, SessionFactory, TensorMeta
 from edge_agent.pool import InferencePool
 from edge_agent.repository import BatchingConfig, ModelRepository, ModelVersion, version_key
-from edge_agent.rest import RestApi, build_app
+from edge_agent.rest import RestApi, build_app, hot_route
 from edge_agent.settings import AgentSettings, LocalModel
 from edge_agent.split import SplitModelVersion, TailPart
 from edgemodel import __version__
@@ -92,6 +92,19 @@ def split_tls_files(settings: AgentSettings) -> TlsFiles | None:
     except (ValueError, OSError, ssl.SSLError) as exc:
         raise UserError(f"{flags}: cannot load them as a PEM CA, certificate and key ({exc})") from exc
     return files
+
+
+class _AgentRunner(JsonErrorAppRunner):
+    """The HTTP runner whose server sends inference requests straight to the REST API (``rest.hot_route``)."""
+
+    def __init__(self, app: web.Application, api: RestApi, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._api = api
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.request_handler = hot_route(self._api, server.request_handler)
+        return server
 
 
 class AgentServer:
@@ -169,8 +182,8 @@ class AgentServer:
 
     async def start(self) -> None:
         """Bind the HTTP(S) port (models may still be loading: /v2/health/ready says when)."""
-        self._runner = JsonErrorAppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.drain_timeout_s,
+        self._runner = _AgentRunner(
+            self.app, self.api, access_log=None, handle_signals=False, shutdown_timeout=self.settings.drain_timeout_s,
             auto_decompress=False,  # bodies are decompressed under --max-decompressed-bytes (edge_agent.body)
         )
         await self._runner.setup()

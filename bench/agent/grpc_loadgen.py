@@ -70,12 +70,16 @@ async def run_load(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--target", required=True, help="host:port of the gRPC server")
     parser.add_argument("--model", required=True)
     parser.add_argument("--input", default="input", help="input tensor name")
     parser.add_argument("--shape", default="1,1,8,8", help="input shape, comma separated")
-    parser.add_argument("--binary", action="store_true", help="accepted for symmetry with loadgen (gRPC is always raw)")
+    parser.add_argument(
+        "--binary", action="store_true", help="accepted for symmetry with loadgen (gRPC is always raw)"
+    )
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0)

@@ -18,11 +18,19 @@ def test_grpc_port_reaches_the_agents_services_and_policy_by_default() -> None:
         assert _env(container)["EDGEMODEL_AGENT_GRPC_PORT"] == "8081"
         assert {"name": "grpc", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
         ports = {p["name"]: p for p in one(docs, "Service", full(name))["spec"]["ports"]}
-        assert ports["grpc"] == {"name": "grpc", "port": 8081, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
+        assert ports["grpc"] == {
+            "name": "grpc",
+            "port": 8081,
+            "targetPort": "grpc",
+            "protocol": "TCP",
+            "appProtocol": "grpc",
+        }
         assert ports["http"]["port"] == 8080
     policy = one(docs, "NetworkPolicy", full("agent"))
     assert {"port": "grpc", "protocol": "TCP"} in policy["spec"]["ingress"][0]["ports"]
-    peers = one(render(SWITCHES["network-policy-peers"]), "NetworkPolicy", full("agent"))["spec"]["ingress"][0]
+    peers = one(render(SWITCHES["network-policy-peers"]), "NetworkPolicy", full("agent"))["spec"]["ingress"][
+        0
+    ]
     assert {"port": "grpc", "protocol": "TCP"} in peers["ports"]  # the same callers as the HTTP port
     assert {"ipBlock": {"cidr": "10.0.0.0/8"}} in peers["from"]
 
