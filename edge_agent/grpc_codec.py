@@ -63,7 +63,7 @@ def _shape(dims: Sequence[int], where: Where) -> tuple[int, ...]:
     if len(dims) > MAX_DIMS:
         raise InvalidInput(f"{where}: shape has {len(dims)} dimensions; at most {MAX_DIMS} are supported")
     shape = tuple(dims)
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise InvalidInput(
             f"{where}: shape must hold non-negative sizes, e.g. [1, 3, 224, 224]; got {list(shape)[:8]}"
         )
@@ -122,7 +122,9 @@ def decode_infer_request(
         raise InvalidInput(
             f"raw_input_contents has {len(raw)} entries for {len(inputs)} inputs; give one per input, in the order of inputs"
         )
-    params = {key: _parameter(value) for key, value in request.parameters.items()}
+    params = (
+        {key: _parameter(value) for key, value in request.parameters.items()} if request.parameters else {}
+    )
     if "classification" in params:
         raise InvalidInput("parameter classification is not supported by this server")
     budget = ElementBudget(limits)
