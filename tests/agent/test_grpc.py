@@ -8,6 +8,7 @@ server stays up.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +27,9 @@ from edge_agent.codec import DecodeLimits
 from edge_agent.errors import InvalidInput
 from edge_agent.grpc_codec import decode_infer_request
 from edge_agent.grpc_proto import predict_v2_pb2 as pb
+from edge_agent.server import AgentServer
 from edge_agent.settings import AgentSettings
+from edgemodel.errors import UserError
 from tests.agent.conftest import AgentThread, local
 from tests.agent.test_auth_tls import self_signed
 
@@ -412,5 +415,19 @@ def test_bytes_that_are_no_message_are_invalid_argument(served: AgentThread, met
 def test_the_generated_modules_are_up_to_date() -> None:
     """edge_agent/grpc_proto's modules are what `make grpc` makes from predict_v2.proto today."""
     script = Path(__file__).resolve().parents[2] / "scripts" / "generate_grpc.py"
-    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
+
+
+async def test_a_grpc_port_in_use_is_a_user_error_naming_the_flag() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = AgentServer(AgentSettings(port=0, grpc_port=taken.getsockname()[1]))
+        try:
+            with pytest.raises(UserError, match="--grpc-port"):
+                await server.start()
+        finally:
+            await server.stop()
