@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: test lint typecheck pytest demo tools crds install images clean
+.PHONY: test lint typecheck pytest demo tools crds grpc install images clean
 
 # Two distributions: the product (edgemodel, edge_agent, edgemodel_operator) and its test
 # infrastructure edgemodel-dev/ (emulator, kubelet, pytest plugin, demo), installed side by side.
@@ -28,6 +28,9 @@ images: $(STAMP) tools ## Build the agent, operator and converter images locally
 crds: $(STAMP) ## Regenerate crds/ from the API models (and their copies in the chart and edgemodel-dev)
 	$(VENV)/bin/edgemodel crds --write crds
 	$(PY) helm/sync-chart-files.py
+
+grpc: $(STAMP) ## Regenerate edge_agent/grpc_proto (code + typed stubs) from its .proto
+	$(PY) scripts/generate_grpc.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

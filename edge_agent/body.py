@@ -43,7 +43,7 @@ class RequestLimits:
         return DecodeLimits(max_elements=self.max_elements)
 
 
-async def read_body(request: web.BaseRequest, limits: RequestLimits) -> bytearray:
+async def read_body(request: web.BaseRequest, limits: RequestLimits) -> bytes | bytearray:
     """The raw body (still encoded), refused with 413 past ``max_body_bytes`` and 408 when it stalls."""
     limit = limits.max_body_bytes
     length = request.content_length
@@ -59,9 +59,16 @@ async def read_body(request: web.BaseRequest, limits: RequestLimits) -> bytearra
     return body
 
 
-async def _read_exactly(request: web.BaseRequest, length: int, limits: RequestLimits) -> bytearray:
+async def _read_exactly(request: web.BaseRequest, length: int, limits: RequestLimits) -> bytes | bytearray:
+    try:  # what has already arrived: a small body usually came with its headers, and needs no wait at all
+        first = request.content.read_nowait(length)
+    except (ConnectionError, HttpProcessingError) as exc:
+        raise InvalidInput(f"the request body ended after 0 bytes: {exc}") from None
+    if len(first) == length:
+        return first
     body = bytearray(length)
-    pos = 0
+    body[: len(first)] = first
+    pos = len(first)
     while pos < length:
         chunk = await _next_chunk(request, limits, pos)
         if not chunk:

@@ -84,7 +84,7 @@ class InferRequest:
     parameters: dict[str, Any]
 
 
-class _Where:
+class Where:
     """Names an input in error messages, e.g. ``inputs[0] ('x')``; formatted only when an error is raised."""
 
     __slots__ = ("index", "name")
@@ -100,7 +100,7 @@ class _Where:
         return str(self)
 
 
-def _shape(value: object, where: _Where) -> tuple[int, ...]:
+def _shape(value: object, where: Where) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(type(d) is int and d >= 0 for d in value):
         raise InvalidInput(f"{where}: shape must be a list of non-negative integers, e.g. [1, 3, 224, 224]; got {value!r:.80}")
     if len(value) > 32:
@@ -143,7 +143,7 @@ def check_claim(
     return count
 
 
-def _from_json(data: object, datatype: str, shape: tuple[int, ...], count: int, where: _Where) -> np.ndarray:
+def _from_json(data: object, datatype: str, shape: tuple[int, ...], count: int, where: Where) -> np.ndarray:
     if not isinstance(data, list):
         if count == 1 and isinstance(data, (int, float, str, bool)):
             data = [data]
@@ -197,7 +197,7 @@ def _kinds(types: set[type]) -> str:
     return " and ".join(sorted(_TYPE_NAMES.get(t, t.__name__) for t in types))
 
 
-def _bytes_elements(buf: memoryview, count: int, where: _Where) -> np.ndarray:
+def _bytes_elements(buf: memoryview, count: int, where: Where) -> np.ndarray:
     if count > len(buf) // 4:
         raise InvalidInput(
             f"{where}: {count} BYTES elements need at least {4 * count} bytes (a 4-byte length each); "
@@ -222,7 +222,8 @@ def _bytes_elements(buf: memoryview, count: int, where: _Where) -> np.ndarray:
     return out
 
 
-def _from_binary(buf: memoryview, datatype: str, shape: tuple[int, ...], count: int, where: _Where) -> np.ndarray:
+def from_binary(buf: memoryview, datatype: str, shape: tuple[int, ...], count: int, where: Where) -> np.ndarray:
+    """A tensor from its raw little-endian bytes (BYTES: 4-byte length + bytes per element), checked against ``count``."""
     if datatype == "BYTES":
         return _bytes_elements(buf, count, where).reshape(shape)
     if datatype == "BOOL":
@@ -323,7 +324,7 @@ def decode_request(
         if not isinstance(item, dict):
             raise InvalidInput(f"inputs[{index}] must be an object with name, shape, datatype and data")
         name = item.get("name")
-        where = _Where(index, name)
+        where = Where(index, name)
         if not isinstance(name, str) or not name:
             raise InvalidInput(f"{where}: name must be a non-empty string")
         datatype = item.get("datatype")
@@ -343,7 +344,7 @@ def decode_request(
                     f"{where}: binary_data_size {size} exceeds the {len(binary) - offset} bytes of binary data left "
                     "(check Inference-Header-Content-Length)"
                 )
-            data = _from_binary(binary[offset : offset + size], datatype, shape, count, where)
+            data = from_binary(binary[offset : offset + size], datatype, shape, count, where)
             offset += size
         else:
             if "data" not in item:
@@ -385,7 +386,8 @@ def _requested_outputs(raw: object) -> list[RequestedOutput] | None:
     return result
 
 
-def _bytes_payload(arr: np.ndarray) -> bytes:
+def bytes_payload(arr: np.ndarray) -> bytes:
+    """A BYTES tensor as raw bytes: each element's 4-byte little-endian length, then its bytes."""
     parts: list[bytes] = []
     for value in arr.reshape(-1):
         raw = value if isinstance(value, bytes) else str(value).encode()
@@ -419,7 +421,7 @@ def encode_response(
         datatype = numpy_to_v2(arr.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if binary:
-            blob = _bytes_payload(arr) if datatype == "BYTES" else np.ascontiguousarray(arr).tobytes()
+            blob = bytes_payload(arr) if datatype == "BYTES" else np.ascontiguousarray(arr).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -25,6 +25,7 @@ from edge_agent.repository import ModelVersion
 from edgemodel.auth import bearer_matches
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -36,7 +37,7 @@ the loop, 0.2-0.4 s from the thread, on a loaded 2-core machine)."""
 
 
 def decode_body(
-    body: bytearray, encoding: str, header_length: int | None, limits: RequestLimits, model_inputs: Mapping[str, TensorSpec]
+    body: bytes | bytearray, encoding: str, header_length: int | None, limits: RequestLimits, model_inputs: Mapping[str, TensorSpec]
 ) -> InferRequest:
     """Decompress and decode a raw body under ``limits`` (runs on any thread).
 
@@ -54,7 +55,7 @@ def decode_body(
 
 
 def _decode_body(
-    body: bytearray, encoding: str, header_length: int | None, limits: RequestLimits, model_inputs: Mapping[str, TensorSpec]
+    body: bytes | bytearray, encoding: str, header_length: int | None, limits: RequestLimits, model_inputs: Mapping[str, TensorSpec]
 ) -> InferRequest:
     data = decompress(body, encoding, limits.max_decompressed_bytes)
     json_length = header_length if header_length is not None else len(data)
@@ -100,14 +101,18 @@ class RestApi:
     def close(self) -> None:
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
+    async def decode_off_loop(self, decode: Callable[[], T]) -> T:
+        """Run a large decode in the decode thread (one at a time), e.g. a large gRPC request's."""
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, decode)
+
     # -- helpers -----------------------------------------------------------------------------
-    def _authorize(self, request: web.Request) -> None:
+    def _authorize(self, request: web.BaseRequest) -> None:
         if self._token is None:
             return
         if not bearer_matches(request.headers.get("Authorization", ""), self._token):
             raise Unauthorized("missing or wrong bearer token; send Authorization: Bearer <token>")
 
-    async def _decode(self, request: web.Request, model_inputs: Mapping[str, TensorSpec]) -> InferRequest:
+    async def _decode(self, request: web.BaseRequest, model_inputs: Mapping[str, TensorSpec]) -> InferRequest:
         """Read, decompress and decode the body under the limits (large or compressed ones off the event loop)."""
         header = request.headers.get(HEADER_LENGTH)
         header_length: int | None = None
@@ -163,12 +168,16 @@ class RestApi:
 
     # -- inference ---------------------------------------------------------------------------
     async def infer(self, request: web.Request) -> web.Response:
+        return await self.infer_model(request, request.match_info["name"], self._version(request))
+
+    async def infer_model(self, request: web.BaseRequest, name: str, version: str | None) -> web.Response:
+        """POST .../infer for the model ``name`` (``version``: None routes to its default version)."""
         started = time.perf_counter()
         mv: ModelVersion | None = None
         status = 500
         try:
             self._authorize(request)
-            mv = self.dataplane.repository.resolve(request.match_info["name"], self._version(request))
+            mv = self.dataplane.repository.resolve(name, version)
             mv.acquire()
             try:
                 infer_request = await self._decode(request, mv.model.input_by_name)
@@ -234,6 +243,38 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         else:
             message = exc.text or exc.reason
         return error_response(exc.status, message)
+
+
+INFER_PREFIX = "/v2/models/"
+INFER_SUFFIX = "/infer"
+
+
+def hot_route(api: RestApi, fallback: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]) -> Callable[
+    [web.BaseRequest], Awaitable[web.StreamResponse]
+]:  # fmt: skip
+    """The request handler of the HTTP server: inference requests go straight to ``api.infer_model``.
+
+    A plain ``POST /v2/models/NAME[/versions/VERSION]/infer`` skips the router, the match info and the
+    middleware chain (the handler answers every error itself); everything else, and any request with
+    an ``Expect`` header (100-continue is answered by the application), takes the ``fallback``: the
+    aiohttp application with its routes. Measured in docs/benchmarks.md ("REST hot path").
+    """
+    prefix, suffix = INFER_PREFIX, INFER_SUFFIX
+    start, end = len(prefix), -len(suffix)
+    infer = api.infer_model
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.method == "POST":
+            path = request.path
+            if path.startswith(prefix) and path.endswith(suffix) and "Expect" not in request.headers:
+                parts = path[start:end].split("/")
+                if len(parts) == 1 and parts[0]:
+                    return await infer(request, parts[0], None)
+                if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+                    return await infer(request, parts[0], parts[2])
+        return await fallback(request)
+
+    return handle
 
 
 def build_app(api: RestApi, client_max_size: int) -> web.Application:

@@ -13,6 +13,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -24,7 +25,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.model import ModelOptions, OnnxModel, SessionFactory, TensorMeta
 from edge_agent.pool import InferencePool
 from edge_agent.repository import BatchingConfig, ModelRepository, ModelVersion, version_key
-from edge_agent.rest import RestApi, build_app
+from edge_agent.rest import RestApi, build_app, hot_route
 from edge_agent.settings import AgentSettings, LocalModel
 from edge_agent.split import SplitModelVersion, TailPart
 from edgemodel import __version__
@@ -39,6 +40,9 @@ from edgemodel.split.remote import (
     make_tail_app,
     start_tail_server,
 )
+
+if TYPE_CHECKING:
+    from edge_agent.grpc_server import GrpcServer
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,19 @@ def split_tls_files(settings: AgentSettings) -> TlsFiles | None:
     return files
 
 
+class _AgentRunner(JsonErrorAppRunner):
+    """The HTTP runner whose server sends inference requests straight to the REST API (``rest.hot_route``)."""
+
+    def __init__(self, app: web.Application, api: RestApi, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._api = api
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.request_handler = hot_route(self._api, server.request_handler)
+        return server
+
+
 class AgentServer:
     """Everything that answers requests; start() binds the port, stop() drains and closes."""
 
@@ -111,6 +128,7 @@ class AgentServer:
         self.session_factory = session_factory
         self.available_providers = available_providers
         token = read_token(settings.token_file) if settings.token_file else None
+        self.token = token
         self.api = RestApi(
             self.dataplane,
             self.metrics.exposition,
@@ -129,6 +147,9 @@ class AgentServer:
         self.split_port = settings.split_port
         """Port of the tail server once started (None: no tail server)."""
         self._tail_server: RunningServer | None = None
+        self.grpc_port = settings.grpc_port
+        """Port of the gRPC server once started (None: no gRPC server)."""
+        self._grpc: GrpcServer | None = None
 
     @property
     def scheme(self) -> str:
@@ -144,6 +165,11 @@ class AgentServer:
         return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
+    def grpc_target(self) -> str:
+        """host:port of the gRPC server ('' without one), as gRPC clients take it."""
+        return "" if self.grpc_port is None else f"{self.host}:{self.grpc_port}"
+
+    @property
     def split_scheme(self) -> str:
         return "https" if self.split_tls else "http"
 
@@ -156,8 +182,8 @@ class AgentServer:
 
     async def start(self) -> None:
         """Bind the HTTP(S) port (models may still be loading: /v2/health/ready says when)."""
-        self._runner = JsonErrorAppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.settings.drain_timeout_s,
+        self._runner = _AgentRunner(
+            self.app, self.api, access_log=None, handle_signals=False, shutdown_timeout=self.settings.drain_timeout_s,
             auto_decompress=False,  # bodies are decompressed under --max-decompressed-bytes (edge_agent.body)
         )
         await self._runner.setup()
@@ -173,8 +199,21 @@ class AgentServer:
             self.intra_op_threads,
             self.cpus,
         )
+        if self.settings.grpc_port is not None:
+            await self._start_grpc_server()
         if self.settings.split_port is not None:
             await self._start_tail_server()
+
+    async def _start_grpc_server(self) -> None:
+        from edge_agent import grpc_server  # grpcio is loaded only when the gRPC port is asked for
+
+        s = self.settings
+        servicer = grpc_server.InferenceServicer(self.dataplane, request_limits(s), self.token, decode=self.api.decode_off_loop)
+        credentials = grpc_server.server_credentials(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
+        self._grpc = grpc_server.GrpcServer(servicer, s.host, s.grpc_port or 0, s.max_body_bytes, credentials)
+        await self._grpc.start()
+        self.grpc_port = self._grpc.port
+        log.info("Serving the Open Inference Protocol over gRPC on %s (%s)", self.grpc_target, "TLS" if credentials else "plaintext")
 
     async def _start_tail_server(self) -> None:
         s = self.settings
@@ -318,6 +357,9 @@ class AgentServer:
     async def stop(self) -> None:
         """Stop accepting connections, let in-flight requests finish, unload models."""
         self.dataplane.live = False
+        if self._grpc is not None:
+            await self._grpc.stop(self.settings.drain_timeout_s)
+            self._grpc = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -55,6 +55,9 @@ class AgentSettings(BaseSettings):
     """Address to bind; a DaemonSet uses 0.0.0.0."""
     port: int = Field(default=8080, ge=0, le=65535)
     """HTTP port for the Open Inference Protocol and /metrics (0 picks a free port)."""
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+    """gRPC port for the Open Inference Protocol (``inference.GRPCInferenceService``; 0 picks a free
+    port); None: no gRPC server. Shares the token, TLS certificate and request limits of the HTTP port."""
     models: list[str] = Field(default_factory=list)
     """Standalone models as NAME[:VERSION]=PATH.onnx."""
     token_file: Path | None = None

@@ -29,6 +29,9 @@ def add_parser(sub: Any) -> None:
                          help="serve a local .onnx file (repeatable); version defaults to 1")
     serving.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a DaemonSet)")
     serving.add_argument("--port", type=int, help="HTTP port for v2 and /metrics (default 8080; 0 = any free port)")
+    serving.add_argument("--grpc-port", type=int, metavar="PORT",
+                         help="also serve the Open Inference Protocol over gRPC on this port, with the same token, TLS "
+                         "and limits (0 = any free port; default: no gRPC server; 8081 in the Helm chart)")
     serving.add_argument("--token-file", type=Path, help="require 'Authorization: Bearer <token from this file>'")
     serving.add_argument("--metrics-require-token", action="store_true", default=None, help="also protect /metrics")
     serving.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve HTTPS (with --tls-key)")
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from edge_agent.settings import load_settings, parse_label, parse_model_spec
 
     labels = dict(parse_label(spec) for spec in args.label_flags or []) or None
-    keys = ("host", "port", "models", "token_file", "metrics_require_token", "tls_cert", "tls_key", "max_body_bytes",
+    keys = ("host", "port", "grpc_port", "models", "token_file", "metrics_require_token", "tls_cert", "tls_key", "max_body_bytes",
             "max_decompressed_bytes", "max_json_bytes", "max_elements", "body_read_timeout_s",
             "accelerator", "gpu_fallback_to_cpu", "intra_op_threads", "inference_workers", "batching", "max_batch_size",
             "max_queue_delay_ms", "allow_non_finite", "in_cluster", "kubeconfig", "node_name", "public_key",

@@ -317,6 +317,10 @@ spec:
           value: "0.0.0.0"
         - name: EDGEMODEL_AGENT_PORT
           value: {{ $a.port | quote }}
+        {{- if $a.grpcPort }}
+        - name: EDGEMODEL_AGENT_GRPC_PORT
+          value: {{ $a.grpcPort | quote }}
+        {{- end }}
         - name: EDGEMODEL_AGENT_PUBLIC_KEY
           value: /etc/edgemodel/signing/public.pem
         - name: EDGEMODEL_AGENT_CACHE_DIR
@@ -366,6 +370,11 @@ spec:
         - name: http
           containerPort: {{ $a.port }}
           protocol: TCP
+        {{- if $a.grpcPort }}
+        - name: grpc
+          containerPort: {{ $a.grpcPort }}
+          protocol: TCP
+        {{- end }}
         {{- if $a.splitPort }}
         - name: split
           containerPort: {{ $a.splitPort }}

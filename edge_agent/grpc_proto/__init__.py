@@ -1,0 +1,1 @@
+"""The Open Inference Protocol's gRPC definition (predict_v2.proto) and its generated modules (``make grpc``)."""
