@@ -126,7 +126,7 @@ class Reconciler:
 
     async def _reconcile(self, namespace: str, name: str) -> Outcome:
         rt, settings = self.rt, self.rt.settings
-        body = await rt.client.get(Paths.edgemodel(namespace, name))
+        body = await rt.client.get(Paths.edgemodel(namespace, name), missing_ok=True)
         if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
             return Outcome(None)
         meta = body["metadata"]
@@ -190,7 +190,7 @@ class Reconciler:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         revision = record.revision
         jname = jobs.job_name(name, revision)
-        job = await rt.client.get(Paths.job(namespace, jname))
+        job = await rt.client.get(Paths.job(namespace, jname), missing_ok=True)
         if job is not None and (job["metadata"].get("annotations") or {}).get(ANNOTATION_SPEC_HASH) != spec_hash:
             log.warning("Deleted conversion Job %s/%s: it was built from another spec", namespace, jname)
             await rt.client.delete(Paths.job(namespace, jname))
@@ -543,7 +543,7 @@ class Reconciler:
                     log.warning("Could not patch EdgeAgent %s: %s", agent.name, exc)
                     return "error"
                 metrics.agent_writes.labels(result="conflict").inc()
-                fresh = await client.get(Paths.edgeagent(agent.name))
+                fresh = await client.get(Paths.edgeagent(agent.name), missing_ok=True)
                 if fresh is None:
                     return "gone"
                 agent = fleet.record_write(fresh)
