@@ -66,6 +66,7 @@ def agent_status(raw: Any) -> EdgeAgentStatus:
     """An EdgeAgent's status as the typed model; parts that do not validate are dropped one by one."""
     if not isinstance(raw, Mapping):
         return EdgeAgentStatus()
+    raw = {k: v for k, v in raw.items() if k not in _UNREAD}
     try:
         return EdgeAgentStatus.model_validate(raw)
     except ValidationError:
@@ -89,6 +90,8 @@ def agent_status(raw: Any) -> EdgeAgentStatus:
     return EdgeAgentStatus(capabilities=capabilities, models=models, **fields)
 
 
+_UNREAD = frozenset({"conditions"})
+"""Status fields the operator never reads (not validated: their patterns cost time at every watch event)."""
 _FIELD = {"heartbeatTime": {"heartbeat_time"}, "endpoint": {"endpoint"}, "splitEndpoint": {"split_endpoint"}}
 
 

@@ -431,3 +431,20 @@ def test_status_patch_sends_only_changes() -> None:
     assert patch
     assert status_patch(patch, status, 1) == {}
     assert merge_diff({"a": 1, "b": {"c": 2}}, {"b": {"c": 3}}) == {"a": None, "b": {"c": 3}}
+
+
+def test_agent_views_are_read_through_the_typed_status_and_keep_what_validates() -> None:
+    body = agent_body("n1", reported=[report(1, requests=7, p95=2.5), {"name": "bad", "revision": "x"},
+                                      {**report(2, name="tail"), "role": "tail", "cloudRttMs": 3.0}])
+    body["status"]["conditions"] = [{"type": "not a valid type!", "status": "True"}]
+    body["status"]["capabilities"]["memoryBytes"] = "lots"
+    view = AgentView.from_body(body)
+    assert [(r.name, r.revision, r.state, r.request_count, r.p95_ms) for r in view.reported][:1] == [
+        ("digits", 1, "Ready", 7, 2.5)]
+    assert [r.name for r in view.reported] == ["digits", "tail"], "the malformed entry alone is dropped"
+    assert view.reported[1].role == "tail"
+    assert view.reported[1].cloud_rtt_ms == 3.0
+    assert view.memory_bytes == 0, "unreadable capabilities fall back to none"
+    assert view.heartbeat == NOW
+    assert view.endpoint == "http://127.0.0.1:9000/n1"
+    assert AgentView.from_body({"metadata": {"name": "new"}}).reported == (), "no status yet"
