@@ -79,7 +79,8 @@ def _with_retries(what: str, attempt: Callable[[], Any], retries: int, backoff_s
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:  # HTTPError is a URLError
             raise _store_error(what, exc) from exc
 
-    return retry_sync(once, what=what, attempts=retries + 1, backoff=Backoff(first=backoff_s, cap=30.0),
+    backoff = Backoff(first=max(backoff_s, 0.001), cap=max(backoff_s, 30.0))  # 0 s was allowed before: keep it
+    return retry_sync(once, what=what, attempts=retries + 1, backoff=backoff,
                       retry_on=lambda exc: isinstance(exc, StoreError) and exc.retryable)
 
 
