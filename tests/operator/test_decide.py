@@ -425,6 +425,15 @@ def test_decide_is_pure_and_deterministic() -> None:
     assert list(world.agents.values()) == agents
 
 
+def test_the_job_to_create_is_the_same_every_time() -> None:
+    body = model_body()
+    snap = snapshot(body, [agent_body("n1")], job=JobSeen(1, None))
+    first, second = decide(snap, settings()), decide(snap, settings())
+    assert first.job_create is not None
+    assert first.job_create == second.job_create, "a deterministic Job: a restarted operator finds it"
+    assert first == second
+
+
 def test_status_patch_sends_only_changes() -> None:
     status = EdgeModelStatus()
     patch = status_patch({}, status, 1)
