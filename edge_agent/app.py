@@ -12,13 +12,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.control.cache import ArtifactCache
 from edge_agent.control.capabilities import probe
-from edge_agent.control.kube import Credentials, KubeClient, in_cluster_credentials, load_kubeconfig
 from edge_agent.control.plane import ControlPlane, default_endpoint
 from edge_agent.control.reconciler import Reconciler
 from edge_agent.heap import return_large_buffers
 from edge_agent.server import AgentServer, read_token
 from edge_agent.settings import AgentSettings, LocalModel
 from edgemodel.errors import UserError
+from edgemodel.kube import Credentials, KubeClient, in_cluster_credentials, load_kubeconfig
 from edgemodel.signing import SignatureError, load_public_key
 
 log = logging.getLogger(__name__)

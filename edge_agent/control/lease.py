@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from edge_agent.control.kube import ApiError, ApiUnavailable, KubeClient
+from edgemodel.kube import ApiError, ApiUnavailable, KubeClient
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgemodel.retry import Backoff, retry_sync
 from edgemodel.store.layout import RevisionRef
 
 log = logging.getLogger(__name__)
@@ -58,25 +58,30 @@ def _body_error(exc: urllib.error.HTTPError) -> str:
         return str(exc.reason)
 
 
+def _store_error(what: str, exc: BaseException) -> StoreError:
+    """The StoreError of a failed attempt (409 means the revision exists; 5xx, 429 and connection errors may pass)."""
+    if isinstance(exc, urllib.error.HTTPError):
+        message = f"{what}: HTTP {exc.code} {_body_error(exc)}"
+        if exc.code == 409:
+            return RevisionExists(message)
+        return StoreError(message, retryable=exc.code in RETRYABLE_STATUS, status=exc.code)
+    reason = getattr(exc, "reason", exc)
+    return StoreError(f"{what}: cannot connect ({reason})", retryable=True)
+
+
 def _with_retries(what: str, attempt: Callable[[], Any], retries: int, backoff_s: float) -> Any:
-    """Run ``attempt``; retry connection errors and 5xx/429 up to ``retries`` times with backoff."""
-    for i in range(retries + 1):
+    """Run ``attempt``; retry connection errors and 5xx/429 up to ``retries`` times (the one retry policy,
+    :mod:`edgemodel.retry`); raise StoreError (RevisionExists on 409) when it still fails."""
+
+    def once() -> Any:
         try:
             return attempt()
-        except urllib.error.HTTPError as exc:
-            message = f"{what}: HTTP {exc.code} {_body_error(exc)}"
-            if exc.code == 409:
-                raise RevisionExists(message) from exc
-            if exc.code not in RETRYABLE_STATUS or i == retries:
-                raise StoreError(message, retryable=exc.code in RETRYABLE_STATUS, status=exc.code) from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if i == retries:
-                raise StoreError(f"{what}: cannot connect ({reason})", retryable=True) from exc
-        delay = backoff_s * (2**i)
-        log.warning("Retrying %s in %.1fs (attempt %d of %d failed)", what, delay, i + 1, retries + 1)
-        time.sleep(delay)
-    raise AssertionError("unreachable")
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:  # HTTPError is a URLError
+            raise _store_error(what, exc) from exc
+
+    backoff = Backoff(first=max(backoff_s, 0.001), cap=max(backoff_s, 30.0))  # 0 s was allowed before: keep it
+    return retry_sync(once, what=what, attempts=retries + 1, backoff=backoff,
+                      retry_on=lambda exc: isinstance(exc, StoreError) and exc.retryable)
 
 
 class HttpStore:

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import kopf
 
+from edgemodel.retry import Backoff
 from edgemodel_operator import validation
 from edgemodel_operator.constants import LABEL_MODEL
 from edgemodel_operator.kube import ApiError, ApiUnavailable
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 
 DEBOUNCE_SECONDS = 0.2
 """Pause after a wake-up so that a burst of agent events makes one reconcile."""
-MAX_ERROR_BACKOFF = 60.0
+ERROR_BACKOFF = Backoff(first=1.0, cap=60.0)
+"""Wait before the next reconcile after consecutive failures (the one retry policy, ``edgemodel.retry``)."""
 LIVENESS_SYNC_SECONDS = 15.0
 TRANSIENT = (ApiUnavailable, ApiError, aiohttp.ClientError, TimeoutError)
 
@@ -41,7 +43,7 @@ async def reconcile_loop(runtime: Runtime, namespace: str, name: str, stopped: k
     wake = runtime.wakeups.event(key)
     reconciler = Reconciler(runtime)
     await wait_for_liveness(runtime)
-    backoff = 1.0
+    failures = 0
     try:
         while not stopped:
             wake.clear()
@@ -49,12 +51,14 @@ async def reconcile_loop(runtime: Runtime, namespace: str, name: str, stopped: k
             try:
                 outcome = await reconciler.reconcile(namespace, name)
                 delay = outcome.requeue_after or runtime.settings.resync_seconds
-                backoff = 1.0
+                failures = 0
             except TRANSIENT as exc:
-                delay, backoff = backoff, min(backoff * 2, MAX_ERROR_BACKOFF)
+                failures += 1
+                delay = ERROR_BACKOFF.delay(failures)
                 log.warning("Reconcile of EdgeModel %s/%s failed (%s); retrying in %.0f s", namespace, name, exc, delay)
             except Exception:
-                delay, backoff = backoff, min(backoff * 2, MAX_ERROR_BACKOFF)
+                failures += 1
+                delay = ERROR_BACKOFF.delay(failures)
                 log.exception("Reconcile of EdgeModel %s/%s crashed; retrying in %.0f s", namespace, name, delay)
             await _sleep_until(wake, stopped, min(delay, runtime.settings.resync_seconds))
             if not stopped:

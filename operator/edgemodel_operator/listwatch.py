@@ -16,11 +16,14 @@ from typing import Any
 
 import orjson
 
+from edgemodel.retry import Backoff
 from edgemodel_operator.kube import ApiError, ApiUnavailable, KubeClient
 
 log = logging.getLogger(__name__)
 
 WATCH_TIMEOUT_SECONDS = 300
+RECONNECT_BACKOFF = Backoff(first=1.0, cap=30.0)
+"""Wait before listing again after consecutive failures (the one retry policy, ``edgemodel.retry``)."""
 
 
 class ListWatch:
@@ -57,7 +60,7 @@ class ListWatch:
             except (ApiError, ApiUnavailable, OSError, ValueError) as exc:
                 failures += 1
                 self.attempted.set()
-                delay = min(30.0, 0.5 * 2 ** min(failures, 6))
+                delay = RECONNECT_BACKOFF.delay(failures)
                 log.warning("Could not list or watch the %s: %s; retrying in %.0f s", self.what, exc, delay)
                 await asyncio.sleep(delay)
 

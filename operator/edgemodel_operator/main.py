@@ -16,7 +16,7 @@ from prometheus_client import start_http_server
 from edgemodel.api import GROUP
 from edgemodel_operator import handlers
 from edgemodel_operator.constants import EDGEMODELS, FINALIZER, LABEL_MANAGED_BY, MANAGER
-from edgemodel_operator.kube import KubeClient, KubeConfig, load_kube_config
+from edgemodel_operator.kube import KubeClient, operator_client
 from edgemodel_operator.metrics import OperatorMetrics
 from edgemodel_operator.runtime import Runtime
 from edgemodel_operator.settings import OperatorSettings
@@ -51,18 +51,20 @@ def configure_kopf(kopf_settings: kopf.OperatorSettings, settings: OperatorSetti
         )
 
 
-def connection_info(config: KubeConfig) -> kopf.ConnectionInfo:
-    """kopf's credentials from the same kubeconfig the operator's own client uses."""
-    token = config.current_token()
+def connection_info(client: KubeClient) -> kopf.ConnectionInfo:
+    """kopf's credentials: the same ones (and the same current token) the operator's own client uses."""
+    creds = client.credentials
+    token = client.current_token()
     return kopf.ConnectionInfo(
-        server=config.server,
-        ca_path=config.ca_file,
-        insecure=not config.verify,
-        certificate_path=config.cert_file,
-        private_key_path=config.key_file,
+        server=creds.server,
+        ca_path=str(creds.ca_file) if creds.ca_file else None,
+        ca_data=None if creds.ca_file else creds.ca_data,
+        insecure=creds.insecure,
+        certificate_path=str(creds.client_cert) if creds.client_cert else None,
+        private_key_path=str(creds.client_key) if creds.client_key else None,
         scheme="Bearer" if token else None,
         token=token,
-        default_namespace=config.default_namespace,
+        default_namespace=creds.namespace,
     )
 
 
@@ -84,7 +86,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.on.login(id="login", registry=registry)
     async def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(runtime.client.config)
+        return connection_info(runtime.client)
 
     @kopf.on.probe(id="agents", registry=registry)
     def probe_agents(**_: Any) -> int:
@@ -122,7 +124,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
 def build_runtime(settings: OperatorSettings) -> Runtime:
     metrics = OperatorMetrics()
-    client = KubeClient(load_kube_config(settings.kubeconfig), metrics, settings.max_parallel_writes)
+    client = operator_client(settings.kubeconfig, metrics, settings.max_parallel_writes)
     return Runtime(settings=settings, client=client, metrics=metrics)
 
 

@@ -1,4 +1,7 @@
-"""What one operator process shares between its handlers: settings, clients, metrics, wake-ups."""
+"""What one operator process shares between its handlers: settings, clients, metrics, wake-ups, caches.
+
+The reconciler itself is stateless (observe -> decide -> act per call); what outlives a call lives here.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,44 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from edgemodel.store.client import HttpStore
 from edgemodel_operator.fleet import Fleet, ModelKey
 from edgemodel_operator.kube import KubeClient
 from edgemodel_operator.liveness import Liveness
 from edgemodel_operator.metrics import OperatorMetrics
 from edgemodel_operator.settings import OperatorSettings
+from edgemodel_operator.split_check import PlannedCuts
+
+PLAN_CACHE_SIZE = 256
+"""Split plans (split.json) kept in memory, oldest dropped first."""
+STORE_TIMEOUT_SECONDS = 15.0
+STORE_RETRIES = 1
+
+
+class PlanCache:
+    """The split plans of revisions read from the store (immutable per revision), at most ``size``."""
+
+    def __init__(self, size: int = PLAN_CACHE_SIZE) -> None:
+        self.size = size
+        self._plans: dict[tuple[str, str, int], PlannedCuts | None] = {}
+
+    def has(self, namespace: str, name: str, revision: int) -> bool:
+        return (namespace, name, revision) in self._plans
+
+    def get(self, namespace: str, name: str, revision: int) -> PlannedCuts | None:
+        return self._plans.get((namespace, name, revision))
+
+    def put(self, namespace: str, name: str, revision: int, plan: PlannedCuts | None) -> None:
+        while len(self._plans) >= self.size:
+            self._plans.pop(next(iter(self._plans)))
+        self._plans[(namespace, name, revision)] = plan
+
+    def of(self, namespace: str, name: str) -> dict[int, PlannedCuts | None]:
+        """The cached plans of one EdgeModel, by revision."""
+        return {rev: plan for (ns, nm, rev), plan in self._plans.items() if ns == namespace and nm == name}
+
+    def __len__(self) -> int:
+        return len(self._plans)
 
 
 class Wakeups:
@@ -49,11 +85,17 @@ class Runtime:
     locks: dict[ModelKey, asyncio.Lock] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
     """For Prometheus and the artifact store (opened on startup)."""
+    plans: PlanCache = field(default_factory=PlanCache)
+    """Split plans of revisions (what the SplitCutCurrent check compares against)."""
+    store: HttpStore = field(init=False)
+    """The artifact store's client (reads are open; retention deletes add the token)."""
     liveness: Liveness = field(init=False)
     """Node liveness from the agents' Leases (started on startup)."""
     _followers: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.store = HttpStore(self.settings.store_url, timeout_s=STORE_TIMEOUT_SECONDS, retries=STORE_RETRIES,
+                               backoff_s=0.2)
         self.liveness = Liveness(self.settings.heartbeat_timeout_seconds, on_flip=lambda names: self.wakeups.wake(None),
                                  metrics=self.metrics)
         self.fleet.liveness = self.liveness

@@ -14,7 +14,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgemodel.api import ArtifactRef, EdgeModelSpec, HardwareClass, ModelPhase, ModelRole
+from pydantic import ValidationError
+
+from edgemodel.api import ArtifactRef, EdgeModelSpec, HardwareClass, ModelRole
+from edgemodel.api.edgeagent import Capabilities, EdgeAgentStatus, ModelState
 from edgemodel.api.edgemodel import CLOUD_TIER_LABEL
 
 MIB = 1024 * 1024
@@ -50,6 +53,47 @@ class ReportedModel:
     cloud_rtt_ms: float | None = None
     head_ms: float | None = None
 
+    @classmethod
+    def from_state(cls, m: ModelState) -> ReportedModel:
+        """From the agent's typed ``status.models[]`` entry."""
+        return cls(name=m.name, namespace=m.namespace, revision=m.revision, state=m.state.value,
+                   serving_revision=m.serving_revision, reason=m.reason, message=m.message,
+                   request_count=m.request_count, error_count=m.error_count, p95_ms=m.p95_ms, role=m.role.value,
+                   cloud_rtt_ms=m.cloud_rtt_ms, head_ms=m.head_ms)
+
+
+def agent_status(raw: Any) -> EdgeAgentStatus:
+    """An EdgeAgent's status as the typed model; parts that do not validate are dropped one by one."""
+    if not isinstance(raw, Mapping):
+        return EdgeAgentStatus()
+    raw = {k: v for k, v in raw.items() if k not in _UNREAD}
+    try:
+        return EdgeAgentStatus.model_validate(raw)
+    except ValidationError:
+        pass
+    models = []
+    for entry in raw.get("models") or []:
+        try:
+            models.append(ModelState.model_validate(entry))
+        except ValidationError:
+            continue
+    try:
+        capabilities = Capabilities.model_validate(raw.get("capabilities") or {})
+    except ValidationError:
+        capabilities = Capabilities()
+    fields: dict[str, Any] = {}
+    for key in ("heartbeatTime", "endpoint", "splitEndpoint"):
+        try:
+            fields.update(EdgeAgentStatus.model_validate({key: raw.get(key)}).model_dump(include=_FIELD[key]))
+        except ValidationError:
+            continue
+    return EdgeAgentStatus(capabilities=capabilities, models=models, **fields)
+
+
+_UNREAD = frozenset({"conditions"})
+"""Status fields the operator never reads (not validated: their patterns cost time at every watch event)."""
+_FIELD = {"heartbeatTime": {"heartbeat_time"}, "endpoint": {"endpoint"}, "splitEndpoint": {"split_endpoint"}}
+
 
 def is_tail(entry: Mapping[str, Any]) -> bool:
     """Whether a spec.models entry is a split tail (cloud side; one entry per revision)."""
@@ -79,46 +123,25 @@ class AgentView:
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> AgentView:
-        """Parse an EdgeAgent object (tolerant: a new agent may have no status yet)."""
+        """Parse an EdgeAgent object (tolerant: a new agent may have no status yet, and a malformed part of a
+        status, e.g. one model's entry, is left out rather than losing the whole agent)."""
         meta = body.get("metadata") or {}
         spec = body.get("spec") or {}
-        status = body.get("status") or {}
-        caps = status.get("capabilities") or {}
-        reported = []
-        for m in status.get("models") or []:
-            try:
-                reported.append(
-                    ReportedModel(
-                        name=str(m.get("name", "")),
-                        namespace=str(m.get("namespace", "")),
-                        revision=int(m.get("revision") or 0),
-                        state=str(m.get("state") or ModelPhase.PENDING.value),
-                        serving_revision=int(m["servingRevision"]) if m.get("servingRevision") is not None else None,
-                        reason=str(m.get("reason") or ""),
-                        message=str(m.get("message") or ""),
-                        request_count=int(m.get("requestCount") or 0),
-                        error_count=int(m.get("errorCount") or 0),
-                        p95_ms=float(m["p95Ms"]) if m.get("p95Ms") is not None else None,
-                        role=str(m.get("role") or ModelRole.FULL.value),
-                        cloud_rtt_ms=float(m["cloudRttMs"]) if m.get("cloudRttMs") is not None else None,
-                        head_ms=float(m["headMs"]) if m.get("headMs") is not None else None,
-                    )
-                )
-            except (TypeError, ValueError):
-                continue
+        status = agent_status(body.get("status"))
+        caps = status.capabilities
         return cls(
             name=str(meta.get("name", "")),
             generation=int(meta.get("generation") or 0),
             labels=dict(meta.get("labels") or {}),
-            hardware_class=str(caps.get("hardwareClass") or HardwareClass.CPU.value),
-            arch=str(caps.get("arch") or ""),
-            memory_bytes=int(caps.get("memoryBytes") or 0),
-            providers=tuple(caps.get("providers") or ()),
-            heartbeat=parse_time(status.get("heartbeatTime")),
-            endpoint=str(status.get("endpoint") or ""),
-            split_endpoint=str(status.get("splitEndpoint") or ""),
+            hardware_class=caps.hardware_class.value,
+            arch=caps.arch,
+            memory_bytes=caps.memory_bytes,
+            providers=tuple(caps.providers),
+            heartbeat=parse_time(status.heartbeat_time),
+            endpoint=status.endpoint,
+            split_endpoint=status.split_endpoint,
             spec_models=tuple(spec.get("models") or ()),
-            reported=tuple(reported),
+            reported=tuple(ReportedModel.from_state(m) for m in status.models),
             deleting=bool(meta.get("deletionTimestamp")),
             has_spec=isinstance(body.get("spec"), Mapping),
         )

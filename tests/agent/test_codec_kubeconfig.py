@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from edge_agent.codec import decode_request, encode_response
-from edge_agent.control.kube import load_kubeconfig, resource_path
 from edge_agent.errors import InvalidInput
 from edgemodel.errors import UserError
+from edgemodel.kube import load_kubeconfig, resource_path
 
 
 def test_nested_and_flat_json_data_decode_to_the_same_array() -> None:

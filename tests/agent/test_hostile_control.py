@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from edge_agent.control.capabilities import probe
-from edge_agent.control.kube import Credentials, KubeClient
 from edge_agent.control.plane import ControlPlane
 from edgemodel.api import ModelPhase
+from edgemodel.kube import Credentials, KubeClient
 from tests.agent.artifacts import ArtifactStore, make_keys
 from tests.agent.polling import wait_state
 from tests.agent.test_reconcile import Node, infer, make_node, settings_for

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from edge_agent.app import Agent
-from edge_agent.control.kube import ApiError, KubeClient, load_kubeconfig
 from edge_agent.control.lease import LeaseRenewer, lease_path
+from edgemodel.kube import ApiError, KubeClient, load_kubeconfig
 from edgemodel_dev.cluster import LocalCluster
 from tests.agent.artifacts import ArtifactStore, Keys
 from tests.agent.polling import eventually

@@ -236,9 +236,9 @@ def test_cache_evicts_least_recently_used_unpinned_blobs(tmp_path: Path) -> None
 
 
 async def test_offline_restart_serves_the_cached_assignment(tmp_path: Path, model_files: dict[str, Path]) -> None:
-    from edge_agent.control.kube import Credentials, KubeClient
     from edge_agent.control.plane import ControlPlane
     from edgemodel.api import Capabilities
+    from edgemodel.kube import Credentials, KubeClient
 
     store = await ArtifactStore(tmp_path / "store").start()
     keys = make_keys(tmp_path)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 
+from edgemodel.retry import Backoff
 from edgemodel_dev.net import free_port
-from edgemodel_operator.kube import ApiError, ApiUnavailable, KubeClient, KubeConfig, Paths, resource_of
+from edgemodel_operator.kube import ApiError, ApiUnavailable, Credentials, Paths, operator_client, resource_of
 from edgemodel_operator.metrics import OperatorMetrics
 
 
@@ -42,7 +43,8 @@ async def test_transient_errors_are_retried_and_others_are_not() -> None:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     metrics = OperatorMetrics()
-    client = KubeClient(KubeConfig(server=f"http://127.0.0.1:{port}", token="t"), metrics, retry_delays=(0.01, 0.01, 0.01))
+    client = operator_client(Credentials(server=f"http://127.0.0.1:{port}", token="t"), metrics, attempts=4,
+                        backoff=Backoff(first=0.01, cap=0.05))
     try:
         assert (await client.request("GET", "/flaky"))["metadata"]["name"] == "x"
         assert calls["flaky"] == 3
@@ -51,7 +53,7 @@ async def test_transient_errors_are_retried_and_others_are_not() -> None:
         assert err.value.status == 422
         assert "testing value" in err.value.message
         assert calls["invalid"] == 1, "a client error is not retried"
-        assert await client.get("/missing") is None
+        assert await client.get("/missing", missing_ok=True) is None
         samples = {(s.labels["verb"], s.labels["code"]): s.value for s in metrics.api_requests.collect()[0].samples
                    if s.name.endswith("_total")}
         assert samples[("get", "503")] == 2
@@ -60,7 +62,7 @@ async def test_transient_errors_are_retried_and_others_are_not() -> None:
     finally:
         await client.close()
         await runner.cleanup()
-    down = KubeClient(KubeConfig(server=f"http://127.0.0.1:{free_port()}"), retry_delays=(0.01,))
+    down = operator_client(Credentials(server=f"http://127.0.0.1:{free_port()}"), attempts=2, backoff=Backoff(first=0.01))
     try:
         with pytest.raises(ApiUnavailable, match="unreachable"):
             await down.get("/anything")

@@ -11,7 +11,7 @@ from edgemodel.api import EdgeModelSpec
 from edgemodel_dev.cluster import LocalCluster
 from edgemodel_dev.polling import wait_until_async
 from edgemodel_operator.fleet import Fleet
-from edgemodel_operator.kube import KubeClient, KubeConfig
+from edgemodel_operator.kube import Credentials, operator_client
 from edgemodel_operator.liveness import Liveness, renewed_at
 from edgemodel_operator.metrics import OperatorMetrics
 from edgemodel_operator.scheduling import select
@@ -109,7 +109,7 @@ def test_the_fleet_counts_the_lease_over_an_old_status_heartbeat() -> None:
 
 async def test_liveness_follows_renewals_through_one_watch(kube_cluster: LocalCluster) -> None:
     cluster = kube_cluster
-    client = KubeClient(KubeConfig(server=cluster.url, verify=False, token=cluster.admin_token), OperatorMetrics())
+    client = operator_client(Credentials(server=cluster.url, insecure=True, token=cluster.admin_token), OperatorMetrics())
     flips: list[set[str]] = []
     live = Liveness(1.5, on_flip=flips.append)
     cluster.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", **lease("other", T0),

@@ -18,9 +18,9 @@ from edgemodel_operator.assignments import (
     tail_assignment,
     tails_patch,
 )
+from edgemodel_operator.decide import cloud_url, split_gate, tail_revisions
 from edgemodel_operator.fleet import woken_models
 from edgemodel_operator.jobs import with_measured_rtt
-from edgemodel_operator.reconciler import cloud_url, split_gate, tail_revisions
 from edgemodel_operator.revisions import build_hash
 from edgemodel_operator.scheduling import AgentView, measured_rtt_ms, select, select_cloud
 from tests.operator.builders import NOW, SHA, agent_body, artifacts, assignment, report, spec

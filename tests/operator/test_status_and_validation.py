@@ -11,7 +11,7 @@ from edgemodel.api import ConversionResult, EdgeModelStatus, RolloutStatus, get_
 from edgemodel.manifests import load_documents
 from edgemodel_operator import revisions, validation
 from edgemodel_operator import status as st
-from edgemodel_operator.reconciler import merge_diff
+from edgemodel_operator.decide import merge_diff
 from tests.operator.builders import artifacts
 
 T0, T1, T2 = "2025-01-01T00:00:00Z", "2025-01-01T00:01:00Z", "2025-01-01T00:02:00Z"

@@ -74,3 +74,69 @@ def test_unreachable_store_is_retryable() -> None:
 def test_open_store_rejects_unknown_schemes() -> None:
     with pytest.raises(ValueError, match="http"):
         open_store("ftp://example/x")
+
+
+class _Scripted:
+    """A tiny HTTP server answering each request with the next status of ``statuses`` (the last one repeats)."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        import http.server
+        import threading
+
+        self.statuses, self.seen = statuses, 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                status = outer.statuses[min(outer.seen, len(outer.statuses) - 1)]
+                outer.seen += 1
+                body = b"ok" if status < 400 else b'{"error": "scripted"}'
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_DELETE = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(("statuses", "calls"), [([503, 200], 2), ([429, 502, 200], 3), ([500, 504, 200], 3)])
+def test_5xx_and_429_are_retried_with_the_one_policy(statuses: list[int], calls: int) -> None:
+    server = _Scripted(statuses)
+    try:
+        assert HttpStore(server.url, retries=3, backoff_s=0.01).get_bytes("a/b") == b"ok"
+        assert server.seen == calls
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_other_4xx_are_not_retried(status: int) -> None:
+    server = _Scripted([status, 200])
+    try:
+        with pytest.raises(StoreError, match=f"HTTP {status} scripted") as info:
+            HttpStore(server.url, retries=3, backoff_s=0.01).delete("a/b")
+        assert server.seen == 1
+        assert info.value.status == status
+        assert not info.value.retryable
+    finally:
+        server.close()
+
+
+def test_a_zero_backoff_still_retries() -> None:
+    server = _Scripted([503, 200])
+    try:
+        assert HttpStore(server.url, retries=1, backoff_s=0).get_bytes("a/b") == b"ok"
+        assert server.seen == 2
+    finally:
+        server.close()
