@@ -32,7 +32,7 @@ from edgemodel.api import (
     RevisionOutcome,
     RevisionRecord,
 )
-from edgemodel_operator import jobs, revisions, scheduling, split_check, validation
+from edgemodel_operator import conversion_progress, jobs, revisions, scheduling, split_check, validation
 from edgemodel_operator import status as status_mod
 from edgemodel_operator.analysis import (
     Check,
@@ -221,7 +221,10 @@ class Reconciler:
         state = jobs.job_state(job)
         if state.phase == jobs.JobPhase.RUNNING:
             outcome.requeue_after = min(outcome.requeue_after or CONVERSION_POLL_SECONDS, CONVERSION_POLL_SECONDS)
-            return status_mod.conversion_running(status, revision, jname, state.message, generation, now)
+            progress = await conversion_progress.read(rt.session(), rt.settings.store_url, namespace, name, revision)
+            return status_mod.conversion_running(status, revision, jname,
+                                                 conversion_progress.running_detail(state.message, progress),
+                                                 generation, now)
         result = await self._job_result(namespace, name, revision, jname, state)
         if state.phase == jobs.JobPhase.SUCCEEDED and result.ok and result.artifacts:
             rt.metrics.conversions.labels(outcome="succeeded").inc()
