@@ -35,11 +35,22 @@ def progress_key(ref: RevisionRef) -> str:
     return f"{ref.namespace}/{ref.name}/{ref.revision}{PROGRESS_SUFFIX}"
 
 
-def snapshot(index: int, title: str, done: int, total: int, detail: str, now: dt.datetime | None = None) -> bytes:
+def snapshot(
+    index: int, title: str, done: int, total: int, detail: str, now: dt.datetime | None = None
+) -> bytes:
     """The published JSON: stage number and title, step/total, the step's detail, the time (RFC 3339)."""
     when = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return json.dumps({"stage": index, "title": title, "step": done, "total": total, "detail": detail[:MAX_DETAIL],
-                       "updatedAt": when}, sort_keys=True).encode()
+    return json.dumps(
+        {
+            "stage": index,
+            "title": title,
+            "step": done,
+            "total": total,
+            "detail": detail[:MAX_DETAIL],
+            "updatedAt": when,
+        },
+        sort_keys=True,
+    ).encode()
 
 
 def describe(doc: dict[str, Any]) -> str:
@@ -93,7 +104,11 @@ class _Uploader:
             except Exception as exc:  # progress is best effort: the log has it too
                 level = logging.DEBUG if self._failed else logging.WARNING
                 self._failed = True
-                log.log(level, "Could not publish the conversion progress to the store (%s); it is in this log", exc)
+                log.log(
+                    level,
+                    "Could not publish the conversion progress to the store (%s); it is in this log",
+                    exc,
+                )
             finally:
                 with self._cond:
                     self._busy = False

@@ -21,8 +21,8 @@ from edgemodel.api import EdgeModelStatus  # noqa: E402
 from edgemodel.convert import job as job_mod  # noqa: E402
 from edgemodel.convert.pipeline import ConvertOptions  # noqa: E402
 from edgemodel.convert.published_progress import PublishedProgress, http_put, progress_key  # noqa: E402
-from edgemodel.convert.training.loop import TrainSet, cross_entropy, fit  # noqa: E402
 from edgemodel.convert.training.distill import kd_loss  # noqa: E402
+from edgemodel.convert.training.loop import TrainSet, cross_entropy, fit  # noqa: E402
 from edgemodel.store import HttpStore, RevisionRef  # noqa: E402
 from edgemodel_dev.examples_models import DigitsExample, load_digits_data  # noqa: E402
 from edgemodel_operator import conversion_progress  # noqa: E402
@@ -63,8 +63,9 @@ def _model() -> Any:
 def test_each_epoch_reports_loss_and_accuracy() -> None:
     x, y = _data()
     progress = Recorder()
-    fitted = fit(_model(), TrainSet([x], y, []), cross_entropy, 3, 1e-2, 32, 0, float("inf"), "pruned model",
-                 progress)
+    fitted = fit(
+        _model(), TrainSet([x], y, []), cross_entropy, 3, 1e-2, 32, 0, float("inf"), "pruned model", progress
+    )
     steps = [d for kind, d in progress.events if kind == "step"]
     assert fitted.epochs == 3
     assert len(steps) == 3
@@ -75,7 +76,8 @@ def test_each_epoch_reports_loss_and_accuracy() -> None:
     losses = [float(m.group(3)) for m in found if m]
     accuracies = [float(m.group(5)) for m in found if m]
     assert losses[-1] < losses[0]  # a linear model on digits learns in 3 epochs
-    assert accuracies[-1] > accuracies[0] and all(0.0 <= a <= 1.0 for a in accuracies)
+    assert accuracies[-1] > accuracies[0]
+    assert all(0.0 <= a <= 1.0 for a in accuracies)
     assert abs(losses[-1] - fitted.loss) < 1e-3
 
 
@@ -85,7 +87,18 @@ def test_without_labels_the_student_reports_agreement_with_the_teacher() -> None
     with torch.no_grad():
         soft = teacher(x)
     progress = Recorder()
-    fit(_model(), TrainSet([x], None, [soft]), kd_loss(4.0, 1.0), 2, 1e-2, 32, 1, float("inf"), "student", progress)
+    fit(
+        _model(),
+        TrainSet([x], None, [soft]),
+        kd_loss(4.0, 1.0),
+        2,
+        1e-2,
+        32,
+        1,
+        float("inf"),
+        "student",
+        progress,
+    )
     steps = [d for kind, d in progress.events if kind == "step"]
     assert len(steps) == 2
     assert all("teacher agreement" in s and EPOCH.search(s) for s in steps), steps
@@ -109,7 +122,9 @@ def test_published_progress_reaches_the_store_and_the_status_line(tmp_path: Path
                 return await conversion_progress.read(session, url, "vision", "digits", 3)
 
         line = asyncio.run(read())
-        assert line == "stage 1 Training: distillation 2/30: student: epoch 2/30, loss 0.9876, accuracy 0.7500"
+        assert (
+            line == "stage 1 Training: distillation 2/30: student: epoch 2/30, loss 0.9876, accuracy 0.7500"
+        )
         # the progress file sits beside the revision folder: the revision can still be committed
         manifest = tmp_path / "manifest.json"
         manifest.write_text("{}")
@@ -123,13 +138,19 @@ def test_published_progress_reaches_the_store_and_the_status_line(tmp_path: Path
 
         assert asyncio.run(missing()) == ""
 
-    status = status_mod.conversion_running(EdgeModelStatus(), 3, "digits-r3-convert",
-                                           conversion_progress.running_detail("1 active, 0 failed Pods", line), 1,
-                                           "2026-12-02T17:00:00Z")
+    status = status_mod.conversion_running(
+        EdgeModelStatus(),
+        3,
+        "digits-r3-convert",
+        conversion_progress.running_detail("1 active, 0 failed Pods", line),
+        1,
+        "2026-12-02T17:00:00Z",
+    )
     (converted,) = [c for c in status.conditions if c.type == "Converted"]
     assert converted.reason == "Converting"
-    assert converted.message == ("conversion Job digits-r3-convert of revision 3 is running (1 active, 0 failed "
-                                 f"Pods; {line})")
+    assert converted.message == (
+        f"conversion Job digits-r3-convert of revision 3 is running (1 active, 0 failed Pods; {line})"
+    )
 
 
 @pytest.mark.parametrize("text", ["", "not json", "[1, 2]", '{"stage": 1}', "\u0000"])
@@ -157,13 +178,18 @@ def test_a_failing_store_never_slows_or_breaks_training() -> None:
     assert json.loads(calls[-1])["step"] in (0, 100)
 
 
-def test_the_job_publishes_each_training_epoch(digits: DigitsExample, keys: Keys, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_job_publishes_each_training_epoch(
+    digits: DigitsExample, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = load_digits_data()
     train = write_npz(tmp_path / "train.npz", input=data.x_train[:256], labels=data.y_train[:256])
     doc = digits_doc(digits, **{"metadata.namespace": "vision", "spec.optimization.mode": "explicit"})
-    doc["spec"]["optimization"].update({"training": {"dataUri": train.as_uri(), "maxSeconds": 120},
-                                        "distillation": {"enabled": True, "widthFactor": 0.5, "epochs": 3}})
+    doc["spec"]["optimization"].update(
+        {
+            "training": {"dataUri": train.as_uri(), "maxSeconds": 120},
+            "distillation": {"enabled": True, "widthFactor": 0.5, "epochs": 3},
+        }
+    )
     doc["metadata"]["generation"] = 2
     sent: list[dict[str, Any]] = []
     real = job_mod.http_put
@@ -191,8 +217,14 @@ def test_the_job_publishes_each_training_epoch(digits: DigitsExample, keys: Keys
 
     monkeypatch.setattr(PublishedProgress, "advance", each_epoch_sent)
     with running_store(tmp_path / "store", TOKEN) as url:
-        options = ConvertOptions(workdir=tmp_path / "work", threads=1, latency_runs=5, latency_budget_s=0.05,
-                                 latency_rounds=3, plot=False)
+        options = ConvertOptions(
+            workdir=tmp_path / "work",
+            threads=1,
+            latency_runs=5,
+            latency_budget_s=0.05,
+            latency_rounds=3,
+            plot=False,
+        )
         assert job_mod.run_job(2, url, keys.private, options) == 0
         final = requests.get(f"{url}/vision/digits/2.progress.json", timeout=10).json()
     epochs = [s for s in sent if s["title"] == "Training: distillation" and "epoch" in s["detail"]]
