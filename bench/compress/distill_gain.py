@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--samples", default="1437,360")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--augment", choices=["both", "yes", "no"], default="both")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
@@ -105,7 +106,7 @@ def main() -> None:
     teacher = train(DigitsWideCNN(32), x, y, 15)
     print(f"teacher top-1 {top1(teacher):.4f} ({time.monotonic() - start:.0f}s)", flush=True)
     for n in (int(s) for s in args.samples.split(",")):
-        for augment in (False, True):
+        for augment in {"both": (False, True), "yes": (True,), "no": (False,)}[args.augment]:
             start = time.monotonic()
             got = {
                 kd: [
