@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=3.0)
     parser.add_argument("--teacher-epochs", type=int, default=15)
     parser.add_argument("--max-seconds", type=int, default=200)
+    parser.add_argument("--prune-target", type=float, default=3.0, help="spec.optimization.pruning.targetSpeedup")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -104,7 +105,8 @@ def main() -> None:
     generate_keypair(folder / "key.pem", folder / "key.pub")
     key = load_private_key(folder / "key.pem")
 
-    full = edgemodel_doc(folder, args, pruning={"enabled": True, "targetSpeedup": 3.0, "fineTuneEpochs": 6},
+    full = edgemodel_doc(folder, args, pruning={"enabled": True, "targetSpeedup": args.prune_target,
+                                                           "fineTuneEpochs": 6},
                          qat={"enabled": True, "epochs": 3},
                          distillation={"enabled": True, "widthFactor": 0.25, "epochs": 30, "temperature": 4.0,
                                        "alpha": 0.9})
@@ -142,7 +144,9 @@ def main() -> None:
     ]
     load = os.getloadavg()
     lines = [f"# Compression with training: digits wide CNN ({args.threads} threads)", "",
-             f"Command: `.venv/bin/python bench/compress/run.py --threads {args.threads} --out bench/results/compress.md`",
+             f"Command: `.venv/bin/python bench/compress/run.py --threads {args.threads}"
+             + (f" --prune-target {args.prune_target:g}" if args.prune_target != 3.0 else "")
+             + f" --out {args.out or 'bench/results/compress.md'}`",
              "", f"Teacher: `DigitsWideCNN(32)` trained {args.teacher_epochs} epochs, top-1 {original:.4f} on 360 "
              f"held-out images. Conversion with pruning, QAT and distillation: {seconds:.0f} s wall time. "
              f"Load average after the run: {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}.", "",

@@ -31,6 +31,7 @@ from edgemodel.convert.pipeline import (
     termination_message,
 )
 from edgemodel.convert.progress import LogProgress, Progress
+from edgemodel.convert.published_progress import PublishedProgress, http_put
 from edgemodel.errors import UserError, describe_validation_error
 from edgemodel.store import RevisionExists, RevisionRef, RevisionStore, StoreError, open_store
 
@@ -141,7 +142,6 @@ def run_job(revision: int, store_url: str, signing_key: Path, options: ConvertOp
             progress: Progress | None = None) -> int:
     """Run the Job end to end; always writes a termination message; returns the exit code."""
     termination = os.environ.get("EDGEMODEL_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG
-    progress = progress or LogProgress()
     try:
         result = _run(revision, store_url, signing_key, options, progress)
         code = 0
@@ -157,7 +157,7 @@ def run_job(revision: int, store_url: str, signing_key: Path, options: ConvertOp
 
 
 def _run(revision: int, store_url: str, signing_key: Path, options: ConvertOptions | None,
-         progress: Progress) -> ConversionResult:
+         progress: Progress | None) -> ConversionResult:
     if revision < 1:
         raise ConversionError(Reason.INVALID_SPEC, f"--revision {revision}: use a positive integer")
     model = model_from_env()
@@ -173,6 +173,21 @@ def _run(revision: int, store_url: str, signing_key: Path, options: ConvertOptio
     if earlier is not None and earlier.ok:
         log.info("Revision %s is already in the store; reporting its result", ref.prefix)
         return earlier
+    if progress is not None:
+        return _convert(model, ref, store, signing_key, options, progress)
+    if not store_url.startswith(("http://", "https://")):
+        return _convert(model, ref, store, signing_key, options, LogProgress())
+    # the operator reads this while the Job runs (edgemodel.convert.published_progress)
+    published = PublishedProgress(http_put(store_url, os.environ.get("EDGEMODEL_STORE_TOKEN", ""), ref))
+    try:
+        return _convert(model, ref, store, signing_key, options, published)
+    finally:
+        published.close()
+
+
+def _convert(model: EdgeModel, ref: RevisionRef, store: RevisionStore, signing_key: Path,
+             options: ConvertOptions | None, progress: Progress) -> ConversionResult:
+    revision = ref.revision
     key = load_key(signing_key)
     log.info("Converting EdgeModel %s revision %d (generation %s)", f"{ref.namespace}/{ref.name}", revision,
              model.metadata.generation)

@@ -28,7 +28,7 @@ from edgemodel.api import (
     RevisionOutcome,
     RevisionRecord,
 )
-from edgemodel_operator import jobs, revisions, scheduling, split_check, validation
+from edgemodel_operator import conversion_progress, jobs, revisions, scheduling, split_check, validation
 from edgemodel_operator import status as status_mod
 from edgemodel_operator.analysis import (
     Check,
@@ -78,6 +78,8 @@ class JobSeen:
     job: Mapping[str, Any] | None
     result: ConversionResult | None = None
     """For a finished Job: the termination message, else result.json from the store (None: neither)."""
+    progress: str = ""
+    """For a running Job: its latest published progress step ('' when none), shown in ``Converted``."""
 
 
 @dataclass(frozen=True)
@@ -383,7 +385,8 @@ def _convert(ctx: _Context, status: EdgeModelStatus, record: RevisionRecord, spe
     state = jobs.job_state(job)
     if state.phase == jobs.JobPhase.RUNNING:
         d.requeue(CONVERSION_POLL_SECONDS)
-        return status_mod.conversion_running(status, revision, jname, state.message, generation, now)
+        detail = conversion_progress.running_detail(state.message, seen.progress)
+        return status_mod.conversion_running(status, revision, jname, detail, generation, now)
     result = seen.result or ConversionResult(
         ok=False, revision=revision, reason=state.reason or "JobFailed",
         message=(state.message or "the Job left no result") + f"; see `kubectl logs -n {snap.namespace} job/{jname}`",

@@ -20,7 +20,7 @@ import logging
 
 from edgemodel.api import ConversionResult
 from edgemodel.store.client import StoreError
-from edgemodel_operator import jobs, split_check
+from edgemodel_operator import conversion_progress, jobs, split_check
 from edgemodel_operator.analysis import Measurements, PrometheusError, measure_with_prometheus
 from edgemodel_operator.constants import LABEL_MODEL, LABEL_REVISION
 from edgemodel_operator.decide import JobSeen, Snapshot, Wants, analysis_key
@@ -70,7 +70,8 @@ async def conversion_job(rt: Runtime, namespace: str, name: str, revision: int, 
         return JobSeen(revision, None)
     state = jobs.job_state(job)
     if state.phase == jobs.JobPhase.RUNNING:
-        return JobSeen(revision, job)
+        progress = await conversion_progress.read(rt.session(), rt.settings.store_url, namespace, name, revision)
+        return JobSeen(revision, job, progress=progress)
     pods = await rt.client.list(Paths.pods(namespace), label_selector=f"{LABEL_MODEL}={name},"
                                 f"{LABEL_REVISION}={revision}")
     result = jobs.result_from_pods(pods)

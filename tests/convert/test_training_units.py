@@ -165,3 +165,25 @@ def test_training_is_seeded(captured: Any) -> None:
         fit(lifted, TrainSet([x], y, []), cross_entropy, 2, 1e-2, 8, 7, time.monotonic() + 60, "seeded")
         runs.append(predict(lifted.eval(), [x]))
     assert torch.equal(runs[0], runs[1])
+
+
+def test_pruned_widths_stay_multiples_of_the_ort_channel_block() -> None:
+    from torch import nn
+
+    from edgemodel.convert.training.prune import alignment
+
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1),
+                         nn.BatchNorm2d(64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
+    model = lift(torch.export.export(wide, (_x(),)).module(), (_x(),), DYNAMIC)
+    assert alignment(model) == 16
+    pruned = prune_channels(model, (_x(),), 2.5, seed=0)
+    widths = [m.out_channels for m in pruned.model.modules() if isinstance(m, nn.Conv2d)]
+    assert pruned.alignment == 16
+    assert all(w % 16 == 0 and w >= 16 for w in widths), widths
+    assert widths != [32, 64]
+    assert pruned.macs_before / pruned.macs_after >= 2.5
+    # a model whose widths share no block (e.g. 12 channels) is pruned freely
+    odd = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(12, 10)).eval()
+    assert alignment(lift(torch.export.export(odd, (_x(),)).module(), (_x(),), DYNAMIC)) is None

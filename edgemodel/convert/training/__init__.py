@@ -176,7 +176,8 @@ def _prune(c: _Context, deadline: float) -> tuple[Made, str]:
     pruned.model.eval()
     settings = {"library": "torch-pruning (MagnitudePruner, L1 channel importance)", "targetSpeedup": opt.target_speedup,
                 "macReduction": round(pruned.macs_before / max(pruned.macs_after, 1), 3),
-                "channelsRemoved": round(pruned.channel_ratio, 3), "parameters": pruned.params_after,
+                "channelsRemoved": round(pruned.channel_ratio, 3), "channelMultiple": pruned.alignment or 1,
+                "parameters": pruned.params_after,
                 "fineTuneEpochs": fitted.epochs}
     return (pruned.model, "pruned-fp32", Precision.FP32, pruned.macs_after, True, settings, fitted), ""
 

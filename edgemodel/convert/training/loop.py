@@ -70,23 +70,32 @@ def _epochs(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, optimiser:
 
     start = time.monotonic()
     done, last = 0, float("nan")
+    # accuracy on the labels, or (without labels) agreement with the teacher's top-1 (extras[0])
+    measure = "accuracy" if data.labels is not None else "teacher agreement" if data.extras else ""
     for epoch in range(epochs):
         order = torch.randperm(len(data), generator=generator)
         losses: list[float] = []
+        right = 0
         for first in range(0, len(data), batch):
             idx = order[first:first + batch]
             out = model(*[x[idx] for x in data.inputs])
             out = out[0] if isinstance(out, (tuple, list)) else out
-            loss = loss_fn(out, [e[idx] for e in data.extras], None if data.labels is None else data.labels[idx])
+            labels = None if data.labels is None else data.labels[idx]
+            extras = [e[idx] for e in data.extras]
+            loss = loss_fn(out, extras, labels)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             losses.append(float(loss.detach()))
+            truth = labels if labels is not None else extras[0].argmax(1) if extras else None
+            right += 0 if truth is None else int((out.detach().argmax(1) == truth).sum())
         scheduler.step()
         done, last = epoch + 1, float(np.mean(losses))
-        log.info("Trained %s: epoch %d/%d, loss %.4f, %.1fs", what, done, epochs, last, time.monotonic() - start)
+        score = f", {measure} {right / max(len(data), 1):.4f}" if measure else ""
+        log.info("Trained %s: epoch %d/%d, loss %.4f%s, %.1fs", what, done, epochs, last, score,
+                 time.monotonic() - start)
         if progress is not None:
-            progress.advance(f"{what}: epoch {done}/{epochs}, loss {last:.4f}")
+            progress.advance(f"{what}: epoch {done}/{epochs}, loss {last:.4f}{score}")
         if time.monotonic() > deadline and done < epochs:
             log.warning("Stopped training %s after %d of %d epochs: spec.optimization.training.maxSeconds reached",
                         what, done, epochs)
