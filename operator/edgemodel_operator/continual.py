@@ -181,6 +181,14 @@ def missing_inputs(em: EdgeModel) -> str:
     return ""
 
 
+def emit(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """An Event on the EdgeModel (a log line when not inside a kopf handler, e.g. in tests)."""
+    try:
+        kopf.event(dict(body), type=type_, reason=reason, message=message[:1000])  # type: ignore[arg-type]
+    except LookupError:
+        log.info("Event %s %s: %s", type_, reason, message)
+
+
 async def _write(runtime: Runtime, namespace: str, name: str, status: ContinualStatus) -> None:
     body = {"status": {"continual": status.to_k8s()}}
     await runtime.client.patch(Paths.edgemodel_status(namespace, name), body)
@@ -224,7 +232,7 @@ async def tick(runtime: Runtime, body: Mapping[str, Any]) -> None:
     if problem:
         _condition(status, False, "InvalidSpec", f"{decision.reason}, but {problem}")
         await _write(runtime, namespace, name, status)
-        kopf.warn(dict(body), reason="ContinualInvalidSpec", message=problem)
+        emit(body, "Warning", "ContinualInvalidSpec", problem)
         return
     await start_round(runtime, body, em, status, decision)
 
@@ -244,7 +252,7 @@ async def start_round(runtime: Runtime, body: Mapping[str, Any], em: EdgeModel, 
     _condition(status, True, "Training", f"round {number}: {decision.reason}; Job {status.active_job}")
     await _write(runtime, namespace, name, status)
     metrics(runtime).rounds.labels(namespace, name, "Started").inc()
-    kopf.info(dict(body), reason="ContinualTriggered", message=f"round {number}: {decision.reason}"[:1000])
+    emit(body, "Normal", "ContinualTriggered", f"round {number}: {decision.reason}")
     log.info("EdgeModel %s/%s: continual round %d started (%s); Job %s", namespace, name, number, decision.reason,
              status.active_job)
 
@@ -296,12 +304,12 @@ async def follow(runtime: Runtime, body: Mapping[str, Any], em: EdgeModel, statu
         await runtime.client.patch(Paths.edgemodel(namespace, name), patch)
         _condition(status, True, "RevisionOpened", f"round {current.round} passed the gate ({current.message}); "
                                                    "the retrained model is converted and rolled out as a new revision")
-        kopf.info(dict(body), reason="ContinualGatePassed", message=f"round {current.round}: {current.message}"[:1000])
+        emit(body, "Normal", "ContinualGatePassed", f"round {current.round}: {current.message}")
     else:
         current.outcome = "Rejected" if report is not None and "gate" in report else "Failed"
         _condition(status, False, current.outcome, f"round {current.round}: {current.message}; the current revision "
                                                    "keeps serving")
-        kopf.warn(dict(body), reason=f"Continual{current.outcome}", message=f"round {current.round}: {current.message}"[:1000])
+        emit(body, "Warning", f"Continual{current.outcome}", f"round {current.round}: {current.message}")
     status.active_job = ""
     status.rounds = [*status.rounds[:-1], current]
     await _write(runtime, namespace, name, status)
