@@ -145,13 +145,12 @@ class CaptureStore:
             if (self.folder / f"{record.seq}.npz").exists():
                 self.records[record.seq] = record
         for item in self._lines(LABELS):
-            record = self.records.get(int(item.get("seq", 0)))
-            if record is not None:
-                record.labels = [int(v) for v in item.get("labels", [])]
+            if (labelled := self.records.get(int(item.get("seq", 0)))) is not None:
+                labelled.labels = [int(v) for v in item.get("labels", [])]
         for item in self._lines(UPLOADED):
             for seq in item.get("seqs", []):
-                if (record := self.records.get(int(seq))) is not None:
-                    record.uploaded = True
+                if (sent := self.records.get(int(seq))) is not None:
+                    sent.uploaded = True
         known = {f"{seq}.npz" for seq in self.records}
         for path in self.folder.glob("*.npz"):
             if path.name not in known:
@@ -166,14 +165,21 @@ class CaptureStore:
 
     def _compact(self) -> None:
         """Rewrite the three logs with the live records only (bounded files after many evictions)."""
+
         def write(name: str, lines: list[dict[str, Any]]) -> None:
             tmp = self.folder / f".{name}.tmp"
             tmp.write_text("".join(json.dumps(x, separators=(",", ":")) + "\n" for x in lines))
             os.replace(tmp, self.folder / name)
 
-        base = [{k: v for k, v in asdict(r).items() if k not in ("labels", "uploaded")} for r in self.records.values()]
+        base = [
+            {k: v for k, v in asdict(r).items() if k not in ("labels", "uploaded")}
+            for r in self.records.values()
+        ]
         write(INDEX, base)
-        write(LABELS, [{"seq": r.seq, "labels": r.labels} for r in self.records.values() if r.labels is not None])
+        write(
+            LABELS,
+            [{"seq": r.seq, "labels": r.labels} for r in self.records.values() if r.labels is not None],
+        )
         write(UPLOADED, [{"seqs": [r.seq for r in self.records.values() if r.uploaded]}])
 
     # -- capture -------------------------------------------------------------------------------
@@ -187,24 +193,36 @@ class CaptureStore:
             del self.by_id[record.id]
         self.bytes -= record.nbytes
 
-    def add(self, request_id: str, version: str, inputs: Mapping[str, np.ndarray], predicted: list[int],
-            confidence: float, reason: str, now: float | None = None) -> Record:
+    def add(
+        self,
+        request_id: str,
+        version: str,
+        inputs: Mapping[str, np.ndarray],
+        predicted: list[int],
+        confidence: float,
+        reason: str,
+        now: float | None = None,
+    ) -> Record:
         """Write one record, evicting old ones to stay within the bounds; CaptureFull when it cannot."""
         buffer = io.BytesIO()
-        np.savez(buffer, **{f"in_{i}": np.ascontiguousarray(a) for i, a in enumerate(inputs.values())},
-                 names=np.array(list(inputs), dtype=np.str_))
+        arrays: dict[str, Any] = {f"in_{i}": np.ascontiguousarray(a) for i, a in enumerate(inputs.values())}
+        arrays["names"] = np.array(list(inputs), dtype=np.str_)
+        np.savez(buffer, **arrays)
         data = buffer.getvalue()
         with self._lock:
             if len(data) > self.max_bytes:
                 self.refused += 1
-                raise CaptureFull(f"one request's inputs take {len(data)} bytes, more than the whole buffer ({self.max_bytes})")
+                raise CaptureFull(
+                    f"one request's inputs take {len(data)} bytes, more than the whole buffer ({self.max_bytes})"
+                )
             victims = self._evictable()
             while self.bytes + len(data) > self.max_bytes or len(self.records) >= self.max_records:
                 victim = next(victims, None)
                 if victim is None:
                     self.refused += 1
                     raise CaptureFull(
-                        f"{len(self.records)} labelled records ({self.bytes} bytes) wait for upload and fill the buffer")
+                        f"{len(self.records)} labelled records ({self.bytes} bytes) wait for upload and fill the buffer"
+                    )
                 self._evict(victim)
                 victims = self._evictable()
             seq = self.next_seq
@@ -212,8 +230,16 @@ class CaptureStore:
             tmp = self.folder / f".{seq}.npz.tmp"
             tmp.write_bytes(data)
             os.replace(tmp, self.folder / f"{seq}.npz")
-            record = Record(seq, request_id, version, predicted, round(confidence, 5), reason, len(data),
-                            time.time() if now is None else now)
+            record = Record(
+                seq,
+                request_id,
+                version,
+                predicted,
+                round(confidence, 5),
+                reason,
+                len(data),
+                time.time() if now is None else now,
+            )
             self._append(INDEX, {k: v for k, v in asdict(record).items() if k not in ("labels", "uploaded")})
             self.records[seq] = record
             if request_id:
@@ -242,7 +268,9 @@ class CaptureStore:
             if record is None:
                 return None
             if len(labels) != len(record.predicted):
-                raise ValueError(f"request {request_id!r} had {len(record.predicted)} row(s); got {len(labels)} label(s)")
+                raise ValueError(
+                    f"request {request_id!r} had {len(record.predicted)} row(s); got {len(labels)} label(s)"
+                )
             record.labels = labels
             record.uploaded = False
             self._append(LABELS, {"seq": seq, "labels": labels})
@@ -256,7 +284,11 @@ class CaptureStore:
 
     def labelled(self, include_uploaded: bool = False) -> list[Record]:
         with self._lock:
-            return [r for r in self.records.values() if r.labels is not None and (include_uploaded or not r.uploaded)]
+            return [
+                r
+                for r in self.records.values()
+                if r.labels is not None and (include_uploaded or not r.uploaded)
+            ]
 
     def bundle(self, records: list[Record]) -> bytes:
         """The labelled records as one .npz: inputs stacked per input name, "labels", "confidence", "reason"."""
@@ -271,8 +303,13 @@ class CaptureStore:
             confidence.extend([record.confidence] * len(record.labels or []))
             reasons.extend([record.reason] * len(record.labels or []))
         buffer = io.BytesIO()
-        np.savez(buffer, labels=np.array(labels, dtype=np.int64), confidence=np.array(confidence, dtype=np.float32),
-                 reason=np.array(reasons, dtype=np.str_), **{k: np.concatenate(v) for k, v in stacked.items()})
+        arrays: dict[str, Any] = {k: np.concatenate(v) for k, v in stacked.items()}
+        arrays.update(
+            labels=np.array(labels, dtype=np.int64),
+            confidence=np.array(confidence, dtype=np.float32),
+            reason=np.array(reasons, dtype=np.str_),
+        )
+        np.savez(buffer, **arrays)
         return buffer.getvalue()
 
     def mark_uploaded(self, records: list[Record]) -> None:
@@ -285,5 +322,10 @@ class CaptureStore:
         with self._lock:
             labelled = sum(1 for r in self.records.values() if r.labels is not None)
             waiting = sum(1 for r in self.records.values() if r.labels is not None and not r.uploaded)
-            return {"records": len(self.records), "bytes": self.bytes, "labelled": labelled,
-                    "waitingUpload": waiting, "refused": self.refused}
+            return {
+                "records": len(self.records),
+                "bytes": self.bytes,
+                "labelled": labelled,
+                "waitingUpload": waiting,
+                "refused": self.refused,
+            }

@@ -14,6 +14,7 @@ Metrics (in the agent's registry): ``edgemodel_drift_score{namespace,model,detec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -129,36 +130,69 @@ class FeedbackError(Exception):
 class ContinualMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ["namespace", "model"]
-        self.drift_score = Gauge("edgemodel_drift_score", "Drift score of a model by detector: mean per-feature PSI "
-                                 "of the recent inputs (psi), or Page-Hinkley statistic / threshold of the confidence "
-                                 "(page_hinkley; 1 = alarm).", [*labels, "detector"], registry=registry)
-        self.drift_alarms = Counter("edgemodel_drift_alarms_total", "Drift alarm episodes started, by first detector.",
-                                    [*labels, "detector"], registry=registry)
-        self.drift_active = Gauge("edgemodel_drift_active", "1 while a drift alarm episode lasts.", labels,
-                                  registry=registry)
-        self.accuracy = Gauge("edgemodel_feedback_accuracy", "Top-1 accuracy of the served model on the last "
-                              "labelled feedback rows.", labels, registry=registry)
-        self.labels = Counter("edgemodel_feedback_labels_total", "Feedback labels received, by outcome "
-                              "(captured, counted, unknown).", [*labels, "outcome"], registry=registry)
-        self.records = Gauge("edgemodel_capture_records", "Captured requests on disk.", labels, registry=registry)
-        self.bytes = Gauge("edgemodel_capture_bytes", "Bytes of captured requests on disk.", labels, registry=registry)
-        self.captured = Counter("edgemodel_capture_total", "Requests captured, by reason (uncertain, random).",
-                                [*labels, "reason"], registry=registry)
-        self.skipped = Counter("edgemodel_capture_skipped_total", "Requests not watched or not captured, by reason "
-                               "(queue_full, buffer_full, error).", [*labels, "reason"], registry=registry)
+        self.drift_score = Gauge(
+            "edgemodel_drift_score",
+            "Drift score of a model by detector: mean per-feature PSI "
+            "of the recent inputs (psi), or Page-Hinkley statistic / threshold of the confidence "
+            "(page_hinkley; 1 = alarm).",
+            [*labels, "detector"],
+            registry=registry,
+        )
+        self.drift_alarms = Counter(
+            "edgemodel_drift_alarms_total",
+            "Drift alarm episodes started, by first detector.",
+            [*labels, "detector"],
+            registry=registry,
+        )
+        self.drift_active = Gauge(
+            "edgemodel_drift_active", "1 while a drift alarm episode lasts.", labels, registry=registry
+        )
+        self.accuracy = Gauge(
+            "edgemodel_feedback_accuracy",
+            "Top-1 accuracy of the served model on the last labelled feedback rows.",
+            labels,
+            registry=registry,
+        )
+        self.labels = Counter(
+            "edgemodel_feedback_labels_total",
+            "Feedback labels received, by outcome (captured, counted, unknown).",
+            [*labels, "outcome"],
+            registry=registry,
+        )
+        self.records = Gauge(
+            "edgemodel_capture_records", "Captured requests on disk.", labels, registry=registry
+        )
+        self.bytes = Gauge(
+            "edgemodel_capture_bytes", "Bytes of captured requests on disk.", labels, registry=registry
+        )
+        self.captured = Counter(
+            "edgemodel_capture_total",
+            "Requests captured, by reason (uncertain, random).",
+            [*labels, "reason"],
+            registry=registry,
+        )
+        self.skipped = Counter(
+            "edgemodel_capture_skipped_total",
+            "Requests not watched or not captured, by reason (queue_full, buffer_full, error).",
+            [*labels, "reason"],
+            registry=registry,
+        )
 
 
 class ContinualHub:
     """Per-model drift, feedback and capture, fed from the request path through a bounded queue."""
 
-    def __init__(self, settings: ContinualSettings, registry: CollectorRegistry, capture_dir: Path | None = None) -> None:
+    def __init__(
+        self, settings: ContinualSettings, registry: CollectorRegistry, capture_dir: Path | None = None
+    ) -> None:
         self.settings = settings
         self.capture_dir = settings.capture_dir or capture_dir
         self.metrics = ContinualMetrics(registry)
         self.policy = CapturePolicy(settings.low_confidence, settings.high_entropy, settings.random_rate)
         self.watches: dict[str, ModelWatch] = {}
-        self._queue: queue.Queue[tuple[ServedVersion, Request, Sequence[tuple[str, np.ndarray, bool]]] | None] = (
-            queue.Queue(settings.queue_size))
+        self._queue: queue.Queue[
+            tuple[ServedVersion, Request, Sequence[tuple[str, np.ndarray, bool]]] | None
+        ] = queue.Queue(settings.queue_size)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.skipped = 0
@@ -172,10 +206,8 @@ class ContinualHub:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         if self._thread is not None:
-            try:
+            with contextlib.suppress(queue.Full):
                 self._queue.put(None, timeout=timeout_s)
-            except queue.Full:
-                pass
             self._thread.join(timeout_s)
             self._thread = None
 
@@ -186,7 +218,9 @@ class ContinualHub:
             time.sleep(0.005)
 
     # -- request path --------------------------------------------------------------------------
-    def observe(self, mv: ServedVersion, request: Request, outputs: Sequence[tuple[str, np.ndarray, bool]]) -> None:
+    def observe(
+        self, mv: ServedVersion, request: Request, outputs: Sequence[tuple[str, np.ndarray, bool]]
+    ) -> None:
         """Hand an answered request to the worker without waiting (skipped and counted when the queue is full)."""
         if self._thread is None:
             return
@@ -227,21 +261,32 @@ class ContinualHub:
         try:
             return CaptureStore(folder, self.settings.max_bytes, self.settings.max_records)
         except OSError as exc:
-            log.error("Capture for model %s is off: cannot use %s (%s); mount a writable volume", mv.name, folder, exc)
+            log.error(
+                "Capture for model %s is off: cannot use %s (%s); mount a writable volume",
+                mv.name,
+                folder,
+                exc,
+            )
             return None
 
     def _reference(self, mv: ServedVersion) -> Reference | None:
         """A shipped reference (reference-{version}.npz in the model's capture folder), if any."""
         if self.capture_dir is None:
             return None
-        path = self.capture_dir / _SAFE.sub("_", f"{mv.namespace or '_'}.{mv.name}") / f"reference-{mv.version}.npz"
+        path = (
+            self.capture_dir
+            / _SAFE.sub("_", f"{mv.namespace or '_'}.{mv.name}")
+            / f"reference-{mv.version}.npz"
+        )
         if not path.exists():
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
                 return Reference.from_npz(dict(z))
         except (OSError, ValueError, KeyError) as exc:
-            log.warning("Drift reference %s is unreadable (%s); using the first samples served instead", path, exc)
+            log.warning(
+                "Drift reference %s is unreadable (%s); using the first samples served instead", path, exc
+            )
             return None
 
     def _drift_settings(self) -> DriftSettings:
@@ -253,8 +298,13 @@ class ContinualHub:
         with self._lock:
             w = self.watches.get(mv.name)
             if w is None:
-                w = ModelWatch(mv.namespace, mv.name, mv.version, DriftMonitor(self._drift_settings(), self._reference(mv)),
-                               self._store(mv))
+                w = ModelWatch(
+                    mv.namespace,
+                    mv.name,
+                    mv.version,
+                    DriftMonitor(self._drift_settings(), self._reference(mv)),
+                    self._store(mv),
+                )
                 w.correct = deque(maxlen=self.settings.accuracy_window)
                 self.watches[mv.name] = w
             elif w.version != mv.version:
@@ -263,7 +313,9 @@ class ContinualHub:
                 w.correct.clear()
             return w
 
-    def process(self, mv: ServedVersion, request: Request, outputs: Sequence[tuple[str, np.ndarray, bool]]) -> None:
+    def process(
+        self, mv: ServedVersion, request: Request, outputs: Sequence[tuple[str, np.ndarray, bool]]
+    ) -> None:
         """Drift, recent predictions and capture for one answered request (worker thread)."""
         if not outputs or not request.inputs:
             return
@@ -290,7 +342,9 @@ class ContinualHub:
             return
         inputs = {t.name: np.asarray(t.data) for t in request.inputs}
         try:
-            w.store.add(request.id or f"_{time.time_ns()}", mv.version, inputs, preds, float(confidence.min()), reason)
+            w.store.add(
+                request.id or f"_{time.time_ns()}", mv.version, inputs, preds, float(confidence.min()), reason
+            )
         except CaptureFull:
             self.metrics.skipped.labels(mv.namespace, mv.name, "buffer_full").inc()
             return
@@ -310,18 +364,27 @@ class ContinualHub:
         self.drain(timeout_s=2.0)  # requests answered just before their feedback are known
         w = self.watches.get(name)
         if w is None:
-            raise FeedbackError(404, f"model {name!r} has not answered any request on this agent yet; send feedback "
-                                     "for the ids of requests it answered")
+            raise FeedbackError(
+                404,
+                f"model {name!r} has not answered any request on this agent yet; send feedback "
+                "for the ids of requests it answered",
+            )
         for index, (request_id, labels) in enumerate(items):  # validate all before changing anything
             if w.classes and any(label >= w.classes for label in labels):
-                raise FeedbackError(400, f"labels[{index}].label: {labels} is out of range; model {name!r} has "
-                                         f"{w.classes} classes (0..{w.classes - 1})")
+                raise FeedbackError(
+                    400,
+                    f"labels[{index}].label: {labels} is out of range; model {name!r} has "
+                    f"{w.classes} classes (0..{w.classes - 1})",
+                )
             seen = w.recent.get(request_id)
             record = w.store.get(request_id) if w.store is not None else None
             predicted = seen[1] if seen is not None else record.predicted if record is not None else None
             if predicted is not None and len(predicted) != len(labels):
-                raise FeedbackError(400, f"labels[{index}].label: request {request_id!r} had {len(predicted)} row(s) "
-                                         f"but {len(labels)} label(s) were sent; send one label per row")
+                raise FeedbackError(
+                    400,
+                    f"labels[{index}].label: request {request_id!r} had {len(predicted)} row(s) "
+                    f"but {len(labels)} label(s) were sent; send one label per row",
+                )
         captured: list[str] = []
         counted: list[str] = []
         unknown: list[str] = []
@@ -340,11 +403,20 @@ class ContinualHub:
                 self.metrics.labels.labels(w.namespace, name, outcome).inc(len(ids))
         if w.accuracy is not None:
             self.metrics.accuracy.labels(w.namespace, name).set(w.accuracy)
-        result = {"model": name, "captured": len(captured), "counted": len(counted), "unknown": unknown[:100],
-                  "unknownCount": len(unknown), "feedbackAccuracy": w.accuracy}
+        result = {
+            "model": name,
+            "captured": len(captured),
+            "counted": len(counted),
+            "unknown": unknown[:100],
+            "unknownCount": len(unknown),
+            "feedbackAccuracy": w.accuracy,
+        }
         if not captured and not counted:
-            raise FeedbackError(404, f"none of the {len(unknown)} request id(s) is known for model {name!r} (not "
-                                     f"answered here, too old, or already labelled): {', '.join(unknown[:5])}")
+            raise FeedbackError(
+                404,
+                f"none of the {len(unknown)} request id(s) is known for model {name!r} (not "
+                f"answered here, too old, or already labelled): {', '.join(unknown[:5])}",
+            )
         return result
 
     # -- export and upload ---------------------------------------------------------------------
@@ -352,15 +424,28 @@ class ContinualHub:
         """The labelled records not uploaded yet as one .npz, its manifest (sha256, bytes, samples) and the records."""
         w = self.watches.get(name)
         if w is None or w.store is None:
-            raise FeedbackError(404, f"model {name!r} has no capture buffer on this agent (no request yet, or no "
-                                     "--capture-dir: set EDGEMODEL_AGENT_CONTINUAL_CAPTURE_DIR)")
+            raise FeedbackError(
+                404,
+                f"model {name!r} has no capture buffer on this agent (no request yet, or no "
+                "--capture-dir: set EDGEMODEL_AGENT_CONTINUAL_CAPTURE_DIR)",
+            )
         records = w.store.labelled()
         if not records:
-            raise FeedbackError(409, f"model {name!r} has no labelled captured samples waiting for upload; send "
-                                     f"feedback (POST /v2/models/{name}/feedback) first")
+            raise FeedbackError(
+                409,
+                f"model {name!r} has no labelled captured samples waiting for upload; send "
+                f"feedback (POST /v2/models/{name}/feedback) first",
+            )
         data = w.store.bundle(records)
-        manifest = {"model": name, "namespace": w.namespace, "version": w.version, "sha256": hashlib.sha256(data).hexdigest(),
-                    "bytes": len(data), "samples": sum(len(r.labels or []) for r in records), "createdAt": time.time()}
+        manifest = {
+            "model": name,
+            "namespace": w.namespace,
+            "version": w.version,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+            "samples": sum(len(r.labels or []) for r in records),
+            "createdAt": time.time(),
+        }
         return data, manifest, records
 
     uploader: Callable[[str], dict[str, Any]] | None = None
@@ -375,10 +460,19 @@ class ContinualHub:
                 continue
             try:
                 manifest = self.uploader(name)
-                log.info("Uploaded %d labelled samples of model %s to %s", manifest["samples"], name, manifest.get("uri"))
+                log.info(
+                    "Uploaded %d labelled samples of model %s to %s",
+                    manifest["samples"],
+                    name,
+                    manifest.get("uri"),
+                )
             except Exception as exc:
-                log.warning("Uploading the labelled samples of model %s failed (%s); retrying in %.0f s", name, exc,
-                            self.settings.upload_interval_s)
+                log.warning(
+                    "Uploading the labelled samples of model %s failed (%s); retrying in %.0f s",
+                    name,
+                    exc,
+                    self.settings.upload_interval_s,
+                )
 
     def upload(self, name: str, store: Any, node: str) -> dict[str, Any]:
         """Upload the labelled samples of ``name`` to the artifact store (``edgemodel.store.client.HttpStore``):
@@ -407,10 +501,15 @@ class ContinualHub:
         for w in list(self.watches.values()):
             scores = w.drift.scores()
             entry: dict[str, Any] = {
-                "name": w.name, "namespace": w.namespace, "revision": int(w.version) if w.version.isdigit() else 0,
-                "samples": w.drift.samples, "driftScores": {k: round(v, 2) for k, v in scores.items()},
-                "driftAlarm": w.drift.alarm_since is not None, "driftAlarms": w.drift.alarms,
-                "referenceSource": w.drift.reference_source, "labelledRows": w.labelled_rows,
+                "name": w.name,
+                "namespace": w.namespace,
+                "revision": int(w.version) if w.version.isdigit() else 0,
+                "samples": w.drift.samples,
+                "driftScores": {k: round(v, 2) for k, v in scores.items()},
+                "driftAlarm": w.drift.alarm_since is not None,
+                "driftAlarms": w.drift.alarms,
+                "referenceSource": w.drift.reference_source,
+                "labelledRows": w.labelled_rows,
                 "captured": w.captured,
             }
             if w.drift.alarm_since is not None:
@@ -446,7 +545,9 @@ def attach_continual(server: _Server) -> ContinualHub:
 
     settings = ContinualSettings()
     agent = server.settings
-    hub = ContinualHub(settings, server.metrics.registry, agent.cache_dir / "captures" if agent.cluster_mode else None)
+    hub = ContinualHub(
+        settings, server.metrics.registry, agent.cache_dir / "captures" if agent.cluster_mode else None
+    )
     if settings.store_url:
         from edgemodel.store.client import HttpStore
 

@@ -49,7 +49,9 @@ class Reference:
     def from_samples(cls, x: np.ndarray, bins: int = 10) -> Reference:
         """Quantile bins of each feature of ``x`` (rows = samples, as ``summarise`` returns them)."""
         if x.ndim != 2 or len(x) < bins:
-            raise ValueError(f"a drift reference needs at least {bins} samples as rows, got shape {list(x.shape)}")
+            raise ValueError(
+                f"a drift reference needs at least {bins} samples as rows, got shape {list(x.shape)}"
+            )
         edges: list[np.ndarray] = []
         expected: list[np.ndarray] = []
         quantiles = np.linspace(0, 1, bins + 1)[1:-1]
@@ -77,8 +79,10 @@ class Reference:
     @classmethod
     def from_npz(cls, arrays: dict[str, np.ndarray]) -> Reference:
         n = sum(1 for k in arrays if k.startswith("edges_"))
-        return cls([np.asarray(arrays[f"edges_{i}"], dtype=np.float64) for i in range(n)],
-                   [np.asarray(arrays[f"expected_{i}"], dtype=np.float64) for i in range(n)])
+        return cls(
+            [np.asarray(arrays[f"edges_{i}"], dtype=np.float64) for i in range(n)],
+            [np.asarray(arrays[f"expected_{i}"], dtype=np.float64) for i in range(n)],
+        )
 
 
 def psi(expected: np.ndarray, actual_counts: np.ndarray) -> float:
@@ -95,7 +99,9 @@ class PsiDetector:
 
     name = "psi"
 
-    def __init__(self, reference: Reference, window: int = 200, threshold: float = 0.25, every: int = 10) -> None:
+    def __init__(
+        self, reference: Reference, window: int = 200, threshold: float = 0.25, every: int = 10
+    ) -> None:
         if window < 10:
             raise ValueError("window must be at least 10 samples")
         self.reference = reference
@@ -109,8 +115,10 @@ class PsiDetector:
         self.score = 0.0
 
     def _bin(self, row: np.ndarray) -> np.ndarray:
-        return np.array([np.searchsorted(self.reference.edges[i], row[i], side="right") for i in self._active],
-                        dtype=np.int16)
+        return np.array(
+            [np.searchsorted(self.reference.edges[i], row[i], side="right") for i in self._active],
+            dtype=np.int16,
+        )
 
     def update(self, row: np.ndarray) -> bool:
         """Add one summarised sample; True when the score is above the threshold (checked every ``every``)."""
@@ -128,8 +136,14 @@ class PsiDetector:
         if self._n < self.window:
             return False
         if self._n % self.every == 0:
-            self.score = float(np.mean([psi(self.reference.expected[i], c)
-                                        for i, c in zip(self._active, self._counts, strict=True)]))
+            self.score = float(
+                np.mean(
+                    [
+                        psi(self.reference.expected[i], c)
+                        for i, c in zip(self._active, self._counts, strict=True)
+                    ]
+                )
+            )
         return self.score > self.threshold
 
     def reset(self) -> None:
@@ -213,7 +227,10 @@ class DriftMonitor:
         self._pending = []
 
     def scores(self) -> dict[str, float]:
-        return {"psi": self.psi.score if self.psi is not None else 0.0, "page_hinkley": self.page_hinkley.score}
+        return {
+            "psi": self.psi.score if self.psi is not None else 0.0,
+            "page_hinkley": self.page_hinkley.score,
+        }
 
     def update(self, features: np.ndarray, confidence: np.ndarray, now: float | None = None) -> list[str]:
         """Feed summarised rows and their confidences; the names of the detectors that alarmed."""
@@ -236,6 +253,9 @@ class DriftMonitor:
             if self.alarm_since is None:
                 self.alarms += 1
                 self.alarm_since = time.time() if now is None else now
-        elif self.alarm_since is not None and self.samples - self._last_alarm_sample >= self.settings.clear_after:
+        elif (
+            self.alarm_since is not None
+            and self.samples - self._last_alarm_sample >= self.settings.clear_after
+        ):
             self.alarm_since = None
         return fired

@@ -38,34 +38,51 @@ def parse_feedback(body: bytes) -> list[tuple[str, list[int]]]:
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise FeedbackError(400, f"the body is not JSON ({exc}); send {{\"labels\": [{{\"id\": \"req-1\", \"label\": 3}}]}}") from None
+        raise FeedbackError(
+            400, f'the body is not JSON ({exc}); send {{"labels": [{{"id": "req-1", "label": 3}}]}}'
+        ) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("labels"), list):
-        raise FeedbackError(400, "labels: expected an object with a \"labels\" list, e.g. "
-                                 "{\"labels\": [{\"id\": \"req-1\", \"label\": 3}]}")
+        raise FeedbackError(
+            400,
+            'labels: expected an object with a "labels" list, e.g. {"labels": [{"id": "req-1", "label": 3}]}',
+        )
     raw = doc["labels"]
     if not raw:
-        raise FeedbackError(400, "labels: the list is empty; send at least one {\"id\", \"label\"}")
+        raise FeedbackError(400, 'labels: the list is empty; send at least one {"id", "label"}')
     if len(raw) > MAX_ITEMS:
-        raise FeedbackError(413, f"labels: {len(raw)} items, more than {MAX_ITEMS} per request; send them in batches")
+        raise FeedbackError(
+            413, f"labels: {len(raw)} items, more than {MAX_ITEMS} per request; send them in batches"
+        )
     items: list[tuple[str, list[int]]] = []
     seen: set[str] = set()
     for index, item in enumerate(raw):
         where = f"labels[{index}]"
         if not isinstance(item, dict):
-            raise FeedbackError(400, f"{where}: expected an object {{\"id\": ..., \"label\": ...}}")
+            raise FeedbackError(400, f'{where}: expected an object {{"id": ..., "label": ...}}')
         request_id = item.get("id")
         if not isinstance(request_id, str) or not request_id or len(request_id) > MAX_ID_CHARS:
-            raise FeedbackError(400, f"{where}.id: expected the non-empty request id (at most {MAX_ID_CHARS} characters) "
-                                     "sent as \"id\" in the inference request")
+            raise FeedbackError(
+                400,
+                f"{where}.id: expected the non-empty request id (at most {MAX_ID_CHARS} characters) "
+                'sent as "id" in the inference request',
+            )
         if request_id in seen:
-            raise FeedbackError(400, f"{where}.id: {request_id[:80]!r} appears twice; send one label per request")
+            raise FeedbackError(
+                400, f"{where}.id: {request_id[:80]!r} appears twice; send one label per request"
+            )
         seen.add(request_id)
         label = item.get("label")
-        labels = label if isinstance(label, list) else [label]
-        if not labels or len(labels) > MAX_ROWS or not all(
-                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_CLASS for v in labels):
-            raise FeedbackError(400, f"{where}.label: expected a class index (integer >= 0) or a list of them, one per "
-                                     f"row of the request; got {json.dumps(label)[:80]}")
+        labels: list[Any] = label if isinstance(label, list) else [label]
+        if (
+            not labels
+            or len(labels) > MAX_ROWS
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < MAX_CLASS for v in labels)
+        ):
+            raise FeedbackError(
+                400,
+                f"{where}.label: expected a class index (integer >= 0) or a list of them, one per "
+                f"row of the request; got {json.dumps(label)[:80]}",
+            )
         items.append((request_id, labels))
     return items
 
@@ -73,7 +90,9 @@ def parse_feedback(body: bytes) -> list[tuple[str, list[int]]]:
 async def read_bounded(request: web.Request, limit: int = MAX_FEEDBACK_BYTES) -> bytes:
     """The body, refusing more than ``limit`` bytes (413) before reading them all."""
     if request.content_length is not None and request.content_length > limit:
-        raise FeedbackError(413, f"the body has {request.content_length} bytes, more than {limit}; send fewer labels")
+        raise FeedbackError(
+            413, f"the body has {request.content_length} bytes, more than {limit}; send fewer labels"
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(1 << 16):
@@ -87,8 +106,12 @@ async def read_bounded(request: web.Request, limit: int = MAX_FEEDBACK_BYTES) ->
 class FeedbackApi:
     """The continual-learning routes; ``authorize`` is the v2 API's bearer check."""
 
-    def __init__(self, hub: ContinualHub, authorize: Callable[[web.Request], None],
-                 uploader: Callable[[str], dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        hub: ContinualHub,
+        authorize: Callable[[web.Request], None],
+        uploader: Callable[[str], dict[str, Any]] | None = None,
+    ) -> None:
         self.hub = hub
         self.authorize = authorize
         self.uploader = uploader
@@ -117,21 +140,31 @@ class FeedbackApi:
             data, manifest, _ = await asyncio.to_thread(self.hub.export, request.match_info["name"])
         except FeedbackError as exc:
             return _error(exc.status, exc.message)
-        return web.Response(body=data, headers={"Content-Type": "application/octet-stream",
-                                                 "X-Checksum-Sha256": manifest["sha256"],
-                                                 "X-Samples": str(manifest["samples"])})
+        return web.Response(
+            body=data,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "X-Checksum-Sha256": manifest["sha256"],
+                "X-Samples": str(manifest["samples"]),
+            },
+        )
 
     async def upload(self, request: web.Request) -> web.Response:
         self.authorize(request)
         if self.uploader is None:
-            return _error(409, "this agent has no artifact store to upload to (standalone); fetch the samples with "
-                               f"GET /v2/models/{request.match_info['name']}/capture/labelled instead")
+            return _error(
+                409,
+                "this agent has no artifact store to upload to (standalone); fetch the samples with "
+                f"GET /v2/models/{request.match_info['name']}/capture/labelled instead",
+            )
         try:
             manifest = await asyncio.to_thread(self.uploader, request.match_info["name"])
         except FeedbackError as exc:
             return _error(exc.status, exc.message)
         except Exception as exc:  # the store failed: the samples stay, marked not uploaded
-            return _error(502, f"upload to the artifact store failed ({exc}); the samples are kept, try again")
+            return _error(
+                502, f"upload to the artifact store failed ({exc}); the samples are kept, try again"
+            )
         return web.json_response(manifest)
 
     def routes(self) -> list[web.AbstractRouteDef]:

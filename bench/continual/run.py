@@ -51,8 +51,15 @@ def softmax_conf(model: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return p.argmax(1), p.max(1)
 
 
-def detection(model: Any, x_ref: np.ndarray, x_stream: np.ndarray, x_drift: np.ndarray, undrifted: int,
-              drifted: int, seed: int) -> dict[str, Any]:
+def detection(
+    model: Any,
+    x_ref: np.ndarray,
+    x_stream: np.ndarray,
+    x_drift: np.ndarray,
+    undrifted: int,
+    drifted: int,
+    seed: int,
+) -> dict[str, Any]:
     from river import drift as river_drift
 
     from edge_agent.drift import DriftMonitor, DriftSettings, Reference, summarise
@@ -71,7 +78,7 @@ def detection(model: Any, x_ref: np.ndarray, x_stream: np.ndarray, x_drift: np.n
     started = time.perf_counter()
     for i in range(len(stream)):
         before = monitor.alarm_since
-        fired = monitor.update(features[i:i + 1], conf[i:i + 1], now=float(i))
+        fired = monitor.update(features[i : i + 1], conf[i : i + 1], now=float(i))
         for name in fired:
             alarms_by[name].append(i)
         if before is None and monitor.alarm_since is not None:
@@ -92,36 +99,76 @@ def detection(model: Any, x_ref: np.ndarray, x_stream: np.ndarray, x_drift: np.n
         onsets = [h for j, h in enumerate(hits) if j == 0 or h - hits[j - 1] > 1]
         false = [h for h in onsets if h < undrifted]
         after = [h - undrifted for h in onsets if h >= undrifted]
-        return {"falseAlarms": len(false), "falseAlarmsPer10k": round(len(false) * 10000 / undrifted, 2),
-                "delay": after[0] if after else None}
+        return {
+            "falseAlarms": len(false),
+            "falseAlarmsPer10k": round(len(false) * 10000 / undrifted, 2),
+            "delay": after[0] if after else None,
+        }
 
     result = {name: summary(h) for name, h in alarms_by.items()}
     for delta, hits in adwin_alarms:
         result[f"river_adwin_delta_{delta}"] = summary(hits)
     result["undrifted"] = undrifted
     result["drifted"] = drifted
-    result["meanConfidence"] = {"undrifted": round(float(conf[:undrifted].mean()), 3),
-                                "drifted": round(float(conf[undrifted:].mean()), 3)}
+    result["meanConfidence"] = {
+        "undrifted": round(float(conf[:undrifted].mean()), 3),
+        "drifted": round(float(conf[undrifted:].mean()), 3),
+    }
     result["detectorMicrosecondsPerSample"] = round(per_sample_us, 1)
     return result
 
 
-def update(model: Any, data: Any, x_drift_train: np.ndarray, y_drift_train: np.ndarray, x_drift_test: np.ndarray,
-           y_drift_test: np.ndarray, captured: int, seed: int) -> dict[str, Any]:
+def update(
+    model: Any,
+    data: Any,
+    x_drift_train: np.ndarray,
+    y_drift_train: np.ndarray,
+    x_drift_test: np.ndarray,
+    y_drift_test: np.ndarray,
+    captured: int,
+    seed: int,
+) -> dict[str, Any]:
     from edgemodel.continual.train import RoundSettings, accuracy, run_round
 
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(x_drift_train), min(captured, len(x_drift_train)), replace=False)
-    before = {"drifted": accuracy(model, x_drift_test, y_drift_test), "original": accuracy(model, data.x_test, data.y_test)}
+    before = {
+        "drifted": accuracy(model, x_drift_test, y_drift_test),
+        "original": accuracy(model, data.x_test, data.y_test),
+    }
     started = time.perf_counter()
-    gate, info = run_round(model, x_drift_train[pick], y_drift_train[pick], data.x_train, data.y_train,
-                           data.x_test, data.y_test,
-                           RoundSettings(epochs=40, learning_rate=2e-3, replay_ratio=2.0, holdout_fraction=0.2,
-                                         min_gain=0.05, max_drop=0.01, seed=seed))
+    gate, info = run_round(
+        model,
+        x_drift_train[pick],
+        y_drift_train[pick],
+        data.x_train,
+        data.y_train,
+        data.x_test,
+        data.y_test,
+        RoundSettings(
+            epochs=40,
+            learning_rate=2e-3,
+            replay_ratio=2.0,
+            holdout_fraction=0.2,
+            min_gain=0.05,
+            max_drop=0.01,
+            seed=seed,
+        ),
+    )
     seconds = time.perf_counter() - started
-    after = {"drifted": accuracy(model, x_drift_test, y_drift_test), "original": accuracy(model, data.x_test, data.y_test)}
-    return {"capturedLabelled": len(pick), "before": before, "after": after, "gatePassed": gate.passed,
-            "gate": gate.message, "trainingSeconds": round(seconds, 1), **info}
+    after = {
+        "drifted": accuracy(model, x_drift_test, y_drift_test),
+        "original": accuracy(model, data.x_test, data.y_test),
+    }
+    return {
+        "capturedLabelled": len(pick),
+        "before": before,
+        "after": after,
+        "gatePassed": gate.passed,
+        "gate": gate.message,
+        "trainingSeconds": round(seconds, 1),
+        **info,
+    }
 
 
 def export_onnx(model: Any, path: Path) -> None:
@@ -130,12 +177,21 @@ def export_onnx(model: Any, path: Path) -> None:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         logging.disable(logging.INFO)
-        torch.onnx.export(model, (torch.zeros(2, 1, 8, 8),), str(path), input_names=["input"], output_names=["logits"],
-                          dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
+        torch.onnx.export(
+            model,
+            (torch.zeros(2, 1, 8, 8),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+        )
         logging.disable(logging.NOTSET)
 
 
-async def _p50(onnx_path: Path, enabled: bool, requests: int, rows: np.ndarray, workdir: Path) -> dict[str, Any]:
+async def _p50(
+    onnx_path: Path, enabled: bool, requests: int, rows: np.ndarray, workdir: Path
+) -> dict[str, Any]:
     import aiohttp
 
     from edge_agent.server import AgentServer
@@ -153,8 +209,17 @@ async def _p50(onnx_path: Path, enabled: bool, requests: int, rows: np.ndarray, 
         async with aiohttp.ClientSession() as session:
             for i in range(requests + 100):
                 row = rows[i % len(rows)]
-                body = {"id": f"r{i}", "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
-                                                   "data": row.ravel().tolist()}]}
+                body = {
+                    "id": f"r{i}",
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "datatype": "FP32",
+                            "shape": [1, 1, 8, 8],
+                            "data": row.ravel().tolist(),
+                        }
+                    ],
+                }
                 t0 = time.perf_counter()
                 async with session.post(url, json=body) as response:
                     await response.read()
@@ -178,9 +243,16 @@ def overhead(model: Any, rows: np.ndarray, requests: int, rounds: int) -> dict[s
             result = asyncio.run(_p50(path, True, requests, rows, Path(tmp)))
             on.append(result["p50_ms"])
         p_off, p_on = statistics.median(off), statistics.median(on)
-        return {"requests": requests, "rounds": rounds, "p50_off_ms": p_off, "p50_on_ms": p_on,
-                "overhead_pct": round((p_on / p_off - 1) * 100, 2), "captured_last_round": result["captured"],
-                "rounds_off_ms": off, "rounds_on_ms": on}
+        return {
+            "requests": requests,
+            "rounds": rounds,
+            "p50_off_ms": p_off,
+            "p50_on_ms": p_on,
+            "overhead_pct": round((p_on / p_off - 1) * 100, 2),
+            "captured_last_round": result["captured"],
+            "rounds_off_ms": off,
+            "rounds_on_ms": on,
+        }
 
 
 def main() -> None:
@@ -188,7 +260,9 @@ def main() -> None:
     parser.add_argument("--undrifted", type=int, default=20000)
     parser.add_argument("--drifted", type=int, default=1000)
     parser.add_argument("--angle", type=float, default=30.0)
-    parser.add_argument("--captured", type=int, default=400, help="labelled drifted samples used for the update")
+    parser.add_argument(
+        "--captured", type=int, default=400, help="labelled drifted samples used for the update"
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -210,13 +284,18 @@ def main() -> None:
     x_drift_test, y_drift_test = rotate(data.x_test, args.angle), data.y_test
     results: dict[str, Any] = {"angle": args.angle, "testAccuracy": round(acc, 4)}
     log.info("Detection: %d undrifted then %d rotated samples", args.undrifted, args.drifted)
-    results["detection"] = detection(model, x_ref, x_stream, x_drift_test[half:], args.undrifted, args.drifted, args.seed)
+    results["detection"] = detection(
+        model, x_ref, x_stream, x_drift_test[half:], args.undrifted, args.drifted, args.seed
+    )
     if not args.skip_overhead:
         log.info("Capture overhead: %d requests x %d rounds, on and off", args.requests, args.rounds)
-        results["overhead"] = overhead(model, np.concatenate([x_stream, x_drift_test[half:]]), args.requests, args.rounds)
+        results["overhead"] = overhead(
+            model, np.concatenate([x_stream, x_drift_test[half:]]), args.requests, args.rounds
+        )
     log.info("Update: fine-tune with replay on %d labelled rotated digits", args.captured)
-    results["update"] = update(model, data, x_drift_train, y_drift_train, x_drift_test, y_drift_test, args.captured,
-                               args.seed)
+    results["update"] = update(
+        model, data, x_drift_train, y_drift_train, x_drift_test, y_drift_test, args.captured, args.seed
+    )
     text = json.dumps(results, indent=1)
     print(text)
     out = Path(__file__).resolve().parents[1] / "results" / "continual.json"

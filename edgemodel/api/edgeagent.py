@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from edgemodel.api.continual import AgentContinualState
 from edgemodel.api.base import ApiModel, Condition, ObjectMeta, StatusModel
+from edgemodel.api.continual import AgentContinualState
 from edgemodel.api.edgemodel import Accelerator, Batching, HardwareClass, Precision, SplitFallback
 
 

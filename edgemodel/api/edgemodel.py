@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from edgemodel.api.continual import Continual, ContinualStatus
 from edgemodel.api.base import (
     ApiModel,
     Condition,
@@ -16,6 +15,7 @@ from edgemodel.api.base import (
     ObjectMeta,
     StatusModel,
 )
+from edgemodel.api.continual import Continual, ContinualStatus
 from edgemodel.api.tensors import OutputSpec, TensorSpec
 
 URI_PATTERN = r"^(file|https?|s3)://.+"

@@ -17,6 +17,7 @@ Exit codes: 0 passed, 3 rejected by the gate, 2 bad input, 1 other failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -61,8 +62,8 @@ def accuracy(model: Any, x: np.ndarray, y: np.ndarray, batch: int = 512) -> floa
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(x), batch):
-            logits = model(torch.from_numpy(np.ascontiguousarray(x[start:start + batch])))
-            correct += int((logits.argmax(dim=1).numpy() == y[start:start + batch]).sum())
+            logits = model(torch.from_numpy(np.ascontiguousarray(x[start : start + batch])))
+            correct += int((logits.argmax(dim=1).numpy() == y[start : start + batch]).sum())
     return correct / len(x)
 
 
@@ -74,8 +75,14 @@ def split_holdout(x: np.ndarray, y: np.ndarray, fraction: float, seed: int) -> t
     return x[train], y[train], x[hold], y[hold]
 
 
-def fine_tune_with_replay(model: Any, x_new: np.ndarray, y_new: np.ndarray, x_replay: np.ndarray,
-                          y_replay: np.ndarray, s: RoundSettings) -> dict[str, Any]:
+def fine_tune_with_replay(
+    model: Any,
+    x_new: np.ndarray,
+    y_new: np.ndarray,
+    x_replay: np.ndarray,
+    y_replay: np.ndarray,
+    s: RoundSettings,
+) -> dict[str, Any]:
     """Fine-tune ``model`` in place on the new samples mixed with replayed original samples each epoch."""
     import torch
 
@@ -93,32 +100,60 @@ def fine_tune_with_replay(model: Any, x_new: np.ndarray, y_new: np.ndarray, x_re
         y = np.concatenate([y_new, y_replay[pick]]) if n_replay else y_new
         order = rng.permutation(len(x))
         for start in range(0, len(x), s.batch_size):
-            idx = order[start:start + s.batch_size]
+            idx = order[start : start + s.batch_size]
             optimiser.zero_grad()
-            loss = loss_fn(model(torch.from_numpy(np.ascontiguousarray(x[idx]))), torch.from_numpy(y[idx].astype(np.int64)))
+            loss = loss_fn(
+                model(torch.from_numpy(np.ascontiguousarray(x[idx]))),
+                torch.from_numpy(y[idx].astype(np.int64)),
+            )
             loss.backward()
             optimiser.step()
         epochs = epoch + 1
-        log.info("Fine-tuning epoch %d/%d (%d new + %d replayed samples)", epochs, s.epochs, len(x_new), n_replay)
+        log.info(
+            "Fine-tuning epoch %d/%d (%d new + %d replayed samples)", epochs, s.epochs, len(x_new), n_replay
+        )
         if time.monotonic() - started > s.max_seconds:
-            log.warning("Stopping fine-tuning after epoch %d: the %.0f s bound is reached", epochs, s.max_seconds)
+            log.warning(
+                "Stopping fine-tuning after epoch %d: the %.0f s bound is reached", epochs, s.max_seconds
+            )
             break
     model.eval()
     return {"epochs": epochs, "seconds": round(time.monotonic() - started, 2), "replayed": n_replay}
 
 
-def run_round(model: Any, x_new: np.ndarray, y_new: np.ndarray, x_replay: np.ndarray, y_replay: np.ndarray,
-              x_val: np.ndarray, y_val: np.ndarray, s: RoundSettings) -> tuple[GateResult, dict[str, Any]]:
+def run_round(
+    model: Any,
+    x_new: np.ndarray,
+    y_new: np.ndarray,
+    x_replay: np.ndarray,
+    y_replay: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    s: RoundSettings,
+) -> tuple[GateResult, dict[str, Any]]:
     """Measure, fine-tune with replay, measure again and gate; the model is changed in place."""
     x_train, y_train, x_hold, y_hold = split_holdout(x_new, y_new, s.holdout_fraction, s.seed)
     new_before = accuracy(model, x_hold, y_hold)
     original_before = accuracy(model, x_val, y_val)
-    log.info("Before: %.3f on %d held-out new samples, %.3f on %d original validation samples",
-             new_before, len(x_hold), original_before, len(x_val))
+    log.info(
+        "Before: %.3f on %d held-out new samples, %.3f on %d original validation samples",
+        new_before,
+        len(x_hold),
+        original_before,
+        len(x_val),
+    )
     info = fine_tune_with_replay(model, x_train, y_train, x_replay, y_replay, s)
-    gate = check(new_before, accuracy(model, x_hold, y_hold), original_before, accuracy(model, x_val, y_val),
-                 s.min_gain, s.max_drop)
-    info.update({"trainSamples": len(x_train), "heldOutSamples": len(x_hold), "validationSamples": len(x_val)})
+    gate = check(
+        new_before,
+        accuracy(model, x_hold, y_hold),
+        original_before,
+        accuracy(model, x_val, y_val),
+        s.min_gain,
+        s.max_drop,
+    )
+    info.update(
+        {"trainSamples": len(x_train), "heldOutSamples": len(x_hold), "validationSamples": len(x_val)}
+    )
     log.info("Gate %s: %s", "passed" if gate.passed else "rejected", gate.message)
     return gate, info
 
@@ -130,8 +165,9 @@ def _get(url: str, token: str = "") -> bytes:
         return bytes(response.read())
 
 
-def load_captures(captures_url: str, input_name: str, work: Path, token: str = "",
-                  max_bytes: int = 1 << 30) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def load_captures(
+    captures_url: str, input_name: str, work: Path, token: str = "", max_bytes: int = 1 << 30
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Every capture bundle under ``captures_url`` (a store folder), each checked against its manifest."""
     from edgemodel.store.client import download
 
@@ -147,7 +183,9 @@ def load_captures(captures_url: str, input_name: str, work: Path, token: str = "
         size = int(manifest["bytes"])
         total += size
         if total > max_bytes:
-            raise ValueError(f"captured samples exceed {max_bytes} bytes; raise the bound or prune old captures")
+            raise ValueError(
+                f"captured samples exceed {max_bytes} bytes; raise the bound or prune old captures"
+            )
         path = work / name
         download(base + name, path, sha256=str(manifest["sha256"]))
         if path.stat().st_size != size:
@@ -170,12 +208,16 @@ def _load_npz(uri: str, input_name: str, labels: str, work: Path, what: str) -> 
     path, _ = fetch(uri, work / f"{what}.npz", what, Reason.INVALID_SPEC)
     with np.load(path, allow_pickle=False) as z:
         if input_name not in z.files or labels not in z.files:
-            raise ValueError(f"{what} {uri}: needs arrays {input_name!r} and {labels!r} (has {', '.join(z.files)})")
+            raise ValueError(
+                f"{what} {uri}: needs arrays {input_name!r} and {labels!r} (has {', '.join(z.files)})"
+            )
         return z[input_name], z[labels].astype(np.int64)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgemodel.continual.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m edgemodel.continual.train", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--source-uri", required=True, help="the current model (TorchScript)")
     parser.add_argument("--captures-url", required=True, help="store folder of the labelled captured samples")
     parser.add_argument("--replay-uri", required=True, help=".npz of original training data")
@@ -184,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels-array", default="labels")
     parser.add_argument("--store-url", default="")
     parser.add_argument("--out-prefix", default="", help="store key prefix for model.pt and report.json")
-    parser.add_argument("--out-dir", type=Path, default=None, help="write model.pt and report.json here instead")
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="write model.pt and report.json here instead"
+    )
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--replay-ratio", type=float, default=1.0)
@@ -199,8 +243,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     token = os.environ.get("EDGEMODEL_STORE_TOKEN", "")
-    settings = RoundSettings(args.epochs, args.learning_rate, args.replay_ratio, args.holdout_fraction,
-                             min_gain=args.min_gain, max_drop=args.max_drop, max_seconds=args.max_seconds)
+    settings = RoundSettings(
+        args.epochs,
+        args.learning_rate,
+        args.replay_ratio,
+        args.holdout_fraction,
+        min_gain=args.min_gain,
+        max_drop=args.max_drop,
+        max_seconds=args.max_seconds,
+    )
     report: dict[str, Any] = {"passed": False}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -212,14 +263,24 @@ def main(argv: list[str] | None = None) -> int:
             model = torch.jit.load(str(source))
             x_new, y_new, used = load_captures(args.captures_url, args.input_name, work, token)
             x_rep, y_rep = _load_npz(args.replay_uri, args.input_name, args.labels_array, work, "replay")
-            x_val, y_val = _load_npz(args.validation_uri, args.input_name, args.labels_array, work, "validation")
+            x_val, y_val = _load_npz(
+                args.validation_uri, args.input_name, args.labels_array, work, "validation"
+            )
         except Exception as exc:
             report["message"] = f"bad input: {exc}"[:1000]
             _finish(report, args, work, None)
             return EXIT_BAD_INPUT
         gate, info = run_round(model, x_new, y_new, x_rep, y_rep, x_val, y_val, settings)
-        report.update({"passed": gate.passed, "gate": gate.to_json(), "message": gate.message, "captures": used,
-                       "samples": len(x_new), **info})
+        report.update(
+            {
+                "passed": gate.passed,
+                "gate": gate.to_json(),
+                "message": gate.message,
+                "captures": used,
+                "samples": len(x_new),
+                **info,
+            }
+        )
         _finish(report, args, work, model if gate.passed else None)
     return 0 if gate.passed else EXIT_REJECTED
 
@@ -255,10 +316,10 @@ def _finish(report: dict[str, Any], args: argparse.Namespace, work: Path, model:
     elif args.store_url and args.out_prefix:
         store.put_file(f"{args.out_prefix}/report.json", work / "report.json")
     if TERMINATION_LOG.parent.exists() and os.access(TERMINATION_LOG.parent, os.W_OK):
-        try:
-            TERMINATION_LOG.write_text(json.dumps({k: report.get(k) for k in ("passed", "message", "modelUri", "gate")})[:4000])
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            TERMINATION_LOG.write_text(
+                json.dumps({k: report.get(k) for k in ("passed", "message", "modelUri", "gate")})[:4000]
+            )
     print(text)
 
 

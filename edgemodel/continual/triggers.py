@@ -39,8 +39,13 @@ def parse_time(value: str | None) -> dt.datetime | None:
         return None
 
 
-def evaluate(spec: Continual, reports: list[AgentReport], status: ContinualStatus | None, now: dt.datetime,
-             revision: int | None = None) -> Decision:
+def evaluate(
+    spec: Continual,
+    reports: list[AgentReport],
+    status: ContinualStatus | None,
+    now: dt.datetime,
+    revision: int | None = None,
+) -> Decision:
     """Whether to start a training round now for ``revision`` (the revision serving; None: any)."""
     if not spec.enabled:
         return Decision(False, "")
@@ -52,20 +57,30 @@ def evaluate(spec: Continual, reports: list[AgentReport], status: ContinualStatu
         for r in current:
             since = parse_time(r.state.drift_since)
             if r.state.drift_alarm and since is not None and (now - since).total_seconds() >= t.drift_seconds:
-                fired.append(f"drift on {r.node} for {(now - since).total_seconds():.0f} s "
-                             f"({r.state.drift_detector or 'detector'}; psi {r.state.drift_scores.get('psi', 0):.2f})")
+                fired.append(
+                    f"drift on {r.node} for {(now - since).total_seconds():.0f} s "
+                    f"({r.state.drift_detector or 'detector'}; psi {r.state.drift_scores.get('psi', 0):.2f})"
+                )
                 break
     if t.min_feedback_accuracy is not None:
         for r in current:
             acc = r.state.feedback_accuracy
-            if acc is not None and r.state.labelled_rows >= t.min_feedback_rows and acc < t.min_feedback_accuracy:
-                fired.append(f"feedback accuracy {acc:.3f} < {t.min_feedback_accuracy:g} on {r.node} "
-                             f"({r.state.labelled_rows} labelled rows)")
+            if (
+                acc is not None
+                and r.state.labelled_rows >= t.min_feedback_rows
+                and acc < t.min_feedback_accuracy
+            ):
+                fired.append(
+                    f"feedback accuracy {acc:.3f} < {t.min_feedback_accuracy:g} on {r.node} "
+                    f"({r.state.labelled_rows} labelled rows)"
+                )
                 break
     if t.labelled_samples is not None and samples >= t.labelled_samples:
         fired.append(f"{samples} labelled samples >= {t.labelled_samples}")
     last = parse_time(status.last_round_at) if status is not None else None
-    if t.interval_seconds is not None and (last is None or (now - last).total_seconds() >= t.interval_seconds):
+    if t.interval_seconds is not None and (
+        last is None or (now - last).total_seconds() >= t.interval_seconds
+    ):
         fired.append(f"schedule: every {t.interval_seconds} s")
     if not fired:
         return Decision(False, "", samples)
@@ -75,6 +90,10 @@ def evaluate(spec: Continual, reports: list[AgentReport], status: ContinualStatu
         wait = spec.cooldown_seconds - (now - last).total_seconds()
         return Decision(False, f"{'; '.join(fired)}, but the cooldown lasts {wait:.0f} s more", samples)
     if samples < spec.min_samples:
-        return Decision(False, f"{'; '.join(fired)}, but only {samples} labelled samples are captured (minSamples "
-                               f"{spec.min_samples}); send feedback for captured requests", samples)
+        return Decision(
+            False,
+            f"{'; '.join(fired)}, but only {samples} labelled samples are captured (minSamples "
+            f"{spec.min_samples}); send feedback for captured requests",
+            samples,
+        )
     return Decision(True, "; ".join(fired), samples)

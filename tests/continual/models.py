@@ -14,7 +14,8 @@ WEIGHTS = np.array([[4, 0, 0], [0, 4, 0], [0, 0, 4], [0, 0, 0]], dtype=np.float3
 def classifier(path: Path) -> Path:
     """input float32 [-1, 4] -> logits [-1, 3]; a one-hot input on the first 3 features is a confident class."""
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["input", "w"], ["logits"])], "classifier",
+        [helper.make_node("MatMul", ["input", "w"], ["logits"])],
+        "classifier",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
         [numpy_helper.from_array(WEIGHTS, "w")],

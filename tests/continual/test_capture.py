@@ -19,7 +19,9 @@ def test_records_and_bytes_stay_within_bounds(tmp_path: Path) -> None:
     for i in range(25):
         store.add(f"r{i}", "1", _x(i), [i % 3], 0.4, "uncertain")
     assert len(store.records) == 10
-    assert [r.id for r in store.records.values()] == [f"r{i}" for i in range(15, 25)]  # the oldest were evicted
+    assert [r.id for r in store.records.values()] == [
+        f"r{i}" for i in range(15, 25)
+    ]  # the oldest were evicted
     assert len(list(tmp_path.glob("*.npz"))) == 10
     one = store.records[max(store.records)].nbytes
     small = CaptureStore(tmp_path / "small", max_bytes=one * 4, max_records=1000)
@@ -41,7 +43,8 @@ def test_labelled_records_are_kept_and_a_full_buffer_refuses(tmp_path: Path) -> 
         store.label(f"r{i}", [1])
     with pytest.raises(CaptureFull, match="wait for upload"):
         store.add("r5", "1", _x(5), [0], 0.4, "uncertain")
-    assert store.full and store.refused == 1
+    assert store.full
+    assert store.refused == 1
     assert {r.id for r in store.records.values()} == {"r0", "r1", "r3", "r4"}  # nothing lost
     store.mark_uploaded(store.labelled())
     assert not store.full
@@ -63,11 +66,13 @@ def test_records_labels_and_uploads_survive_a_restart(tmp_path: Path) -> None:
 
     again = CaptureStore(tmp_path)
     assert [r.id for r in again.records.values()] == [f"r{i}" for i in range(5)]
-    assert again.get("r1").labels == [4] and not again.get("r1").uploaded  # type: ignore[union-attr]
+    assert again.get("r1").labels == [4]
+    assert not again.get("r1").uploaded
     assert again.get("r2").uploaded  # type: ignore[union-attr]
     assert [r.id for r in again.labelled()] == ["r1"]
     np.testing.assert_array_equal(again.inputs(again.get("r3"))["input"], _x(3)["input"])  # type: ignore[arg-type]
-    assert not (tmp_path / "99.npz").exists() and not (tmp_path / ".6.npz.tmp").exists()
+    assert not (tmp_path / "99.npz").exists()
+    assert not (tmp_path / ".6.npz.tmp").exists()
     assert again.next_seq == 6
     assert again.bytes == store.bytes
 
@@ -97,8 +102,11 @@ def test_policy_captures_uncertain_and_a_random_sample() -> None:
 def test_confidence_of_logits_and_probabilities() -> None:
     logits = np.array([[10.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     predicted, confidence, entropy = confidence_entropy(probabilities(logits))
-    assert predicted[0] == 0 and confidence[0] > 0.99 and entropy[0] < 0.01
-    assert confidence[1] == pytest.approx(1 / 3) and entropy[1] == pytest.approx(1.0)
+    assert predicted[0] == 0
+    assert confidence[0] > 0.99
+    assert entropy[0] < 0.01
+    assert confidence[1] == pytest.approx(1 / 3)
+    assert entropy[1] == pytest.approx(1.0)
     probs = np.array([[0.2, 0.8]])
     assert probabilities(probs).tolist() == probs.tolist()  # already probabilities: kept
     assert probabilities(np.array([[0.9]]))[0].tolist() == pytest.approx([0.1, 0.9])

@@ -52,7 +52,8 @@ def test_reference_round_trips_through_npz_and_skips_constant_features() -> None
     ref = Reference.from_samples(x)
     assert ref.edges[3].size == 0
     again = Reference.from_npz(ref.to_npz())
-    assert again.features == 4 and np.array_equal(again.edges[0], ref.edges[0])
+    assert again.features == 4
+    assert np.array_equal(again.edges[0], ref.edges[0])
     with pytest.raises(ValueError, match="at least 10 samples"):
         Reference.from_samples(x[:3])
 
@@ -70,10 +71,12 @@ def test_monitor_learns_a_reference_then_opens_and_closes_an_alarm_episode() -> 
     monitor = DriftMonitor(DriftSettings(reference_samples=300, clear_after=500))
     for row in rng.normal(0, 1, (1500, 8)):
         monitor.update(row[None, :], np.array([0.95]), now=100.0)
-    assert monitor.reference_source == "first-served" and monitor.alarm_since is None
+    assert monitor.reference_source == "first-served"
+    assert monitor.alarm_since is None
     for row in rng.normal(1.0, 1, (300, 8)):
         monitor.update(row[None, :], np.array([0.6]), now=200.0)
-    assert monitor.alarm_since == 200.0 and monitor.alarms == 1
+    assert monitor.alarm_since == 200.0
+    assert monitor.alarms == 1
     assert monitor.last_alarm_detector in ("psi", "page_hinkley")
     # back to normal traffic: the PSI window refills with reference-like samples and the episode ends
     for row in rng.normal(0, 1, (1500, 8)):

@@ -12,15 +12,20 @@ from edgemodel_operator import continual
 from edgemodel_operator.settings import OperatorSettings
 
 EM: dict[str, Any] = {
-    "apiVersion": "edgemodel.io/v1alpha1", "kind": "EdgeModel",
+    "apiVersion": "edgemodel.io/v1alpha1",
+    "kind": "EdgeModel",
     "metadata": {"name": "digits", "namespace": "ml", "uid": "u-1", "generation": 2},
     "spec": {
         "source": {"uri": "file:///models/digits.pt", "format": "TorchScript"},
         "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
         "validation": {"dataUri": "file:///data/val.npz", "maxAccuracyDrop": 0.01},
         "optimization": {"training": {"dataUri": "file:///data/train.npz"}},
-        "continual": {"enabled": True, "triggers": {"driftSeconds": 60}, "minSamples": 20,
-                      "minAccuracyGain": 0.05},
+        "continual": {
+            "enabled": True,
+            "triggers": {"driftSeconds": 60},
+            "minSamples": 20,
+            "minAccuracyGain": 0.05,
+        },
     },
     "status": {"revision": 2},
 }
@@ -64,8 +69,11 @@ class FakeRuntime:
     def __init__(self, client: FakeClient) -> None:
         self.client = client
         self.metrics = FakeMetrics()
-        self.settings = OperatorSettings(store_url="http://store:8080", converter_image="conv:1",  # type: ignore[call-arg]
-                                         signing_key_secret="k")
+        self.settings = OperatorSettings(
+            store_url="http://store:8080",
+            converter_image="conv:1",  # type: ignore[call-arg]
+            signing_key_secret="k",
+        )
 
 
 def status_of(client: FakeClient) -> dict[str, Any]:
@@ -73,8 +81,11 @@ def status_of(client: FakeClient) -> dict[str, Any]:
 
 
 async def test_a_persisting_drift_starts_a_round_and_a_passed_gate_sets_the_new_source(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    client = FakeClient([agent("n1", driftAlarm=True, driftSince="2020-01-01T00:00:00Z", driftDetector="psi")])
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = FakeClient(
+        [agent("n1", driftAlarm=True, driftSince="2020-01-01T00:00:00Z", driftDetector="psi")]
+    )
     runtime = FakeRuntime(client)
     await continual.tick(runtime, EM)  # type: ignore[arg-type]
     job = client.created[0]
@@ -82,17 +93,23 @@ async def test_a_persisting_drift_starts_a_round_and_a_passed_gate_sets_the_new_
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--captures-url") + 1] == "http://store:8080/captures/ml/digits/"
     assert args[args.index("--replay-uri") + 1] == "file:///data/train.npz"
-    assert args[args.index("--max-drop") + 1] == "0.01" and args[args.index("--min-gain") + 1] == "0.05"
+    assert args[args.index("--max-drop") + 1] == "0.01"
+    assert args[args.index("--min-gain") + 1] == "0.05"
     assert job["metadata"]["ownerReferences"][0]["uid"] == "u-1"
     st = status_of(client)
-    assert st["activeJob"] == "digits-continual-1" and "drift on n1" in st["rounds"][0]["trigger"]
+    assert st["activeJob"] == "digits-continual-1"
+    assert "drift on n1" in st["rounds"][0]["trigger"]
     assert st["conditions"][0]["reason"] == "Training"
 
     # the Job completes; its report says the gate passed
     client.jobs["digits-continual-1"]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
-    report = {"passed": True, "modelUri": "http://store:8080/continual/ml/digits/round-1/model.pt",
-              "modelSha256": "a" * 64, "message": "new data 0.6 -> 0.97",
-              "gate": {"new_before": 0.6, "new_after": 0.97, "original_before": 0.98, "original_after": 0.975}}
+    report = {
+        "passed": True,
+        "modelUri": "http://store:8080/continual/ml/digits/round-1/model.pt",
+        "modelSha256": "a" * 64,
+        "message": "new data 0.6 -> 0.97",
+        "gate": {"new_before": 0.6, "new_after": 0.97, "original_before": 0.98, "original_after": 0.975},
+    }
 
     async def fake_report(*_: Any) -> dict[str, Any]:
         return report
@@ -107,7 +124,9 @@ async def test_a_persisting_drift_starts_a_round_and_a_passed_gate_sets_the_new_
     st = status_of(client)
     assert st["activeJob"] == "" or "activeJob" not in st
     done = st["rounds"][0]
-    assert done["outcome"] == "Passed" and done["newAccuracyAfter"] == 0.97 and done["originalAccuracyAfter"] == 0.975
+    assert done["outcome"] == "Passed"
+    assert done["newAccuracyAfter"] == 0.97
+    assert done["originalAccuracyAfter"] == 0.975
     assert done["revision"] == 3
     assert st["conditions"][0]["reason"] == "RevisionOpened"
 
@@ -116,18 +135,26 @@ async def test_a_rejected_gate_keeps_the_source(monkeypatch: pytest.MonkeyPatch)
     client = FakeClient([])
     runtime = FakeRuntime(client)
     body = copy.deepcopy(EM)
-    body["status"]["continual"] = {"activeJob": "digits-continual-1", "lastRoundAt": "2026-01-01T00:00:00Z",
-                                   "rounds": [{"round": 1, "trigger": "x", "startedAt": "2026-01-01T00:00:00Z"}]}
+    body["status"]["continual"] = {
+        "activeJob": "digits-continual-1",
+        "lastRoundAt": "2026-01-01T00:00:00Z",
+        "rounds": [{"round": 1, "trigger": "x", "startedAt": "2026-01-01T00:00:00Z"}],
+    }
     client.jobs["digits-continual-1"] = {"status": {"conditions": [{"type": "Failed", "status": "True"}]}}
 
     async def fake_report(*_: Any) -> dict[str, Any]:
-        return {"passed": False, "message": "accuracy on new data rose by +1.0 pp", "gate": {"new_before": 0.6}}
+        return {
+            "passed": False,
+            "message": "accuracy on new data rose by +1.0 pp",
+            "gate": {"new_before": 0.6},
+        }
 
     monkeypatch.setattr(continual, "_report", fake_report)
     await continual.tick(runtime, body)  # type: ignore[arg-type]
     assert all(p.endswith("/status") for p, _ in client.patches)
     st = status_of(client)
-    assert st["rounds"][0]["outcome"] == "Rejected" and "+1.0 pp" in st["rounds"][0]["message"]
+    assert st["rounds"][0]["outcome"] == "Rejected"
+    assert "+1.0 pp" in st["rounds"][0]["message"]
     assert st["conditions"][0]["status"] == "False"
 
 
@@ -143,7 +170,8 @@ async def test_a_trigger_without_replay_data_reports_the_missing_field() -> None
 async def test_waiting_is_reported_once_and_disabled_models_are_ignored() -> None:
     client = FakeClient([agent("n1", labelledCaptured=3, driftAlarm=True, driftSince="2020-01-01T00:00:00Z")])
     await continual.tick(FakeRuntime(client), EM)  # type: ignore[arg-type]
-    assert not client.created and "only 3 labelled samples" in status_of(client)["conditions"][0]["message"]
+    assert not client.created
+    assert "only 3 labelled samples" in status_of(client)["conditions"][0]["message"]
     off = copy.deepcopy(EM)
     off["spec"]["continual"]["enabled"] = False
     client.patches.clear()
