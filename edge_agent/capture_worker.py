@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
+BATCH_WAIT_S = 0.02
+"""After the first queued request, the worker waits this long for more before a vectorised pass."""
+MAX_BATCH = 512
 _IDLE: Any = object()
 """Returned by the worker's queue wait when nothing came (time to check the periodic upload)."""
 
@@ -95,6 +98,17 @@ class Tensor(Protocol):
 class Request(Protocol):
     id: str | None
     inputs: list[Any]
+
+
+Outputs = Sequence[tuple[str, np.ndarray, bool]]
+
+
+def _by_version(items: list[Any]) -> list[tuple[ServedVersion, list[tuple[Request, Outputs]]]]:
+    """Queued (version, request, outputs) grouped by version, in order of first appearance."""
+    groups: dict[int, tuple[ServedVersion, list[tuple[Request, Outputs]]]] = {}
+    for mv, request, outputs in items:
+        groups.setdefault(id(mv), (mv, []))[1].append((request, outputs))
+    return list(groups.values())
 
 
 @dataclass
@@ -235,24 +249,40 @@ class ContinualHub:
         next_upload = time.monotonic() + self.settings.upload_interval_s
         while True:
             try:
-                item = self._queue.get(timeout=max(0.05, next_upload - time.monotonic()))
+                first = self._queue.get(timeout=max(0.05, next_upload - time.monotonic()))
             except queue.Empty:
-                item = _IDLE
+                first = _IDLE
             if time.monotonic() >= next_upload:
                 next_upload = time.monotonic() + self.settings.upload_interval_s
                 self.upload_waiting()
-            if item is _IDLE:
+            if first is _IDLE:
                 continue
+            if first is not None:
+                time.sleep(
+                    BATCH_WAIT_S
+                )  # let a batch gather: one vectorised pass costs less than many small ones
+            batch = [first]
+            while batch[-1] is not None and len(batch) < MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batch[-1] is None
+            items = [b for b in batch if b is not None]
             try:
-                if item is None:
-                    return
-                self.process(*item)
-            except Exception:  # a bug must not stop the watching of later requests
-                log.exception("Continual learning: processing a request failed")
-                if item is not None:
-                    self.metrics.skipped.labels(item[0].namespace, item[0].name, "error").inc()
+                for mv, group in _by_version(items):
+                    try:
+                        self.process_batch(mv, group)
+                    except Exception:  # a bug must not stop the watching of later requests
+                        log.exception(
+                            "Continual learning: processing %d request(s) of %s failed", len(group), mv.name
+                        )
+                        self.metrics.skipped.labels(mv.namespace, mv.name, "error").inc(len(group))
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
+            if stop:
+                return
 
     def _store(self, mv: ServedVersion) -> CaptureStore | None:
         if self.capture_dir is None:
@@ -316,43 +346,65 @@ class ContinualHub:
     def process(
         self, mv: ServedVersion, request: Request, outputs: Sequence[tuple[str, np.ndarray, bool]]
     ) -> None:
-        """Drift, recent predictions and capture for one answered request (worker thread)."""
-        if not outputs or not request.inputs:
+        """Drift, recent predictions and capture for one answered request."""
+        self.process_batch(mv, [(request, outputs)])
+
+    def process_batch(self, mv: ServedVersion, items: list[tuple[Request, Outputs]]) -> None:
+        """Drift, recent predictions and capture for answered requests of one version, in one vectorised pass."""
+        items = [(r, o) for r, o in items if o and r.inputs]
+        if not items:
             return
+        raw = [np.asarray(o[0][1]) for _, o in items]
+        rows = [a.shape[0] if a.ndim >= 2 else 1 for a in raw]
+        first = [np.asarray(r.inputs[0].data) for r, _ in items]
+        try:
+            scores = np.concatenate([a.reshape(n, -1) for a, n in zip(raw, rows, strict=True)])
+            inputs = np.concatenate([x.reshape(n, -1) for x, n in zip(first, rows, strict=True)])
+        except ValueError:  # shapes differ between requests (or rows do not divide the input): one at a time
+            if len(items) > 1:
+                for item in items:
+                    self.process_batch(mv, [item])
+                return
+            scores, inputs = raw[0].reshape(rows[0], -1), None
         w = self.watch(mv)
-        p = probabilities(outputs[0][1])
+        p = probabilities(scores)
         w.classes = p.shape[1]
         predicted, confidence, entropy = confidence_entropy(p)
-        rows = len(predicted)
-        first = np.asarray(request.inputs[0].data)
-        if first.size and first.size % rows == 0 and np.issubdtype(first.dtype, np.number):
-            for detector in w.drift.update(summarise(first.reshape(rows, -1)), confidence):
+        if inputs is not None and inputs.size and np.issubdtype(inputs.dtype, np.number):
+            for detector in w.drift.update(summarise(inputs), confidence):
                 self.metrics.drift_alarms.labels(mv.namespace, mv.name, detector).inc()
         for detector, score in w.drift.scores().items():
             self.metrics.drift_score.labels(mv.namespace, mv.name, detector).set(score)
         self.metrics.drift_active.labels(mv.namespace, mv.name).set(1.0 if w.drift.alarm_since else 0.0)
-        preds = [int(v) for v in predicted]
-        if request.id and self.settings.recent_ids:
-            w.recent[request.id] = (mv.version, preds)
-            while len(w.recent) > self.settings.recent_ids:
-                w.recent.popitem(last=False)
-        self.processed += 1
-        reason = self.policy.decide(float(confidence.min()), float(entropy.max()))
-        if reason is None or w.store is None:
-            return
-        inputs = {t.name: np.asarray(t.data) for t in request.inputs}
-        try:
-            w.store.add(
-                request.id or f"_{time.time_ns()}", mv.version, inputs, preds, float(confidence.min()), reason
-            )
-        except CaptureFull:
-            self.metrics.skipped.labels(mv.namespace, mv.name, "buffer_full").inc()
-            return
-        w.captured += 1
-        self.metrics.captured.labels(mv.namespace, mv.name, reason).inc()
-        summary = w.store.summary()
-        self.metrics.records.labels(mv.namespace, mv.name).set(summary["records"])
-        self.metrics.bytes.labels(mv.namespace, mv.name).set(summary["bytes"])
+        self.processed += len(items)
+        remember = self.settings.recent_ids
+        start = 0
+        captured = False
+        for (request, _), n in zip(items, rows, strict=True):
+            preds = predicted[start : start + n].tolist()
+            low = float(confidence[start : start + n].min())
+            high = float(entropy[start : start + n].max())
+            start += n
+            if request.id and remember:
+                w.recent[request.id] = (mv.version, preds)
+            reason = self.policy.decide(low, high)
+            if reason is None or w.store is None:
+                continue
+            arrays = {t.name: np.asarray(t.data) for t in request.inputs}
+            try:
+                w.store.add(request.id or f"_{time.time_ns()}", mv.version, arrays, preds, low, reason)
+            except CaptureFull:
+                self.metrics.skipped.labels(mv.namespace, mv.name, "buffer_full").inc()
+                continue
+            w.captured += 1
+            captured = True
+            self.metrics.captured.labels(mv.namespace, mv.name, reason).inc()
+        while len(w.recent) > remember:
+            w.recent.popitem(last=False)
+        if captured and w.store is not None:
+            summary = w.store.summary()
+            self.metrics.records.labels(mv.namespace, mv.name).set(summary["records"])
+            self.metrics.bytes.labels(mv.namespace, mv.name).set(summary["bytes"])
 
     # -- feedback ------------------------------------------------------------------------------
     def feedback(self, name: str, items: list[tuple[str, list[int]]]) -> dict[str, Any]:

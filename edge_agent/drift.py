@@ -95,7 +95,11 @@ def psi(expected: np.ndarray, actual_counts: np.ndarray) -> float:
 
 
 class PsiDetector:
-    """Mean per-feature PSI of the last ``window`` samples against a reference; alarms above ``threshold``."""
+    """Mean per-feature PSI of the last ``window`` samples against a reference; alarms above ``threshold``.
+
+    Vectorised over features and rows: the bin edges are one padded matrix, the window is a ring of bin
+    indices, and the counts are recomputed with one ``bincount`` when the score is due (every ``every`` rows).
+    """
 
     name = "psi"
 
@@ -108,46 +112,45 @@ class PsiDetector:
         self.window = window
         self.threshold = threshold
         self.every = every
-        self._active = [i for i, e in enumerate(reference.edges) if e.size > 0]
-        self._bins = np.zeros((window, len(self._active)), dtype=np.int16)
-        self._counts = [np.zeros(reference.edges[i].size + 1, dtype=np.int64) for i in self._active]
+        self._active = np.array([i for i, e in enumerate(reference.edges) if e.size > 0], dtype=np.int64)
+        self.bins = max((reference.edges[i].size + 1 for i in self._active), default=1)
+        self._edges = np.full((len(self._active), self.bins - 1), np.inf)
+        self._expected = np.full((len(self._active), self.bins), PSI_EPS)
+        for j, i in enumerate(self._active):
+            e = reference.edges[i]
+            self._edges[j, : e.size] = e
+            self._expected[j, : e.size + 1] = reference.expected[i]
+        self._offsets = np.arange(len(self._active), dtype=np.int64) * self.bins
+        self._ring = np.zeros((window, len(self._active)), dtype=np.int64)
         self._n = 0
         self.score = 0.0
 
-    def _bin(self, row: np.ndarray) -> np.ndarray:
-        return np.array(
-            [np.searchsorted(self.reference.edges[i], row[i], side="right") for i in self._active],
-            dtype=np.int16,
-        )
-
-    def update(self, row: np.ndarray) -> bool:
-        """Add one summarised sample; True when the score is above the threshold (checked every ``every``)."""
-        if not self._active:
+    def update(self, rows: np.ndarray) -> bool:
+        """Add summarised samples (one row, or rows); True when the score is above the threshold."""
+        if not self._active.size:
             return False
-        slot = self._n % self.window
-        new = self._bin(row)
-        full = self._n >= self.window
-        for j, counts in enumerate(self._counts):
-            if full:
-                counts[self._bins[slot, j]] -= 1
-            counts[new[j]] += 1
-        self._bins[slot] = new
-        self._n += 1
+        x = np.atleast_2d(rows)[-self.window :, self._active]
+        binned = (x[:, :, None] >= self._edges[None, :, :]).sum(axis=2)
+        slots = (self._n + np.arange(len(binned))) % self.window
+        self._ring[slots] = binned
+        before = self._n
+        self._n += len(np.atleast_2d(rows))
         if self._n < self.window:
             return False
-        if self._n % self.every == 0:
+        if self._n // self.every != before // self.every or before < self.window:
+            counts = np.bincount(
+                (self._ring + self._offsets).ravel(), minlength=self._offsets.size * self.bins
+            )
+            actual = np.maximum(counts.reshape(-1, self.bins) / self.window, PSI_EPS)
             self.score = float(
-                np.mean(
-                    [
-                        psi(self.reference.expected[i], c)
-                        for i, c in zip(self._active, self._counts, strict=True)
-                    ]
-                )
+                np.mean(np.sum((actual - self._expected) * np.log(actual / self._expected), axis=1))
             )
         return self.score > self.threshold
 
     def reset(self) -> None:
-        self.__init__(self.reference, self.window, self.threshold, self.every)  # type: ignore[misc]
+        self._ring[:] = 0
+        self._n = 0
+        self.score = 0.0
 
 
 class PageHinkley:
@@ -239,10 +242,8 @@ class DriftMonitor:
             self._pending.extend(features)
             if len(self._pending) >= self.settings.reference_samples:
                 self.set_reference(Reference.from_samples(np.stack(self._pending)), "first-served")
-        else:
-            for row in features:
-                if self.psi.update(row) and "psi" not in fired:
-                    fired.append("psi")
+        elif self.psi.update(features):
+            fired.append("psi")
         for c in confidence:
             if self.page_hinkley.update(float(c)) and "page_hinkley" not in fired:
                 fired.append("page_hinkley")
