@@ -1,6 +1,6 @@
 """Capture of served requests for continual learning: the policy and a bounded ring buffer on disk.
 
-Per model, ``CaptureStore`` keeps records in one folder: ``{seq}.npz`` (the request's inputs),
+Per model, ``CaptureStore`` keeps records in one folder: ``{seq}.rec`` (the request's inputs),
 ``index.jsonl`` (one line per record: request id, predictions, confidence, reason, bytes),
 ``labels.jsonl`` (feedback) and ``uploaded.jsonl`` (records sent to the artifact store). Files are
 written atomically (temporary name, then rename) and the folder is re-read on restart: records
@@ -25,9 +25,9 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -71,6 +71,16 @@ class CapturePolicy:
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+        self._draws = np.random.default_rng(self.seed)
+
+    def decide_many(self, confidence: np.ndarray, entropy: np.ndarray) -> list[str | None]:
+        """``decide`` for many requests at once (their lowest confidence and highest entropy)."""
+        uncertain = (confidence < self.low_confidence) | (entropy > self.high_entropy)
+        draws = self._draws.random(len(confidence)) < self.random_rate
+        return [
+            "uncertain" if u else "random" if d else None
+            for u, d in zip(uncertain.tolist(), draws.tolist(), strict=True)
+        ]
 
     def decide(self, confidence: float, entropy: float) -> str | None:
         """The capture reason ("uncertain" or "random"), or None to skip."""
@@ -83,7 +93,7 @@ class CapturePolicy:
 
 @dataclass
 class Record:
-    """One captured request (its inputs are in ``{seq}.npz``)."""
+    """One captured request (its inputs are in ``{seq}.rec``)."""
 
     seq: int
     id: str
@@ -95,6 +105,43 @@ class Record:
     time: float
     labels: list[int] | None = None
     uploaded: bool = False
+
+
+def _index_line(r: Record) -> dict[str, Any]:
+    return {
+        "seq": r.seq,
+        "id": r.id,
+        "version": r.version,
+        "predicted": r.predicted,
+        "confidence": r.confidence,
+        "reason": r.reason,
+        "nbytes": r.nbytes,
+        "time": r.time,
+    }
+
+
+def encode_record(inputs: Mapping[str, np.ndarray]) -> bytes:
+    """A record file: one JSON header line (name, dtype, shape of each input), then the raw arrays."""
+    arrays = [np.ascontiguousarray(a) for a in inputs.values()]
+    header = [
+        {"name": n, "dtype": a.dtype.str, "shape": list(a.shape)} for n, a in zip(inputs, arrays, strict=True)
+    ]
+    return b"".join([json.dumps(header).encode(), b"\n", *(a.tobytes() for a in arrays)])
+
+
+def decode_record(data: bytes) -> dict[str, np.ndarray]:
+    """The inputs of a record file (see ``encode_record``); ValueError when it is damaged."""
+    end = data.index(b"\n")
+    offset = end + 1
+    out: dict[str, np.ndarray] = {}
+    for item in json.loads(data[:end]):
+        dtype = np.dtype(item["dtype"])
+        if dtype.hasobject:
+            raise ValueError("object arrays are not stored")
+        count = int(np.prod(item["shape"], dtype=np.int64))
+        out[item["name"]] = np.frombuffer(data, dtype, count, offset).reshape(item["shape"])
+        offset += count * dtype.itemsize
+    return out
 
 
 class CaptureFull(Exception):
@@ -115,6 +162,7 @@ class CaptureStore:
         self.next_seq = 1
         self.refused = 0
         """Captures refused because labelled records waiting for upload fill the buffer."""
+        self._handles: dict[str, TextIO] = {}
         folder.mkdir(parents=True, exist_ok=True)
         self._restore()
 
@@ -132,8 +180,16 @@ class CaptureStore:
                 yield item
 
     def _append(self, name: str, item: Mapping[str, Any]) -> None:
-        with (self.folder / name).open("a") as fh:
-            fh.write(json.dumps(item, separators=(",", ":")) + "\n")
+        """One line at the end of a log (kept open, line-buffered: each line reaches the OS at once)."""
+        handle = self._handles.get(name)
+        if handle is None:
+            handle = self._handles[name] = (self.folder / name).open("a", buffering=1)
+        handle.write(json.dumps(item, separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
 
     def _restore(self) -> None:
         """Re-read the folder: records whose file exists, their labels and upload marks; drop the rest."""
@@ -142,7 +198,7 @@ class CaptureStore:
                 record = Record(**{k: item[k] for k in Record.__dataclass_fields__ if k in item})
             except TypeError:
                 continue
-            if (self.folder / f"{record.seq}.npz").exists():
+            if (self.folder / f"{record.seq}.rec").exists():
                 self.records[record.seq] = record
         for item in self._lines(LABELS):
             if (labelled := self.records.get(int(item.get("seq", 0)))) is not None:
@@ -151,8 +207,8 @@ class CaptureStore:
             for seq in item.get("seqs", []):
                 if (sent := self.records.get(int(seq))) is not None:
                     sent.uploaded = True
-        known = {f"{seq}.npz" for seq in self.records}
-        for path in self.folder.glob("*.npz"):
+        known = {f"{seq}.rec" for seq in self.records}
+        for path in self.folder.glob("*.rec"):
             if path.name not in known:
                 path.unlink(missing_ok=True)  # written but never indexed (crash in between)
         for path in self.folder.glob(".*.tmp"):
@@ -166,15 +222,14 @@ class CaptureStore:
     def _compact(self) -> None:
         """Rewrite the three logs with the live records only (bounded files after many evictions)."""
 
+        self.close()
+
         def write(name: str, lines: list[dict[str, Any]]) -> None:
             tmp = self.folder / f".{name}.tmp"
             tmp.write_text("".join(json.dumps(x, separators=(",", ":")) + "\n" for x in lines))
             os.replace(tmp, self.folder / name)
 
-        base = [
-            {k: v for k, v in asdict(r).items() if k not in ("labels", "uploaded")}
-            for r in self.records.values()
-        ]
+        base = [_index_line(r) for r in self.records.values()]
         write(INDEX, base)
         write(
             LABELS,
@@ -187,7 +242,7 @@ class CaptureStore:
         return (r for r in self.records.values() if r.labels is None or r.uploaded)
 
     def _evict(self, record: Record) -> None:
-        (self.folder / f"{record.seq}.npz").unlink(missing_ok=True)
+        (self.folder / f"{record.seq}.rec").unlink(missing_ok=True)
         del self.records[record.seq]
         if self.by_id.get(record.id) == record.seq:
             del self.by_id[record.id]
@@ -204,11 +259,7 @@ class CaptureStore:
         now: float | None = None,
     ) -> Record:
         """Write one record, evicting old ones to stay within the bounds; CaptureFull when it cannot."""
-        buffer = io.BytesIO()
-        arrays: dict[str, Any] = {f"in_{i}": np.ascontiguousarray(a) for i, a in enumerate(inputs.values())}
-        arrays["names"] = np.array(list(inputs), dtype=np.str_)
-        np.savez(buffer, **arrays)
-        data = buffer.getvalue()
+        data = encode_record(inputs)
         with self._lock:
             if len(data) > self.max_bytes:
                 self.refused += 1
@@ -227,9 +278,9 @@ class CaptureStore:
                 victims = self._evictable()
             seq = self.next_seq
             self.next_seq += 1
-            tmp = self.folder / f".{seq}.npz.tmp"
+            tmp = self.folder / f".{seq}.rec.tmp"
             tmp.write_bytes(data)
-            os.replace(tmp, self.folder / f"{seq}.npz")
+            os.replace(tmp, self.folder / f"{seq}.rec")
             record = Record(
                 seq,
                 request_id,
@@ -240,7 +291,7 @@ class CaptureStore:
                 len(data),
                 time.time() if now is None else now,
             )
-            self._append(INDEX, {k: v for k, v in asdict(record).items() if k not in ("labels", "uploaded")})
+            self._append(INDEX, _index_line(record))
             self.records[seq] = record
             if request_id:
                 self.by_id[request_id] = seq
@@ -278,9 +329,7 @@ class CaptureStore:
 
     def inputs(self, record: Record) -> dict[str, np.ndarray]:
         """The inputs of a record, by input name."""
-        with np.load(self.folder / f"{record.seq}.npz", allow_pickle=False) as z:
-            names = [str(n) for n in z["names"]]
-            return {name: z[f"in_{i}"] for i, name in enumerate(names)}
+        return decode_record((self.folder / f"{record.seq}.rec").read_bytes())
 
     def labelled(self, include_uploaded: bool = False) -> list[Record]:
         with self._lock:

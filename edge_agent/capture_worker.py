@@ -67,6 +67,9 @@ class ContinualSettings(BaseSettings):
     low_confidence: float = Field(default=0.7, ge=0.0, le=1.0)
     high_entropy: float = Field(default=0.5, ge=0.0, le=1.0)
     random_rate: float = Field(default=0.02, ge=0.0, le=1.0)
+    max_captures_per_s: float = Field(default=50.0, gt=0)
+    """Captures per second per model at most (a token bucket): under drift most traffic is uncertain, and
+    the disk writes stay bounded; the rest is counted as skipped (rate_limited)."""
     recent_ids: int = Field(default=10000, ge=0, le=1_000_000)
     """Predictions remembered per model for feedback on requests that were not captured."""
     accuracy_window: int = Field(default=500, ge=10, le=100_000)
@@ -126,6 +129,19 @@ class ModelWatch:
     labelled_rows: int = 0
     captured: int = 0
     last_upload: dict[str, Any] = field(default_factory=dict)
+
+    tokens: float = 0.0
+    tokens_at: float = 0.0
+
+    def take_token(self, rate: float) -> bool:
+        """Token bucket of captures (burst of one second's worth)."""
+        now = time.monotonic()
+        self.tokens = min(rate, self.tokens + (now - self.tokens_at) * rate) if self.tokens_at else rate
+        self.tokens_at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
     @property
     def accuracy(self) -> float | None:
@@ -378,27 +394,43 @@ class ContinualHub:
         self.metrics.drift_active.labels(mv.namespace, mv.name).set(1.0 if w.drift.alarm_since else 0.0)
         self.processed += len(items)
         remember = self.settings.recent_ids
-        start = 0
+        offsets = np.cumsum([0, *rows[:-1]])
+        lows = np.minimum.reduceat(confidence, offsets)
+        highs = np.maximum.reduceat(entropy, offsets)
+        preds = predicted.tolist()
+        if remember:
+            for (request, _), at, n in zip(items, offsets.tolist(), rows, strict=True):
+                if request.id:
+                    w.recent[request.id] = (mv.version, preds[at : at + n])
         captured = False
-        for (request, _), n in zip(items, rows, strict=True):
-            preds = predicted[start : start + n].tolist()
-            low = float(confidence[start : start + n].min())
-            high = float(entropy[start : start + n].max())
-            start += n
-            if request.id and remember:
-                w.recent[request.id] = (mv.version, preds)
-            reason = self.policy.decide(low, high)
+        limited = 0
+        reasons = self.policy.decide_many(lows, highs) if w.store is not None else []
+        for index, reason in enumerate(reasons):
             if reason is None or w.store is None:
                 continue
+            if not w.take_token(self.settings.max_captures_per_s):
+                limited += 1
+                continue
+            request = items[index][0]
+            at, n = int(offsets[index]), rows[index]
             arrays = {t.name: np.asarray(t.data) for t in request.inputs}
             try:
-                w.store.add(request.id or f"_{time.time_ns()}", mv.version, arrays, preds, low, reason)
+                w.store.add(
+                    request.id or f"_{time.time_ns()}",
+                    mv.version,
+                    arrays,
+                    preds[at : at + n],
+                    float(lows[index]),
+                    reason,
+                )
             except CaptureFull:
                 self.metrics.skipped.labels(mv.namespace, mv.name, "buffer_full").inc()
                 continue
             w.captured += 1
             captured = True
             self.metrics.captured.labels(mv.namespace, mv.name, reason).inc()
+        if limited:
+            self.metrics.skipped.labels(mv.namespace, mv.name, "rate_limited").inc(limited)
         while len(w.recent) > remember:
             w.recent.popitem(last=False)
         if captured and w.store is not None:

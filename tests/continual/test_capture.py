@@ -22,13 +22,13 @@ def test_records_and_bytes_stay_within_bounds(tmp_path: Path) -> None:
     assert [r.id for r in store.records.values()] == [
         f"r{i}" for i in range(15, 25)
     ]  # the oldest were evicted
-    assert len(list(tmp_path.glob("*.npz"))) == 10
+    assert len(list(tmp_path.glob("*.rec"))) == 10
     one = store.records[max(store.records)].nbytes
     small = CaptureStore(tmp_path / "small", max_bytes=one * 4, max_records=1000)
     for i in range(12):
         small.add(f"r{i}", "1", _x(i), [0], 0.4, "uncertain")
     assert small.bytes <= one * 4
-    assert sum(p.stat().st_size for p in (tmp_path / "small").glob("*.npz")) == small.bytes
+    assert sum(p.stat().st_size for p in (tmp_path / "small").glob("*.rec")) == small.bytes
 
 
 def test_labelled_records_are_kept_and_a_full_buffer_refuses(tmp_path: Path) -> None:
@@ -59,8 +59,8 @@ def test_records_labels_and_uploads_survive_a_restart(tmp_path: Path) -> None:
     store.label("r1", [4])
     store.label("r2", [2])
     store.mark_uploaded([store.get("r2")])  # type: ignore[list-item]
-    (tmp_path / "99.npz").write_bytes(b"written but never indexed")
-    (tmp_path / ".6.npz.tmp").write_bytes(b"cut by a crash")
+    (tmp_path / "99.rec").write_bytes(b"written but never indexed")
+    (tmp_path / ".6.rec.tmp").write_bytes(b"cut by a crash")
     with (tmp_path / "index.jsonl").open("a") as fh:
         fh.write('{"seq": 12, "id": "half-writ')  # a line cut by a crash
 
@@ -71,8 +71,8 @@ def test_records_labels_and_uploads_survive_a_restart(tmp_path: Path) -> None:
     assert again.get("r2").uploaded  # type: ignore[union-attr]
     assert [r.id for r in again.labelled()] == ["r1"]
     np.testing.assert_array_equal(again.inputs(again.get("r3"))["input"], _x(3)["input"])  # type: ignore[arg-type]
-    assert not (tmp_path / "99.npz").exists()
-    assert not (tmp_path / ".6.npz.tmp").exists()
+    assert not (tmp_path / "99.rec").exists()
+    assert not (tmp_path / ".6.rec.tmp").exists()
     assert again.next_seq == 6
     assert again.bytes == store.bytes
 
