@@ -259,9 +259,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--undrifted", type=int, default=20000)
     parser.add_argument("--drifted", type=int, default=1000)
-    parser.add_argument("--angle", type=float, default=30.0)
+    parser.add_argument("--angle", type=float, default=20.0)
     parser.add_argument(
-        "--captured", type=int, default=400, help="labelled drifted samples used for the update"
+        "--captured", type=int, default=898, help="labelled drifted samples used for the update"
     )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
