@@ -178,3 +178,17 @@ def test_parse_feedback_accepts_lists_of_labels() -> None:
     ]
     with pytest.raises(FeedbackError, match="labels\\[0\\]: expected an object"):
         parse_feedback(b'{"labels": [3]}')
+
+
+def test_status_entries_are_valid_edgeagent_status(agent: AgentThread) -> None:
+    """Every key the agent writes into EdgeAgent.status.continual is a field of the API (none dropped)."""
+    from edgemodel.api.continual import AgentContinualState
+
+    infer(agent, "a", [0, 0, 0, 1])
+    drain(agent)
+    assert agent.server is not None
+    (entry,) = agent.server.continual.status()
+    aliases = {f.alias or name for name, f in AgentContinualState.model_fields.items()}
+    assert set(entry) <= aliases
+    state = AgentContinualState.model_validate(entry)
+    assert state.name == "clf" and state.capture_records == 1 and state.labelled_captured == 0
