@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
-BATCH_WAIT_S = 0.02
+BATCH_WAIT_S = 0.05
 """After the first queued request, the worker waits this long for more before a vectorised pass."""
 MAX_BATCH = 512
 _IDLE: Any = object()

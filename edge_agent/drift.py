@@ -104,7 +104,7 @@ class PsiDetector:
     name = "psi"
 
     def __init__(
-        self, reference: Reference, window: int = 200, threshold: float = 0.25, every: int = 10
+        self, reference: Reference, window: int = 200, threshold: float = 0.25, every: int = 25
     ) -> None:
         if window < 10:
             raise ValueError("window must be at least 10 samples")
@@ -189,6 +189,32 @@ class PageHinkley:
             return True
         return False
 
+    def update_many(self, values: np.ndarray) -> bool:
+        """``update`` for many values at once (vectorised with cumulative sums); True when any alarmed."""
+        xs = np.asarray(values, dtype=np.float64).ravel()
+        fired = False
+        while xs.size:
+            k = np.arange(1, xs.size + 1)
+            means = (self.mean * self.n + np.cumsum(xs)) / (self.n + k)
+            cumulative = self.cumulative + np.cumsum(means - xs - self.delta)
+            minimum = np.minimum(self.minimum, np.minimum.accumulate(cumulative))
+            gap = cumulative - minimum
+            hits = np.flatnonzero((self.n + k >= self.min_samples) & (gap > self.threshold))
+            if not hits.size:
+                self.n += xs.size
+                self.mean, self.cumulative, self.minimum = (
+                    float(means[-1]),
+                    float(cumulative[-1]),
+                    float(minimum[-1]),
+                )
+                self.score = float(gap[-1]) / self.threshold
+                break
+            fired = True
+            self.reset()
+            self.score = 1.0
+            xs = xs[hits[0] + 1 :]
+        return fired
+
 
 @dataclass
 class DriftSettings:
@@ -244,9 +270,8 @@ class DriftMonitor:
                 self.set_reference(Reference.from_samples(np.stack(self._pending)), "first-served")
         elif self.psi.update(features):
             fired.append("psi")
-        for c in confidence:
-            if self.page_hinkley.update(float(c)) and "page_hinkley" not in fired:
-                fired.append("page_hinkley")
+        if self.page_hinkley.update_many(confidence):
+            fired.append("page_hinkley")
         self.samples += len(confidence)
         if fired:
             self._last_alarm_sample = self.samples

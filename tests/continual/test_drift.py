@@ -82,3 +82,27 @@ def test_monitor_learns_a_reference_then_opens_and_closes_an_alarm_episode() -> 
     for row in rng.normal(0, 1, (1500, 8)):
         monitor.update(row[None, :], np.array([0.95]), now=300.0)
     assert monitor.alarm_since is None
+
+
+def test_vectorised_page_hinkley_matches_the_sequential_one() -> None:
+    rng = np.random.default_rng(5)
+    stream = np.concatenate(
+        [
+            _confidences(rng, 2000, 0.9),
+            _confidences(rng, 500, 0.6),
+            _confidences(rng, 800, 0.9),
+            _confidences(rng, 500, 0.5),
+        ]
+    )
+    one, many = PageHinkley(), PageHinkley()
+    alarms_one = [i for i, x in enumerate(stream) if one.update(float(x))]
+    alarms_many = []
+    for start in range(0, len(stream), 37):
+        before = many.n
+        chunk = stream[start : start + 37]
+        if many.update_many(chunk):
+            alarms_many.append(start)
+        assert many.n <= before + len(chunk)
+    assert len(alarms_one) >= 2
+    assert alarms_many == sorted({(i // 37) * 37 for i in alarms_one})
+    assert many.score == pytest.approx(one.score)

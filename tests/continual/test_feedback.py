@@ -191,4 +191,6 @@ def test_status_entries_are_valid_edgeagent_status(agent: AgentThread) -> None:
     aliases = {f.alias or name for name, f in AgentContinualState.model_fields.items()}
     assert set(entry) <= aliases
     state = AgentContinualState.model_validate(entry)
-    assert state.name == "clf" and state.capture_records == 1 and state.labelled_captured == 0
+    assert state.name == "clf"
+    assert state.capture_records == 1
+    assert state.labelled_captured == 0
