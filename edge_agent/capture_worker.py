@@ -30,11 +30,12 @@ from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edge_agent.capture import CaptureFull, CapturePolicy, CaptureStore, confidence_entropy, probabilities
 from edge_agent.drift import DriftMonitor, DriftSettings, Reference, summarise
+from edgemodel.errors import UserError, describe_validation_error
 
 log = logging.getLogger(__name__)
 
@@ -627,7 +628,12 @@ def attach_continual(server: _Server) -> ContinualHub:
     """Create the hub of an AgentServer, hook it on the inference path and add the feedback routes."""
     from edge_agent.feedback import FeedbackApi
 
-    settings = ContinualSettings()
+    try:
+        settings = ContinualSettings()
+    except ValidationError as exc:
+        raise UserError(
+            f"continual-learning settings (EDGEMODEL_AGENT_CONTINUAL_*): {describe_validation_error(exc)}"
+        ) from exc
     agent = server.settings
     hub = ContinualHub(
         settings, server.metrics.registry, agent.cache_dir / "captures" if agent.cluster_mode else None
@@ -635,7 +641,13 @@ def attach_continual(server: _Server) -> ContinualHub:
     if settings.store_url:
         from edgemodel.store.client import HttpStore
 
-        token = agent.store_token_file.read_text().strip() if agent.store_token_file is not None else ""
+        try:
+            token = agent.store_token_file.read_text().strip() if agent.store_token_file is not None else ""
+        except OSError as exc:
+            raise UserError(
+                f"--store-token-file {agent.store_token_file}: cannot read it ({exc.strerror}); the "
+                "capture upload to EDGEMODEL_AGENT_CONTINUAL_STORE_URL needs it"
+            ) from exc
         store = HttpStore(settings.store_url, token=token)
         hub.uploader = lambda name: hub.upload(name, store, agent.node_name or "standalone")
     if settings.enabled:

@@ -194,3 +194,12 @@ def test_status_entries_are_valid_edgeagent_status(agent: AgentThread) -> None:
     assert state.name == "clf"
     assert state.capture_records == 1
     assert state.labelled_captured == 0
+
+
+def test_bad_continual_settings_fail_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_agent.server import AgentServer
+    from edgemodel.errors import UserError
+
+    monkeypatch.setenv("EDGEMODEL_AGENT_CONTINUAL_LOW_CONFIDENCE", "2")
+    with pytest.raises(UserError, match="EDGEMODEL_AGENT_CONTINUAL_.*low_confidence"):
+        AgentServer(AgentSettings(port=0))
