@@ -57,8 +57,8 @@ class ContinualSettings(BaseSettings):
     enabled: bool = True
     """Watch requests at all (drift, feedback accuracy); false turns the whole feature off."""
     capture_dir: Path | None = None
-    """Folder of the capture buffers (one sub-folder per model); default <cache-dir>/captures in a cluster,
-    none (no capture on disk) standalone."""
+    """Folder of the capture buffers (one sub-folder per model); unset: nothing is captured to disk (drift and
+    feedback accuracy still run, in memory). Opt-in because every served model is captured, classifier or not."""
     max_bytes: int = Field(default=64 << 20, ge=1 << 16)
     """Bytes of captured inputs kept per model."""
     max_records: int = Field(default=5000, ge=10, le=1_000_000)
@@ -635,9 +635,7 @@ def attach_continual(server: _Server) -> ContinualHub:
             f"continual-learning settings (EDGEMODEL_AGENT_CONTINUAL_*): {describe_validation_error(exc)}"
         ) from exc
     agent = server.settings
-    hub = ContinualHub(
-        settings, server.metrics.registry, agent.cache_dir / "captures" if agent.cluster_mode else None
-    )
+    hub = ContinualHub(settings, server.metrics.registry)
     if settings.store_url:
         from edgemodel.store.client import HttpStore
 
