@@ -227,6 +227,10 @@ class ContinualHub:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.skipped = 0
+        self.enqueued = 0
+        """Requests put on the queue (event-loop thread)."""
+        self.handled = 0
+        """Requests taken off it and processed (worker thread); feedback waits for the ones before it."""
         self.processed = 0
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -243,9 +247,10 @@ class ContinualHub:
             self._thread = None
 
     def drain(self, timeout_s: float = 10.0) -> None:
-        """Wait until every queued request was processed (tests and benchmarks)."""
+        """Wait until the requests queued so far were processed (at most ``timeout_s``; later ones do not count)."""
+        target = self.enqueued
         deadline = time.monotonic() + timeout_s
-        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+        while self._thread is not None and self.handled < target and time.monotonic() < deadline:
             time.sleep(0.005)
 
     # -- request path --------------------------------------------------------------------------
@@ -257,6 +262,7 @@ class ContinualHub:
             return
         try:
             self._queue.put_nowait((mv, request, outputs))
+            self.enqueued += 1
         except queue.Full:
             self.skipped += 1
             self.metrics.skipped.labels(mv.namespace, mv.name, "queue_full").inc()
@@ -296,6 +302,7 @@ class ContinualHub:
                         )
                         self.metrics.skipped.labels(mv.namespace, mv.name, "error").inc(len(group))
             finally:
+                self.handled += len(items)
                 for _ in batch:
                     self._queue.task_done()
             if stop:
