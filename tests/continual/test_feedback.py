@@ -196,7 +196,9 @@ def test_status_entries_are_valid_edgeagent_status(agent: AgentThread) -> None:
     assert state.labelled_captured == 0
 
 
-def test_bad_continual_settings_fail_with_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_continual_settings_fail_with_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from edge_agent.server import AgentServer
     from edgemodel.errors import UserError
 

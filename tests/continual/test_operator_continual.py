@@ -177,3 +177,24 @@ async def test_waiting_is_reported_once_and_disabled_models_are_ignored() -> Non
     client.patches.clear()
     await continual.tick(FakeRuntime(client), off)  # type: ignore[arg-type]
     assert not client.patches
+
+
+def test_the_timer_is_registered_for_edgemodels_with_continual_enabled() -> None:
+    import kopf
+
+    registry = kopf.OperatorRegistry()
+    continual.register(registry, FakeRuntime(FakeClient([])))  # type: ignore[arg-type]
+    handlers = [h for h in registry._spawning.get_all_handlers() if h.id == "continual"]
+    assert len(handlers) == 1
+    timer = handlers[0]
+    assert timer.interval == continual.TICK_SECONDS
+    assert timer.when is not None
+    assert timer.when(spec={"continual": {"enabled": True}}) is True  # type: ignore[call-arg]
+    assert timer.when(spec={}) is False  # type: ignore[call-arg]
+
+
+def test_the_operator_registry_includes_the_continual_timer() -> None:
+    from edgemodel_operator.main import build_registry
+
+    registry = build_registry(FakeRuntime(FakeClient([])))  # type: ignore[arg-type]
+    assert [h.id for h in registry._spawning.get_all_handlers() if h.id == "continual"] == ["continual"]
