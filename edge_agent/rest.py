@@ -94,6 +94,8 @@ class RestApi:
         self._token = token.encode() if token else None
         self.metrics_require_token = metrics_require_token
         self.limits = limits or RequestLimits()
+        self.observer: Callable[[Any, InferRequest, list[tuple[str, Any, bool]]], None] | None = None
+        """Sees every answered request (continual learning: edge_agent.capture_worker); must not block."""
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
         """Large or compressed bodies are decoded here, one at a time: the event loop stays responsive and
         at most one large decode's memory is in use at once."""
@@ -182,6 +184,8 @@ class RestApi:
             try:
                 infer_request = await self._decode(request, mv.model.input_by_name)
                 outputs = await self.dataplane.infer(mv, infer_request)
+                if self.observer is not None:
+                    self.observer(mv, infer_request, outputs)
                 payload, json_length = encode_response(mv.name, mv.version, infer_request.id, outputs)
             finally:
                 mv.release()

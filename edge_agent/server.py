@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from edge_agent.body import RequestLimits
+from edge_agent.capture_worker import attach_continual
 from edge_agent.cgroup import available_cpus, thread_count
 from edge_agent.dataplane import DataPlane
 from edge_agent.errors import LoadError
@@ -137,6 +138,7 @@ class AgentServer:
             limits=request_limits(settings),
         )
         self.app = build_app(self.api, client_max_size=settings.max_body_bytes)
+        self.continual = attach_continual(self)  # drift, feedback, capture (docs/continual.md)
         self._ssl = tls_context(settings.tls_cert, settings.tls_key) if settings.tls_cert and settings.tls_key else None
         self._runner: web.AppRunner | None = None
         self.port = settings.port
@@ -187,6 +189,7 @@ class AgentServer:
             auto_decompress=False,  # bodies are decompressed under --max-decompressed-bytes (edge_agent.body)
         )
         await self._runner.setup()
+        self.continual.start()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, ssl_context=self._ssl, reuse_address=True)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
@@ -367,5 +370,6 @@ class AgentServer:
             await self._tail_server.close()
             self._tail_server = None
         await self.repository.close()
+        self.continual.stop()
         self.api.close()
         self.pool.shutdown()

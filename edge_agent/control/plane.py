@@ -299,6 +299,8 @@ class ControlPlane:
         }
         if self.observed_generation is not None:
             body["observedGeneration"] = self.observed_generation
+        if (hub := getattr(self.reconciler.server, "continual", None)) is not None:  # docs/continual.md
+            body["continual"] = hub.status()
         return body
 
     async def write_status(self, only_if_changed: bool = False, stored: dict[str, Any] | None = None) -> bool:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from edgemodel.api.base import ApiModel, Condition, ObjectMeta, StatusModel
+from edgemodel.api.continual import AgentContinualState
 from edgemodel.api.edgemodel import Accelerator, Batching, HardwareClass, Precision, SplitFallback
 
 
@@ -173,6 +174,8 @@ class EdgeAgentStatus(StatusModel):
     """Ready and similar conditions (metav1.Condition shape)."""
     observed_generation: int | None = None
     """The .metadata.generation of the spec the agent last acted on."""
+    continual: list[AgentContinualState] = Field(default_factory=list)
+    """Drift, labelled feedback and capture of every served model (docs/continual.md)."""
 
 
 class EdgeAgent(StatusModel):

@@ -15,6 +15,7 @@ from edgemodel.api.base import (
     ObjectMeta,
     StatusModel,
 )
+from edgemodel.api.continual import Continual, ContinualStatus
 from edgemodel.api.tensors import OutputSpec, TensorSpec
 
 URI_PATTERN = r"^(file|https?|s3)://.+"
@@ -418,6 +419,8 @@ class EdgeModelSpec(ApiModel):
     """Edge-cloud split inference; the default cut none serves the whole model on the edge."""
     suspend: bool = False
     """Pause conversion and rollout; nodes keep what they serve."""
+    continual: Continual = Field(default_factory=Continual)
+    """Continual learning: retrain on what the edge captures when drift or feedback says so (docs/continual.md)."""
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> EdgeModelSpec:
@@ -749,6 +752,8 @@ class EdgeModelStatus(StatusModel):
     rollout: RolloutStatus = Field(default_factory=RolloutStatus)
     history: list[RevisionRecord] = Field(default_factory=list)
     """Revisions with their outcome, newest last (bounded)."""
+    continual: ContinualStatus | None = None
+    """Continual-learning rounds: triggers, gate numbers, outcome."""
 
 
 class EdgeModel(StatusModel):

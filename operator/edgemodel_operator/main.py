@@ -14,7 +14,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from edgemodel.api import GROUP
-from edgemodel_operator import handlers
+from edgemodel_operator import continual, handlers
 from edgemodel_operator.constants import EDGEMODELS, FINALIZER, LABEL_MANAGED_BY, MANAGER
 from edgemodel_operator.kube import KubeClient, operator_client
 from edgemodel_operator.metrics import OperatorMetrics
@@ -113,6 +113,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.delete(*EDGEMODELS, id="unassign", registry=registry)
     async def unassign(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> None:
         await handlers.unassign_on_delete(runtime, namespace or "default", name, status)
+
+    continual.register(registry, runtime)  # continual learning (docs/continual.md)
 
     if settings.webhook_port:
         @kopf.on.validate(*EDGEMODELS, id="validate", registry=registry, operations=["CREATE", "UPDATE"])
