@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from edgemodel import __version__
 from edgemodel.errors import UserError
 
-SUBCOMMANDS = ("crds", "validate", "convert", "store", "agent", "operator")
+SUBCOMMANDS = ("crds", "validate", "convert", "store", "agent", "operator", "federated")
 
 
 def build_parser() -> argparse.ArgumentParser:

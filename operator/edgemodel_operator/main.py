@@ -14,7 +14,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from edgemodel.api import GROUP
-from edgemodel_operator import handlers
+from edgemodel_operator import federated_handlers, handlers
 from edgemodel_operator.constants import EDGEMODELS, FINALIZER, LABEL_MANAGED_BY, MANAGER
 from edgemodel_operator.kube import KubeClient, KubeConfig, load_kube_config
 from edgemodel_operator.metrics import OperatorMetrics
@@ -111,6 +111,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
     @kopf.on.delete(*EDGEMODELS, id="unassign", registry=registry)
     async def unassign(namespace: str | None, name: str, status: kopf.Status, **_: Any) -> None:
         await handlers.unassign_on_delete(runtime, namespace or "default", name, status)
+
+    federated_handlers.register(registry, runtime)
 
     if settings.webhook_port:
         @kopf.on.validate(*EDGEMODELS, id="validate", registry=registry, operations=["CREATE", "UPDATE"])
