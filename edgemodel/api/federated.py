@@ -93,8 +93,8 @@ class FederatedTrainingSpec(ApiModel):
     model: InitialModel
     """The model training starts from."""
     selector: LabelSelector = Field(default_factory=LabelSelector)
-    """Which nodes train (by their Node labels); empty selects every node. Nodes labelled edgemodel.io/tier=cloud
-    never train."""
+    """Which edge nodes train (by their Node labels); empty selects every edge node (node-role.kubernetes.io/edge=true,
+    where the agents run). Nodes labelled edgemodel.io/tier=cloud never train."""
     data: NodeData
     """Where each node's local data is."""
     validation: CloudValidation

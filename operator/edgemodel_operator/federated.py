@@ -43,6 +43,8 @@ CA_DIR = "/var/run/edgemodel/federated-ca"
 SCRATCH_DIR = "/scratch"
 EXIT_BAD_INPUT = 2
 MAX_NAME = 63
+EDGE_ROLE_LABEL = "node-role.kubernetes.io/edge"
+"""Only edge nodes (the ones the agent DaemonSet runs on: this label "true") train."""
 
 
 class FederatedSettings(BaseSettings):
@@ -109,12 +111,13 @@ def tls_hosts(settings: FederatedSettings, name: str, namespace: str) -> list[st
 
 
 def select_nodes(nodes: Sequence[Mapping[str, Any]], selector: LabelSelector) -> list[str]:
-    """Names of the Nodes ``selector`` matches (by Node labels), cloud-tier nodes left out, sorted."""
+    """Names of the edge Nodes (node-role.kubernetes.io/edge=true) ``selector`` matches, cloud tier left out, sorted."""
     chosen = []
     for node in nodes:
         meta = node.get("metadata") or {}
         node_labels = meta.get("labels") or {}
-        if node_labels.get(CLOUD_TIER_LABEL) == "cloud" or meta.get("deletionTimestamp"):
+        if node_labels.get(EDGE_ROLE_LABEL) != "true" or node_labels.get(CLOUD_TIER_LABEL) == "cloud" \
+                or meta.get("deletionTimestamp"):
             continue
         if selector.matches(node_labels):
             chosen.append(str(meta.get("name")))
@@ -125,8 +128,8 @@ def spec_problems(spec: FederatedTrainingSpec, nodes: list[str], edgemodel_exist
     """Bad input the API schema cannot see, each naming the field and the fix; empty when the training can start."""
     problems = []
     if not nodes:
-        problems.append("spec.selector: matches no node (cloud-tier nodes never train); label the nodes that hold "
-                        "data or change the selector")
+        problems.append("spec.selector: matches no edge node (only nodes labelled node-role.kubernetes.io/edge=true "
+                        "train, never the cloud tier); label the nodes that hold data or change the selector")
     elif len(nodes) < spec.min_clients:
         problems.append(f"spec.minClients: {spec.min_clients} clients needed but the selector matches only "
                         f"{len(nodes)} node(s) ({', '.join(nodes)}); lower minClients or select more nodes")

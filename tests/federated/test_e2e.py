@@ -156,7 +156,7 @@ def test_a_selector_matching_no_node_starts_nothing(stack: FederatedStack) -> No
         stack.training("nowhere")) else None, 30)
     condition = failed_condition(training)
     assert condition["reason"] == "InvalidSpec"
-    assert condition["message"].startswith("spec.selector: matches no node")
+    assert condition["message"].startswith("spec.selector: matches no edge node")
     assert training["status"]["phase"] == "Failed"
     assert stack.children("nowhere") == []
 

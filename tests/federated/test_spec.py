@@ -94,15 +94,16 @@ def nodes(*items: tuple[str, dict[str, str]]) -> list[dict[str, Any]]:
 
 
 def test_node_selection_leaves_out_the_cloud_tier() -> None:
-    fleet = nodes(("edge-1", {"site": "a"}), ("edge-0", {"site": "a"}), ("edge-2", {"site": "b"}),
-                  ("cloud-0", {"site": "a", "edgemodel.io/tier": "cloud"}))
+    edge = {"node-role.kubernetes.io/edge": "true"}
+    fleet = nodes(("edge-1", {"site": "a", **edge}), ("edge-0", {"site": "a", **edge}), ("edge-2", {"site": "b", **edge}),
+                  ("cloud-0", {"site": "a", "edgemodel.io/tier": "cloud", **edge}), ("control-0", {"site": "a"}))
     assert fl.select_nodes(fleet, LabelSelector(match_labels={"site": "a"})) == ["edge-0", "edge-1"]
     assert fl.select_nodes(fleet, LabelSelector()) == ["edge-0", "edge-1", "edge-2"]
 
 
 def test_problems_name_the_field() -> None:
     parsed = FederatedTrainingSpec.model_validate(spec(minClients=3, edgeModel="digits"))
-    assert fl.spec_problems(parsed, [], None)[0].startswith("spec.selector: matches no node")
+    assert fl.spec_problems(parsed, [], None)[0].startswith("spec.selector: matches no edge node")
     assert fl.spec_problems(parsed, ["edge-0", "edge-1"], True)[0].startswith("spec.minClients: 3")
     assert fl.spec_problems(parsed, ["a", "b", "c"], False)[0].startswith("spec.edgeModel: no EdgeModel 'digits'")
     assert fl.spec_problems(parsed, ["a", "b", "c"], True) == []
