@@ -20,14 +20,19 @@ class DigitsFiles:
     """node -> .npz"""
 
 
-def untrained_model(path: Path, width: int = 8, seed: int = 0) -> Path:
-    """The digits CNN of the examples, freshly initialised (seeded), saved as TorchScript."""
+def untrained_model(path: Path, arch: str = "cnn", width: int = 8, seed: int = 0) -> Path:
+    """A freshly initialised (seeded) digits model saved as TorchScript: the examples' CNN, or a small MLP
+    (64-32-10, for the quick end-to-end test)."""
     import torch
 
     from edgemodel_dev.examples_models import digits_cnn, save_torchscript
 
     torch.manual_seed(seed)
-    return save_torchscript(digits_cnn(width), path)
+    if arch == "mlp":
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    else:
+        model = digits_cnn(width)
+    return save_torchscript(model, path)
 
 
 def shard_indices(labels: np.ndarray, nodes: int, iid: bool, classes_per_node: int = 2, seed: int = 0) -> list[np.ndarray]:
@@ -44,10 +49,8 @@ def shard_indices(labels: np.ndarray, nodes: int, iid: bool, classes_per_node: i
             for i in range(nodes)]
 
 
-def write_digits(directory: Path, nodes: list[str], iid: bool = True, seed: int = 0,
-                 node_path: Path | None = None) -> DigitsFiles:
-    """Write the model, validation.npz and one train.npz per node (under ``directory/<node>/`` unless
-    ``node_path(node)`` semantics are wanted: pass ``node_path`` as a folder template root)."""
+def write_digits(directory: Path, nodes: list[str], iid: bool = True, seed: int = 0, arch: str = "cnn") -> DigitsFiles:
+    """Write the model, validation.npz (the held-out test split) and ``<node>/train.npz`` per node."""
     from edgemodel_dev.examples_models import load_digits_data
 
     data = load_digits_data(seed)
@@ -56,8 +59,8 @@ def write_digits(directory: Path, nodes: list[str], iid: bool = True, seed: int 
     np.savez(validation, **{INPUT: data.x_test, LABELS: data.y_test})
     shards: dict[str, Path] = {}
     for node, idx in zip(nodes, shard_indices(data.y_train, len(nodes), iid, seed=seed), strict=True):
-        path = (node_path or directory) / node / "train.npz"
+        path = directory / node / "train.npz"
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **{INPUT: data.x_train[idx], LABELS: data.y_train[idx]})
         shards[node] = path
-    return DigitsFiles(untrained_model(directory / "model.pt", seed=seed), validation, shards)
+    return DigitsFiles(untrained_model(directory / "model.pt", arch=arch, seed=seed), validation, shards)

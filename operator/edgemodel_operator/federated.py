@@ -61,7 +61,7 @@ class FederatedSettings(BaseSettings):
     """An event every this many rounds (and at start and finish)."""
     client_backoff_limit: int = Field(default=2, ge=0, le=6)
     """Restarts of a client Pod that crashed (a client that found bad input, exit 2, is never restarted)."""
-    cpu_limit: str = "1"
+    cpu_limit: str = Field(default="1", pattern=r"^([0-9]+|[0-9]+m)$")
     """CPU limit of each server and client container."""
     memory_limit: str = "2Gi"
     """Memory limit of each server and client container."""
@@ -212,16 +212,19 @@ def _job(owner: Mapping[str, Any], job_name: str, component: str, container: dic
     return job
 
 
-def _env(owner: Mapping[str, Any], spec: FederatedTrainingSpec) -> list[dict[str, Any]]:
+def _env(owner: Mapping[str, Any], spec: FederatedTrainingSpec, fed: FederatedSettings) -> list[dict[str, Any]]:
+    threads = max(1, int(float(fed.cpu_limit.removesuffix("m")) / (1000 if fed.cpu_limit.endswith("m") else 1)))
     return [{"name": "EDGEMODEL_FEDERATED_OBJECT", "value": object_json(owner, spec)},
-            {"name": "TMPDIR", "value": SCRATCH_DIR}]
+            {"name": "TMPDIR", "value": SCRATCH_DIR},
+            # torch's intra-op threads = the CPU limit (more only fight over the quota)
+            {"name": "OMP_NUM_THREADS", "value": str(threads)}]
 
 
 def build_server_job(owner: Mapping[str, Any], spec: FederatedTrainingSpec, settings: OperatorSettings,
                      fed: FederatedSettings) -> dict[str, Any]:
     """The aggregation server: one Pod in the cloud (never on an edge node), the TLS Secret mounted."""
     name = owner["metadata"]["name"]
-    env = _env(owner, spec)
+    env = _env(owner, spec, fed)
     if settings.store_token_secret:
         env.append({"name": "EDGEMODEL_STORE_TOKEN",
                     "valueFrom": {"secretKeyRef": {"name": settings.store_token_secret, "key": STORE_TOKEN_KEY}}})
@@ -262,7 +265,7 @@ def build_client_job(owner: Mapping[str, Any], spec: FederatedTrainingSpec, node
         args += ["--data", spec.data.path]
         mounts.append({"name": "data", "mountPath": folder, "readOnly": True})
         volumes.append({"name": "data", "hostPath": {"path": folder, "type": "DirectoryOrCreate"}})
-    container = _container(CLIENT_CONTAINER, args, _env(owner, spec), mounts, settings.converter_image, settings, fed)
+    container = _container(CLIENT_CONTAINER, args, _env(owner, spec, fed), mounts, settings.converter_image, settings, fed)
     return _job(owner, client_name(name, node), "federated-client", container, volumes, settings, spec,
                 backoff_limit=fed.client_backoff_limit, node=node, extra_labels={LABEL_NODE: node})
 

@@ -40,7 +40,7 @@ class FederatedStack(SystemStack):
         self.start_store()
         self.nodes = self.cluster.add_nodes(3)
         roots = {n: self.cluster.kubelet.hostpath_root(n) / DATA_DIR.lstrip("/") for n in self.nodes}
-        self.files = write_digits(self.dir / "digits", self.nodes, iid=True)
+        self.files = write_digits(self.dir / "digits", self.nodes, iid=True, arch="mlp")
         for node, shard in self.files.shards.items():
             roots[node].mkdir(parents=True, exist_ok=True)
             (roots[node] / "train.npz").write_bytes(shard.read_bytes())
@@ -101,7 +101,9 @@ def test_training_survives_a_killed_client_and_feeds_the_edgemodel(stack: Federa
                  "spec": {"source": {"uri": stack.files.model.resolve().as_uri(), "format": "TorchScript"},
                           "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
                           "suspend": True}}, "edgemodel.yaml")
-    stack.apply(stack.manifest("digits-fl", edgeModel="digits"), "training.yaml")
+    # Fixed rounds (no accuracy target) so that rounds after the kill always happen.
+    stack.apply(stack.manifest("digits-fl", edgeModel="digits", rounds=6, training={"epochs": 2, "learningRate": 0.1},
+                               validation={"dataUri": stack.files.validation.resolve().as_uri()}), "training.yaml")
 
     def status() -> dict[str, Any]:
         return stack.training("digits-fl").get("status") or {}
@@ -121,6 +123,7 @@ def test_training_survives_a_killed_client_and_feeds_the_edgemodel(stack: Federa
                            else None, 150, lambda: str(status()))
     assert final["phase"] == "Succeeded", final
     rounds = final["rounds"]
+    assert final["model"]["round"] == 6 == final["round"]
     assert final["model"]["accuracy"] >= TARGET
     assert rounds[-1]["accuracy"] >= TARGET
     later = [r for r in rounds if r["round"] > killed_after + 1]
