@@ -29,13 +29,17 @@ def untrained_model(path: Path, arch: str = "cnn", width: int = 8, seed: int = 0
 
     torch.manual_seed(seed)
     if arch == "mlp":
-        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+        model = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+        )
     else:
         model = digits_cnn(width)
     return save_torchscript(model, path)
 
 
-def shard_indices(labels: np.ndarray, nodes: int, iid: bool, classes_per_node: int = 2, seed: int = 0) -> list[np.ndarray]:
+def shard_indices(
+    labels: np.ndarray, nodes: int, iid: bool, classes_per_node: int = 2, seed: int = 0
+) -> list[np.ndarray]:
     """Sample indices per node: IID (a random equal split) or non-IID (sorted by label, cut into
     ``nodes * classes_per_node`` runs, each node getting ``classes_per_node`` runs: the FedAvg paper's
     pathological split)."""
@@ -45,11 +49,15 @@ def shard_indices(labels: np.ndarray, nodes: int, iid: bool, classes_per_node: i
     order = np.argsort(labels, kind="stable")
     runs = np.array_split(order, nodes * classes_per_node)
     picks = rng.permutation(len(runs))
-    return [np.sort(np.concatenate([runs[j] for j in picks[i * classes_per_node:(i + 1) * classes_per_node]]))
-            for i in range(nodes)]
+    return [
+        np.sort(np.concatenate([runs[j] for j in picks[i * classes_per_node : (i + 1) * classes_per_node]]))
+        for i in range(nodes)
+    ]
 
 
-def write_digits(directory: Path, nodes: list[str], iid: bool = True, seed: int = 0, arch: str = "cnn") -> DigitsFiles:
+def write_digits(
+    directory: Path, nodes: list[str], iid: bool = True, seed: int = 0, arch: str = "cnn"
+) -> DigitsFiles:
     """Write the model, validation.npz (the held-out test split) and ``<node>/train.npz`` per node."""
     from edgemodel_dev.examples_models import load_digits_data
 

@@ -52,7 +52,9 @@ class NodeData(ApiModel):
     @model_validator(mode="after")
     def _one_location(self) -> NodeData:
         if (self.path is None) == (self.uri is None):
-            raise ValueError("spec.data: set exactly one of path (a file on each node) or uri (fetched by each node)")
+            raise ValueError(
+                "spec.data: set exactly one of path (a file on each node) or uri (fetched by each node)"
+            )
         return self
 
 
@@ -125,8 +127,10 @@ class FederatedTrainingSpec(ApiModel):
     def _rules(self) -> FederatedTrainingSpec:
         problems = []
         if self.secure_aggregation:
-            problems.append("spec.secureAggregation: SecAgg+ needs Flower's Deployment Engine (SuperLink/SuperNode), "
-                            "which this version does not run yet; set false")
+            problems.append(
+                "spec.secureAggregation: SecAgg+ needs Flower's Deployment Engine (SuperLink/SuperNode), "
+                "which this version does not run yet; set false"
+            )
         if self.data.uri is not None and NODE_PLACEHOLDER not in self.data.uri:
             problems.append(f"spec.data.uri: must contain {NODE_PLACEHOLDER} so each node reads its own data")
         if problems:

@@ -8,7 +8,8 @@ from typing import Any
 
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "federated", help="run the aggregation server or a node's training client of a FederatedTraining",
+        "federated",
+        help="run the aggregation server or a node's training client of a FederatedTraining",
         description="Federated learning with Flower: the server in the cloud, one client per node.",
     )
     sides = p.add_subparsers(dest="side", metavar="SIDE", required=True)

@@ -24,16 +24,21 @@ from edgemodel.federated.runspec import load_object, write_termination
 
 log = logging.getLogger(__name__)
 
+
 def load_node_data(obj: FederatedTraining, node: str, data_file: Path | None, work: Path) -> datasets.Dataset:
     """The node's training set: ``data_file`` (spec.data.path as mounted) or spec.data.uri with {node} filled in."""
     spec = obj.spec.data
     if spec.uri is not None:
         uri = datasets.node_uri(spec.uri, node)
         path = datasets.fetch_file(uri, work / "data.npz", "spec.data.uri", Reason.DATA_MISSING)
-        return datasets.load_npz(path, "spec.data.uri", spec.input_array, spec.labels_array, where=f"node {node}")
+        return datasets.load_npz(
+            path, "spec.data.uri", spec.input_array, spec.labels_array, where=f"node {node}"
+        )
     if data_file is None:
         raise FederatedError(Reason.INVALID_SPEC, "--data: give the mounted spec.data.path")
-    return datasets.load_npz(data_file, "spec.data.path", spec.input_array, spec.labels_array, where=f"node {node}")
+    return datasets.load_npz(
+        data_file, "spec.data.path", spec.input_array, spec.labels_array, where=f"node {node}"
+    )
 
 
 def make_client(module: Any, data: datasets.Dataset, node: str) -> Any:
@@ -47,14 +52,21 @@ def make_client(module: Any, data: datasets.Dataset, node: str) -> Any:
         def fit(self, parameters: list[Any], config: dict[str, Any]) -> tuple[list[Any], int, dict[str, Any]]:
             models.set_weights(module, parameters)
             rnd = int(config.get("server_round", 0))
-            loss = models.train(module, data, epochs=int(config.get("epochs", 1)),
-                                batch_size=int(config.get("batch_size", 32)),
-                                learning_rate=float(config.get("learning_rate", 0.05)),
-                                proximal_mu=float(config.get("proximal_mu", 0.0)), seed=rnd)
+            loss = models.train(
+                module,
+                data,
+                epochs=int(config.get("epochs", 1)),
+                batch_size=int(config.get("batch_size", 32)),
+                learning_rate=float(config.get("learning_rate", 0.05)),
+                proximal_mu=float(config.get("proximal_mu", 0.0)),
+                seed=rnd,
+            )
             log.info("Trained round %d on %d samples (loss %.4f)", rnd, len(data), loss)
             return models.get_weights(module), len(data), {"train_loss": loss, "node": node}
 
-        def evaluate(self, parameters: list[Any], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
+        def evaluate(
+            self, parameters: list[Any], config: dict[str, Any]
+        ) -> tuple[float, int, dict[str, Any]]:
             models.set_weights(module, parameters)
             loss, accuracy = models.evaluate(module, data)
             return loss, len(data), {"accuracy": accuracy}
@@ -64,14 +76,21 @@ def make_client(module: Any, data: datasets.Dataset, node: str) -> Any:
 
 def run_client(obj: FederatedTraining, args: argparse.Namespace, work: Path) -> None:
     data = load_node_data(obj, args.node, args.data, work)
-    module = models.load_module(datasets.fetch_file(obj.spec.model.uri, work / "model.pt", "spec.model.uri",
-                                                    Reason.MODEL_UNREADABLE), "spec.model.uri")
+    module = models.load_module(
+        datasets.fetch_file(obj.spec.model.uri, work / "model.pt", "spec.model.uri", Reason.MODEL_UNREADABLE),
+        "spec.model.uri",
+    )
     from flwr.compat.client.app import start_client
 
     root = args.ca.read_bytes() if args.ca else None
     log.info("Connecting node %s to %s (%s)", args.node, args.server, "TLS" if root else "no TLS")
-    start_client(server_address=args.server, client=make_client(module, data, args.node), root_certificates=root,
-                 insecure=root is None, max_wait_time=args.connect_wait_seconds)
+    start_client(
+        server_address=args.server,
+        client=make_client(module, data, args.node),
+        root_certificates=root,
+        insecure=root is None,
+        max_wait_time=args.connect_wait_seconds,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
             run_client(obj, args, Path(tmp))
     except FederatedError as exc:
         log.error("Node %s cannot train (%s): %s", args.node, exc.reason.value, exc.message)
-        write_termination({"ok": False, "node": args.node, "reason": exc.reason.value, "message": exc.message})
+        write_termination(
+            {"ok": False, "node": args.node, "reason": exc.reason.value, "message": exc.message}
+        )
         return exc.exit_code
     log.info("Node %s finished federated training", args.node)
     write_termination({"ok": True, "node": args.node})

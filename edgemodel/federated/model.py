@@ -29,12 +29,18 @@ def load_module(path: Path, field: str) -> Any:
             warnings.simplefilter("ignore")
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
-        raise FederatedError(Reason.MODEL_UNREADABLE, f"{field}: cannot load {path.name} as TorchScript ({exc}); save "
-                                                      "it with torch.jit.save(torch.jit.script(model), 'model.pt')") from exc
+        raise FederatedError(
+            Reason.MODEL_UNREADABLE,
+            f"{field}: cannot load {path.name} as TorchScript ({exc}); save "
+            "it with torch.jit.save(torch.jit.script(model), 'model.pt')",
+        ) from exc
     trainable = [p for p in module.parameters() if p.requires_grad]
     if not trainable:
-        raise FederatedError(Reason.MODEL_NOT_TRAINABLE, f"{field}: the model has no trainable parameters, so there is "
-                                                         "nothing to train; give a model with weights")
+        raise FederatedError(
+            Reason.MODEL_NOT_TRAINABLE,
+            f"{field}: the model has no trainable parameters, so there is "
+            "nothing to train; give a model with weights",
+        )
     return module
 
 
@@ -54,19 +60,31 @@ def set_weights(module: Any, weights: Sequence[np.ndarray]) -> None:
 
     keys = _float_keys(module)
     if len(keys) != len(weights):
-        raise FederatedError(Reason.TRAINING_FAILED, f"received {len(weights)} arrays for a model with {len(keys)}; "
-                                                     "the server and client models differ (same spec.model.uri?)")
+        raise FederatedError(
+            Reason.TRAINING_FAILED,
+            f"received {len(weights)} arrays for a model with {len(keys)}; "
+            "the server and client models differ (same spec.model.uri?)",
+        )
     state = module.state_dict()
     with torch.no_grad():
         for key, array in zip(keys, weights, strict=True):
             if tuple(state[key].shape) != tuple(array.shape):
-                raise FederatedError(Reason.TRAINING_FAILED, f"array {key} has shape {array.shape}, the model expects "
-                                                             f"{tuple(state[key].shape)}")
+                raise FederatedError(
+                    Reason.TRAINING_FAILED,
+                    f"array {key} has shape {array.shape}, the model expects {tuple(state[key].shape)}",
+                )
             state[key].copy_(torch.from_numpy(np.asarray(array)))
 
 
-def train(module: Any, data: Dataset, epochs: int, batch_size: int, learning_rate: float,
-          proximal_mu: float = 0.0, seed: int = 0) -> float:
+def train(
+    module: Any,
+    data: Dataset,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    proximal_mu: float = 0.0,
+    seed: int = 0,
+) -> float:
     """Local SGD (momentum 0.9) on cross-entropy, plus FedProx's proximal term when ``proximal_mu`` > 0; returns the
     mean training loss of the last epoch."""
     import torch
@@ -83,12 +101,14 @@ def train(module: Any, data: Dataset, epochs: int, batch_size: int, learning_rat
         order = torch.randperm(len(labels), generator=generator)
         total, seen = 0.0, 0
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             optimiser.zero_grad()
             loss = torch.nn.functional.cross_entropy(module(inputs[idx]), labels[idx])
             objective = loss
             if proximal_mu > 0:
-                objective = loss + proximal_mu / 2 * sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+                objective = loss + proximal_mu / 2 * sum(
+                    ((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True)
+                )
             objective.backward()
             optimiser.step()
             total += float(loss.detach()) * len(idx)
@@ -108,8 +128,8 @@ def evaluate(module: Any, data: Dataset, batch_size: int = 512) -> tuple[float, 
     loss_sum, correct = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(labels), batch_size):
-            logits = module(inputs[start:start + batch_size])
-            target = labels[start:start + batch_size]
+            logits = module(inputs[start : start + batch_size])
+            target = labels[start : start + batch_size]
             loss_sum += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
             correct += int((logits.argmax(dim=1) == target).sum())
     return loss_sum / len(labels), correct / len(labels)

@@ -44,10 +44,16 @@ class Progress:
         with self._lock:
             self.records = [*self.records, record][-MAX_ROUND_RECORDS:]
         acc = f"{record.accuracy:.4f}" if record.accuracy is not None else "-"
-        log.info("Finished round %d: %d clients aggregated, %d dropped%s, accuracy %s, %s bytes, %.2f s",
-                 record.round, len(record.participating), len(record.dropped),
-                 "" if record.aggregated else " (too many dropped: not aggregated)", acc,
-                 f"{record.bytes_exchanged:,}", record.seconds)
+        log.info(
+            "Finished round %d: %d clients aggregated, %d dropped%s, accuracy %s, %s bytes, %.2f s",
+            record.round,
+            len(record.participating),
+            len(record.dropped),
+            "" if record.aggregated else " (too many dropped: not aggregated)",
+            acc,
+            f"{record.bytes_exchanged:,}",
+            record.seconds,
+        )
         self._write()
 
     def finish(self, result: dict[str, Any] | None = None, error: dict[str, str] | None = None) -> None:
@@ -78,7 +84,7 @@ class Progress:
 
 def _handler(progress: Progress) -> type[BaseHTTPRequestHandler]:
     class StatusHandler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             if self.path.split("?")[0] != "/status":
                 self.send_error(404, "only /status")
                 return

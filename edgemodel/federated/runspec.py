@@ -26,7 +26,9 @@ def load_object(text: str | None = None) -> FederatedTraining:
     """Parse and validate the object; errors name the field."""
     raw = text if text is not None else os.environ.get(OBJECT_ENV, "")
     if not raw:
-        raise FederatedError(Reason.INVALID_SPEC, f"{OBJECT_ENV} is empty: set it to the FederatedTraining as JSON")
+        raise FederatedError(
+            Reason.INVALID_SPEC, f"{OBJECT_ENV} is empty: set it to the FederatedTraining as JSON"
+        )
     try:
         return FederatedTraining.model_validate(json.loads(raw))
     except json.JSONDecodeError as exc:
@@ -37,8 +39,11 @@ def load_object(text: str | None = None) -> FederatedTraining:
 
 
 def object_json(obj: FederatedTraining) -> str:
-    return json.dumps(obj.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"}),
-                      separators=(",", ":"), sort_keys=True)
+    return json.dumps(
+        obj.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"}),
+        separators=(",", ":"),
+        sort_keys=True,
+    )
 
 
 def write_termination(message: dict[str, Any]) -> None:

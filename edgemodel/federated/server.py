@@ -45,7 +45,9 @@ def read_tls(directory: Path) -> tuple[bytes, bytes, bytes]:
     files = [directory / "ca.pem", directory / "tls.crt", directory / "tls.key"]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise FederatedError(Reason.INVALID_SPEC, f"--tls-dir: missing {', '.join(missing)}; mount the server's TLS Secret")
+        raise FederatedError(
+            Reason.INVALID_SPEC, f"--tls-dir: missing {', '.join(missing)}; mount the server's TLS Secret"
+        )
     return files[0].read_bytes(), files[1].read_bytes(), files[2].read_bytes()
 
 
@@ -59,17 +61,27 @@ def train(obj: FederatedTraining, args: argparse.Namespace, progress: Progress, 
     from edgemodel.federated.strategy import TrackedStrategy, build_strategy
 
     spec = obj.spec
-    module = models.load_module(datasets.fetch_file(spec.model.uri, work / "model.pt", "spec.model.uri",
-                                                    Reason.MODEL_UNREADABLE), "spec.model.uri")
-    val_path = datasets.fetch_file(spec.validation.data_uri, work / "validation.npz", "spec.validation.dataUri",
-                                   Reason.DATA_MISSING)
-    validation = datasets.load_npz(val_path, "spec.validation.dataUri", spec.data.input_array, spec.data.labels_array)
+    module = models.load_module(
+        datasets.fetch_file(spec.model.uri, work / "model.pt", "spec.model.uri", Reason.MODEL_UNREADABLE),
+        "spec.model.uri",
+    )
+    val_path = datasets.fetch_file(
+        spec.validation.data_uri, work / "validation.npz", "spec.validation.dataUri", Reason.DATA_MISSING
+    )
+    validation = datasets.load_npz(
+        val_path, "spec.validation.dataUri", spec.data.input_array, spec.data.labels_array
+    )
     try:
         initial_loss, initial_acc = models.evaluate(module, validation)
     except Exception as exc:
-        raise FederatedError(Reason.DATA_INVALID, f"spec.validation.dataUri: the model cannot run on its inputs "
-                                                  f"{validation.inputs.shape} ({exc}); check the array and the model") from exc
-    log.info("Loaded the initial model (accuracy %.4f on %d validation samples)", initial_acc, len(validation))
+        raise FederatedError(
+            Reason.DATA_INVALID,
+            f"spec.validation.dataUri: the model cannot run on its inputs "
+            f"{validation.inputs.shape} ({exc}); check the array and the model",
+        ) from exc
+    log.info(
+        "Loaded the initial model (accuracy %.4f on %d validation samples)", initial_acc, len(validation)
+    )
 
     def evaluate(server_round: int, weights: Any, config: Any) -> tuple[float, dict[str, Any]]:
         models.set_weights(module, weights)
@@ -96,8 +108,13 @@ def train(obj: FederatedTraining, args: argparse.Namespace, progress: Progress, 
     out = models.save(module, work / "trained.pt")
     digest = sha256_file(out)
     uri = _publish(obj, out, args)
-    return {"uri": uri, "sha256": digest, "round": tracked.last_round, "accuracy": tracked.last_accuracy,
-            "stoppedAtTarget": tracked.stopped_at is not None}
+    return {
+        "uri": uri,
+        "sha256": digest,
+        "round": tracked.last_round,
+        "accuracy": tracked.last_accuracy,
+        "stoppedAtTarget": tracked.stopped_at is not None,
+    }
 
 
 def _publish(obj: FederatedTraining, path: Path, args: argparse.Namespace) -> str:
@@ -113,7 +130,9 @@ def _publish(obj: FederatedTraining, path: Path, args: argparse.Namespace) -> st
     try:
         url = store.put_file(model_key(obj), path)
     except StoreError as exc:
-        raise FederatedError(Reason.UPLOAD_FAILED, f"uploading the trained model to {args.store_url} failed ({exc})") from exc
+        raise FederatedError(
+            Reason.UPLOAD_FAILED, f"uploading the trained model to {args.store_url} failed ({exc})"
+        ) from exc
     log.info("Uploaded the trained model to %s", url)
     return url
 
@@ -143,8 +162,12 @@ def run(args: argparse.Namespace) -> int:
                 write_termination({"ok": False, "reason": exc.reason.value, "message": exc.message})
                 code = exc.exit_code
             else:
-                log.info("Finished federated training after round %d (accuracy %s): %s", result["round"],
-                         result["accuracy"], result["uri"])
+                log.info(
+                    "Finished federated training after round %d (accuracy %s): %s",
+                    result["round"],
+                    result["accuracy"],
+                    result["uri"],
+                )
                 progress.finish(result=result)
                 write_termination({"ok": True, **result})
         _linger(progress, args.linger_seconds)

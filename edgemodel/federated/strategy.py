@@ -91,8 +91,13 @@ class TrackedStrategy(FlowerStrategy):
     """Delegates to a Flower strategy; records each round into :class:`Progress`, skips the aggregation of a round
     with more than ``max_drop_fraction`` of its clients dropped, and stops asking clients once the target is met."""
 
-    def __init__(self, inner: FlowerStrategy, progress: Progress, max_drop_fraction: float,
-                 target_accuracy: float | None) -> None:
+    def __init__(
+        self,
+        inner: FlowerStrategy,
+        progress: Progress,
+        max_drop_fraction: float,
+        target_accuracy: float | None,
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.progress = progress
@@ -111,7 +116,9 @@ class TrackedStrategy(FlowerStrategy):
     def _node(self, proxy: ClientProxy, server_round: int) -> str:
         if proxy.cid not in self.names:
             try:
-                res = proxy.get_properties(GetPropertiesIns({}), timeout=PROPERTIES_TIMEOUT, group_id=server_round)
+                res = proxy.get_properties(
+                    GetPropertiesIns({}), timeout=PROPERTIES_TIMEOUT, group_id=server_round
+                )
                 self.names[proxy.cid] = str(res.properties.get(NODE_KEY, proxy.cid))
             except Exception as exc:  # a client that died meanwhile; it drops from the round below
                 log.warning("Could not ask client %s for its node name (%s)", proxy.cid, exc)
@@ -123,8 +130,9 @@ class TrackedStrategy(FlowerStrategy):
         self.last_parameters = params
         return params
 
-    def configure_fit(self, server_round: int, parameters: Parameters,
-                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         if self.stopped_at is not None:
             return []
         self.progress.set_state("Training")
@@ -135,12 +143,20 @@ class TrackedStrategy(FlowerStrategy):
             current.selected[proxy.cid] = self._node(proxy, server_round)
             current.bytes_exchanged += parameter_bytes(ins.parameters)
         self.current = current
-        log.info("Started round %d with %d clients: %s", server_round, len(pairs), ", ".join(sorted(current.selected.values())))
+        log.info(
+            "Started round %d with %d clients: %s",
+            server_round,
+            len(pairs),
+            ", ".join(sorted(current.selected.values())),
+        )
         return pairs
 
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list[tuple[ClientProxy, FitRes] | BaseException]
-                      ) -> tuple[Parameters | None, dict[str, Scalar]]:
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
         current = self.current or _Round(server_round, time.monotonic())
         for proxy, res in results:
             current.bytes_exchanged += parameter_bytes(res.parameters)
@@ -152,21 +168,31 @@ class TrackedStrategy(FlowerStrategy):
         allowed = math.floor(self.max_drop_fraction * selected + 1e-9)
         if not results or dropped > allowed:
             current.aggregated = False
-            log.warning("Round %d: %d of %d clients dropped (at most %d allowed by spec.maxDropFraction); kept the "
-                        "global model", server_round, dropped, selected, allowed)
+            log.warning(
+                "Round %d: %d of %d clients dropped (at most %d allowed by spec.maxDropFraction); kept the "
+                "global model",
+                server_round,
+                dropped,
+                selected,
+                allowed,
+            )
             return None, {}
         params, metrics = self.inner.aggregate_fit(server_round, results, failures)
         if "train_loss" in metrics:
             current.train_loss = float(metrics["train_loss"])
         return params, metrics
 
-    def configure_evaluate(self, server_round: int, parameters: Parameters,
-                           client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, EvaluateIns]]:
         return []
 
-    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
-                           failures: list[tuple[ClientProxy, EvaluateRes] | BaseException]
-                           ) -> tuple[float | None, dict[str, Scalar]]:
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
         return None, {}
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
@@ -174,7 +200,9 @@ class TrackedStrategy(FlowerStrategy):
         accuracy = float(result[1].get("accuracy", 0.0)) if result else None
         if server_round == 0:
             self.progress.initial_accuracy = accuracy
-            log.info("Evaluated the initial model: accuracy %s", f"{accuracy:.4f}" if accuracy is not None else "-")
+            log.info(
+                "Evaluated the initial model: accuracy %s", f"{accuracy:.4f}" if accuracy is not None else "-"
+            )
             return result
         current = self.current
         if current is None or current.number != server_round:  # a round in which no client was asked
@@ -182,19 +210,25 @@ class TrackedStrategy(FlowerStrategy):
         self.current = None
         self.last_round, self.last_accuracy, self.last_parameters = server_round, accuracy, parameters
         selected_names = set(current.selected.values())
-        self.progress.add_round(RoundRecord(
-            round=server_round,
-            participating=sorted(current.participating),
-            dropped=sorted(selected_names - set(current.participating)),
-            aggregated=current.aggregated,
-            train_loss=current.train_loss,
-            loss=result[0] if result else None,
-            accuracy=accuracy,
-            bytes_exchanged=current.bytes_exchanged,
-            seconds=round(time.monotonic() - current.started, 3),
-        ))
+        self.progress.add_round(
+            RoundRecord(
+                round=server_round,
+                participating=sorted(current.participating),
+                dropped=sorted(selected_names - set(current.participating)),
+                aggregated=current.aggregated,
+                train_loss=current.train_loss,
+                loss=result[0] if result else None,
+                accuracy=accuracy,
+                bytes_exchanged=current.bytes_exchanged,
+                seconds=round(time.monotonic() - current.started, 3),
+            )
+        )
         if self.target_accuracy is not None and accuracy is not None and accuracy >= self.target_accuracy:
             self.stopped_at = server_round
-            log.info("Reached the target accuracy %.4f >= %.4f in round %d; stopping", accuracy,
-                     self.target_accuracy, server_round)
+            log.info(
+                "Reached the target accuracy %.4f >= %.4f in round %d; stopping",
+                accuracy,
+                self.target_accuracy,
+                server_round,
+            )
         return result

@@ -50,7 +50,9 @@ EDGE_ROLE_LABEL = "node-role.kubernetes.io/edge"
 class FederatedSettings(BaseSettings):
     """Operator settings of federated training (``EDGEMODEL_FEDERATED_*`` environment variables)."""
 
-    model_config = SettingsConfigDict(env_prefix="EDGEMODEL_FEDERATED_", extra="ignore", use_attribute_docstrings=True)
+    model_config = SettingsConfigDict(
+        env_prefix="EDGEMODEL_FEDERATED_", extra="ignore", use_attribute_docstrings=True
+    )
 
     server_host: str = "{service}.{namespace}.svc"
     """Host the clients and the operator reach the aggregation server at ({service}, {namespace} filled in);
@@ -106,8 +108,15 @@ def server_host(settings: FederatedSettings, name: str, namespace: str) -> str:
 def tls_hosts(settings: FederatedSettings, name: str, namespace: str) -> list[str]:
     """Names on the server certificate: the configured host, the Service's DNS names, localhost."""
     service = server_name(name)
-    return [server_host(settings, name, namespace), service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
-            f"{service}.{namespace}.svc.cluster.local", "localhost", "127.0.0.1"]
+    return [
+        server_host(settings, name, namespace),
+        service,
+        f"{service}.{namespace}",
+        f"{service}.{namespace}.svc",
+        f"{service}.{namespace}.svc.cluster.local",
+        "localhost",
+        "127.0.0.1",
+    ]
 
 
 def select_nodes(nodes: Sequence[Mapping[str, Any]], selector: LabelSelector) -> list[str]:
@@ -116,8 +125,11 @@ def select_nodes(nodes: Sequence[Mapping[str, Any]], selector: LabelSelector) ->
     for node in nodes:
         meta = node.get("metadata") or {}
         node_labels = meta.get("labels") or {}
-        if node_labels.get(EDGE_ROLE_LABEL) != "true" or node_labels.get(CLOUD_TIER_LABEL) == "cloud" \
-                or meta.get("deletionTimestamp"):
+        if (
+            node_labels.get(EDGE_ROLE_LABEL) != "true"
+            or node_labels.get(CLOUD_TIER_LABEL) == "cloud"
+            or meta.get("deletionTimestamp")
+        ):
             continue
         if selector.matches(node_labels):
             chosen.append(str(meta.get("name")))
@@ -128,28 +140,39 @@ def spec_problems(spec: FederatedTrainingSpec, nodes: list[str], edgemodel_exist
     """Bad input the API schema cannot see, each naming the field and the fix; empty when the training can start."""
     problems = []
     if not nodes:
-        problems.append("spec.selector: matches no edge node (only nodes labelled node-role.kubernetes.io/edge=true "
-                        "train, never the cloud tier); label the nodes that hold data or change the selector")
+        problems.append(
+            "spec.selector: matches no edge node (only nodes labelled node-role.kubernetes.io/edge=true "
+            "train, never the cloud tier); label the nodes that hold data or change the selector"
+        )
     elif len(nodes) < spec.min_clients:
-        problems.append(f"spec.minClients: {spec.min_clients} clients needed but the selector matches only "
-                        f"{len(nodes)} node(s) ({', '.join(nodes)}); lower minClients or select more nodes")
+        problems.append(
+            f"spec.minClients: {spec.min_clients} clients needed but the selector matches only "
+            f"{len(nodes)} node(s) ({', '.join(nodes)}); lower minClients or select more nodes"
+        )
     if spec.edge_model and edgemodel_exists is False:
-        problems.append(f"spec.edgeModel: no EdgeModel {spec.edge_model!r} in this namespace; create it or fix the name")
+        problems.append(
+            f"spec.edgeModel: no EdgeModel {spec.edge_model!r} in this namespace; create it or fix the name"
+        )
     return problems
 
 
 def object_json(owner: Mapping[str, Any], spec: FederatedTrainingSpec) -> str:
     """``EDGEMODEL_FEDERATED_OBJECT``: metadata (name, namespace, uid) and the spec with defaults."""
     meta = owner.get("metadata") or {}
-    obj = {"apiVersion": f"{GROUP}/v1alpha1", "kind": "FederatedTraining",
-           "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")},
-           "spec": spec.to_k8s()}
+    obj = {
+        "apiVersion": f"{GROUP}/v1alpha1",
+        "kind": "FederatedTraining",
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid")},
+        "spec": spec.to_k8s(),
+    }
     return json.dumps(obj, separators=(",", ":"), sort_keys=True)
 
 
 def _secret(name: str, data: dict[str, bytes], owner: Mapping[str, Any], component: str) -> dict[str, Any]:
     secret = {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
         "metadata": {"name": name, "labels": labels(owner["metadata"]["name"], component)},
         "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
     }
@@ -161,36 +184,67 @@ def build_secrets(owner: Mapping[str, Any], ca: bytes, cert: bytes, key: bytes) 
     """The server's TLS Secret (key, certificate, CA) and the clients' CA-only Secret."""
     name = owner["metadata"]["name"]
     return [
-        _secret(tls_secret_name(name), {"ca.pem": ca, "tls.crt": cert, "tls.key": key}, owner, "federated-server"),
+        _secret(
+            tls_secret_name(name), {"ca.pem": ca, "tls.crt": cert, "tls.key": key}, owner, "federated-server"
+        ),
         _secret(ca_secret_name(name), {"ca.pem": ca}, owner, "federated-client"),
     ]
 
 
-def _container(name: str, args: list[str], env: list[dict[str, Any]], mounts: list[dict[str, Any]],
-               image: str, settings: OperatorSettings, fed: FederatedSettings) -> dict[str, Any]:
+def _container(
+    name: str,
+    args: list[str],
+    env: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+    image: str,
+    settings: OperatorSettings,
+    fed: FederatedSettings,
+) -> dict[str, Any]:
     return {
-        "name": name, "image": image, "imagePullPolicy": settings.converter_image_pull_policy,
-        "command": ["edgemodel"], "args": ["federated", *args], "env": env,
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
-                      "limits": {"cpu": fed.cpu_limit, "memory": fed.memory_limit}},
+        "name": name,
+        "image": image,
+        "imagePullPolicy": settings.converter_image_pull_policy,
+        "command": ["edgemodel"],
+        "args": ["federated", *args],
+        "env": env,
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"cpu": fed.cpu_limit, "memory": fed.memory_limit},
+        },
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [*mounts, {"name": "scratch", "mountPath": SCRATCH_DIR}],
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
 
 
-def _job(owner: Mapping[str, Any], job_name: str, component: str, container: dict[str, Any],
-         volumes: list[dict[str, Any]], settings: OperatorSettings, spec: FederatedTrainingSpec,
-         backoff_limit: int, node: str | None = None, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+def _job(
+    owner: Mapping[str, Any],
+    job_name: str,
+    component: str,
+    container: dict[str, Any],
+    volumes: list[dict[str, Any]],
+    settings: OperatorSettings,
+    spec: FederatedTrainingSpec,
+    backoff_limit: int,
+    node: str | None = None,
+    extra_labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
     meta_labels = {**labels(owner["metadata"]["name"], component), **(extra_labels or {})}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": settings.converter_run_as_user,
-                            "runAsGroup": settings.converter_run_as_group, "fsGroup": settings.converter_fs_group,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.converter_run_as_user,
+            "runAsGroup": settings.converter_run_as_group,
+            "fsGroup": settings.converter_fs_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
         "volumes": [*volumes, {"name": "scratch", "emptyDir": {}}],
     }
@@ -198,13 +252,24 @@ def _job(owner: Mapping[str, Any], job_name: str, component: str, container: dic
         pod_spec["nodeName"] = node
         pod_spec["tolerations"] = [{"operator": "Exists"}]
     job: dict[str, Any] = {
-        "apiVersion": "batch/v1", "kind": "Job",
+        "apiVersion": "batch/v1",
+        "kind": "Job",
         "metadata": {"name": job_name, "labels": meta_labels},
         "spec": {
             "backoffLimit": backoff_limit,
             "activeDeadlineSeconds": spec.deadline_seconds,
-            "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
-                "containerName": container["name"], "operator": "In", "values": [EXIT_BAD_INPUT]}}]},
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": container["name"],
+                            "operator": "In",
+                            "values": [EXIT_BAD_INPUT],
+                        },
+                    }
+                ]
+            },
             "template": {"metadata": {"labels": meta_labels}, "spec": pod_spec},
         },
     }
@@ -212,30 +277,63 @@ def _job(owner: Mapping[str, Any], job_name: str, component: str, container: dic
     return job
 
 
-def _env(owner: Mapping[str, Any], spec: FederatedTrainingSpec, fed: FederatedSettings) -> list[dict[str, Any]]:
-    threads = max(1, int(float(fed.cpu_limit.removesuffix("m")) / (1000 if fed.cpu_limit.endswith("m") else 1)))
-    return [{"name": "EDGEMODEL_FEDERATED_OBJECT", "value": object_json(owner, spec)},
-            {"name": "TMPDIR", "value": SCRATCH_DIR},
-            # torch's intra-op threads = the CPU limit (more only fight over the quota)
-            {"name": "OMP_NUM_THREADS", "value": str(threads)}]
+def _env(
+    owner: Mapping[str, Any], spec: FederatedTrainingSpec, fed: FederatedSettings
+) -> list[dict[str, Any]]:
+    threads = max(
+        1, int(float(fed.cpu_limit.removesuffix("m")) / (1000 if fed.cpu_limit.endswith("m") else 1))
+    )
+    return [
+        {"name": "EDGEMODEL_FEDERATED_OBJECT", "value": object_json(owner, spec)},
+        {"name": "TMPDIR", "value": SCRATCH_DIR},
+        # torch's intra-op threads = the CPU limit (more only fight over the quota)
+        {"name": "OMP_NUM_THREADS", "value": str(threads)},
+    ]
 
 
-def build_server_job(owner: Mapping[str, Any], spec: FederatedTrainingSpec, settings: OperatorSettings,
-                     fed: FederatedSettings) -> dict[str, Any]:
+def build_server_job(
+    owner: Mapping[str, Any], spec: FederatedTrainingSpec, settings: OperatorSettings, fed: FederatedSettings
+) -> dict[str, Any]:
     """The aggregation server: one Pod in the cloud (never on an edge node), the TLS Secret mounted."""
     name = owner["metadata"]["name"]
     env = _env(owner, spec, fed)
     if settings.store_token_secret:
-        env.append({"name": "EDGEMODEL_STORE_TOKEN",
-                    "valueFrom": {"secretKeyRef": {"name": settings.store_token_secret, "key": STORE_TOKEN_KEY}}})
-    container = _container(SERVER_CONTAINER, ["server", "--tls-dir", TLS_DIR, "--store-url", settings.store_url],
-                           env, [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}],
-                           settings.converter_image, settings, fed)
-    container["ports"] = [{"name": "flower", "containerPort": spec.port}, {"name": "status", "containerPort": spec.port + 1}]
+        env.append(
+            {
+                "name": "EDGEMODEL_STORE_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": settings.store_token_secret, "key": STORE_TOKEN_KEY}},
+            }
+        )
+    container = _container(
+        SERVER_CONTAINER,
+        ["server", "--tls-dir", TLS_DIR, "--store-url", settings.store_url],
+        env,
+        [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}],
+        settings.converter_image,
+        settings,
+        fed,
+    )
+    container["ports"] = [
+        {"name": "flower", "containerPort": spec.port},
+        {"name": "status", "containerPort": spec.port + 1},
+    ]
     volumes = [{"name": "tls", "secret": {"secretName": tls_secret_name(name), "defaultMode": 0o440}}]
-    job = _job(owner, server_name(name), "federated-server", container, volumes, settings, spec, backoff_limit=0)
-    job["spec"]["template"]["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": [{"matchExpressions": [{"key": "node-role.kubernetes.io/edge", "operator": "DoesNotExist"}]}]}}}
+    job = _job(
+        owner, server_name(name), "federated-server", container, volumes, settings, spec, backoff_limit=0
+    )
+    job["spec"]["template"]["spec"]["affinity"] = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": "node-role.kubernetes.io/edge", "operator": "DoesNotExist"}
+                        ]
+                    }
+                ]
+            }
+        }
+    }
     return job
 
 
@@ -243,34 +341,61 @@ def build_service(owner: Mapping[str, Any], spec: FederatedTrainingSpec) -> dict
     """The Service the clients (gRPC) and the operator (/status) reach the server through."""
     name = owner["metadata"]["name"]
     service = {
-        "apiVersion": "v1", "kind": "Service",
+        "apiVersion": "v1",
+        "kind": "Service",
         "metadata": {"name": server_name(name), "labels": labels(name, "federated-server")},
-        "spec": {"selector": labels(name, "federated-server"),
-                 "ports": [{"name": "flower", "port": spec.port, "targetPort": spec.port},
-                           {"name": "status", "port": spec.port + 1, "targetPort": spec.port + 1}]},
+        "spec": {
+            "selector": labels(name, "federated-server"),
+            "ports": [
+                {"name": "flower", "port": spec.port, "targetPort": spec.port},
+                {"name": "status", "port": spec.port + 1, "targetPort": spec.port + 1},
+            ],
+        },
     }
     kopf.adopt(service, owner=kopf.Body(dict(owner)))  # type: ignore[arg-type]
     return service
 
 
-def build_client_job(owner: Mapping[str, Any], spec: FederatedTrainingSpec, node: str, server_address: str,
-                     settings: OperatorSettings, fed: FederatedSettings) -> dict[str, Any]:
+def build_client_job(
+    owner: Mapping[str, Any],
+    spec: FederatedTrainingSpec,
+    node: str,
+    server_address: str,
+    settings: OperatorSettings,
+    fed: FederatedSettings,
+) -> dict[str, Any]:
     """One node's training client, pinned to it; spec.data.path's folder is mounted read-only from the node."""
     name = owner["metadata"]["name"]
     args = ["client", "--node", node, "--server", server_address, "--ca", f"{CA_DIR}/ca.pem"]
     mounts = [{"name": "ca", "mountPath": CA_DIR, "readOnly": True}]
-    volumes: list[dict[str, Any]] = [{"name": "ca", "secret": {"secretName": ca_secret_name(name), "defaultMode": 0o444}}]
+    volumes: list[dict[str, Any]] = [
+        {"name": "ca", "secret": {"secretName": ca_secret_name(name), "defaultMode": 0o444}}
+    ]
     if spec.data.path is not None:
         folder = posixpath.dirname(spec.data.path)
         args += ["--data", spec.data.path]
         mounts.append({"name": "data", "mountPath": folder, "readOnly": True})
         volumes.append({"name": "data", "hostPath": {"path": folder, "type": "DirectoryOrCreate"}})
-    container = _container(CLIENT_CONTAINER, args, _env(owner, spec, fed), mounts, settings.converter_image, settings, fed)
-    return _job(owner, client_name(name, node), "federated-client", container, volumes, settings, spec,
-                backoff_limit=fed.client_backoff_limit, node=node, extra_labels={LABEL_NODE: node})
+    container = _container(
+        CLIENT_CONTAINER, args, _env(owner, spec, fed), mounts, settings.converter_image, settings, fed
+    )
+    return _job(
+        owner,
+        client_name(name, node),
+        "federated-client",
+        container,
+        volumes,
+        settings,
+        spec,
+        backoff_limit=fed.client_backoff_limit,
+        node=node,
+        extra_labels={LABEL_NODE: node},
+    )
 
 
-def apply_progress(status: FederatedTrainingStatus, progress: Mapping[str, Any], nodes: int) -> FederatedTrainingStatus:
+def apply_progress(
+    status: FederatedTrainingStatus, progress: Mapping[str, Any], nodes: int
+) -> FederatedTrainingStatus:
     """The status with the server's ``/status`` rounds merged in (by round number, newest last, bounded)."""
     new = status.model_copy(deep=True)
     by_round = {r.round: r for r in new.rounds}
@@ -286,7 +411,9 @@ def apply_progress(status: FederatedTrainingStatus, progress: Mapping[str, Any],
     return new
 
 
-def terminated_message(pods: Sequence[Mapping[str, Any]], container: str) -> tuple[int | None, dict[str, Any]]:
+def terminated_message(
+    pods: Sequence[Mapping[str, Any]], container: str
+) -> tuple[int | None, dict[str, Any]]:
     """(exit code, parsed termination message) of the newest terminated ``container`` among ``pods``."""
     best: tuple[str, int | None, dict[str, Any]] | None = None
     for pod in pods:
@@ -312,5 +439,10 @@ def is_terminal(phase: FederatedPhase) -> bool:
 
 def parse(body: Mapping[str, Any]) -> FederatedTraining:
     """The object as the API model (raises pydantic's ValidationError on a bad spec)."""
-    return FederatedTraining.model_validate({k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")
-                                             if body.get(k) is not None})
+    return FederatedTraining.model_validate(
+        {
+            k: body.get(k)
+            for k in ("apiVersion", "kind", "metadata", "spec", "status")
+            if body.get(k) is not None
+        }
+    )

@@ -71,7 +71,9 @@ class FederatedController:
         try:
             obj = fl.parse(body)
         except ValidationError as exc:
-            problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+            problems = "; ".join(
+                f"spec.{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in exc.errors()
+            )
             status = self._fail(status, "InvalidSpec", problems, generation, outcome)
             outcome.finished = True
         else:
@@ -89,8 +91,13 @@ class FederatedController:
         return outcome.finished
 
     # starting ---------------------------------------------------------------------------------------
-    async def _start(self, body: Mapping[str, Any], obj: FederatedTraining, status: FederatedTrainingStatus,
-                     outcome: Outcome) -> FederatedTrainingStatus:
+    async def _start(
+        self,
+        body: Mapping[str, Any],
+        obj: FederatedTraining,
+        status: FederatedTrainingStatus,
+        outcome: Outcome,
+    ) -> FederatedTrainingStatus:
         spec = obj.spec
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         generation = body["metadata"].get("generation")
@@ -107,17 +114,26 @@ class FederatedController:
         for secret in fl.build_secrets(body, tls.ca, tls.cert, tls.key):
             await self._create(_secrets(namespace), secret)
         await self._create(_services(namespace), fl.build_service(body, spec))
-        await self._create(Paths.jobs(namespace), fl.build_server_job(body, spec, self.runtime.settings, self.settings))
+        await self._create(
+            Paths.jobs(namespace), fl.build_server_job(body, spec, self.runtime.settings, self.settings)
+        )
         for node in nodes:
-            await self._create(Paths.jobs(namespace), fl.build_client_job(
-                body, spec, node, address, self.runtime.settings, self.settings))
+            await self._create(
+                Paths.jobs(namespace),
+                fl.build_client_job(body, spec, node, address, self.runtime.settings, self.settings),
+            )
         new = status.model_copy(deep=True)
         new.phase, new.nodes, new.started_at = FederatedPhase.TRAINING, nodes, now_rfc3339()
         new.clients = f"0/{len(nodes)}"
-        new.conditions = set_condition(new.conditions, "Started", True, "JobsCreated",
-                                       f"aggregation server at {address} and {len(nodes)} clients "
-                                       f"({', '.join(nodes)}), {spec.strategy.name.value}, up to {spec.rounds} rounds",
-                                       generation)
+        new.conditions = set_condition(
+            new.conditions,
+            "Started",
+            True,
+            "JobsCreated",
+            f"aggregation server at {address} and {len(nodes)} clients "
+            f"({', '.join(nodes)}), {spec.strategy.name.value}, up to {spec.rounds} rounds",
+            generation,
+        )
         message = f"Started federated training on {len(nodes)} node(s): {', '.join(nodes)}"
         outcome.events.append(("Normal", "Started", message))
         self.metrics.trainings.labels(outcome="started").inc()
@@ -132,8 +148,13 @@ class FederatedController:
                 raise
 
     # following --------------------------------------------------------------------------------------
-    async def _follow(self, body: Mapping[str, Any], obj: FederatedTraining, status: FederatedTrainingStatus,
-                      outcome: Outcome) -> FederatedTrainingStatus:
+    async def _follow(
+        self,
+        body: Mapping[str, Any],
+        obj: FederatedTraining,
+        status: FederatedTrainingStatus,
+        outcome: Outcome,
+    ) -> FederatedTrainingStatus:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         generation = body["metadata"].get("generation")
         progress = await self._read_progress(namespace, name, obj.spec.port + 1)
@@ -150,8 +171,13 @@ class FederatedController:
         if server is None:
             outcome.finished = True
             await self.cleanup(namespace, name)
-            return self._fail(new, "ServerLost", "the aggregation server's Job was deleted; create the "
-                                                 "FederatedTraining again to restart", generation, outcome)
+            return self._fail(
+                new,
+                "ServerLost",
+                "the aggregation server's Job was deleted; create the FederatedTraining again to restart",
+                generation,
+                outcome,
+            )
         state = job_state(server)
         if state.phase == JobPhase.RUNNING:
             return new
@@ -162,7 +188,9 @@ class FederatedController:
             new = await self._succeed(body, obj, new, message, outcome)
         else:
             reason = str(message.get("reason") or state.reason or "ServerFailed")
-            text = str(message.get("message") or state.message or f"the aggregation server exited with {code}")
+            text = str(
+                message.get("message") or state.message or f"the aggregation server exited with {code}"
+            )
             new = self._fail(new, reason, text, generation, outcome)
         await self.cleanup(namespace, name)
         return new
@@ -186,8 +214,13 @@ class FederatedController:
             return None
         return data if isinstance(data, dict) else None
 
-    def _record_rounds(self, body: Mapping[str, Any], old: FederatedTrainingStatus, new: FederatedTrainingStatus,
-                       outcome: Outcome) -> None:
+    def _record_rounds(
+        self,
+        body: Mapping[str, Any],
+        old: FederatedTrainingStatus,
+        new: FederatedTrainingStatus,
+        outcome: Outcome,
+    ) -> None:
         known = {r.round for r in old.rounds}
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         for record in new.rounds:
@@ -199,53 +232,96 @@ class FederatedController:
 
     async def _bad_client(self, namespace: str, name: str) -> tuple[str, str] | None:
         """(reason, message) of a client that exited with bad input (exit 2): e.g. a node without data."""
-        pods = await self.client.list(Paths.pods(namespace), f"{fl.LABEL_TRAINING}={name},app.kubernetes.io/component=federated-client")
+        pods = await self.client.list(
+            Paths.pods(namespace), f"{fl.LABEL_TRAINING}={name},app.kubernetes.io/component=federated-client"
+        )
         for pod in pods:
             code, message = fl.terminated_message([pod], fl.CLIENT_CONTAINER)
             if code == fl.EXIT_BAD_INPUT:
                 node = (pod.get("spec") or {}).get("nodeName") or "?"
-                return str(message.get("reason") or "ClientFailed"), f"node {node}: {message.get('message') or 'bad input'}"
+                return str(
+                    message.get("reason") or "ClientFailed"
+                ), f"node {node}: {message.get('message') or 'bad input'}"
         return None
 
     # finishing --------------------------------------------------------------------------------------
-    async def _succeed(self, body: Mapping[str, Any], obj: FederatedTraining, status: FederatedTrainingStatus,
-                       result: Mapping[str, Any], outcome: Outcome) -> FederatedTrainingStatus:
+    async def _succeed(
+        self,
+        body: Mapping[str, Any],
+        obj: FederatedTraining,
+        status: FederatedTrainingStatus,
+        result: Mapping[str, Any],
+        outcome: Outcome,
+    ) -> FederatedTrainingStatus:
         from edgemodel.api.federated import TrainedModel
 
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         generation = body["metadata"].get("generation")
         new = status.model_copy(deep=True)
-        model = TrainedModel(uri=str(result["uri"]), sha256=str(result["sha256"]), round=int(result["round"]),
-                             accuracy=float(result.get("accuracy") or 0.0))
+        model = TrainedModel(
+            uri=str(result["uri"]),
+            sha256=str(result["sha256"]),
+            round=int(result["round"]),
+            accuracy=float(result.get("accuracy") or 0.0),
+        )
         new.model, new.phase, new.finished_at = model, FederatedPhase.SUCCEEDED, now_rfc3339()
-        text = f"trained for {model.round} round(s): validation accuracy {model.accuracy:.4f}; model {model.uri}"
+        text = (
+            f"trained for {model.round} round(s): validation accuracy {model.accuracy:.4f}; model {model.uri}"
+        )
         new.conditions = set_condition(new.conditions, "Completed", True, "Trained", text, generation)
         outcome.events.append(("Normal", "Completed", f"Finished federated training: {text}"))
         self.metrics.trainings.labels(outcome="succeeded").inc()
         log.info("Finished FederatedTraining %s/%s: %s", namespace, name, text)
         if obj.spec.edge_model:
-            published = await self._publish(namespace, name, body["metadata"].get("uid", ""), obj.spec.edge_model, model)
+            published = await self._publish(
+                namespace, name, body["metadata"].get("uid", ""), obj.spec.edge_model, model
+            )
             if published is None:
-                new.conditions = set_condition(new.conditions, "ModelPublished", False, "EdgeModelMissing",
-                                               f"spec.edgeModel: EdgeModel {obj.spec.edge_model!r} no longer exists; the "
-                                               f"model stays at {model.uri}", generation)
-                outcome.events.append(("Warning", "EdgeModelMissing", f"EdgeModel {obj.spec.edge_model} is gone"))
+                new.conditions = set_condition(
+                    new.conditions,
+                    "ModelPublished",
+                    False,
+                    "EdgeModelMissing",
+                    f"spec.edgeModel: EdgeModel {obj.spec.edge_model!r} no longer exists; the "
+                    f"model stays at {model.uri}",
+                    generation,
+                )
+                outcome.events.append(
+                    ("Warning", "EdgeModelMissing", f"EdgeModel {obj.spec.edge_model} is gone")
+                )
             else:
-                new.conditions = set_condition(new.conditions, "ModelPublished", True, "SourceUpdated",
-                                               f"EdgeModel {obj.spec.edge_model} (generation {published}) now converts "
-                                               f"and rolls out the trained model", generation)
-                outcome.events.append(("Normal", "ModelPublished",
-                                       f"EdgeModel {obj.spec.edge_model} source set to the trained model"))
+                new.conditions = set_condition(
+                    new.conditions,
+                    "ModelPublished",
+                    True,
+                    "SourceUpdated",
+                    f"EdgeModel {obj.spec.edge_model} (generation {published}) now converts "
+                    f"and rolls out the trained model",
+                    generation,
+                )
+                outcome.events.append(
+                    (
+                        "Normal",
+                        "ModelPublished",
+                        f"EdgeModel {obj.spec.edge_model} source set to the trained model",
+                    )
+                )
         return new
 
-    async def _publish(self, namespace: str, name: str, uid: str, edgemodel: str,
-                       model: Any) -> int | None:
+    async def _publish(self, namespace: str, name: str, uid: str, edgemodel: str, model: Any) -> int | None:
         """Point the EdgeModel's spec.source at the trained model, provenance in an annotation (and, best effort, in
         the message of the revision record it opens); returns the EdgeModel's new generation."""
-        provenance = {"federatedTraining": f"{namespace}/{name}", "uid": uid, "round": model.round,
-                      "accuracy": round(model.accuracy, 6), "sha256": model.sha256}
-        patch = {"metadata": {"annotations": {fl.ANNOTATION_TRAINED_BY: json.dumps(provenance, sort_keys=True)}},
-                 "spec": {"source": {"uri": model.uri, "format": "TorchScript", "sha256": model.sha256}}}
+        provenance = {
+            "federatedTraining": f"{namespace}/{name}",
+            "uid": uid,
+            "round": model.round,
+            "accuracy": round(model.accuracy, 6),
+            "sha256": model.sha256,
+        }
+        patch = {
+            "metadata": {"annotations": {fl.ANNOTATION_TRAINED_BY: json.dumps(provenance, sort_keys=True)}},
+            "spec": {"source": {"uri": model.uri, "format": "TorchScript", "sha256": model.sha256}},
+        }
         try:
             updated = await self.client.patch(Paths.edgemodel(namespace, edgemodel), patch)
         except ApiError as exc:
@@ -253,14 +329,20 @@ class FederatedController:
                 return None
             raise
         generation = int(updated["metadata"].get("generation") or 0)
-        asyncio.get_running_loop().create_task(self._stamp_history(namespace, edgemodel, generation, provenance))
+        asyncio.get_running_loop().create_task(
+            self._stamp_history(namespace, edgemodel, generation, provenance)
+        )
         return generation
 
-    async def _stamp_history(self, namespace: str, edgemodel: str, generation: int, provenance: dict[str, Any]) -> None:
+    async def _stamp_history(
+        self, namespace: str, edgemodel: str, generation: int, provenance: dict[str, Any]
+    ) -> None:
         """Write the provenance into the message of the revision record of ``generation`` once the EdgeModel's
         reconciler opened it (bounded wait; a JSON patch with a test, so a reordered history is never touched)."""
-        text = (f"trained by FederatedTraining {provenance['federatedTraining']} (round {provenance['round']}, "
-                f"validation accuracy {provenance['accuracy']:.4f})")
+        text = (
+            f"trained by FederatedTraining {provenance['federatedTraining']} (round {provenance['round']}, "
+            f"validation accuracy {provenance['accuracy']:.4f})"
+        )
         deadline = asyncio.get_running_loop().time() + HISTORY_STAMP_SECONDS
         while asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(1.0)
@@ -269,24 +351,56 @@ class FederatedController:
                 history = ((body or {}).get("status") or {}).get("history") or []
                 for index, record in enumerate(history):
                     if record.get("generation") == generation:
-                        ops = [{"op": "test", "path": f"/status/history/{index}/generation", "value": generation},
-                               {"op": "add", "path": f"/status/history/{index}/message",
-                                "value": (record.get("message") + "; " if record.get("message") else "") + text}]
-                        await self.client.patch(Paths.edgemodel_status(namespace, edgemodel), ops,
-                                                content_type="application/json-patch+json")
-                        log.info("Recorded the provenance in revision %s of EdgeModel %s/%s", record.get("revision"),
-                                 namespace, edgemodel)
+                        ops = [
+                            {
+                                "op": "test",
+                                "path": f"/status/history/{index}/generation",
+                                "value": generation,
+                            },
+                            {
+                                "op": "add",
+                                "path": f"/status/history/{index}/message",
+                                "value": (record.get("message") + "; " if record.get("message") else "")
+                                + text,
+                            },
+                        ]
+                        await self.client.patch(
+                            Paths.edgemodel_status(namespace, edgemodel),
+                            ops,
+                            content_type="application/json-patch+json",
+                        )
+                        log.info(
+                            "Recorded the provenance in revision %s of EdgeModel %s/%s",
+                            record.get("revision"),
+                            namespace,
+                            edgemodel,
+                        )
                         return
             except ApiError as exc:
                 log.debug("Could not stamp the revision history of %s/%s yet (%s)", namespace, edgemodel, exc)
-        log.info("EdgeModel %s/%s opened no revision for generation %d within %.0f s (suspended?); provenance is in "
-                 "its %s annotation", namespace, edgemodel, generation, HISTORY_STAMP_SECONDS, fl.ANNOTATION_TRAINED_BY)
+        log.info(
+            "EdgeModel %s/%s opened no revision for generation %d within %.0f s (suspended?); provenance is in "
+            "its %s annotation",
+            namespace,
+            edgemodel,
+            generation,
+            HISTORY_STAMP_SECONDS,
+            fl.ANNOTATION_TRAINED_BY,
+        )
 
-    def _fail(self, status: FederatedTrainingStatus, reason: str, message: str, generation: int | None,
-              outcome: Outcome) -> FederatedTrainingStatus:
+    def _fail(
+        self,
+        status: FederatedTrainingStatus,
+        reason: str,
+        message: str,
+        generation: int | None,
+        outcome: Outcome,
+    ) -> FederatedTrainingStatus:
         new = status.model_copy(deep=True)
         new.phase, new.finished_at = FederatedPhase.FAILED, now_rfc3339()
-        new.conditions = set_condition(new.conditions, "Failed", ConditionStatus.TRUE, _camel(reason), message, generation)
+        new.conditions = set_condition(
+            new.conditions, "Failed", ConditionStatus.TRUE, _camel(reason), message, generation
+        )
         outcome.events.append(("Warning", _camel(reason), message))
         self.metrics.trainings.labels(outcome="failed").inc()
         log.warning("FederatedTraining failed (%s): %s", reason, message)
@@ -316,5 +430,7 @@ def _camel(reason: str) -> str:
 
 def _round_text(record: RoundRecord) -> str:
     acc = f"{record.accuracy:.4f}" if record.accuracy is not None else "-"
-    return (f"Round {record.round}: accuracy {acc}, {len(record.participating)} client(s) aggregated, "
-            f"{len(record.dropped)} dropped, {record.bytes_exchanged:,} bytes, {record.seconds:.1f} s")
+    return (
+        f"Round {record.round}: accuracy {acc}, {len(record.participating)} client(s) aggregated, "
+        f"{len(record.dropped)} dropped, {record.bytes_exchanged:,} bytes, {record.seconds:.1f} s"
+    )

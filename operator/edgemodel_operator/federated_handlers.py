@@ -34,8 +34,13 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         await controller.cleanup(namespace or "default", name)
 
 
-async def run_loop(controller: FederatedController, namespace: str, name: str, stopped: kopf.DaemonStopped,
-                   poll_seconds: float) -> None:
+async def run_loop(
+    controller: FederatedController,
+    namespace: str,
+    name: str,
+    stopped: kopf.DaemonStopped,
+    poll_seconds: float,
+) -> None:
     """Reconcile every ``poll_seconds`` until the training is finished or the daemon is stopped."""
     backoff = poll_seconds
     while not stopped:
@@ -45,9 +50,17 @@ async def run_loop(controller: FederatedController, namespace: str, name: str, s
             backoff = poll_seconds
         except (ApiError, ApiUnavailable, TimeoutError) as exc:
             backoff = min(backoff * 2, MAX_BACKOFF)
-            log.warning("Reconcile of FederatedTraining %s/%s failed (%s); retrying in %.0f s", namespace, name, exc, backoff)
+            log.warning(
+                "Reconcile of FederatedTraining %s/%s failed (%s); retrying in %.0f s",
+                namespace,
+                name,
+                exc,
+                backoff,
+            )
         except Exception:
             backoff = min(backoff * 2, MAX_BACKOFF)
-            log.exception("Reconcile of FederatedTraining %s/%s crashed; retrying in %.0f s", namespace, name, backoff)
+            log.exception(
+                "Reconcile of FederatedTraining %s/%s crashed; retrying in %.0f s", namespace, name, backoff
+            )
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stopped.wait(), timeout=backoff)

@@ -46,8 +46,9 @@ class FederatedStack(SystemStack):
             (roots[node] / "train.npz").write_bytes(shard.read_bytes())
         token = self.cluster.add_token(operator_identity())
         kubeconfig = self.cluster.kubeconfig_for(token, "edgemodel-operator")
-        self.run_operator("operator", self.metrics_port, free_port(), ["--standalone"], kubeconfig=kubeconfig,
-                          verbose=True)
+        self.run_operator(
+            "operator", self.metrics_port, free_port(), ["--standalone"], kubeconfig=kubeconfig, verbose=True
+        )
 
     def training(self, name: str) -> dict[str, Any]:
         return self.cluster.get(*FT, name, NS) or {}
@@ -66,9 +67,13 @@ class FederatedStack(SystemStack):
             "model": {"uri": self.files.model.resolve().as_uri()},
             "data": {"path": f"{DATA_DIR}/train.npz"},
             "validation": {"dataUri": self.files.validation.resolve().as_uri(), "targetAccuracy": TARGET},
-            "rounds": 20, "minClients": 2, "maxDropFraction": 0.5, "roundTimeoutSeconds": 30,
+            "rounds": 20,
+            "minClients": 2,
+            "maxDropFraction": 0.5,
+            "roundTimeoutSeconds": 30,
             "training": {"epochs": 3, "learningRate": 0.1},
-            "port": free_port(), "deadlineSeconds": 300,
+            "port": free_port(),
+            "deadlineSeconds": 300,
         }
         body.update(spec)
         return {"apiVersion": FT[0], "kind": FT[1], "metadata": {"name": name, "namespace": NS}, "spec": body}
@@ -76,10 +81,21 @@ class FederatedStack(SystemStack):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FederatedStack]:
-    saved = {k: os.environ.get(k) for k in ("EDGEMODEL_FEDERATED_SERVER_HOST", "EDGEMODEL_FEDERATED_POLL_SECONDS",
-                                              "EDGEMODEL_FEDERATED_CLIENT_BACKOFF_LIMIT")}
-    os.environ.update({"EDGEMODEL_FEDERATED_SERVER_HOST": "127.0.0.1", "EDGEMODEL_FEDERATED_POLL_SECONDS": "0.5",
-                       "EDGEMODEL_FEDERATED_CLIENT_BACKOFF_LIMIT": "0"})
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "EDGEMODEL_FEDERATED_SERVER_HOST",
+            "EDGEMODEL_FEDERATED_POLL_SECONDS",
+            "EDGEMODEL_FEDERATED_CLIENT_BACKOFF_LIMIT",
+        )
+    }
+    os.environ.update(
+        {
+            "EDGEMODEL_FEDERATED_SERVER_HOST": "127.0.0.1",
+            "EDGEMODEL_FEDERATED_POLL_SECONDS": "0.5",
+            "EDGEMODEL_FEDERATED_CLIENT_BACKOFF_LIMIT": "0",
+        }
+    )
     try:
         with FederatedStack(tmp_path_factory.mktemp("federated")) as s:
             yield s
@@ -92,18 +108,37 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FederatedStack]:
 
 
 def failed_condition(training: dict[str, Any]) -> dict[str, Any]:
-    return next((c for c in (training.get("status") or {}).get("conditions") or [] if c["type"] == "Failed"), {})
+    return next(
+        (c for c in (training.get("status") or {}).get("conditions") or [] if c["type"] == "Failed"), {}
+    )
 
 
 def test_training_survives_a_killed_client_and_feeds_the_edgemodel(stack: FederatedStack) -> None:
     assert stack.files is not None
-    stack.apply({"apiVersion": EM[0], "kind": EM[1], "metadata": {"name": "digits", "namespace": NS},
-                 "spec": {"source": {"uri": stack.files.model.resolve().as_uri(), "format": "TorchScript"},
-                          "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
-                          "suspend": True}}, "edgemodel.yaml")
+    stack.apply(
+        {
+            "apiVersion": EM[0],
+            "kind": EM[1],
+            "metadata": {"name": "digits", "namespace": NS},
+            "spec": {
+                "source": {"uri": stack.files.model.resolve().as_uri(), "format": "TorchScript"},
+                "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
+                "suspend": True,
+            },
+        },
+        "edgemodel.yaml",
+    )
     # Fixed rounds (no accuracy target) so that rounds after the kill always happen.
-    stack.apply(stack.manifest("digits-fl", edgeModel="digits", rounds=6, training={"epochs": 2, "learningRate": 0.1},
-                               validation={"dataUri": stack.files.validation.resolve().as_uri()}), "training.yaml")
+    stack.apply(
+        stack.manifest(
+            "digits-fl",
+            edgeModel="digits",
+            rounds=6,
+            training={"epochs": 2, "learningRate": 0.1},
+            validation={"dataUri": stack.files.validation.resolve().as_uri()},
+        ),
+        "training.yaml",
+    )
 
     def status() -> dict[str, Any]:
         return stack.training("digits-fl").get("status") or {}
@@ -112,15 +147,22 @@ def test_training_survives_a_killed_client_and_feeds_the_edgemodel(stack: Federa
     assert status()["phase"] == "Training"
     assert sorted(status()["nodes"]) == sorted(stack.nodes)
     victim = "edge-1"
-    pod = next(p for p in stack.cluster.list_objects("v1", "Pod", NS)
-               if (p["metadata"].get("labels") or {}).get("edgemodel.io/node") == victim)
+    pod = next(
+        p
+        for p in stack.cluster.list_objects("v1", "Pod", NS)
+        if (p["metadata"].get("labels") or {}).get("edgemodel.io/node") == victim
+    )
     pid = stack.cluster.kubelet.pid_of(NS, pod["metadata"]["name"])
     assert pid is not None, "the client of edge-1 is not running"
     killed_after = status()["round"]
     os.kill(pid, signal.SIGKILL)
 
-    final = stack.wait_for("the training to succeed", lambda: status() if status().get("phase") in ("Succeeded", "Failed")
-                           else None, 150, lambda: str(status()))
+    final = stack.wait_for(
+        "the training to succeed",
+        lambda: status() if status().get("phase") in ("Succeeded", "Failed") else None,
+        150,
+        lambda: str(status()),
+    )
     assert final["phase"] == "Succeeded", final
     rounds = final["rounds"]
     assert final["model"]["round"] == 6 == final["round"]
@@ -137,26 +179,44 @@ def test_training_survives_a_killed_client_and_feeds_the_edgemodel(stack: Federa
     edgemodel = stack.cluster.get(*EM, "digits", NS)
     assert edgemodel is not None
     source = edgemodel["spec"]["source"]
-    assert source["uri"] == final["model"]["uri"] and source["uri"].startswith(stack.store_url)
+    assert source["uri"] == final["model"]["uri"]
+    assert source["uri"].startswith(stack.store_url)
     assert source["sha256"] == final["model"]["sha256"]
     provenance = edgemodel["metadata"]["annotations"]["edgemodel.io/trained-by"]
-    assert '"federatedTraining": "default/digits-fl"' in provenance and f'"round": {final["model"]["round"]}' in provenance
+    assert (
+        '"federatedTraining": "default/digits-fl"' in provenance
+    )
+    assert (
+        f'"round": {final["model"]["round"]}' in provenance
+    )
 
     import urllib.request
 
     with urllib.request.urlopen(source["uri"], timeout=10) as resp:
         assert resp.read(4) == b"PK\x03\x04", "the stored model is a TorchScript zip"
-    stack.wait_for("the children to be deleted", lambda: not stack.children("digits-fl"), 30,
-                   lambda: str(stack.children("digits-fl")))
-    events = [e for e in stack.cluster.list_objects("v1", "Event", NS)
-              if (e.get("involvedObject") or {}).get("name") == "digits-fl"]
+    stack.wait_for(
+        "the children to be deleted",
+        lambda: not stack.children("digits-fl"),
+        30,
+        lambda: str(stack.children("digits-fl")),
+    )
+    events = [
+        e
+        for e in stack.cluster.list_objects("v1", "Event", NS)
+        if (e.get("involvedObject") or {}).get("name") == "digits-fl"
+    ]
     assert {"Started", "Completed", "ModelPublished"} <= {e.get("reason") for e in events}
 
 
 def test_a_selector_matching_no_node_starts_nothing(stack: FederatedStack) -> None:
-    stack.apply(stack.manifest("nowhere", selector={"matchLabels": {"edgemodel.io/site": "mars"}}), "nowhere.yaml")
-    training = stack.wait_for("the training to fail", lambda: stack.training("nowhere") if failed_condition(
-        stack.training("nowhere")) else None, 30)
+    stack.apply(
+        stack.manifest("nowhere", selector={"matchLabels": {"edgemodel.io/site": "mars"}}), "nowhere.yaml"
+    )
+    training = stack.wait_for(
+        "the training to fail",
+        lambda: stack.training("nowhere") if failed_condition(stack.training("nowhere")) else None,
+        30,
+    )
     condition = failed_condition(training)
     assert condition["reason"] == "InvalidSpec"
     assert condition["message"].startswith("spec.selector: matches no edge node")
@@ -165,11 +225,21 @@ def test_a_selector_matching_no_node_starts_nothing(stack: FederatedStack) -> No
 
 
 def test_a_node_without_data_fails_naming_the_field_and_cleans_up(stack: FederatedStack) -> None:
-    stack.apply(stack.manifest("nodata", data={"path": "/var/lib/edgemodel/missing/train.npz"}), "nodata.yaml")
-    training = stack.wait_for("the training to fail", lambda: stack.training("nodata") if failed_condition(
-        stack.training("nodata")) else None, 90)
+    stack.apply(
+        stack.manifest("nodata", data={"path": "/var/lib/edgemodel/missing/train.npz"}), "nodata.yaml"
+    )
+    training = stack.wait_for(
+        "the training to fail",
+        lambda: stack.training("nodata") if failed_condition(stack.training("nodata")) else None,
+        90,
+    )
     condition = failed_condition(training)
     assert condition["reason"] == "DataMissing", condition
-    assert "spec.data.path" in condition["message"] and "node edge-" in condition["message"]
-    stack.wait_for("the children to be deleted", lambda: not stack.children("nodata"), 30,
-                   lambda: str(stack.children("nodata")))
+    assert "spec.data.path" in condition["message"]
+    assert "node edge-" in condition["message"]
+    stack.wait_for(
+        "the children to be deleted",
+        lambda: not stack.children("nodata"),
+        30,
+        lambda: str(stack.children("nodata")),
+    )
