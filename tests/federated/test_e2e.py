@@ -183,12 +183,8 @@ def test_training_survives_a_killed_client_and_feeds_the_edgemodel(stack: Federa
     assert source["uri"].startswith(stack.store_url)
     assert source["sha256"] == final["model"]["sha256"]
     provenance = edgemodel["metadata"]["annotations"]["edgemodel.io/trained-by"]
-    assert (
-        '"federatedTraining": "default/digits-fl"' in provenance
-    )
-    assert (
-        f'"round": {final["model"]["round"]}' in provenance
-    )
+    assert '"federatedTraining": "default/digits-fl"' in provenance
+    assert f'"round": {final["model"]["round"]}' in provenance
 
     import urllib.request
 
