@@ -260,3 +260,15 @@ def test_crd_is_generated() -> None:
     schema = version["schema"]["openAPIV3Schema"]["properties"]
     assert "roundTimeoutSeconds" in schema["spec"]["properties"]
     assert "bytesExchanged" in schema["status"]["properties"]["rounds"]["items"]["properties"]
+
+
+def test_cli_has_both_sides() -> None:
+    from edgemodel.cli import build_parser
+
+    parser = build_parser()
+    server = parser.parse_args(["federated", "server", "--tls-dir", "/tls", "--store-url", "http://store:8080"])
+    assert (server.side, str(server.tls_dir), server.store_url) == ("server", "/tls", "http://store:8080")
+    client = parser.parse_args(["federated", "client", "--node", "edge-0", "--server", "h:9092", "--ca", "/ca/ca.pem"])
+    assert (client.side, client.node, client.server) == ("client", "edge-0", "h:9092")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["federated", "client", "--node", "edge-0", "--server", "h:9092"])  # TLS or --insecure
