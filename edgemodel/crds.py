@@ -20,6 +20,7 @@ from pydantic_core import PydanticUndefined, core_schema
 from edgemodel.api import GROUP, VERSION
 from edgemodel.api.edgeagent import EdgeAgentSpec, EdgeAgentStatus
 from edgemodel.api.edgemodel import CROSS_FIELD_RULES, EdgeModelSpec, EdgeModelStatus
+from edgemodel.api.federated import FederatedTrainingSpec, FederatedTrainingStatus
 
 CRD_DIR_NAME = "crds"
 
@@ -218,11 +219,41 @@ def edgeagent_crd() -> dict[str, Any]:
     )
 
 
+def federatedtraining_crd() -> dict[str, Any]:
+    """The FederatedTraining CRD."""
+    spec = structural_schema(FederatedTrainingSpec)
+    spec["x-kubernetes-validations"] = [
+        {"rule": "!has(self.secureAggregation) || !self.secureAggregation",
+         "message": "spec.secureAggregation: SecAgg+ is not available in this version; set false",
+         "fieldPath": ".secureAggregation"},
+        {"rule": "has(self.data.path) != has(self.data.uri)",
+         "message": "spec.data: set exactly one of path (a file on each node) or uri (fetched by each node)",
+         "fieldPath": ".data"},
+    ]
+    columns: list[dict[str, Any]] = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
+        {"name": "Round", "type": "integer", "jsonPath": ".status.round", "description": "Last finished round."},
+        {"name": "Accuracy", "type": "number", "jsonPath": ".status.accuracy",
+         "description": "Validation accuracy of the global model."},
+        {"name": "Clients", "type": "string", "jsonPath": ".status.clients",
+         "description": "Clients aggregated in the last round over nodes selected."},
+        {"name": "EdgeModel", "type": "string", "jsonPath": ".spec.edgeModel", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return _crd(
+        "FederatedTraining", "federatedtrainings", "fedt", "Namespaced", spec, structural_schema(FederatedTrainingStatus),
+        "FederatedTraining trains one model on the local data of many edge nodes with Flower, exchanging model "
+        "updates only; on success the trained model becomes a new revision of the named EdgeModel.",
+        columns,
+    )
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD object, for every CRD of the API."""
     return {
         f"{GROUP}_edgemodels.yaml": edgemodel_crd(),
         f"{GROUP}_edgeagents.yaml": edgeagent_crd(),
+        f"{GROUP}_federatedtrainings.yaml": federatedtraining_crd(),
     }
 
 

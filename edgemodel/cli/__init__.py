@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from edgemodel.cli.dispatch import LazyCli
 
-SUBCOMMANDS = ("crds", "validate", "convert", "store", "agent", "operator")
+SUBCOMMANDS = ("crds", "validate", "convert", "store", "agent", "operator", "federated")
 
 CLI = LazyCli(
     prog="edgemodel",

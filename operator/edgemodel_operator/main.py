@@ -14,7 +14,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from edgemodel.api import GROUP
-from edgemodel_operator import continual, handlers
+from edgemodel_operator import continual, federated_handlers, handlers
 from edgemodel_operator.constants import EDGEMODELS, FINALIZER, LABEL_MANAGED_BY, MANAGER
 from edgemodel_operator.kube import KubeClient, operator_client
 from edgemodel_operator.metrics import OperatorMetrics
@@ -115,6 +115,7 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
         await handlers.unassign_on_delete(runtime, namespace or "default", name, status)
 
     continual.register(registry, runtime)  # continual learning (docs/continual.md)
+    federated_handlers.register(registry, runtime)  # federated training (docs/federated.md)
 
     if settings.webhook_port:
         @kopf.on.validate(*EDGEMODELS, id="validate", registry=registry, operations=["CREATE", "UPDATE"])

@@ -41,4 +41,10 @@ PERMISSIONS: tuple[Permission, ...] = (
                "the conversion Job: created once, followed (watch), replaced when built from another spec"),
     Permission("", "pods", ("list",), "the conversion Pod's termination message holds the ConversionResult"),
     Permission("", "events", ("create",), "Events about EdgeModels (kopf posts them)"),
+    Permission("edgemodel.io", "federatedtrainings", ("get", "list", "watch", "patch"),
+               "FederatedTraining: kopf follows them (daemon), the reconcile reads each fresh"),
+    Permission("edgemodel.io", "federatedtrainings/status", ("patch",), "rounds, accuracy, conditions of a training"),
+    Permission("", "services", ("create", "delete"), "the aggregation server's Service, deleted when training ends"),
+    Permission("", "secrets", ("create", "delete"),
+               "a training's throwaway CA and server certificate (created at start, deleted at the end)"),
 )

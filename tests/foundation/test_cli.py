@@ -47,7 +47,8 @@ def test_crds_print_is_valid_multi_document_yaml() -> None:
 
     result = run("crds")
     docs = list(yaml.safe_load_all(result.stdout))
-    assert [d["metadata"]["name"] for d in docs] == ["edgemodels.edgemodel.io", "edgeagents.edgemodel.io"]
+    assert [d["metadata"]["name"] for d in docs] == ["edgemodels.edgemodel.io", "edgeagents.edgemodel.io",
+                                                          "federatedtrainings.edgemodel.io"]
 
 
 def test_validate_accepts_examples() -> None:

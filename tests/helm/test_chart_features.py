@@ -39,7 +39,8 @@ def test_single_replica_drops_pdb() -> None:
 
 
 def test_crds_switches() -> None:
-    names = {"edgemodels.edgemodel.io", "edgeagents.edgemodel.io", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    names = {"edgemodels.edgemodel.io", "edgeagents.edgemodel.io", "federatedtrainings.edgemodel.io",
+             "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
     kept = find(render({}), "CustomResourceDefinition")
     assert {c["metadata"]["name"] for c in kept} == names
     assert all(c["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for c in kept)
@@ -245,7 +246,7 @@ def test_image_digest_and_pull_secrets() -> None:
 
 def test_kopf_peering_crds_have_their_own_switch() -> None:
     peering = {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
-    ours = {"edgemodels.edgemodel.io", "edgeagents.edgemodel.io"}
+    ours = {"edgemodels.edgemodel.io", "edgeagents.edgemodel.io", "federatedtrainings.edgemodel.io"}
     names = {c["metadata"]["name"] for c in find(render({}), "CustomResourceDefinition")}
     assert names == ours | peering
     without = {c["metadata"]["name"] for c in find(render(SWITCHES["no-kopf-peering-crds"]), "CustomResourceDefinition")}

@@ -1,0 +1,67 @@
+"""Prometheus metrics of federated training (in the operator's registry, served on its /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from edgemodel.api.federated import RoundRecord
+
+
+class FederatedMetrics:
+    """Per training: last round, accuracy, clients per state; totals: bytes, rounds, trainings by outcome."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["namespace", "training"]
+        self.trainings = Counter(
+            "edgemodel_federated_trainings_total",
+            "FederatedTrainings by outcome (started, succeeded, failed).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.round = Gauge(
+            "edgemodel_federated_round",
+            "Last finished round of a FederatedTraining.",
+            labels,
+            registry=registry,
+        )
+        self.accuracy = Gauge(
+            "edgemodel_federated_validation_accuracy",
+            "Validation accuracy of the global model after the last round.",
+            labels,
+            registry=registry,
+        )
+        self.clients = Gauge(
+            "edgemodel_federated_clients",
+            "Clients of the last round by state (participating, dropped).",
+            [*labels, "state"],
+            registry=registry,
+        )
+        self.bytes = Counter(
+            "edgemodel_federated_bytes_total",
+            "Model bytes exchanged with the clients.",
+            labels,
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "edgemodel_federated_dropped_clients_total",
+            "Clients that failed or timed out in a round.",
+            labels,
+            registry=registry,
+        )
+        self.round_seconds = Histogram(
+            "edgemodel_federated_round_seconds",
+            "Wall time of one round.",
+            labels,
+            registry=registry,
+            buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
+        )
+
+    def observe_round(self, namespace: str, training: str, record: RoundRecord) -> None:
+        self.round.labels(namespace, training).set(record.round)
+        if record.accuracy is not None:
+            self.accuracy.labels(namespace, training).set(record.accuracy)
+        self.clients.labels(namespace, training, "participating").set(len(record.participating))
+        self.clients.labels(namespace, training, "dropped").set(len(record.dropped))
+        self.bytes.labels(namespace, training).inc(record.bytes_exchanged)
+        self.dropped.labels(namespace, training).inc(len(record.dropped))
+        self.round_seconds.labels(namespace, training).observe(record.seconds)

@@ -1,0 +1,241 @@
+"""FederatedTraining end to end in the emulated cluster: the real operator (under exactly its RBAC) starts Flower's
+server and one client per node as Pods of the local kubelet, over TLS; one client is killed mid-run and training
+still completes; the EdgeModel's source becomes the trained model. Bad input fails with a condition naming the field
+and leaves nothing running."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.federated.digits import DigitsFiles, write_digits
+from edgemodel_dev.demo.stack import SystemStack
+from edgemodel_dev.net import free_port
+from tests.operator.stack import operator_identity
+
+pytestmark = pytest.mark.slow
+
+NS = "default"
+DATA_DIR = "/var/lib/edgemodel/federated"
+FT = ("edgemodel.io/v1alpha1", "FederatedTraining")
+EM = ("edgemodel.io/v1alpha1", "EdgeModel")
+TARGET = 0.85
+
+
+class FederatedStack(SystemStack):
+    """API emulator + kubelet, the artifact store, 3 edge nodes holding digits shards, and the operator."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.metrics_port = free_port()
+        self.files: DigitsFiles | None = None
+
+    def start(self) -> None:
+        self.start_control_plane()
+        self.start_store()
+        self.nodes = self.cluster.add_nodes(3)
+        roots = {n: self.cluster.kubelet.hostpath_root(n) / DATA_DIR.lstrip("/") for n in self.nodes}
+        self.files = write_digits(self.dir / "digits", self.nodes, iid=True, arch="mlp")
+        for node, shard in self.files.shards.items():
+            roots[node].mkdir(parents=True, exist_ok=True)
+            (roots[node] / "train.npz").write_bytes(shard.read_bytes())
+        token = self.cluster.add_token(operator_identity())
+        kubeconfig = self.cluster.kubeconfig_for(token, "edgemodel-operator")
+        self.run_operator(
+            "operator", self.metrics_port, free_port(), ["--standalone"], kubeconfig=kubeconfig, verbose=True
+        )
+
+    def training(self, name: str) -> dict[str, Any]:
+        return self.cluster.get(*FT, name, NS) or {}
+
+    def children(self, name: str) -> list[str]:
+        found = []
+        for api, kind in (("batch/v1", "Job"), ("v1", "Service"), ("v1", "Secret")):
+            for obj in self.cluster.list_objects(api, kind, NS):
+                if (obj["metadata"].get("labels") or {}).get("edgemodel.io/federated-training") == name:
+                    found.append(f"{kind}/{obj['metadata']['name']}")
+        return found
+
+    def manifest(self, name: str, **spec: Any) -> dict[str, Any]:
+        assert self.files is not None
+        body = {
+            "model": {"uri": self.files.model.resolve().as_uri()},
+            "data": {"path": f"{DATA_DIR}/train.npz"},
+            "validation": {"dataUri": self.files.validation.resolve().as_uri(), "targetAccuracy": TARGET},
+            "rounds": 20,
+            "minClients": 2,
+            "maxDropFraction": 0.5,
+            "roundTimeoutSeconds": 30,
+            "training": {"epochs": 3, "learningRate": 0.1},
+            "port": free_port(),
+            "deadlineSeconds": 300,
+        }
+        body.update(spec)
+        return {"apiVersion": FT[0], "kind": FT[1], "metadata": {"name": name, "namespace": NS}, "spec": body}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FederatedStack]:
+    saved = {
+        k: os.environ.get(k)
+        for k in (
+            "EDGEMODEL_FEDERATED_SERVER_HOST",
+            "EDGEMODEL_FEDERATED_POLL_SECONDS",
+            "EDGEMODEL_FEDERATED_CLIENT_BACKOFF_LIMIT",
+        )
+    }
+    os.environ.update(
+        {
+            "EDGEMODEL_FEDERATED_SERVER_HOST": "127.0.0.1",
+            "EDGEMODEL_FEDERATED_POLL_SECONDS": "0.5",
+            "EDGEMODEL_FEDERATED_CLIENT_BACKOFF_LIMIT": "0",
+        }
+    )
+    try:
+        with FederatedStack(tmp_path_factory.mktemp("federated")) as s:
+            yield s
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def failed_condition(training: dict[str, Any]) -> dict[str, Any]:
+    return next(
+        (c for c in (training.get("status") or {}).get("conditions") or [] if c["type"] == "Failed"), {}
+    )
+
+
+def test_training_survives_a_killed_client_and_feeds_the_edgemodel(stack: FederatedStack) -> None:
+    assert stack.files is not None
+    stack.apply(
+        {
+            "apiVersion": EM[0],
+            "kind": EM[1],
+            "metadata": {"name": "digits", "namespace": NS},
+            "spec": {
+                "source": {"uri": stack.files.model.resolve().as_uri(), "format": "TorchScript"},
+                "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
+                "suspend": True,
+            },
+        },
+        "edgemodel.yaml",
+    )
+    # Fixed rounds (no accuracy target) so that rounds after the kill always happen.
+    stack.apply(
+        stack.manifest(
+            "digits-fl",
+            edgeModel="digits",
+            rounds=6,
+            training={"epochs": 2, "learningRate": 0.1},
+            validation={"dataUri": stack.files.validation.resolve().as_uri()},
+        ),
+        "training.yaml",
+    )
+
+    def status() -> dict[str, Any]:
+        return stack.training("digits-fl").get("status") or {}
+
+    stack.wait_for("round 1 to finish", lambda: status().get("round", 0) >= 1, 120, lambda: str(status()))
+    assert status()["phase"] == "Training"
+    assert sorted(status()["nodes"]) == sorted(stack.nodes)
+    victim = "edge-1"
+    pod = next(
+        p
+        for p in stack.cluster.list_objects("v1", "Pod", NS)
+        if (p["metadata"].get("labels") or {}).get("edgemodel.io/node") == victim
+    )
+    pid = stack.cluster.kubelet.pid_of(NS, pod["metadata"]["name"])
+    assert pid is not None, "the client of edge-1 is not running"
+    killed_after = status()["round"]
+    os.kill(pid, signal.SIGKILL)
+
+    final = stack.wait_for(
+        "the training to succeed",
+        lambda: status() if status().get("phase") in ("Succeeded", "Failed") else None,
+        150,
+        lambda: str(status()),
+    )
+    assert final["phase"] == "Succeeded", final
+    rounds = final["rounds"]
+    assert final["model"]["round"] == 6 == final["round"]
+    assert final["model"]["accuracy"] >= TARGET
+    assert rounds[-1]["accuracy"] >= TARGET
+    later = [r for r in rounds if r["round"] > killed_after + 1]
+    assert later, f"no round after the kill: {rounds}"
+    assert all(victim not in r["participating"] and len(r["participating"]) == 2 for r in later), rounds
+    assert all(r["bytesExchanged"] > 0 and r["seconds"] > 0 and r["loss"] is not None for r in rounds)
+    conditions = {c["type"]: c for c in final["conditions"]}
+    assert conditions["Completed"]["status"] == "True"
+    assert conditions["ModelPublished"]["status"] == "True"
+
+    edgemodel = stack.cluster.get(*EM, "digits", NS)
+    assert edgemodel is not None
+    source = edgemodel["spec"]["source"]
+    assert source["uri"] == final["model"]["uri"]
+    assert source["uri"].startswith(stack.store_url)
+    assert source["sha256"] == final["model"]["sha256"]
+    provenance = edgemodel["metadata"]["annotations"]["edgemodel.io/trained-by"]
+    assert '"federatedTraining": "default/digits-fl"' in provenance
+    assert f'"round": {final["model"]["round"]}' in provenance
+
+    import urllib.request
+
+    with urllib.request.urlopen(source["uri"], timeout=10) as resp:
+        assert resp.read(4) == b"PK\x03\x04", "the stored model is a TorchScript zip"
+    stack.wait_for(
+        "the children to be deleted",
+        lambda: not stack.children("digits-fl"),
+        30,
+        lambda: str(stack.children("digits-fl")),
+    )
+    events = [
+        e
+        for e in stack.cluster.list_objects("v1", "Event", NS)
+        if (e.get("involvedObject") or {}).get("name") == "digits-fl"
+    ]
+    assert {"Started", "Completed", "ModelPublished"} <= {e.get("reason") for e in events}
+
+
+def test_a_selector_matching_no_node_starts_nothing(stack: FederatedStack) -> None:
+    stack.apply(
+        stack.manifest("nowhere", selector={"matchLabels": {"edgemodel.io/site": "mars"}}), "nowhere.yaml"
+    )
+    training = stack.wait_for(
+        "the training to fail",
+        lambda: stack.training("nowhere") if failed_condition(stack.training("nowhere")) else None,
+        30,
+    )
+    condition = failed_condition(training)
+    assert condition["reason"] == "InvalidSpec"
+    assert condition["message"].startswith("spec.selector: matches no edge node")
+    assert training["status"]["phase"] == "Failed"
+    assert stack.children("nowhere") == []
+
+
+def test_a_node_without_data_fails_naming_the_field_and_cleans_up(stack: FederatedStack) -> None:
+    stack.apply(
+        stack.manifest("nodata", data={"path": "/var/lib/edgemodel/missing/train.npz"}), "nodata.yaml"
+    )
+    training = stack.wait_for(
+        "the training to fail",
+        lambda: stack.training("nodata") if failed_condition(stack.training("nodata")) else None,
+        90,
+    )
+    condition = failed_condition(training)
+    assert condition["reason"] == "DataMissing", condition
+    assert "spec.data.path" in condition["message"]
+    assert "node edge-" in condition["message"]
+    stack.wait_for(
+        "the children to be deleted",
+        lambda: not stack.children("nodata"),
+        30,
+        lambda: str(stack.children("nodata")),
+    )
