@@ -1,0 +1,74 @@
+"""Cutting a model into N stages: every stage valid, the chain reproduces the model (FP32 exact, INT8 top-1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgemodel.errors import UserError
+from edgemodel.split.chain import CHAIN_MANIFEST, build_chain, read_chain_manifest, run_chain, split_chain, verify_chain
+from edgemodel.split.graph import find_cut_candidates
+from edgemodel.split.runtime import OrtPart
+from tests.split import models
+
+
+@pytest.mark.parametrize("builder", [models.chain_model, models.residual_model, models.two_input_model])
+def test_every_pair_of_cuts_makes_a_valid_exact_chain(builder: object) -> None:
+    model = builder()  # type: ignore[operator]
+    cuts = [c.tensor for c in find_cut_candidates(model)]
+    samples = models.feeds(model, n=3)
+    for i in range(len(cuts)):
+        for j in range(i + 1, len(cuts)):
+            chain = split_chain(model, [cuts[i], cuts[j]])
+            assert len(chain.stages) == 3
+            for k, stage in enumerate(chain.stages):
+                onnx.checker.check_model(stage)
+                meta = {p.key: p.value for p in stage.metadata_props}
+                assert meta["edgemodel.split.stage"] == f"{k + 1}/3"
+                assert meta["edgemodel.split.role"] == "stage"
+            assert [i.name for i in chain.stages[1].graph.input] == [cuts[i]]
+            assert [o.name for o in chain.stages[1].graph.output] == [cuts[j]]
+            result = verify_chain(model, chain, samples, "fp32")
+            assert result.passed and result.max_abs_diff == 0.0
+
+
+def test_chain_through_the_int8_codec_agrees_on_top1() -> None:
+    model = models.chain_model()
+    cuts = [c.tensor for c in find_cut_candidates(model)]
+    chain = split_chain(model, cuts)  # every cut: the longest chain
+    assert len(chain.stages) == len(cuts) + 1
+    result = verify_chain(model, chain, models.feeds(model, n=8), "int8")
+    assert result.passed and result.top1_agreement == 1.0
+    assert result.max_abs_diff > 0.0  # INT8 features are not exact, only top-1 is the gate
+
+
+def test_cuts_out_of_order_or_invalid_are_refused_naming_the_field() -> None:
+    model = models.residual_model()
+    with pytest.raises(UserError, match="spec.split.stages: .* ordered"):
+        split_chain(model, ["block_relu", "stem_relu"])
+    with pytest.raises(UserError, match="spec.split.cut: 'reluA' cannot be a cut"):
+        split_chain(model, ["stem_relu", "reluA"])
+
+
+def test_build_chain_writes_stages_and_digests(tmp_path: Path) -> None:
+    model = models.residual_model()
+    samples = models.feeds(model, n=4)
+    steps: list[str] = []
+    result = build_chain(model, samples, tmp_path, ["stem_relu", "block_relu"], wire="int8", on_step=steps.append)
+    manifest = read_chain_manifest(tmp_path / CHAIN_MANIFEST)
+    assert manifest == json.loads(json.dumps(result.manifest))
+    assert [s["file"] for s in manifest["stages"]] == ["stage-1.onnx", "stage-2.onnx", "stage-3.onnx"]
+    assert manifest["stages"][1]["cutIn"] == "stem_relu" and manifest["stages"][1]["cutOut"] == "block_relu"
+    assert manifest["verification"]["fp32"]["maxAbsDiff"] == 0.0
+    assert manifest["verification"]["wire"]["top1Agreement"] == 1.0
+    assert len(steps) == 3
+    parts = [OrtPart(p) for p in result.paths]
+    full = OrtPart(model.SerializeToString())
+    for feeds in samples:
+        np.testing.assert_array_equal(run_chain([p.run for p in parts], feeds)["logits"], full.run(feeds)["logits"])
+    with pytest.raises(UserError, match="at least one cut"):
+        build_chain(model, samples, tmp_path / "none", [])
