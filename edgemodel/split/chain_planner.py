@@ -328,6 +328,16 @@ def brute_force(costs: ChainCosts, devices: Sequence[Device], links: ChainLinks,
     return min(plans, key=lambda p: (p.score(), len(p.stages)))
 
 
+def cost_plan(costs: ChainCosts, devices: Sequence[Device], links: ChainLinks, on: Sequence[str],
+              starts: Sequence[int], objective: ChainObjective = ChainObjective.LATENCY) -> ChainPlan:
+    """A given plan (stage devices ``on`` by name, the first segment of every stage after the first) costed."""
+    index = {d.name: i for i, d in enumerate(devices)}
+    missing = [n for n in on if n not in index]
+    if missing or len(starts) != len(on) - 1:
+        raise PlanError(f"plan: devices {missing} unknown or {len(starts)} stage starts for {len(on)} stages")
+    return _Evaluator(costs, devices, links).plan([index[n] for n in on], list(starts), objective)
+
+
 def single_node(costs: ChainCosts, device: Device) -> ChainPlan:
     """The whole model on one device (the baseline a pipeline must beat)."""
     return _Evaluator(costs, [device], ChainLinks()).plan((0,), (), ChainObjective.LATENCY)

@@ -236,12 +236,14 @@ def start_chain(stages: Sequence[Path], cuts: Sequence[str], input_name: str, *,
                 wire: str = "int8", model: str = "model", version: str = "1", tls: dict[str, Path] | None = None,
                 threads: int = 1, log_dir: Path | None = None, cooldown_s: float = 2.0,
                 placement: Callable[[int, int], None] | None = None,
+                via: Callable[[int, StageProcess], str] | None = None,
                 ready_timeout_s: float = 120.0) -> list[StageProcess]:
     """Start one process per stage, the last first (each needs the next one's URL); returns them entry first.
 
     ``tls`` holds ``ca``, ``server_cert``, ``server_key``, ``client_cert``, ``client_key`` (mTLS on
     every hop); ``placement(stage_index, pid)`` runs right after a process starts (e.g. moves it
-    into a CPU-quota cgroup).
+    into a CPU-quota cgroup); ``via(stage_index, next_stage)`` returns the URL stage ``stage_index``
+    reaches the next stage at (e.g. through a link-shaping proxy; default its own URL).
     """
     if len(cuts) != len(stages) - 1:
         raise ValueError(f"cuts: {len(stages)} stages need {len(stages) - 1} cuts, got {len(cuts)}")
@@ -254,7 +256,8 @@ def start_chain(stages: Sequence[Path], cuts: Sequence[str], input_name: str, *,
                    "--index", str(index), "--cut-in", cut_in, "--model", model, "--version", version,
                    "--wire", wire, "--threads", str(threads), "--cooldown-s", str(cooldown_s)]
             if next_url:
-                cmd += ["--next-url", next_url, "--next-cut", next_cut]
+                url = via(index, started[-1]) if via is not None else next_url
+                cmd += ["--next-url", url, "--next-cut", next_cut]
             if index == 1 and full is not None:
                 cmd += ["--full", str(full)]
             if tls:

@@ -11,6 +11,7 @@ import pytest
 
 from edgemodel.errors import UserError
 from edgemodel.split.chain import CHAIN_MANIFEST, build_chain, read_chain_manifest, run_chain, split_chain, verify_chain
+from edgemodel.split.codec import WireFormat
 from edgemodel.split.graph import find_cut_candidates
 from edgemodel.split.runtime import OrtPart
 from tests.split import models
@@ -33,7 +34,8 @@ def test_every_pair_of_cuts_makes_a_valid_exact_chain(builder: object) -> None:
             assert [i.name for i in chain.stages[1].graph.input] == [cuts[i]]
             assert [o.name for o in chain.stages[1].graph.output] == [cuts[j]]
             result = verify_chain(model, chain, samples, "fp32")
-            assert result.passed and result.max_abs_diff == 0.0
+            # ORT may fuse differently across a cut: float rounding only, far below the 1e-4 gate
+            assert result.passed and result.max_abs_diff < 1e-6
 
 
 def test_chain_through_the_int8_codec_agrees_on_top1() -> None:
@@ -63,12 +65,16 @@ def test_build_chain_writes_stages_and_digests(tmp_path: Path) -> None:
     assert manifest == json.loads(json.dumps(result.manifest))
     assert [s["file"] for s in manifest["stages"]] == ["stage-1.onnx", "stage-2.onnx", "stage-3.onnx"]
     assert manifest["stages"][1]["cutIn"] == "stem_relu" and manifest["stages"][1]["cutOut"] == "block_relu"
-    assert manifest["verification"]["fp32"]["maxAbsDiff"] == 0.0
+    assert manifest["verification"]["fp32"]["maxAbsDiff"] < 1e-6
     assert manifest["verification"]["wire"]["top1Agreement"] == 1.0
     assert len(steps) == 3
     parts = [OrtPart(p) for p in result.paths]
     full = OrtPart(model.SerializeToString())
     for feeds in samples:
-        np.testing.assert_array_equal(run_chain([p.run for p in parts], feeds)["logits"], full.run(feeds)["logits"])
+        here = run_chain([p.run for p in parts], feeds)["logits"]
+        # FP32 on the wire is lossless: through the codec the chain gives bit for bit what it gives in process
+        np.testing.assert_array_equal(run_chain([p.run for p in parts], feeds, WireFormat.parse("fp32+zstd"))["logits"],
+                                      here)
+        np.testing.assert_allclose(here, full.run(feeds)["logits"], rtol=1e-5, atol=1e-6)
     with pytest.raises(UserError, match="at least one cut"):
         build_chain(model, samples, tmp_path / "none", [])

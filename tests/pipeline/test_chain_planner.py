@@ -68,17 +68,21 @@ def test_dp_matches_brute_force_on_random_graphs(objective: ChainObjective) -> N
 
 
 def test_latency_is_sum_and_throughput_is_bottleneck() -> None:
-    # 4 equal segments of 10 ms, three equal devices, a fast link: throughput wants 3 stages
-    costs = ChainCosts(["a", "b", "c"], [10, 10, 10, 10], [1000, 1000, 1000], 40)
+    # 3 equal segments of 10 ms, three equal devices, a fast link: throughput wants 3 stages, latency 1
+    costs = ChainCosts(["a", "b"], [10, 10, 10], [1000, 1000], 40)
     devices = [Device("e0"), Device("e1"), Device("e2")]
     links = ChainLinks(Link(1000, 1))
     lat = plan_chain(costs, devices, links, ChainObjective.LATENCY)
-    assert lat.devices == ["e0"] and lat.latency_ms == pytest.approx(40)
+    assert lat.devices == ["e0"] and lat.latency_ms == pytest.approx(30)
     thr = plan_chain(costs, devices, links, ChainObjective.THROUGHPUT)
-    assert len(thr.stages) == 3
-    assert thr.period_ms == pytest.approx(20)  # 4 segments over 3 stages: the largest holds 2
-    assert thr.latency_ms == pytest.approx(40 + 2 * (1 + 8 * 1040 / 1e9 * 1e3))
-    assert "period 20.00 ms" in format_chain(thr)
+    assert thr.devices == ["e0", "e1", "e2"]
+    assert thr.period_ms == pytest.approx(10)
+    assert thr.latency_ms == pytest.approx(30 + 2 * (1 + 8 * 1040 / 1e9 * 1e3))
+    # 4 segments over 3 devices: the period is 20 with 2 or 3 stages; the tie goes to the lower latency
+    four = plan_chain(ChainCosts(["a", "b", "c"], [10, 10, 10, 10], [1000] * 3, 40), devices, links,
+                      ChainObjective.THROUGHPUT)
+    assert four.period_ms == pytest.approx(20) and len(four.stages) == 2
+    assert "period 10.00 ms" in format_chain(thr)
 
 
 def test_slow_entry_offloads_to_fast_devices_for_latency() -> None:
