@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from edgemodel.api import EdgeModelSpec
-from edgemodel.api.edgemodel import CROSS_FIELD_RULES
+from edgemodel.api.edgemodel import CROSS_FIELD_RULES, Split
 from edgemodel.split.chain_planner import ChainCosts, ChainObjective
 from edgemodel.split.planner import PlanError
 from edgemodel_operator.pipeline import (
@@ -121,3 +121,31 @@ def test_plan_check_flags_a_stage_slower_than_predicted() -> None:
     verdict = check_plan(s.split, COSTS, serving, nodes, slow)
     assert not verdict.current and verdict.reason == "BetterPlanMeasured"
     assert verdict.better is not None and verdict.better.period_ms < max(slow.values())
+
+
+PIPELINE_RULES = [r for r in CROSS_FIELD_RULES if r.field.startswith("spec.split.stages") or "self.split.stages" in r.cel]
+
+
+@pytest.mark.parametrize("split", [
+    {"cut": "auto", "link": {"bandwidthMbitS": 1}, "stages": {"pool": {}}},
+    {"link": {"bandwidthMbitS": 1}, "stages": {"count": 1, "pool": {}}},
+    {"link": {"bandwidthMbitS": 1}, "stages": {"count": "17", "pool": {}}},
+    {"link": {"bandwidthMbitS": 1}, "stages": {"count": "x3", "pool": {}}},
+    {"link": {"bandwidthMbitS": 1}, "stages": {"count": 3, "cuts": ["a"], "pool": {}}},
+    {"link": {"bandwidthMbitS": 1}, "stages": {"count": "3", "cuts": ["a", "b"], "pool": {}}},
+    {"link": {"bandwidthMbitS": 1}, "stages": {"count": 3, "pool": {}}},
+    {"link": {"bandwidthMbitS": 1}, "stages": {"count": "auto", "stageSelectors": [{}]}},
+    {"link": {"bandwidthMbitS": 1}, "stages": {"pool": {}, "stageSelectors": [{}]}},
+    {"link": {"bandwidthMbitS": 1}, "stages": {}},
+    {"stages": {"pool": {}}},
+    {"cut": "auto", "link": {"bandwidthMbitS": 1}},
+])
+def test_cel_rules_agree_with_the_python_rules(split: dict[str, Any]) -> None:
+    """The API server (CEL in the CRD) and the webhook/CLI (Python) judge every pipeline spec alike."""
+    from edgemodel_dev.cel import compile_rule, evaluate
+
+    doc = {**BASE, "split": split}
+    parsed = EdgeModelSpec.model_construct(split=Split.model_validate(split))
+    assert PIPELINE_RULES
+    for rule in PIPELINE_RULES:
+        assert bool(evaluate(compile_rule(rule.cel), {"self": doc})) == bool(rule.check(parsed)), (rule.field, split)
