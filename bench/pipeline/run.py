@@ -92,8 +92,21 @@ class Proxies:
         self.mbit, self.rtt_ms, self.procs = mbit, rtt_ms, []  # type: ignore[var-annotated]
 
     def to(self, _index: int, stage: StageProcess) -> str:
-        proc = subprocess.Popen([sys.executable, "-m", "edgemodel.split.shaping", "--upstream", f"127.0.0.1:{stage.port}",
-                                 "--mbit", str(self.mbit), "--rtt-ms", str(self.rtt_ms)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgemodel.split.shaping",
+                "--upstream",
+                f"127.0.0.1:{stage.port}",
+                "--mbit",
+                str(self.mbit),
+                "--rtt-ms",
+                str(self.rtt_ms),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.procs.append(proc)
         assert proc.stdout is not None
         line = proc.stdout.readline()  # "listening 127.0.0.1:PORT -> ..."
@@ -107,11 +120,18 @@ class Proxies:
         self.procs.clear()
 
 
-async def measure(url: str, tls: TlsFiles, image: np.ndarray, seconds: float, concurrency: int,
-                  kill: StageProcess | None = None) -> dict[str, Any]:
+async def measure(
+    url: str,
+    tls: TlsFiles,
+    image: np.ndarray,
+    seconds: float,
+    concurrency: int,
+    kill: StageProcess | None = None,
+) -> dict[str, Any]:
     """Sequential latency (10 requests) then closed-loop throughput; optionally kill a stage midway."""
-    async with RemoteTail(url, "resnet18", "1", "input", wire=WireFormat.parse("fp32"), tls=tls, timeout_s=120,
-                          cooldown_s=0) as client:
+    async with RemoteTail(
+        url, "resnet18", "1", "input", wire=WireFormat.parse("fp32"), tls=tls, timeout_s=120, cooldown_s=0
+    ) as client:
         feeds = {"input": image}
         await client.infer(feeds)  # warm the chain
         lat = []
@@ -137,9 +157,15 @@ async def measure(url: str, tls: TlsFiles, image: np.ndarray, seconds: float, co
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - t0
-    out: dict[str, Any] = {"latencyMedianMs": statistics.median(lat) * 1e3, "latencyMinMs": min(lat) * 1e3,
-                           "requests": len(done), "errors": len(errors), "errorSamples": errors[:3],
-                           "throughputRps": len(done) / elapsed, "seconds": elapsed}
+    out: dict[str, Any] = {
+        "latencyMedianMs": statistics.median(lat) * 1e3,
+        "latencyMinMs": min(lat) * 1e3,
+        "requests": len(done),
+        "errors": len(errors),
+        "errorSamples": errors[:3],
+        "throughputRps": len(done) / elapsed,
+        "seconds": elapsed,
+    }
     if killed_at:
         after = sorted(t - killed_at[0] for t in done if t > killed_at[0])
         out["killedAfterS"] = killed_at[0] - t0
@@ -161,12 +187,25 @@ def metrics(stage: StageProcess, tls: TlsFiles) -> dict[str, float]:
     return found
 
 
-def serve_and_measure(plan: ChainPlan, model_path: Path, work: Path, groups: dict[str, Path], pki: Any,
-                      args: argparse.Namespace, image: np.ndarray, kill_last: bool = False) -> dict[str, Any]:
+def serve_and_measure(
+    plan: ChainPlan,
+    model_path: Path,
+    work: Path,
+    groups: dict[str, Path],
+    pki: Any,
+    args: argparse.Namespace,
+    image: np.ndarray,
+    kill_last: bool = False,
+) -> dict[str, Any]:
     tag = "-".join(plan.devices) + "@" + ",".join(plan.cuts) if plan.cuts else plan.devices[0]
     out_dir = work / f"chain-{abs(hash(tag)) % 10**8}"
-    tls_files = {"ca": pki.ca, "server_cert": pki.server_cert, "server_key": pki.server_key,
-                 "client_cert": pki.client_cert, "client_key": pki.client_key}
+    tls_files = {
+        "ca": pki.ca,
+        "server_cert": pki.server_cert,
+        "server_key": pki.server_key,
+        "client_cert": pki.client_cert,
+        "client_key": pki.client_key,
+    }
     if plan.cuts:
         stages = build_chain(model_path, [{"input": image}], out_dir, plan.cuts, wire="fp32").paths
     else:
@@ -178,20 +217,43 @@ def serve_and_measure(plan: ChainPlan, model_path: Path, work: Path, groups: dic
         (groups[names[index - 1]] / "cgroup.procs").write_text(str(pid))
 
     log.info("Serving %s", tag)
-    procs = start_chain(stages, plan.cuts, "input", full=model_path if plan.cuts else None, wire=args.wire,
-                        model="resnet18", tls=tls_files, log_dir=out_dir if plan.cuts else work, placement=place,
-                        via=proxies.to, cooldown_s=1.0, threads=1)
+    procs = start_chain(
+        stages,
+        plan.cuts,
+        "input",
+        full=model_path if plan.cuts else None,
+        wire=args.wire,
+        model="resnet18",
+        tls=tls_files,
+        log_dir=out_dir if plan.cuts else work,
+        placement=place,
+        via=proxies.to,
+        cooldown_s=1.0,
+        threads=1,
+    )
     tls = TlsFiles(pki.ca, pki.client_cert, pki.client_key)
     try:
-        result = asyncio.run(measure(procs[0].url, tls, image, args.seconds, args.concurrency,
-                                     kill=procs[-1] if kill_last and len(procs) > 1 else None))
+        result = asyncio.run(
+            measure(
+                procs[0].url,
+                tls,
+                image,
+                args.seconds,
+                args.concurrency,
+                kill=procs[-1] if kill_last and len(procs) > 1 else None,
+            )
+        )
         result["entryPaths"] = metrics(procs[0], tls)
     finally:
         for p in procs:
             p.stop()
         proxies.close()
-    result.update(plan=tag, predictedLatencyMs=plan.latency_ms, predictedPeriodMs=plan.period_ms,
-                  predictedThroughputRps=plan.throughput_rps)
+    result.update(
+        plan=tag,
+        predictedLatencyMs=plan.latency_ms,
+        predictedPeriodMs=plan.period_ms,
+        predictedThroughputRps=plan.throughput_rps,
+    )
     log.info("%s: %s", tag, {k: v for k, v in result.items() if k != "errorSamples"})
     return result
 
@@ -200,7 +262,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=12.0, help="closed-loop time per plan")
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--alternatives", type=int, default=4, help="other plans measured besides the planner's")
+    parser.add_argument(
+        "--alternatives", type=int, default=4, help="other plans measured besides the planner's"
+    )
     parser.add_argument("--mbit", type=float, default=100.0)
     parser.add_argument("--rtt-ms", type=float, default=2.0)
     parser.add_argument("--wire", default="int8")
@@ -216,13 +280,21 @@ def main() -> int:
     cuts = find_cut_candidates(model)
     log.info("Profiling %d cuts here (reference, 1 thread)", len(cuts))
     profile = profile_split(model, {"input": image}, threads=1, runs=6, warmup=1, wire_formats=(args.wire,))
-    costs = ChainCosts.from_cumulative([c.tensor for c in profile.cuts], [c.head_ms for c in profile.cuts],
-                                       profile.full_ms, [c.feature_bytes[args.wire] for c in profile.cuts],
-                                       profile.output_bytes,
-                                       codec_ms=[c.encode_ms[args.wire] + c.decode_ms[args.wire] for c in profile.cuts])
+    costs = ChainCosts.from_cumulative(
+        [c.tensor for c in profile.cuts],
+        [c.head_ms for c in profile.cuts],
+        profile.full_ms,
+        [c.feature_bytes[args.wire] for c in profile.cuts],
+        profile.output_bytes,
+        codec_ms=[c.encode_ms[args.wire] + c.decode_ms[args.wire] for c in profile.cuts],
+    )
     pki = make_pki(args.workdir / "pki")
-    results: dict[str, Any] = {"settings": vars(args) | {"workdir": str(args.workdir), "out": str(args.out)},
-                               "cpus": CPUS, "referenceFullMs": profile.full_ms, "cuts": len(cuts)}
+    results: dict[str, Any] = {
+        "settings": vars(args) | {"workdir": str(args.workdir), "out": str(args.out)},
+        "cpus": CPUS,
+        "referenceFullMs": profile.full_ms,
+        "cuts": len(cuts),
+    }
     with cgroups(CPUS) as groups:
         singles = {}
         for name in CPUS:
@@ -236,21 +308,29 @@ def main() -> int:
         objective = ChainObjective(args.objective)
         chosen = plan_chain(costs, devices, links, objective)
         log.info("Planner's choice:\n%s", format_chain(chosen))
-        ranked = sorted((p for p in enumerate_plans(costs, devices, links, objective) if len(p.stages) > 1),
-                        key=lambda p: p.score())
+        ranked = sorted(
+            (p for p in enumerate_plans(costs, devices, links, objective) if len(p.stages) > 1),
+            key=lambda p: p.score(),
+        )
         others = [p for p in ranked if p.stages != chosen.stages][: args.alternatives]
-        measured = [serve_and_measure(p, bench.onnx_path, args.workdir, groups, pki, args, image)
-                    for p in [chosen, *others]]
+        measured = [
+            serve_and_measure(p, bench.onnx_path, args.workdir, groups, pki, args, image)
+            for p in [chosen, *others]
+        ]
         results["plans"] = measured
         results["chosen"] = chosen.to_dict()
-        results["fault"] = serve_and_measure(chosen, bench.onnx_path, args.workdir, groups, pki, args, image,
-                                             kill_last=True)
+        results["fault"] = serve_and_measure(
+            chosen, bench.onnx_path, args.workdir, groups, pki, args, image, kill_last=True
+        )
     key = "throughputRps"
     best_single_thr = max(r[key] for r in singles.values())
     best_single_lat = min(r["latencyMedianMs"] for r in singles.values())
     chosen_m = measured[0]
-    best_measured = max(measured, key=lambda r: r[key]) if objective is ChainObjective.THROUGHPUT else \
-        min(measured, key=lambda r: r["latencyMedianMs"])
+    best_measured = (
+        max(measured, key=lambda r: r[key])
+        if objective is ChainObjective.THROUGHPUT
+        else min(measured, key=lambda r: r["latencyMedianMs"])
+    )
     results["summary"] = {
         "chosenPlan": chosen_m["plan"],
         "throughputVsBestSingle": chosen_m[key] / best_single_thr,
@@ -258,8 +338,11 @@ def main() -> int:
         "latencyEntryAloneOverChosen": singles["entry"]["latencyMedianMs"] / chosen_m["latencyMedianMs"],
         "latencyBestSingleOverChosen": best_single_lat / chosen_m["latencyMedianMs"],
         "bestMeasuredPlan": best_measured["plan"],
-        "chosenVsBestMeasured": (best_measured[key] / chosen_m[key] if objective is ChainObjective.THROUGHPUT
-                                 else chosen_m["latencyMedianMs"] / best_measured["latencyMedianMs"]),
+        "chosenVsBestMeasured": (
+            best_measured[key] / chosen_m[key]
+            if objective is ChainObjective.THROUGHPUT
+            else chosen_m["latencyMedianMs"] / best_measured["latencyMedianMs"]
+        ),
         "faultErrors": results["fault"]["errors"],
         "faultFirstAnswerAfterKillS": results["fault"].get("firstAnswerAfterKillS"),
         "faultLongestGapAfterKillS": results["fault"].get("longestGapAfterKillS"),

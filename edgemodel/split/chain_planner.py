@@ -51,7 +51,9 @@ class Device:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.slowdown) and self.slowdown > 0):
-            raise PlanError(f"devices[{self.name}].slowdown: {self.slowdown} must be a positive number, e.g. 4")
+            raise PlanError(
+                f"devices[{self.name}].slowdown: {self.slowdown} must be a positive number, e.g. 4"
+            )
         if self.memory_bytes is not None and self.memory_bytes <= 0:
             raise PlanError(f"devices[{self.name}].memoryBytes: {self.memory_bytes} must be > 0 or unset")
 
@@ -66,7 +68,9 @@ class ChainLinks:
     def get(self, a: str, b: str) -> Link:
         link = self.between.get((a, b)) or self.between.get((b, a)) or self.default
         if link is None:
-            raise PlanError(f"links: no link between {a!r} and {b!r}; declare it (or a default link) or measure it")
+            raise PlanError(
+                f"links: no link between {a!r} and {b!r}; declare it (or a default link) or measure it"
+            )
         return link
 
 
@@ -86,12 +90,18 @@ class ChainCosts:
     def __post_init__(self) -> None:
         k = len(self.cuts)
         if len(self.segment_ms) != k + 1:
-            raise PlanError(f"costs.segmentMs: has {len(self.segment_ms)} entries, needs {k + 1} "
-                            f"({k} cuts make {k + 1} segments)")
+            raise PlanError(
+                f"costs.segmentMs: has {len(self.segment_ms)} entries, needs {k + 1} "
+                f"({k} cuts make {k + 1} segments)"
+            )
         if len(self.feature_bytes) != k:
-            raise PlanError(f"costs.featureBytes: has {len(self.feature_bytes)} entries, needs {k} (one per cut)")
+            raise PlanError(
+                f"costs.featureBytes: has {len(self.feature_bytes)} entries, needs {k} (one per cut)"
+            )
         if self.segment_bytes and len(self.segment_bytes) != k + 1:
-            raise PlanError(f"costs.segmentBytes: has {len(self.segment_bytes)} entries, needs {k + 1} or none")
+            raise PlanError(
+                f"costs.segmentBytes: has {len(self.segment_bytes)} entries, needs {k + 1} or none"
+            )
         if self.codec_ms and len(self.codec_ms) != k:
             raise PlanError(f"costs.codecMs: has {len(self.codec_ms)} entries, needs {k} or none")
         if not all(math.isfinite(v) and v >= 0 for v in (*self.segment_ms, *self.codec_ms)):
@@ -104,9 +114,17 @@ class ChainCosts:
         return len(self.segment_ms)
 
     @classmethod
-    def from_cumulative(cls, cuts: Sequence[str], head_ms: Sequence[float], full_ms: float,
-                        feature_bytes: Sequence[int], output_bytes: int, head_bytes: Sequence[int] = (),
-                        full_bytes: int = 0, codec_ms: Sequence[float] = ()) -> ChainCosts:
+    def from_cumulative(
+        cls,
+        cuts: Sequence[str],
+        head_ms: Sequence[float],
+        full_ms: float,
+        feature_bytes: Sequence[int],
+        output_bytes: int,
+        head_bytes: Sequence[int] = (),
+        full_bytes: int = 0,
+        codec_ms: Sequence[float] = (),
+    ) -> ChainCosts:
         """Costs from the measured head latency (and head weight bytes) at every cut; negatives from noise clip to 0."""
         if len(head_ms) != len(cuts):
             raise PlanError(f"costs: {len(cuts)} cuts but {len(head_ms)} head latencies; measure one per cut")
@@ -116,8 +134,14 @@ class ChainCosts:
         if head_bytes:
             sizes = [0, *head_bytes, full_bytes]
             segment_bytes = [max(0, b - a) for a, b in itertools.pairwise(sizes)]
-        return cls(tuple(cuts), tuple(segment_ms), tuple(feature_bytes), output_bytes, tuple(segment_bytes),
-                   tuple(codec_ms))
+        return cls(
+            tuple(cuts),
+            tuple(segment_ms),
+            tuple(feature_bytes),
+            output_bytes,
+            tuple(segment_bytes),
+            tuple(codec_ms),
+        )
 
 
 @dataclass(frozen=True)
@@ -137,9 +161,16 @@ class Stage:
     weight_bytes: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "segments": [self.first, self.last], "cutIn": self.cut_in,
-                "cutOut": self.cut_out, "computeMs": round(self.compute_ms, 4), "hopMs": round(self.hop_ms, 4),
-                "sendMs": round(self.send_ms, 4), "weightBytes": self.weight_bytes}
+        return {
+            "device": self.device,
+            "segments": [self.first, self.last],
+            "cutIn": self.cut_in,
+            "cutOut": self.cut_out,
+            "computeMs": round(self.compute_ms, 4),
+            "hopMs": round(self.hop_ms, 4),
+            "sendMs": round(self.send_ms, 4),
+            "weightBytes": self.weight_bytes,
+        }
 
 
 @dataclass(frozen=True)
@@ -175,9 +206,15 @@ class ChainPlan:
         return (self.latency_ms, self.period_ms)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"objective": self.objective.value, "devices": self.devices, "cuts": self.cuts,
-                "latencyMs": round(self.latency_ms, 4), "periodMs": round(self.period_ms, 4),
-                "throughputRps": round(self.throughput_rps, 3), "stages": [s.to_dict() for s in self.stages]}
+        return {
+            "objective": self.objective.value,
+            "devices": self.devices,
+            "cuts": self.cuts,
+            "latencyMs": round(self.latency_ms, 4),
+            "periodMs": round(self.period_ms, 4),
+            "throughputRps": round(self.throughput_rps, 3),
+            "stages": [s.to_dict() for s in self.stages],
+        }
 
 
 def _check(costs: ChainCosts, devices: Sequence[Device], stages: int | None, max_stages: int | None) -> None:
@@ -187,8 +224,10 @@ def _check(costs: ChainCosts, devices: Sequence[Device], stages: int | None, max
     if len(set(names)) != len(names):
         raise PlanError(f"devices: names must be unique, got {names}")
     if stages is not None and not 1 <= stages <= min(len(devices), costs.segments):
-        raise PlanError(f"stages: {stages} must be between 1 and {min(len(devices), costs.segments)} "
-                        f"({len(devices)} devices, {costs.segments} segments); or use auto")
+        raise PlanError(
+            f"stages: {stages} must be between 1 and {min(len(devices), costs.segments)} "
+            f"({len(devices)} devices, {costs.segments} segments); or use auto"
+        )
     if max_stages is not None and max_stages < 1:
         raise PlanError(f"maxStages: {max_stages} must be >= 1")
 
@@ -199,7 +238,9 @@ class _Evaluator:
     def __init__(self, costs: ChainCosts, devices: Sequence[Device], links: ChainLinks) -> None:
         self.costs, self.devices, self.links = costs, devices, links
         self.prefix_ms = list(itertools.accumulate(costs.segment_ms, initial=0.0))
-        self.prefix_bytes = list(itertools.accumulate(costs.segment_bytes, initial=0)) if costs.segment_bytes else []
+        self.prefix_bytes = (
+            list(itertools.accumulate(costs.segment_bytes, initial=0)) if costs.segment_bytes else []
+        )
 
     def weight(self, first: int, last: int) -> int:
         return self.prefix_bytes[last + 1] - self.prefix_bytes[first] if self.prefix_bytes else 0
@@ -226,14 +267,21 @@ class _Evaluator:
         """``bounds`` = the first segment of every stage after the first."""
         starts, ends = [0, *bounds], [*(b - 1 for b in bounds), self.costs.segments - 1]
         nexts: list[int | None] = [*devices[1:], None]
-        return ChainPlan(tuple(self.stage(d, s, e, n) for d, s, e, n in zip(devices, starts, ends, nexts, strict=True)),
-                         objective)
+        return ChainPlan(
+            tuple(self.stage(d, s, e, n) for d, s, e, n in zip(devices, starts, ends, nexts, strict=True)),
+            objective,
+        )
 
 
-def plan_chain(costs: ChainCosts, devices: Sequence[Device], links: ChainLinks,
-               objective: ChainObjective = ChainObjective.LATENCY, stages: int | None = None,
-               max_stages: int | None = None,
-               allowed: Sequence[frozenset[str] | None] | None = None) -> ChainPlan:
+def plan_chain(
+    costs: ChainCosts,
+    devices: Sequence[Device],
+    links: ChainLinks,
+    objective: ChainObjective = ChainObjective.LATENCY,
+    stages: int | None = None,
+    max_stages: int | None = None,
+    allowed: Sequence[frozenset[str] | None] | None = None,
+) -> ChainPlan:
     """The best pipeline (exact DP over segments covered x last device x stages used).
 
     ``stages`` fixes the number of stages (None: any number up to ``max_stages``, i.e. ``auto``);
@@ -287,8 +335,10 @@ def plan_chain(costs: ChainCosts, devices: Sequence[Device], links: ChainLinks,
                         break  # weights only grow with e
                     for d_next in range(d + 1, n_dev):
                         if ok(s, d_next):
-                            offer((e + 1, d_next, s + 1), (add(score, ev.stage(d, b, e, d_next)), (*devs, d_next),
-                                                           (*bounds, e + 1)))
+                            offer(
+                                (e + 1, d_next, s + 1),
+                                (add(score, ev.stage(d, b, e, d_next)), (*devs, d_next), (*bounds, e + 1)),
+                            )
     plans = [ev.plan(devs, bounds, objective) for _, devs, bounds in finals]
     if not plans:
         raise PlanError(_no_plan(costs, devices, stages))
@@ -299,12 +349,19 @@ def _no_plan(costs: ChainCosts, devices: Sequence[Device], stages: int | None) -
     total = sum(costs.segment_bytes)
     limits = ", ".join(f"{d.name}: {d.memory_bytes}" for d in devices)
     count = f"{stages} stages" if stages else "any number of stages"
-    return (f"no pipeline over {len(devices)} devices with {count} fits the memory limits (model weights {total} B; "
-            f"limits {limits}); add devices, raise memory limits or allow more stages")
+    return (
+        f"no pipeline over {len(devices)} devices with {count} fits the memory limits (model weights {total} B; "
+        f"limits {limits}); add devices, raise memory limits or allow more stages"
+    )
 
 
-def enumerate_plans(costs: ChainCosts, devices: Sequence[Device], links: ChainLinks,
-                    objective: ChainObjective = ChainObjective.LATENCY, stages: int | None = None) -> Iterator[ChainPlan]:
+def enumerate_plans(
+    costs: ChainCosts,
+    devices: Sequence[Device],
+    links: ChainLinks,
+    objective: ChainObjective = ChainObjective.LATENCY,
+    stages: int | None = None,
+) -> Iterator[ChainPlan]:
     """Every feasible plan (stage 1 on the entry, devices in order, non-empty stages): for tests and small pools."""
     _check(costs, devices, stages, None)
     ev = _Evaluator(costs, devices, links)
@@ -319,8 +376,13 @@ def enumerate_plans(costs: ChainCosts, devices: Sequence[Device], links: ChainLi
                     yield ev.plan(devs, bounds, objective)
 
 
-def brute_force(costs: ChainCosts, devices: Sequence[Device], links: ChainLinks,
-                objective: ChainObjective = ChainObjective.LATENCY, stages: int | None = None) -> ChainPlan:
+def brute_force(
+    costs: ChainCosts,
+    devices: Sequence[Device],
+    links: ChainLinks,
+    objective: ChainObjective = ChainObjective.LATENCY,
+    stages: int | None = None,
+) -> ChainPlan:
     """The best of :func:`enumerate_plans` (exponential; the reference the DP is tested against)."""
     plans = list(enumerate_plans(costs, devices, links, objective, stages))
     if not plans:
@@ -328,8 +390,14 @@ def brute_force(costs: ChainCosts, devices: Sequence[Device], links: ChainLinks,
     return min(plans, key=lambda p: (p.score(), len(p.stages)))
 
 
-def cost_plan(costs: ChainCosts, devices: Sequence[Device], links: ChainLinks, on: Sequence[str],
-              starts: Sequence[int], objective: ChainObjective = ChainObjective.LATENCY) -> ChainPlan:
+def cost_plan(
+    costs: ChainCosts,
+    devices: Sequence[Device],
+    links: ChainLinks,
+    on: Sequence[str],
+    starts: Sequence[int],
+    objective: ChainObjective = ChainObjective.LATENCY,
+) -> ChainPlan:
     """A given plan (stage devices ``on`` by name, the first segment of every stage after the first) costed."""
     index = {d.name: i for i, d in enumerate(devices)}
     missing = [n for n in on if n not in index]
@@ -347,8 +415,12 @@ def format_chain(plan: ChainPlan) -> str:
     """A small table of the stages of ``plan``."""
     lines = [f"{'stage':<6} {'device':<16} {'segments':<10} {'cut out':<24} {'compute ms':>10} {'hop ms':>8}"]
     for i, s in enumerate(plan.stages, 1):
-        lines.append(f"{i:<6} {s.device[:16]:<16} {f'{s.first}-{s.last}':<10} {str(s.cut_out or '-')[:24]:<24} "
-                     f"{s.compute_ms:10.2f} {s.hop_ms:8.2f}")
-    lines.append(f"latency {plan.latency_ms:.2f} ms, period {plan.period_ms:.2f} ms "
-                 f"({plan.throughput_rps:.1f} req/s), objective {plan.objective.value}")
+        lines.append(
+            f"{i:<6} {s.device[:16]:<16} {f'{s.first}-{s.last}':<10} {str(s.cut_out or '-')[:24]:<24} "
+            f"{s.compute_ms:10.2f} {s.hop_ms:8.2f}"
+        )
+    lines.append(
+        f"latency {plan.latency_ms:.2f} ms, period {plan.period_ms:.2f} ms "
+        f"({plan.throughput_rps:.1f} req/s), objective {plan.objective.value}"
+    )
     return "\n".join(lines)

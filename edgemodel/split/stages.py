@@ -68,12 +68,25 @@ class PipelineMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         labels = ["model", "version", "stage"]
-        self.seconds = Histogram("edgemodel_pipeline_stage_duration_seconds", "Time of one phase of a pipeline stage.",
-                                 [*labels, "phase"], buckets=STAGE_BUCKETS, registry=registry)
-        self.requests = Counter("edgemodel_pipeline_requests_total", "Requests a pipeline stage handled, by path.",
-                                [*labels, "path"], registry=registry)
-        self.bytes = Counter("edgemodel_pipeline_bytes_total", "Feature bytes a stage sent to the next stage.",
-                             labels, registry=registry)
+        self.seconds = Histogram(
+            "edgemodel_pipeline_stage_duration_seconds",
+            "Time of one phase of a pipeline stage.",
+            [*labels, "phase"],
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.requests = Counter(
+            "edgemodel_pipeline_requests_total",
+            "Requests a pipeline stage handled, by path.",
+            [*labels, "path"],
+            registry=registry,
+        )
+        self.bytes = Counter(
+            "edgemodel_pipeline_bytes_total",
+            "Feature bytes a stage sent to the next stage.",
+            labels,
+            registry=registry,
+        )
 
     def observe(self, model: str, version: str, stage: int, outcome: SplitOutcome) -> None:
         key = (model, version, str(stage))
@@ -101,8 +114,17 @@ class ForwardingStage:
     a downstream failure raises ``SplitUnavailable`` (HTTP 503 to the upstream). Counts requests by path.
     """
 
-    def __init__(self, part: PartRunner, next_stage: RemoteTail, *, model: str, version: str, index: int,
-                 fallback: PartRunner | None = None, metrics: PipelineMetrics | None = None) -> None:
+    def __init__(
+        self,
+        part: PartRunner,
+        next_stage: RemoteTail,
+        *,
+        model: str,
+        version: str,
+        index: int,
+        fallback: PartRunner | None = None,
+        metrics: PipelineMetrics | None = None,
+    ) -> None:
         self.part, self.next_stage, self.fallback = part, next_stage, fallback
         self.model, self.version, self.index, self.metrics = model, version, index, metrics
         self.counts = {"chain": 0, "local": 0, "unavailable": 0}
@@ -111,7 +133,9 @@ class ForwardingStage:
         """This stage's part alone (what the chain computes here, without forwarding)."""
         return self.part(feeds)
 
-    async def handle(self, features: Mapping[str, np.ndarray], executor: Executor | None) -> tuple[dict[str, np.ndarray], float]:
+    async def handle(
+        self, features: Mapping[str, np.ndarray], executor: Executor | None
+    ) -> tuple[dict[str, np.ndarray], float]:
         """The chain's answer from here on and this stage's own compute seconds; ``SplitUnavailable`` without fallback."""
         policy = FallbackPolicy.LOCAL if self.fallback is not None else FallbackPolicy.FAIL
         try:
@@ -134,8 +158,15 @@ class ForwardingStage:
 class TimedPart:
     """The last stage: its part, with the compute time recorded in the stage metrics."""
 
-    def __init__(self, part: PartRunner, *, model: str, version: str, index: int,
-                 metrics: PipelineMetrics | None = None) -> None:
+    def __init__(
+        self,
+        part: PartRunner,
+        *,
+        model: str,
+        version: str,
+        index: int,
+        metrics: PipelineMetrics | None = None,
+    ) -> None:
         self.part, self.model, self.version, self.index, self.metrics = part, model, version, index, metrics
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
@@ -154,21 +185,41 @@ async def _serve(args: argparse.Namespace) -> None:
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
     tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
-    client_tls = (TlsFiles(args.tls_ca, args.tls_client_cert or args.tls_cert, args.tls_client_key or args.tls_key)
-                  if args.tls_ca else None)
+    client_tls = (
+        TlsFiles(args.tls_ca, args.tls_client_cert or args.tls_cert, args.tls_client_key or args.tls_key)
+        if args.tls_ca
+        else None
+    )
     part = OrtPart(args.stage, threads=args.threads)
     runner: PartRunner
     stage: ForwardingStage | None = None
     if args.next_url:
-        nxt = RemoteTail(args.next_url, args.model, args.version, args.next_cut, wire=codec.WireFormat.parse(args.wire),
-                         tls=client_tls, timeout_s=args.timeout_s, connect_timeout_s=min(2.0, args.timeout_s),
-                         cooldown_s=args.cooldown_s)
+        nxt = RemoteTail(
+            args.next_url,
+            args.model,
+            args.version,
+            args.next_cut,
+            wire=codec.WireFormat.parse(args.wire),
+            tls=client_tls,
+            timeout_s=args.timeout_s,
+            connect_timeout_s=min(2.0, args.timeout_s),
+            cooldown_s=args.cooldown_s,
+        )
         full = OrtPart(args.full, threads=args.threads) if args.full else None
-        stage = ForwardingStage(part.run, nxt, model=args.model, version=args.version, index=args.index,
-                                fallback=full.run if full else None, metrics=metrics)
+        stage = ForwardingStage(
+            part.run,
+            nxt,
+            model=args.model,
+            version=args.version,
+            index=args.index,
+            fallback=full.run if full else None,
+            metrics=metrics,
+        )
         runner = stage
     else:
-        runner = TimedPart(part.run, model=args.model, version=args.version, index=args.index, metrics=metrics)
+        runner = TimedPart(
+            part.run, model=args.model, version=args.version, index=args.index, metrics=metrics
+        )
     tails = TailRegistry()
     tails.add(args.model, args.version, runner, args.cut_in)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage{args.index}")
@@ -184,8 +235,15 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("Serving stage %d of %s:%s (input %s) on %s%s", args.index, args.model, args.version, args.cut_in,
-             server.url, f", next stage {args.next_url}" if args.next_url else " (last stage)")
+    log.info(
+        "Serving stage %d of %s:%s (input %s) on %s%s",
+        args.index,
+        args.model,
+        args.version,
+        args.cut_in,
+        server.url,
+        f", next stage {args.next_url}" if args.next_url else " (last stage)",
+    )
     print(f"READY {server.port}", flush=True)
     try:
         await stop.wait()
@@ -220,24 +278,38 @@ def _read_ready(process: subprocess.Popen[str], timeout_s: float) -> int:
     """The port from the child's ``READY <port>`` line (bounded wait; the child's log on failure)."""
     assert process.stdout is not None
     result: list[str] = []
-    reader = threading.Thread(target=lambda: result.append(process.stdout.readline() if process.stdout else ""),
-                              daemon=True)
+    reader = threading.Thread(
+        target=lambda: result.append(process.stdout.readline() if process.stdout else ""), daemon=True
+    )
     reader.start()
     reader.join(timeout_s)
     line = result[0] if result else ""
     if not line.startswith("READY "):
         process.kill()
-        raise RuntimeError(f"stage process {process.args} did not start within {timeout_s:g} s (exit "
-                           f"{process.poll()}, printed {line!r}); see its log")
+        raise RuntimeError(
+            f"stage process {process.args!r} did not start within {timeout_s:g} s (exit "
+            f"{process.poll()}, printed {line!r}); see its log"
+        )
     return int(line.split()[1])
 
 
-def start_chain(stages: Sequence[Path], cuts: Sequence[str], input_name: str, *, full: Path | None = None,
-                wire: str = "int8", model: str = "model", version: str = "1", tls: dict[str, Path] | None = None,
-                threads: int = 1, log_dir: Path | None = None, cooldown_s: float = 2.0,
-                placement: Callable[[int, int], None] | None = None,
-                via: Callable[[int, StageProcess], str] | None = None,
-                ready_timeout_s: float = 120.0) -> list[StageProcess]:
+def start_chain(
+    stages: Sequence[Path],
+    cuts: Sequence[str],
+    input_name: str,
+    *,
+    full: Path | None = None,
+    wire: str = "int8",
+    model: str = "model",
+    version: str = "1",
+    tls: dict[str, Path] | None = None,
+    threads: int = 1,
+    log_dir: Path | None = None,
+    cooldown_s: float = 2.0,
+    placement: Callable[[int, int], None] | None = None,
+    via: Callable[[int, StageProcess], str] | None = None,
+    ready_timeout_s: float = 120.0,
+) -> list[StageProcess]:
     """Start one process per stage, the last first (each needs the next one's URL); returns them entry first.
 
     ``tls`` holds ``ca``, ``server_cert``, ``server_key``, ``client_cert``, ``client_key`` (mTLS on
@@ -252,18 +324,45 @@ def start_chain(stages: Sequence[Path], cuts: Sequence[str], input_name: str, *,
     try:
         for index in range(len(stages), 0, -1):
             cut_in = input_name if index == 1 else cuts[index - 2]
-            cmd = [sys.executable, "-m", "edgemodel.split.stages", "--stage", str(stages[index - 1]),
-                   "--index", str(index), "--cut-in", cut_in, "--model", model, "--version", version,
-                   "--wire", wire, "--threads", str(threads), "--cooldown-s", str(cooldown_s)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "edgemodel.split.stages",
+                "--stage",
+                str(stages[index - 1]),
+                "--index",
+                str(index),
+                "--cut-in",
+                cut_in,
+                "--model",
+                model,
+                "--version",
+                version,
+                "--wire",
+                wire,
+                "--threads",
+                str(threads),
+                "--cooldown-s",
+                str(cooldown_s),
+            ]
             if next_url:
                 url = via(index, started[-1]) if via is not None else next_url
                 cmd += ["--next-url", url, "--next-cut", next_cut]
             if index == 1 and full is not None:
                 cmd += ["--full", str(full)]
             if tls:
-                cmd += ["--tls-ca", str(tls["ca"]), "--tls-cert", str(tls["server_cert"]),
-                        "--tls-key", str(tls["server_key"]), "--tls-client-cert", str(tls["client_cert"]),
-                        "--tls-client-key", str(tls["client_key"])]
+                cmd += [
+                    "--tls-ca",
+                    str(tls["ca"]),
+                    "--tls-cert",
+                    str(tls["server_cert"]),
+                    "--tls-key",
+                    str(tls["server_key"]),
+                    "--tls-client-cert",
+                    str(tls["client_cert"]),
+                    "--tls-client-key",
+                    str(tls["client_key"]),
+                ]
             log_file = open(log_dir / f"stage-{index}.log", "w") if log_dir else subprocess.DEVNULL  # noqa: SIM115
             process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True)
             if placement is not None:
@@ -281,13 +380,19 @@ def start_chain(stages: Sequence[Path], cuts: Sequence[str], input_name: str, *,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m edgemodel.split.stages", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m edgemodel.split.stages", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--stage", type=Path, required=True, help="stage-k.onnx")
     parser.add_argument("--index", type=int, required=True, help="1-based stage index (metrics label)")
-    parser.add_argument("--cut-in", required=True, help="the input tensor of this stage (the model input for stage 1)")
+    parser.add_argument(
+        "--cut-in", required=True, help="the input tensor of this stage (the model input for stage 1)"
+    )
     parser.add_argument("--model", default="model")
     parser.add_argument("--version", default="1")
-    parser.add_argument("--next-url", default="", help="base URL of the next stage (empty: this is the last stage)")
+    parser.add_argument(
+        "--next-url", default="", help="base URL of the next stage (empty: this is the last stage)"
+    )
     parser.add_argument("--next-cut", default="", help="the next stage's input tensor")
     parser.add_argument("--full", type=Path, help="the whole model, for the entry's local fallback")
     parser.add_argument("--wire", default="int8", help="fp32 | fp16 | int8, optionally +zstd")
@@ -300,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-ca", type=Path)
     parser.add_argument("--tls-cert", type=Path)
     parser.add_argument("--tls-key", type=Path)
-    parser.add_argument("--tls-client-cert", type=Path, help="client identity towards the next stage (default --tls-cert)")
+    parser.add_argument(
+        "--tls-client-cert", type=Path, help="client identity towards the next stage (default --tls-cert)"
+    )
     parser.add_argument("--tls-client-key", type=Path)
     return parser
 

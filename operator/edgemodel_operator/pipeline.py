@@ -24,7 +24,15 @@ from dataclasses import dataclass, replace
 
 from edgemodel.api.base import LabelSelector
 from edgemodel.api.edgemodel import DEFAULT_SPLIT_RTT_MS, PIPELINE_ORDER_LABEL, Split
-from edgemodel.split.chain_planner import ChainCosts, ChainLinks, ChainObjective, ChainPlan, Device, cost_plan, plan_chain
+from edgemodel.split.chain_planner import (
+    ChainCosts,
+    ChainLinks,
+    ChainObjective,
+    ChainPlan,
+    Device,
+    cost_plan,
+    plan_chain,
+)
 from edgemodel.split.planner import Link, PlanError
 
 CONDITION = "PipelinePlanCurrent"
@@ -66,8 +74,10 @@ def stage_candidates(split: Split, nodes: Sequence[NodeInfo], entry: str) -> lis
         for k, selector in enumerate(stages.stage_selectors):
             match = next((n for n in others if selector.matches(dict(n.labels)) and n not in chosen), None)
             if match is None:
-                raise PlanError(f"spec.split.stages.stageSelectors[{k}]: no node (other than the entry {entry} and "
-                                f"the earlier stages) matches {selector.to_k8s()}; label a node or change the selector")
+                raise PlanError(
+                    f"spec.split.stages.stageSelectors[{k}]: no node (other than the entry {entry} and "
+                    f"the earlier stages) matches {selector.to_k8s()}; label a node or change the selector"
+                )
             chosen.append(match)
         return chosen
     pool = stages.pool or LabelSelector()
@@ -87,20 +97,34 @@ def chain_links(split: Split, measured_rtt_ms: Mapping[tuple[str, str], float] |
     if split.link is not None:
         values = list(measured.values())
         fallback = statistics.median(values) if values else DEFAULT_SPLIT_RTT_MS
-        default = Link(split.link.bandwidth_mbit_s, split.link.rtt_ms if split.link.rtt_ms is not None else fallback)
+        default = Link(
+            split.link.bandwidth_mbit_s, split.link.rtt_ms if split.link.rtt_ms is not None else fallback
+        )
     between = {}
     for link in split.stages.links if split.stages else []:
-        between[(link.from_node, link.to_node)] = Link(link.bandwidth_mbit_s, rtt(link.rtt_ms, link.from_node,
-                                                                                  link.to_node))
+        between[(link.from_node, link.to_node)] = Link(
+            link.bandwidth_mbit_s, rtt(link.rtt_ms, link.from_node, link.to_node)
+        )
     if default is not None and measured:
         for (a, b), value in measured.items():
-            between.setdefault((a, b), Link(default.bandwidth_mbit_s, value if split.link and split.link.rtt_ms is None
-                                            else default.rtt_ms))
+            between.setdefault(
+                (a, b),
+                Link(
+                    default.bandwidth_mbit_s,
+                    value if split.link and split.link.rtt_ms is None else default.rtt_ms,
+                ),
+            )
     return ChainLinks(default, between)
 
 
-def plan_for(split: Split, costs: ChainCosts, entry: NodeInfo, candidates: Sequence[NodeInfo],
-             measured_rtt_ms: Mapping[tuple[str, str], float] | None = None, default_slowdown: float = 1.0) -> ChainPlan:
+def plan_for(
+    split: Split,
+    costs: ChainCosts,
+    entry: NodeInfo,
+    candidates: Sequence[NodeInfo],
+    measured_rtt_ms: Mapping[tuple[str, str], float] | None = None,
+    default_slowdown: float = 1.0,
+) -> ChainPlan:
     """The plan for one entry node over ``candidates`` (unknown slowdowns count as ``default_slowdown``)."""
     stages = split.stages
     if stages is None:
@@ -111,8 +135,15 @@ def plan_for(split: Split, costs: ChainCosts, entry: NodeInfo, candidates: Seque
     if stages.stage_selectors:  # stage k+2 on the node its selector picked
         allowed = [None, *(frozenset({n.name}) for n in candidates)]
     objective = ChainObjective(stages.objective.value)
-    return plan_chain(costs, devices, chain_links(split, measured_rtt_ms), objective, stages=count,
-                      max_stages=stages.max_stages, allowed=allowed)
+    return plan_chain(
+        costs,
+        devices,
+        chain_links(split, measured_rtt_ms),
+        objective,
+        stages=count,
+        max_stages=stages.max_stages,
+        allowed=allowed,
+    )
 
 
 @dataclass(frozen=True)
@@ -130,15 +161,20 @@ class Gate:
     message: str
 
 
-def chain_gate(revision: int, plan_nodes: Sequence[str], reports: Mapping[str, Sequence[StageReport]]) -> Gate:
+def chain_gate(
+    revision: int, plan_nodes: Sequence[str], reports: Mapping[str, Sequence[StageReport]]
+) -> Gate:
     """Whether entries may move to ``revision``: its stage is Ready on every stage node of its plan."""
     waiting = []
     for node in plan_nodes:
         if not any(r.revision == revision and r.ready for r in reports.get(node, ())):
             waiting.append(node)
     if waiting:
-        return Gate(False, f"waiting for the stages of revision {revision} to be Ready on {', '.join(waiting)}; "
-                           "entries keep the previous revision's chain")
+        return Gate(
+            False,
+            f"waiting for the stages of revision {revision} to be Ready on {', '.join(waiting)}; "
+            "entries keep the previous revision's chain",
+        )
     return Gate(True, f"every stage of revision {revision} is Ready on {', '.join(plan_nodes)}")
 
 
@@ -158,17 +194,25 @@ class PlanCheck:
     better: ChainPlan | None = None
 
 
-def check_plan(split: Split, costs: ChainCosts, serving: ChainPlan, nodes: Sequence[NodeInfo],
-               measured_compute_ms: Mapping[str, float],
-               measured_rtt_ms: Mapping[tuple[str, str], float] | None = None) -> PlanCheck:
+def check_plan(
+    split: Split,
+    costs: ChainCosts,
+    serving: ChainPlan,
+    nodes: Sequence[NodeInfo],
+    measured_compute_ms: Mapping[str, float],
+    measured_rtt_ms: Mapping[tuple[str, str], float] | None = None,
+) -> PlanCheck:
     """Re-plan with each stage node's measured speed and say whether the serving plan still holds.
 
     A node's new slowdown = its planned slowdown x measured / predicted compute of its stage; nodes
     that host no stage keep theirs. Advice only: a new plan means new stage artifacts (a revision).
     """
     if not measured_compute_ms:
-        return PlanCheck(True, "NotMeasured", f"plan {serving.devices} at cuts {serving.cuts}: no stage has "
-                         "reported its compute yet")
+        return PlanCheck(
+            True,
+            "NotMeasured",
+            f"plan {serving.devices} at cuts {serving.cuts}: no stage has reported its compute yet",
+        )
     by_name = {n.name: n for n in nodes}
     updated = []
     for node in nodes:
@@ -187,14 +231,28 @@ def check_plan(split: Split, costs: ChainCosts, serving: ChainPlan, nodes: Seque
         return PlanCheck(True, "NotPlannable", str(exc))
     # the serving plan costed with the same measured speeds
     devices = [Device(n.name, n.slowdown or 1.0, n.memory_bytes) for n in (entry_updated, *rest)]
-    now = cost_plan(costs, devices, chain_links(split, measured_rtt_ms), serving.devices,
-                    [s.first for s in serving.stages[1:]], serving.objective)
+    now = cost_plan(
+        costs,
+        devices,
+        chain_links(split, measured_rtt_ms),
+        serving.devices,
+        [s.first for s in serving.stages[1:]],
+        serving.objective,
+    )
     what = "latency" if serving.objective is ChainObjective.LATENCY else "period"
     now_value, best_value = now.score()[0], best.score()[0]
     if best_value < now_value * (1 - MIN_GAIN):
-        return PlanCheck(False, "BetterPlanMeasured",
-                         f"with the measured stage speeds, stages on {best.devices} cut at {best.cuts} are predicted at "
-                         f"{best_value:.2f} ms {what}, the serving plan ({serving.devices} at {serving.cuts}) at "
-                         f"{now_value:.2f} ms; a new revision (any change that opens one) re-plans", best)
-    return PlanCheck(True, "PlanHolds", f"plan {serving.devices} at cuts {serving.cuts} is still within "
-                     f"{MIN_GAIN:.0%} of the best for the measured stage speeds ({now_value:.2f} ms {what})")
+        return PlanCheck(
+            False,
+            "BetterPlanMeasured",
+            f"with the measured stage speeds, stages on {best.devices} cut at {best.cuts} are predicted at "
+            f"{best_value:.2f} ms {what}, the serving plan ({serving.devices} at {serving.cuts}) at "
+            f"{now_value:.2f} ms; a new revision (any change that opens one) re-plans",
+            best,
+        )
+    return PlanCheck(
+        True,
+        "PlanHolds",
+        f"plan {serving.devices} at cuts {serving.cuts} is still within "
+        f"{MIN_GAIN:.0%} of the best for the measured stage speeds ({now_value:.2f} ms {what})",
+    )

@@ -23,15 +23,23 @@ from edgemodel.split.planner import Link, PlanError
 def random_instance(rng: random.Random) -> tuple[ChainCosts, list[Device], ChainLinks]:
     k = rng.randint(0, 6)
     cuts = [f"c{i}" for i in range(k)]
-    costs = ChainCosts(cuts, [rng.uniform(0, 20) for _ in range(k + 1)],
-                       [rng.randint(100, 2_000_000) for _ in range(k)], rng.randint(0, 4000),
-                       [rng.randint(0, 1000) for _ in range(k + 1)],
-                       [rng.uniform(0, 1) for _ in range(k)] if rng.random() < 0.5 else [])
+    costs = ChainCosts(
+        cuts,
+        [rng.uniform(0, 20) for _ in range(k + 1)],
+        [rng.randint(100, 2_000_000) for _ in range(k)],
+        rng.randint(0, 4000),
+        [rng.randint(0, 1000) for _ in range(k + 1)],
+        [rng.uniform(0, 1) for _ in range(k)] if rng.random() < 0.5 else [],
+    )
     n = rng.randint(1, 4)
     memory = [rng.choice([None, rng.randint(500, 4000)]) for _ in range(n)]
     devices = [Device(f"d{i}", rng.uniform(0.5, 8), memory[i]) for i in range(n)]
-    between = {(f"d{i}", f"d{j}"): Link(rng.choice([1, 10, 100, 1000]), rng.uniform(0, 20))
-               for i in range(n) for j in range(i + 1, n) if rng.random() < 0.7}
+    between = {
+        (f"d{i}", f"d{j}"): Link(rng.choice([1, 10, 100, 1000]), rng.uniform(0, 20))
+        for i in range(n)
+        for j in range(i + 1, n)
+        if rng.random() < 0.7
+    }
     return costs, devices, ChainLinks(Link(100, 2), between)
 
 
@@ -48,10 +56,9 @@ def test_dp_matches_brute_force_on_random_graphs(objective: ChainObjective) -> N
             continue
         try:
             want = brute_force(costs, devices, links, objective, stages)
-        except PlanError as exc:
+        except PlanError:
             with pytest.raises(PlanError, match="memory limits"):
                 plan_chain(costs, devices, links, objective, stages)
-            assert "memory limits" in str(exc)
             infeasible += 1
             continue
         got = plan_chain(costs, devices, links, objective, stages)
@@ -64,7 +71,8 @@ def test_dp_matches_brute_force_on_random_graphs(objective: ChainObjective) -> N
         assert got.stages[-1].last == costs.segments - 1
         assert any(p.stages == got.stages for p in enumerate_plans(costs, devices, links, objective, stages))
         checked += 1
-    assert checked > 250 and infeasible > 5
+    assert checked > 250
+    assert infeasible > 5
 
 
 def test_latency_is_sum_and_throughput_is_bottleneck() -> None:
@@ -73,15 +81,21 @@ def test_latency_is_sum_and_throughput_is_bottleneck() -> None:
     devices = [Device("e0"), Device("e1"), Device("e2")]
     links = ChainLinks(Link(1000, 1))
     lat = plan_chain(costs, devices, links, ChainObjective.LATENCY)
-    assert lat.devices == ["e0"] and lat.latency_ms == pytest.approx(30)
+    assert lat.devices == ["e0"]
+    assert lat.latency_ms == pytest.approx(30)
     thr = plan_chain(costs, devices, links, ChainObjective.THROUGHPUT)
     assert thr.devices == ["e0", "e1", "e2"]
     assert thr.period_ms == pytest.approx(10)
     assert thr.latency_ms == pytest.approx(30 + 2 * (1 + 8 * 1040 / 1e9 * 1e3))
     # 4 segments over 3 devices: the period is 20 with 2 or 3 stages; the tie goes to the lower latency
-    four = plan_chain(ChainCosts(["a", "b", "c"], [10, 10, 10, 10], [1000] * 3, 40), devices, links,
-                      ChainObjective.THROUGHPUT)
-    assert four.period_ms == pytest.approx(20) and len(four.stages) == 2
+    four = plan_chain(
+        ChainCosts(["a", "b", "c"], [10, 10, 10, 10], [1000] * 3, 40),
+        devices,
+        links,
+        ChainObjective.THROUGHPUT,
+    )
+    assert four.period_ms == pytest.approx(20)
+    assert len(four.stages) == 2
     assert "period 10.00 ms" in format_chain(thr)
 
 
@@ -96,7 +110,11 @@ def test_slow_entry_offloads_to_fast_devices_for_latency() -> None:
 
 def test_memory_limits_force_more_stages_and_name_the_fix() -> None:
     costs = ChainCosts(["a", "b"], [5, 5, 5], [100, 100], 4, segment_bytes=[600, 600, 600])
-    devices = [Device("e0", memory_bytes=1000), Device("e1", memory_bytes=1300), Device("e2", memory_bytes=700)]
+    devices = [
+        Device("e0", memory_bytes=1000),
+        Device("e1", memory_bytes=1300),
+        Device("e2", memory_bytes=700),
+    ]
     plan = plan_chain(costs, devices, ChainLinks(Link(100, 1)))
     assert all(s.weight_bytes <= 1300 for s in plan.stages)
     assert len(plan.stages) >= 2
@@ -107,8 +125,14 @@ def test_memory_limits_force_more_stages_and_name_the_fix() -> None:
 def test_per_stage_selectors_restrict_devices() -> None:
     costs = ChainCosts(["a"], [10, 10], [100], 4)
     devices = [Device("e0"), Device("e1"), Device("e2", 0.5)]
-    plan = plan_chain(costs, devices, ChainLinks(Link(1000, 0)), ChainObjective.THROUGHPUT, stages=2,
-                      allowed=[None, frozenset({"e1"})])
+    plan = plan_chain(
+        costs,
+        devices,
+        ChainLinks(Link(1000, 0)),
+        ChainObjective.THROUGHPUT,
+        stages=2,
+        allowed=[None, frozenset({"e1"})],
+    )
     assert plan.devices == ["e0", "e1"]
 
 
@@ -124,6 +148,8 @@ def test_bad_inputs_name_the_field() -> None:
 
 
 def test_from_cumulative_reproduces_measured_heads() -> None:
-    costs = ChainCosts.from_cumulative(["a", "b"], [3.0, 7.0], 10.0, [10, 20], 4, head_bytes=[100, 300], full_bytes=400)
+    costs = ChainCosts.from_cumulative(
+        ["a", "b"], [3.0, 7.0], 10.0, [10, 20], 4, head_bytes=[100, 300], full_bytes=400
+    )
     assert list(costs.segment_ms) == [3.0, 4.0, 3.0]
     assert list(costs.segment_bytes) == [100, 200, 100]

@@ -22,8 +22,10 @@ from edgemodel_operator.pipeline import (
     stage_candidates,
 )
 
-BASE: dict[str, Any] = {"source": {"uri": "file:///m.onnx", "format": "ONNX"},
-                        "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3]}]}
+BASE: dict[str, Any] = {
+    "source": {"uri": "file:///m.onnx", "format": "ONNX"},
+    "inputs": [{"name": "x", "dtype": "float32", "shape": [1, 3]}],
+}
 
 
 def spec(**split: Any) -> EdgeModelSpec:
@@ -36,28 +38,47 @@ def broken(s: EdgeModelSpec) -> list[str]:
 
 def test_single_cut_form_is_unchanged_and_is_not_a_pipeline() -> None:
     s = spec(cut="auto", link={"bandwidthMbitS": 10})
-    assert s.split.enabled and not s.split.pipelined and broken(s) == []
+    assert s.split.enabled
+    assert not s.split.pipelined
+    assert broken(s) == []
 
 
 def test_pipeline_spec_round_trips_and_validates() -> None:
-    s = spec(link={"bandwidthMbitS": 100, "rttMs": 2},
-             stages={"count": 3, "pool": {"matchLabels": {"edgemodel.io/stage-pool": "a"}}, "objective": "throughput",
-                     "links": [{"from": "e1", "to": "e2", "bandwidthMbitS": 50}]})
-    assert s.split.pipelined and s.split.stages is not None and s.split.stages.fixed_count() == 3
+    s = spec(
+        link={"bandwidthMbitS": 100, "rttMs": 2},
+        stages={
+            "count": 3,
+            "pool": {"matchLabels": {"edgemodel.io/stage-pool": "a"}},
+            "objective": "throughput",
+            "links": [{"from": "e1", "to": "e2", "bandwidthMbitS": 50}],
+        },
+    )
+    assert s.split.pipelined
+    assert s.split.stages is not None
+    assert s.split.stages.fixed_count() == 3
     assert broken(s) == []
     k8s = s.to_k8s()["split"]["stages"]
-    assert k8s["links"][0]["from"] == "e1" and k8s["count"] == 3
-    assert spec(link={"bandwidthMbitS": 1}, stages={"count": "auto", "pool": {}}).split.stages.fixed_count() is None  # type: ignore[union-attr]
+    assert k8s["links"][0]["from"] == "e1"
+    assert k8s["count"] == 3
+    auto = spec(link={"bandwidthMbitS": 1}, stages={"count": "auto", "pool": {}}).split.stages
+    assert auto is not None
+    assert auto.fixed_count() is None
 
 
-@pytest.mark.parametrize(("split", "field"), [
-    ({"cut": "auto", "link": {"bandwidthMbitS": 1}, "stages": {"pool": {}}}, "spec.split.stages"),
-    ({"link": {"bandwidthMbitS": 1}, "stages": {"count": 1, "pool": {}}}, "spec.split.stages.count"),
-    ({"link": {"bandwidthMbitS": 1}, "stages": {"count": "many", "pool": {}}}, "spec.split.stages.count"),
-    ({"link": {"bandwidthMbitS": 1}, "stages": {"count": 3, "cuts": ["a"], "pool": {}}}, "spec.split.stages.count"),
-    ({"link": {"bandwidthMbitS": 1}, "stages": {}}, "spec.split.stages.pool"),
-    ({"stages": {"pool": {}}}, "spec.split.link"),
-])
+@pytest.mark.parametrize(
+    ("split", "field"),
+    [
+        ({"cut": "auto", "link": {"bandwidthMbitS": 1}, "stages": {"pool": {}}}, "spec.split.stages"),
+        ({"link": {"bandwidthMbitS": 1}, "stages": {"count": 1, "pool": {}}}, "spec.split.stages.count"),
+        ({"link": {"bandwidthMbitS": 1}, "stages": {"count": "many", "pool": {}}}, "spec.split.stages.count"),
+        (
+            {"link": {"bandwidthMbitS": 1}, "stages": {"count": 3, "cuts": ["a"], "pool": {}}},
+            "spec.split.stages.count",
+        ),
+        ({"link": {"bandwidthMbitS": 1}, "stages": {}}, "spec.split.stages.pool"),
+        ({"stages": {"pool": {}}}, "spec.split.link"),
+    ],
+)
 def test_bad_pipelines_name_the_field(split: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError, match=field.replace(".", r"\.") + ": "):
         spec(**split)
@@ -68,16 +89,22 @@ def test_unknown_stage_fields_are_refused() -> None:
         spec(link={"bandwidthMbitS": 1}, stages={"pool": {}, "stagez": 3})
 
 
-NODES = [NodeInfo("entry", {"role": "edge"}, 4.0), NodeInfo("b", {"edgemodel.io/pipeline-order": "2", "pool": "x"}, 2.0),
-         NodeInfo("a", {"edgemodel.io/pipeline-order": "1", "pool": "x"}, 1.0), NodeInfo("c", {"pool": "x"}, 1.0),
-         NodeInfo("other", {}, 1.0)]
+NODES = [
+    NodeInfo("entry", {"role": "edge"}, 4.0),
+    NodeInfo("b", {"edgemodel.io/pipeline-order": "2", "pool": "x"}, 2.0),
+    NodeInfo("a", {"edgemodel.io/pipeline-order": "1", "pool": "x"}, 1.0),
+    NodeInfo("c", {"pool": "x"}, 1.0),
+    NodeInfo("other", {}, 1.0),
+]
 
 
 def test_pool_is_ordered_by_label_then_name_and_selectors_pick_one_per_stage() -> None:
     s = spec(link={"bandwidthMbitS": 100}, stages={"pool": {"matchLabels": {"pool": "x"}}})
     assert [n.name for n in stage_candidates(s.split, NODES, "entry")] == ["a", "b", "c"]
-    s = spec(link={"bandwidthMbitS": 100}, stages={"stageSelectors": [{"matchLabels": {"pool": "x"}},
-                                                                      {"matchLabels": {"pool": "x"}}]})
+    s = spec(
+        link={"bandwidthMbitS": 100},
+        stages={"stageSelectors": [{"matchLabels": {"pool": "x"}}, {"matchLabels": {"pool": "x"}}]},
+    )
     assert [n.name for n in stage_candidates(s.split, NODES, "entry")] == ["a", "b"]
     s = spec(link={"bandwidthMbitS": 100}, stages={"stageSelectors": [{"matchLabels": {"pool": "nope"}}]})
     with pytest.raises(PlanError, match=r"stageSelectors\[0\]: no node"):
@@ -88,29 +115,41 @@ COSTS = ChainCosts(["c1", "c2", "c3"], [5, 10, 10, 5], [100_000, 50_000, 10_000]
 
 
 def test_plan_for_a_weak_entry_offloads_and_measured_rtts_fill_empty_links() -> None:
-    s = spec(link={"bandwidthMbitS": 100}, stages={"pool": {"matchLabels": {"pool": "x"}}, "objective": "throughput"})
+    s = spec(
+        link={"bandwidthMbitS": 100},
+        stages={"pool": {"matchLabels": {"pool": "x"}}, "objective": "throughput"},
+    )
     candidates = stage_candidates(s.split, NODES, "entry")
     plan = plan_for(s.split, COSTS, NODES[0], candidates, {("entry", "a"): 3.0})
     assert plan.objective is ChainObjective.THROUGHPUT
-    assert plan.devices[0] == "entry" and len(plan.stages) >= 2
+    assert plan.devices[0] == "entry"
+    assert len(plan.stages) >= 2
     assert plan.period_ms < 4.0 * 30  # better than the entry alone
     links = chain_links(s.split, {("entry", "a"): 3.0, ("a", "b"): 5.0})
-    assert links.get("a", "entry").rtt_ms == 3.0 and links.get("b", "a").rtt_ms == 5.0
+    assert links.get("a", "entry").rtt_ms == 3.0
+    assert links.get("b", "a").rtt_ms == 5.0
     assert links.get("entry", "c").rtt_ms == 4.0  # the median of the measured ones for pairs not measured
 
 
 def test_the_chain_rolls_out_as_one_unit() -> None:
-    reports = {"a": [StageReport(1, True), StageReport(2, True)], "b": [StageReport(1, True), StageReport(2, False)]}
+    reports = {
+        "a": [StageReport(1, True), StageReport(2, True)],
+        "b": [StageReport(1, True), StageReport(2, False)],
+    }
     gate = chain_gate(2, ["a", "b"], reports)
-    assert not gate.open and "b" in gate.message and "a," not in gate.message
+    assert not gate.open
+    assert "b" in gate.message
+    assert "a," not in gate.message
     reports["b"][1] = StageReport(2, True)
     assert chain_gate(2, ["a", "b"], reports).open
     assert revisions_to_keep({"e1": 1, "e2": 2}, 3) == {1, 2, 3}
 
 
 def test_plan_check_flags_a_stage_slower_than_predicted() -> None:
-    s = spec(link={"bandwidthMbitS": 1000, "rttMs": 1}, stages={"pool": {"matchLabels": {"pool": "x"}},
-                                                                "objective": "throughput"})
+    s = spec(
+        link={"bandwidthMbitS": 1000, "rttMs": 1},
+        stages={"pool": {"matchLabels": {"pool": "x"}}, "objective": "throughput"},
+    )
     nodes = [NodeInfo("entry", {}, 1.0), NodeInfo("a", {"pool": "x"}, 1.0), NodeInfo("b", {"pool": "x"}, 1.0)]
     serving = plan_for(s.split, COSTS, nodes[0], nodes[1:])
     assert check_plan(s.split, COSTS, serving, nodes, {}).reason == "NotMeasured"
@@ -119,33 +158,43 @@ def test_plan_check_flags_a_stage_slower_than_predicted() -> None:
     slow = dict(as_planned)
     slow[serving.stages[1].device] *= 5  # that node turned out 5x slower than planned
     verdict = check_plan(s.split, COSTS, serving, nodes, slow)
-    assert not verdict.current and verdict.reason == "BetterPlanMeasured"
-    assert verdict.better is not None and verdict.better.period_ms < max(slow.values())
+    assert not verdict.current
+    assert verdict.reason == "BetterPlanMeasured"
+    assert verdict.better is not None
+    assert verdict.better.period_ms < max(slow.values())
 
 
-PIPELINE_RULES = [r for r in CROSS_FIELD_RULES if r.field.startswith("spec.split.stages") or "self.split.stages" in r.cel]
+PIPELINE_RULES = [
+    r for r in CROSS_FIELD_RULES if r.field.startswith("spec.split.stages") or "self.split.stages" in r.cel
+]
 
 
-@pytest.mark.parametrize("split", [
-    {"cut": "auto", "link": {"bandwidthMbitS": 1}, "stages": {"pool": {}}},
-    {"link": {"bandwidthMbitS": 1}, "stages": {"count": 1, "pool": {}}},
-    {"link": {"bandwidthMbitS": 1}, "stages": {"count": "17", "pool": {}}},
-    {"link": {"bandwidthMbitS": 1}, "stages": {"count": "x3", "pool": {}}},
-    {"link": {"bandwidthMbitS": 1}, "stages": {"count": 3, "cuts": ["a"], "pool": {}}},
-    {"link": {"bandwidthMbitS": 1}, "stages": {"count": "3", "cuts": ["a", "b"], "pool": {}}},
-    {"link": {"bandwidthMbitS": 1}, "stages": {"count": 3, "pool": {}}},
-    {"link": {"bandwidthMbitS": 1}, "stages": {"count": "auto", "stageSelectors": [{}]}},
-    {"link": {"bandwidthMbitS": 1}, "stages": {"pool": {}, "stageSelectors": [{}]}},
-    {"link": {"bandwidthMbitS": 1}, "stages": {}},
-    {"stages": {"pool": {}}},
-    {"cut": "auto", "link": {"bandwidthMbitS": 1}},
-])
+@pytest.mark.parametrize(
+    "split",
+    [
+        {"cut": "auto", "link": {"bandwidthMbitS": 1}, "stages": {"pool": {}}},
+        {"link": {"bandwidthMbitS": 1}, "stages": {"count": 1, "pool": {}}},
+        {"link": {"bandwidthMbitS": 1}, "stages": {"count": "17", "pool": {}}},
+        {"link": {"bandwidthMbitS": 1}, "stages": {"count": "x3", "pool": {}}},
+        {"link": {"bandwidthMbitS": 1}, "stages": {"count": 3, "cuts": ["a"], "pool": {}}},
+        {"link": {"bandwidthMbitS": 1}, "stages": {"count": "3", "cuts": ["a", "b"], "pool": {}}},
+        {"link": {"bandwidthMbitS": 1}, "stages": {"count": 3, "pool": {}}},
+        {"link": {"bandwidthMbitS": 1}, "stages": {"count": "auto", "stageSelectors": [{}]}},
+        {"link": {"bandwidthMbitS": 1}, "stages": {"pool": {}, "stageSelectors": [{}]}},
+        {"link": {"bandwidthMbitS": 1}, "stages": {}},
+        {"stages": {"pool": {}}},
+        {"cut": "auto", "link": {"bandwidthMbitS": 1}},
+    ],
+)
 def test_cel_rules_agree_with_the_python_rules(split: dict[str, Any]) -> None:
     """The API server (CEL in the CRD) and the webhook/CLI (Python) judge every pipeline spec alike."""
     from edgemodel_dev.cel import compile_rule, evaluate
 
     doc = {**BASE, "split": split}
-    parsed = EdgeModelSpec.model_construct(split=Split.model_validate(split))
+    parsed = EdgeModelSpec.model_construct(split=Split.model_validate(split))  # type: ignore[call-arg]
     assert PIPELINE_RULES
     for rule in PIPELINE_RULES:
-        assert bool(evaluate(compile_rule(rule.cel), {"self": doc})) == bool(rule.check(parsed)), (rule.field, split)
+        assert bool(evaluate(compile_rule(rule.cel), {"self": doc})) == bool(rule.check(parsed)), (
+            rule.field,
+            split,
+        )
