@@ -312,7 +312,14 @@ def main() -> int:
             (p for p in enumerate_plans(costs, devices, links, objective) if len(p.stages) > 1),
             key=lambda p: p.score(),
         )
-        others = [p for p in ranked if p.stages != chosen.stages][: args.alternatives]
+        by_devices: dict[tuple[str, ...], ChainPlan] = {}
+        for p in ranked:  # the best plan of every other device set: different plans, not near-copies
+            by_devices.setdefault(tuple(p.devices), p)
+        others = [p for d, p in by_devices.items() if d != tuple(chosen.devices)][: args.alternatives]
+        if len(others) < args.alternatives:  # then the next best on the chosen devices
+            others += [p for p in ranked if p.stages != chosen.stages and p not in others][
+                : args.alternatives - len(others)
+            ]
         measured = [
             serve_and_measure(p, bench.onnx_path, args.workdir, groups, pki, args, image)
             for p in [chosen, *others]
