@@ -41,9 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.split import models  # noqa: E402
-from edgemodel.split.chain import build_chain  # noqa: E402
+from edgemodel.split.chain import build_chain, chain_costs  # noqa: E402
 from edgemodel.split.chain_planner import (  # noqa: E402
-    ChainCosts,
     ChainLinks,
     ChainObjective,
     ChainPlan,
@@ -280,14 +279,7 @@ def main() -> int:
     cuts = find_cut_candidates(model)
     log.info("Profiling %d cuts here (reference, 1 thread)", len(cuts))
     profile = profile_split(model, {"input": image}, threads=1, runs=6, warmup=1, wire_formats=(args.wire,))
-    costs = ChainCosts.from_cumulative(
-        [c.tensor for c in profile.cuts],
-        [c.head_ms for c in profile.cuts],
-        profile.full_ms,
-        [c.feature_bytes[args.wire] for c in profile.cuts],
-        profile.output_bytes,
-        codec_ms=[c.encode_ms[args.wire] + c.decode_ms[args.wire] for c in profile.cuts],
-    )
+    costs = chain_costs(profile, args.wire)  # robust to a noisy reference: segments sum to the whole model
     pki = make_pki(args.workdir / "pki")
     results: dict[str, Any] = {
         "settings": vars(args) | {"workdir": str(args.workdir), "out": str(args.out)},

@@ -294,18 +294,26 @@ def build_chain(
 
 
 def chain_costs(profile: SplitProfile, wire: str = "int8") -> ChainCosts:
-    """Pipeline planner inputs from a split profile (one machine's head latency at every cut, bytes in ``wire``).
+    """Pipeline planner inputs from a split profile (one machine's latencies at every cut, bytes in ``wire``).
 
-    Segment latencies come from the cumulative head latencies (noise that makes a later head faster
-    than an earlier one clips that segment to 0); the codec time is encode + decode at the cut.
+    The time up to cut ``i`` is estimated twice, as the head's latency and as the whole model's minus
+    the tail's; their mean, made non-decreasing and clamped to the whole model's, gives segments that
+    sum exactly to the whole model (noise on a busy machine can make a head slower than the whole
+    model, and clipping single differences would inflate the sum). The codec time is encode + decode.
     """
     key = str(codec.WireFormat.parse(wire))
     if any(key not in c.feature_bytes for c in profile.cuts):
         raise UserError(f"spec.split.wire: {wire!r} was not profiled; profile with wire_formats including it")
+    full = profile.full_ms
+    cumulative, running = [], 0.0
+    for c in profile.cuts:
+        estimate = min(full, max(0.0, (c.head_ms + (full - c.tail_ms)) / 2))
+        running = max(running, estimate)
+        cumulative.append(running)
     return ChainCosts.from_cumulative(
         [c.tensor for c in profile.cuts],
-        [c.head_ms for c in profile.cuts],
-        profile.full_ms,
+        cumulative,
+        full,
         [c.feature_bytes[key] for c in profile.cuts],
         profile.output_bytes,
         codec_ms=[c.encode_ms.get(key, 0.0) + c.decode_ms.get(key, 0.0) for c in profile.cuts],

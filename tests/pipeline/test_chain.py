@@ -113,3 +113,20 @@ def test_auto_cuts_come_from_the_profile_and_the_planner(tmp_path: Path) -> None
     assert result.manifest["plan"]["devices"] == ["entry", "b", "c"]
     with pytest.raises(UserError, match="keeps the whole model on the entry"):
         plan_cuts(model, samples, devices, ChainLinks(Link(0.001, 1000.0)), ChainObjective.LATENCY, runs=2)
+
+
+def test_chain_costs_sum_to_the_whole_model_even_from_a_noisy_profile() -> None:
+    from edgemodel.split.profile import CutProfile, SplitProfile
+
+    def cut(name: str, head: float, tail: float) -> CutProfile:
+        return CutProfile(name, 0, [1], head, tail, {"int8": 100}, {"int8": 0.1}, {"int8": 0.05})
+
+    # the second head was timed during a load spike: slower than the whole model
+    profile = SplitProfile("cpu", 1, 5, 10.0, {"fp32": 10}, 40, [cut("a", 2.0, 8.5), cut("b", 14.0, 4.0)])
+    costs = chain_costs(profile, "int8")
+    assert sum(costs.segment_ms) == pytest.approx(10.0)
+    assert all(v >= 0 for v in costs.segment_ms)
+    assert list(costs.segment_ms)[:1] == [pytest.approx((2.0 + 1.5) / 2)]
+    assert list(costs.codec_ms) == [pytest.approx(0.15), pytest.approx(0.15)]
+    with pytest.raises(UserError, match="spec.split.wire"):
+        chain_costs(profile, "fp16")
