@@ -35,6 +35,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
+from edge_agent import pipeline
 from edge_agent.control.artifacts import FetchError, download, fetch_bytes, sha256_of
 from edge_agent.control.cache import ArtifactCache
 from edge_agent.errors import LoadError
@@ -266,6 +267,7 @@ class Reconciler:
         if part is None:
             return
         self.server.tails.remove(a.name, str(a.revision))
+        pipeline.release(self, a.namespace, a.name, a.revision)
         part.unload()
         log.info("Unassigned the split tail of %s/%s revision %d: removed from the tail server", a.namespace, a.name, a.revision)
 
@@ -521,7 +523,8 @@ class Reconciler:
             except StepFailed:
                 part.unload()
                 raise
-            self.server.tails.add(a.name, str(a.revision), part, cut=a.split.cut)
+            self.server.tails.add(a.name, str(a.revision), pipeline.served(part, a, self.server.split_tls, self),
+                                  cut=a.split.cut)  # pipelines: a middle stage forwards (edge_agent/pipeline.py)
             previous = self.tails.get(key)
             self.tails[key] = part
             if previous is not None and previous is not part:
@@ -644,5 +647,6 @@ class Reconciler:
         tasks = [t.task for t in self.tracked.values() if t.task is not None] + list(self._background)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await pipeline.close_all(self)
         if self._http is not None:
             await self._http.close()
