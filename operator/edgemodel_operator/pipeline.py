@@ -11,6 +11,8 @@ them (docs/split-inference.md, "Pipelines"):
 - :func:`chain_gate`: a revision's chain rolls out as one unit: entries move to revision R only when
   the stage of R is Ready on every stage node of R's plan, and a stage node keeps every revision an
   entry still serves (no chain mixes revisions);
+- :func:`stage_assignments`: the spec.models entry of every node of a chain (head, middle tails with
+  ``nextUrl``, last tail) from the revision's chain.json;
 - :func:`check_plan`: the serving plan re-costed with each stage node's measured compute
   (measured / predicted per device) and the measured RTTs; condition ``PipelinePlanCurrent`` says
   whether another plan is now predicted at least ``MIN_GAIN`` better under the spec's objective.
@@ -21,9 +23,11 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
+from edgemodel.api import ArtifactRef, ModelAssignment, ModelRole, SplitAssignment
 from edgemodel.api.base import LabelSelector
-from edgemodel.api.edgemodel import DEFAULT_SPLIT_RTT_MS, PIPELINE_ORDER_LABEL, Split
+from edgemodel.api.edgemodel import DEFAULT_SPLIT_RTT_MS, PIPELINE_ORDER_LABEL, Split, SplitFallback
 from edgemodel.split.chain_planner import (
     ChainCosts,
     ChainLinks,
@@ -34,6 +38,7 @@ from edgemodel.split.chain_planner import (
     plan_chain,
 )
 from edgemodel.split.planner import Link, PlanError
+from edgemodel_operator.assignments import rebase_uri
 
 CONDITION = "PipelinePlanCurrent"
 MIN_GAIN = 0.10
@@ -256,3 +261,71 @@ def check_plan(
         f"plan {serving.devices} at cuts {serving.cuts} is still within "
         f"{MIN_GAIN:.0%} of the best for the measured stage speeds ({now_value:.2f} ms {what})",
     )
+
+
+def stage_assignments(
+    chain_doc: Mapping[str, Any],
+    artifact: ArtifactRef,
+    namespace: str,
+    name: str,
+    revision: int,
+    nodes: Sequence[str],
+    endpoints: Mapping[str, str],
+    store_url: str = "",
+    agent_base_url: str = "",
+) -> dict[str, ModelAssignment]:
+    """The spec.models entry of every node of one chain (``nodes``: the entry first, then stage 2..N).
+
+    ``chain_doc`` is the revision's chain.json (stage files and their sha256, next to manifest.json in
+    the store); ``artifact`` the entry's hardware class artifact (its whole model is the fallback);
+    ``endpoints`` the split endpoints stage nodes report. The entry gets a ``head`` (stage 1, the next
+    stage's URL, fallback local with the whole model), a middle node a ``tail`` with ``nextUrl``, the last
+    node a plain ``tail``. Raises :class:`PlanError` when the chain and the nodes do not fit.
+    """
+    stages = list(chain_doc.get("stages") or [])
+    if len(stages) != len(nodes) or len(nodes) < 2:
+        raise PlanError(f"chain.json has {len(stages)} stages for {len(nodes)} nodes {list(nodes)}; re-plan")
+    missing = [n for n in nodes[1:] if not endpoints.get(n)]
+    if missing:
+        raise PlanError(
+            f"stage nodes {missing} report no split endpoint: start their agents with --split-port"
+        )
+    if not artifact.manifest_uri or not artifact.signature:
+        raise PlanError(f"revision {revision} has no signed manifest yet")
+    base = artifact.manifest_uri.rsplit("/", 1)[0]
+    wire = str(chain_doc.get("wire") or "int8")
+
+    def uri(path: str) -> str:
+        return rebase_uri(path, store_url, agent_base_url) if store_url else path
+
+    out: dict[str, ModelAssignment] = {}
+    for k, (node, stage) in enumerate(zip(nodes, stages, strict=True)):
+        common = {
+            "name": name,
+            "namespace": namespace,
+            "revision": revision,
+            "artifact_uri": uri(f"{base}/{stage['file']}"),
+            "sha256": stage["sha256"],
+            "manifest_uri": uri(artifact.manifest_uri),
+            "signature": artifact.signature,
+        }
+        if k == 0:
+            split = SplitAssignment(
+                cut=stage["cutOut"],
+                wire=wire,
+                cloud_url=endpoints[nodes[1]],
+                fallback=SplitFallback.LOCAL,
+                full_artifact_uri=uri(artifact.uri),
+                full_sha256=artifact.sha256,
+            )
+            out[node] = ModelAssignment(**common, role=ModelRole.HEAD, split=split)
+        else:
+            last = k == len(nodes) - 1
+            split = SplitAssignment(
+                cut=stage["cutIn"],
+                wire=wire,
+                next_url="" if last else endpoints[nodes[k + 1]],
+                next_cut=None if last else stage["cutOut"],
+            )
+            out[node] = ModelAssignment(**common, role=ModelRole.TAIL, split=split)
+    return out

@@ -1,5 +1,7 @@
 """A 3-stage pipeline served by three real agents (reconciler, tail server, v2 endpoint) over mTLS.
 
+The assignments come from the operator's ``stage_assignments`` (chain.json + the entry's artifact).
+
 The entry is an ordinary ``head`` (stage 1 + the whole model), the middle stage a ``tail`` with
 ``split.nextUrl`` (edge_agent/pipeline.py), the last stage a plain ``tail``. Clients call the
 entry's v2 endpoint; with the last stage's agent gone the entry answers with the whole model.
@@ -23,10 +25,11 @@ from edge_agent.control.cache import ArtifactCache
 from edge_agent.control.reconciler import Reconciler
 from edge_agent.server import AgentServer
 from edge_agent.settings import AgentSettings
-from edgemodel.api import ArtifactManifest, ModelAssignment, ModelPhase
+from edgemodel.api import ArtifactManifest, ArtifactRef, ModelPhase
 from edgemodel.signing import load_private_key, load_public_key, sha256_file, sign
-from edgemodel.split.chain import split_chain
+from edgemodel.split.chain import build_chain
 from edgemodel.split.devpki import make_pki
+from edgemodel_operator.pipeline import stage_assignments
 from tests.agent.artifacts import ArtifactStore, Keys, make_keys
 from tests.agent.polling import samples, wait_state
 from tests.split.models import residual_model
@@ -59,15 +62,6 @@ def publish(store: ArtifactStore, keys: Keys, files: dict[str, Path]) -> tuple[s
     signature = sign(data, load_private_key(keys.private))
     (folder / "manifest.json").write_bytes(data)
     return f"{store.url}/default/{NAME}/1", signature, sha
-
-
-def entry(
-    base: str, signature: str, sha: dict[str, str], file: str, role: str, split: dict[str, Any]
-) -> ModelAssignment:
-    return ModelAssignment.model_validate({
-        "name": NAME, "namespace": "default", "revision": 1, "artifactUri": f"{base}/{file}", "sha256": sha[file],
-        "manifestUri": f"{base}/manifest.json", "signature": signature, "role": role, "split": split,
-    })  # fmt: skip
 
 
 @dataclass
@@ -104,10 +98,11 @@ async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
     model = residual_model(0)
     whole = tmp_path / "model.onnx"
     onnx.save(model, str(whole))
-    stages = split_chain(model, CUTS).save(tmp_path / "stages")
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    built = build_chain(model, [{"x": x}], tmp_path / "stages", CUTS, wire="fp32")
     store = await ArtifactStore(tmp_path / "store").start()
     keys = make_keys(tmp_path)
-    files = {p.name: p for p in stages} | {"model-cpu.onnx": whole}
+    files = {p.name: p for p in built.paths} | {"model-cpu.onnx": whole}
     base, signature, sha = publish(store, keys, files)
     pki = make_pki(tmp_path / "pki")
     assert pki.peer_cert is not None
@@ -122,17 +117,26 @@ async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
         split_tls_cert=pki.client_cert,
         split_tls_key=pki.client_key,
     )
-    wire = "fp32"
-    last.reconciler.apply(
-        [entry(base, signature, sha, "stage-3.onnx", "tail", {"cut": CUTS[1], "wire": wire})]
+    artifact = ArtifactRef.model_validate({
+        "hardwareClass": "cpu", "uri": f"{base}/model-cpu.onnx", "sha256": sha["model-cpu.onnx"], "sizeBytes": 1,
+        "precision": "fp32", "manifestUri": f"{base}/manifest.json", "signature": signature})  # fmt: skip
+    entries = stage_assignments(
+        built.manifest,
+        artifact,
+        "default",
+        NAME,
+        1,
+        ["n1", "n2", "n3"],
+        {"n2": middle.server.split_url, "n3": last.server.split_url},
     )
+    assert entries["n2"].split is not None
+    assert (entries["n2"].split.next_url, entries["n2"].split.next_cut) == (last.server.split_url, CUTS[1])
+    # a chain rolls out from its end: the last stage, then the middle, then the entry
+    last.reconciler.apply([entries["n3"]])
     await wait_state(last.reconciler, ("default", NAME, 1), ModelPhase.READY)
-    middle.reconciler.apply([entry(base, signature, sha, "stage-2.onnx", "tail", {
-        "cut": CUTS[0], "wire": wire, "nextUrl": last.server.split_url, "nextCut": CUTS[1]})])  # fmt: skip
+    middle.reconciler.apply([entries["n2"]])
     await wait_state(middle.reconciler, ("default", NAME, 1), ModelPhase.READY)
-    first.reconciler.apply([entry(base, signature, sha, "stage-1.onnx", "head", {
-        "cut": CUTS[0], "wire": wire, "cloudUrl": middle.server.split_url, "fallback": "local",
-        "fullArtifactUri": f"{base}/model-cpu.onnx", "fullSha256": sha["model-cpu.onnx"]})])  # fmt: skip
+    first.reconciler.apply([entries["n1"]])
     await wait_state(first.reconciler, NAME, ModelPhase.READY)
     yield Chain([first, middle, last], whole)
     for node in (first, middle, last):

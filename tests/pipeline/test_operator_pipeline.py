@@ -198,3 +198,31 @@ def test_cel_rules_agree_with_the_python_rules(split: dict[str, Any]) -> None:
             rule.field,
             split,
         )
+
+
+def test_stage_assignments_refuse_a_chain_that_does_not_fit_the_nodes() -> None:
+    from edgemodel.api import ArtifactRef
+    from edgemodel_operator.pipeline import stage_assignments
+
+    chain = {"wire": "int8", "stages": [
+        {"file": "stage-1.onnx", "sha256": "a" * 64, "cutIn": None, "cutOut": "c1"},
+        {"file": "stage-2.onnx", "sha256": "b" * 64, "cutIn": "c1", "cutOut": None}]}  # fmt: skip
+    artifact = ArtifactRef.model_validate({
+        "hardwareClass": "cpu", "uri": "https://store/ns/m/3/model-cpu.onnx", "sha256": "c" * 64, "sizeBytes": 1,
+        "precision": "fp32", "manifestUri": "https://store/ns/m/3/manifest.json", "signature": "sig"})  # fmt: skip
+    out = stage_assignments(chain, artifact, "ns", "m", 3, ["e", "s2"], {"s2": "https://s2:8443"})
+    head, tail = out["e"], out["s2"]
+    assert head.role.value == "head" and tail.role.value == "tail"  # noqa: PT018
+    assert head.artifact_uri == "https://store/ns/m/3/stage-1.onnx"
+    assert head.split is not None
+    assert (head.split.cut, head.split.cloud_url, head.split.full_sha256) == (
+        "c1",
+        "https://s2:8443",
+        "c" * 64,
+    )
+    assert tail.split is not None
+    assert (tail.split.cut, tail.split.next_url) == ("c1", "")
+    with pytest.raises(PlanError, match="2 stages for 3 nodes"):
+        stage_assignments(chain, artifact, "ns", "m", 3, ["e", "s2", "s3"], {})
+    with pytest.raises(PlanError, match="no split endpoint"):
+        stage_assignments(chain, artifact, "ns", "m", 3, ["e", "s2"], {})
