@@ -3,7 +3,7 @@
 A pipeline (``spec.split.stages``, docs/split-inference.md "Pipelines") is served with the roles the
 agent already has: the entry is a ``head`` (stage 1, the whole model for the fallback, ``cloudUrl`` =
 stage 2), the last stage a ``tail``, and every middle stage a ``tail`` whose ``split.nextUrl`` names
-the next stage. :func:`served` wraps such a tail in an
+the next stage (``edgemodel_pipeline_*`` metrics with ``stage`` = its input tensor). :func:`served` wraps such a tail in an
 :class:`edgemodel.split.stages.ForwardingStage` before it is registered in the tail server, which
 then runs the stage, forwards the features (codec, mTLS with the agent's ``--split-tls-*``) and
 answers with what comes back (503 when the rest of the chain cannot answer: the entry falls back).
@@ -13,21 +13,36 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 from edge_agent.split import TailPart
 from edgemodel.api import ModelAssignment
 from edgemodel.split.codec import WireFormat
 from edgemodel.split.remote import PartRunner, RemoteTail, TlsFiles
-from edgemodel.split.stages import ForwardingStage
+from edgemodel.split.stages import ForwardingStage, PipelineMetrics
+
+if TYPE_CHECKING:
+    from edge_agent.control.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
 _forwarding: dict[tuple[int, str, str, int], ForwardingStage] = {}
 """Forwarding stages by (owner id, namespace, name, revision); the owner is the agent's reconciler."""
 _closing: set[asyncio.Task[None]] = set()
+_metrics: dict[int, PipelineMetrics] = {}
+"""The edgemodel_pipeline_* families, once per agent metrics registry."""
 
 
-def served(part: TailPart, a: ModelAssignment, tls: TlsFiles | None, owner: object) -> PartRunner:
+def metrics_of(owner: Reconciler) -> PipelineMetrics:
+    """The pipeline metrics in the agent's registry (served on its /metrics), created on first use."""
+    registry = owner.server.metrics.registry
+    found = _metrics.get(id(registry))
+    if found is None:
+        found = _metrics[id(registry)] = PipelineMetrics(registry)
+    return found
+
+
+def served(part: TailPart, a: ModelAssignment, tls: TlsFiles | None, owner: Reconciler) -> PartRunner:
     """What the tail server should run for ``a``: the tail itself, or a stage forwarding to ``split.nextUrl``."""
     if a.split is None or not a.split.next_url:
         return part
@@ -45,7 +60,9 @@ def served(part: TailPart, a: ModelAssignment, tls: TlsFiles | None, owner: obje
         tls=tls,
         cooldown_s=1.0,
     )
-    stage = ForwardingStage(part, remote, model=a.name, version=str(a.revision), index=0)
+    stage = ForwardingStage(
+        part, remote, model=a.name, version=str(a.revision), index=a.split.cut, metrics=metrics_of(owner)
+    )  # the stage label: its input tensor
     release(owner, a.namespace, a.name, a.revision)
     _forwarding[(id(owner), a.namespace, a.name, a.revision)] = stage
     log.info(

@@ -88,7 +88,7 @@ class PipelineMetrics:
             registry=registry,
         )
 
-    def observe(self, model: str, version: str, stage: int, outcome: SplitOutcome) -> None:
+    def observe(self, model: str, version: str, stage: int | str, outcome: SplitOutcome) -> None:
         key = (model, version, str(stage))
         path = "chain" if outcome.path == "split" else outcome.path
         self.requests.labels(*key, path).inc()
@@ -103,7 +103,7 @@ class PipelineMetrics:
                 continue  # skipped during a cool-down
             self.seconds.labels(*key, phase).observe(seconds)
 
-    def unavailable(self, model: str, version: str, stage: int) -> None:
+    def unavailable(self, model: str, version: str, stage: int | str) -> None:
         self.requests.labels(model, version, str(stage), "unavailable").inc()
 
 
@@ -121,7 +121,7 @@ class ForwardingStage:
         *,
         model: str,
         version: str,
-        index: int,
+        index: int | str,
         fallback: PartRunner | None = None,
         metrics: PipelineMetrics | None = None,
     ) -> None:

@@ -180,6 +180,8 @@ async def test_three_agents_serve_the_chain_and_the_entry_falls_back_when_a_stag
     assert counted(first, "edgemodel_split_requests_total", path="split") == 3
     assert counted(middle, "edgemodel_split_tail_requests_total", result="ok") == 3
     assert counted(last, "edgemodel_split_tail_requests_total", result="ok") == 3
+    assert counted(middle, "edgemodel_pipeline_requests_total", stage=CUTS[0], path="chain") == 3
+    assert counted(middle, "edgemodel_pipeline_stage_duration_seconds_count", phase="downstream") == 3
 
     await last.close()  # the last stage's node is gone
     for _ in range(3):
@@ -190,3 +192,5 @@ async def test_three_agents_serve_the_chain_and_the_entry_falls_back_when_a_stag
     (head,) = first.reconciler.states()
     assert head.fallback_count == 3
     assert head.error_count == 0
+    # the middle stage told the entry it could not answer (503): the entry then skips the chain for a while
+    assert counted(middle, "edgemodel_pipeline_requests_total", stage=CUTS[0], path="unavailable") >= 1
