@@ -38,9 +38,10 @@ def render(data: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.2f}x" for k, v in data["slowdown"].items())
         + ".",
         "",
-        "**Taken on a shared, heavily loaded 2-core machine** (7 helpers at work): the reference itself ran "
-        "~10x slower than on a quiet machine, so the 0.2 and 0.4 quotas hardly bind and the devices differ far "
-        "less than 1:2:4. The lead re-runs on a quiet machine.",
+        "**Taken on a shared, heavily loaded 2-core machine** (7 helpers at work; ResNet-18 takes ~12.5 ms with 2 "
+        "ORT threads on this CPU when it is quiet): the load changes between the reference profile, the single-node "
+        "runs and the plans, so predictions and the 1:2:4 device ratio hold only roughly. The lead re-runs on a "
+        "quiet machine.",
         "",
         "| plan (devices@cuts) | latency ms | throughput req/s | predicted latency ms | predicted req/s | requests "
         "| errors |",
