@@ -226,3 +226,17 @@ def test_stage_assignments_refuse_a_chain_that_does_not_fit_the_nodes() -> None:
         stage_assignments(chain, artifact, "ns", "m", 3, ["e", "s2", "s3"], {})
     with pytest.raises(PlanError, match="no split endpoint"):
         stage_assignments(chain, artifact, "ns", "m", 3, ["e", "s2"], {})
+
+
+def test_a_pipeline_change_opens_a_revision_but_moving_stages_between_nodes_does_not() -> None:
+    from edgemodel_operator.revisions import build_hash
+
+    def with_stages(**stages: Any) -> EdgeModelSpec:
+        return spec(link={"bandwidthMbitS": 100}, stages={"pool": {"matchLabels": {"p": "a"}}, **stages})
+
+    base = build_hash(spec())
+    assert build_hash(with_stages()) != base  # turning a pipeline on rebuilds
+    assert build_hash(with_stages(count=3)) != build_hash(with_stages())
+    assert build_hash(with_stages(objective="throughput")) != build_hash(with_stages())
+    moved = spec(link={"bandwidthMbitS": 100}, stages={"pool": {"matchLabels": {"p": "b"}}})
+    assert build_hash(moved) == build_hash(with_stages())
