@@ -42,6 +42,7 @@ from typing import Any, TypeVar
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge_agent import pipeline
 from edge_agent.control import decide
 from edge_agent.control.artifacts import FetchError, download, fetch_bytes, sha256_of
 from edge_agent.control.cache import ArtifactCache
@@ -238,6 +239,7 @@ class Reconciler:
         if part is None:
             return
         self.server.tails.remove(a.name, str(a.revision))
+        pipeline.release(self, a.namespace, a.name, a.revision)
         part.unload()
         log.info("Unassigned the split tail of %s/%s revision %d: removed from the tail server", a.namespace, a.name, a.revision)
 
@@ -466,7 +468,8 @@ class Reconciler:
             except StepFailed:
                 part.unload()
                 raise
-            self.server.tails.add(a.name, str(a.revision), part, cut=a.split.cut)
+            self.server.tails.add(a.name, str(a.revision), pipeline.served(part, a, self.server.split_tls, self),
+                                  cut=a.split.cut)  # pipelines: a middle stage forwards (edge_agent/pipeline.py)
             previous = self.tails.get(key)
             self.tails[key] = part
             if previous is not None and previous is not part:
@@ -590,5 +593,6 @@ class Reconciler:
         tasks = [t.task for t in self.tracked.values() if t.task is not None] + list(self._background)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await pipeline.close_all(self)
         if self._http is not None:
             await self._http.close()

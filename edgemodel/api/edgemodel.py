@@ -364,6 +364,77 @@ class SplitCloud(ApiModel):
     Empty: the split endpoint a cloud agent reports (a single cloud agent, or tests)."""
 
 
+class PipelineObjective(StrEnum):
+    LATENCY = "latency"
+    """Lowest end-to-end latency of one request (the sum of stage computes and hops)."""
+    THROUGHPUT = "throughput"
+    """Most requests per second: the slowest stage or link (the pipeline's period) as short as possible."""
+
+
+PIPELINE_ORDER_LABEL = "edgemodel.io/pipeline-order"
+"""Node label ordering the stage pool (numbers, ascending; then node name): stages run on the pool in that order."""
+MAX_PIPELINE_STAGES = 16
+
+
+class StageLink(ApiModel):
+    """A declared link between two stage nodes (either direction)."""
+
+    from_node: str = Field(min_length=1, max_length=253, alias="from")
+    """Node name at one end, e.g. edge-1."""
+    to_node: str = Field(min_length=1, max_length=253, alias="to")
+    """Node name at the other end, e.g. edge-2."""
+    bandwidth_mbit_s: float = Field(gt=0, le=1_000_000)
+    """Usable bandwidth in Mbit/s, e.g. 100."""
+    rtt_ms: float | None = Field(default=None, ge=0, le=60_000)
+    """Round-trip time in ms over HTTPS; empty: measured by the agents (the stage's health round trips)."""
+
+
+class SplitStages(ApiModel):
+    """Pipeline inference: the model as a chain of contiguous stages on several nodes (EdgeShard-style).
+
+    Every node the EdgeModel selects is an entry: it runs stage 1 and holds the whole model (its fallback);
+    stages 2..N run on nodes of the pool (or of stageSelectors), and features travel stage to stage
+    over mTLS. spec.split.link is the default link of every hop; links declares (or leaves to measurement)
+    the RTT of particular pairs.
+    """
+
+    count: int | str = Field(default="auto", json_schema_extra={"x-kubernetes-int-or-string": True})
+    """Number of stages including the entry's, 2 to 16, or auto (the planner's choice up to maxStages)."""
+    max_stages: int = Field(default=4, ge=2, le=MAX_PIPELINE_STAGES)
+    """The most stages auto may choose."""
+    cuts: list[str] = Field(default_factory=list, max_length=MAX_PIPELINE_STAGES - 1)
+    """Manual cuts (tensor or layer names, input side first); empty: the planner chooses them."""
+    pool: LabelSelector | None = None
+    """Nodes that may host stages 2..N, by their Node labels, ordered by the edgemodel.io/pipeline-order label."""
+    stage_selectors: list[LabelSelector] = Field(default_factory=list, max_length=MAX_PIPELINE_STAGES - 1)
+    """Instead of a pool: the nodes for stage 2, 3, ... in order (one selector per stage after the entry)."""
+    objective: PipelineObjective = PipelineObjective.LATENCY
+    """latency or throughput."""
+    links: list[StageLink] = Field(default_factory=list, max_length=256)
+    """Declared links between particular nodes; other hops use spec.split.link."""
+
+    def fixed_count(self) -> int | None:
+        """The number of stages, or None for auto."""
+        if isinstance(self.count, int):
+            return self.count
+        return None if self.count == SPLIT_AUTO else int(self.count)
+
+
+def _stage_count_ok(stages: SplitStages | None) -> bool:
+    if stages is None:
+        return True
+    count = stages.count
+    if isinstance(count, str):
+        if count == SPLIT_AUTO:
+            return True
+        if not count.isdigit():
+            return False
+        count = int(count)
+    if not 2 <= count <= MAX_PIPELINE_STAGES:
+        return False
+    return not stages.cuts or len(stages.cuts) == count - 1
+
+
 class Split(ApiModel):
     """Edge-cloud split inference: the edge runs the first layers, the cloud the rest."""
 
@@ -387,10 +458,16 @@ class Split(ApiModel):
     fail answers 503."""
     cloud: SplitCloud = Field(default_factory=SplitCloud)
     """Which cloud agents run the tail and the URL edge nodes reach them at."""
+    stages: SplitStages | None = None
+    """A pipeline of several stages over edge nodes instead of one edge-cloud cut (leave cut at none)."""
 
     @property
     def enabled(self) -> bool:
         return self.cut != SPLIT_NONE
+
+    @property
+    def pipelined(self) -> bool:
+        return self.stages is not None
 
 
 class EdgeModelSpec(ApiModel):
@@ -553,6 +630,41 @@ CROSS_FIELD_RULES: list[CrossFieldRule] = [
         cel="!has(self.split) || !has(self.split.objective) || self.split.objective != 'edgeCompute' "
         "|| has(self.split.budgetMs)",
         check=lambda s: s.split.objective != SplitObjective.EDGE_COMPUTE or s.split.budget_ms is not None,
+    ),
+    CrossFieldRule(
+        field="spec.split.stages",
+        message="a pipeline replaces the single edge-cloud cut: leave cut at none (stages.cuts names the cuts)",
+        cel="!has(self.split) || !has(self.split.stages) || !has(self.split.cut) || self.split.cut == 'none'",
+        check=lambda s: s.split.stages is None or s.split.cut == SPLIT_NONE,
+    ),
+    CrossFieldRule(
+        field="spec.split.stages.count",
+        message=f"must be auto or a number of stages from 2 to {MAX_PIPELINE_STAGES}, one more than the cuts "
+        "listed in stages.cuts; e.g. count: 3 with two cuts, or count: auto",
+        cel="!has(self.split) || !has(self.split.stages) || !has(self.split.stages.count) "
+        "|| (type(self.split.stages.count) == int ? (self.split.stages.count >= 2 && self.split.stages.count <= "
+        f"{MAX_PIPELINE_STAGES} && (!has(self.split.stages.cuts) || size(self.split.stages.cuts) == 0 "
+        "|| size(self.split.stages.cuts) == self.split.stages.count - 1)) "
+        ": (self.split.stages.count == 'auto' || (self.split.stages.count.matches('^[0-9]+$') "
+        f"&& int(self.split.stages.count) >= 2 && int(self.split.stages.count) <= {MAX_PIPELINE_STAGES} "
+        "&& (!has(self.split.stages.cuts) || size(self.split.stages.cuts) == 0 "
+        "|| size(self.split.stages.cuts) == int(self.split.stages.count) - 1))))",
+        check=lambda s: _stage_count_ok(s.split.stages),
+    ),
+    CrossFieldRule(
+        field="spec.split.stages.pool",
+        message="name the nodes for stages 2..N: a pool selector or stageSelectors (one per stage), not both",
+        cel="!has(self.split) || !has(self.split.stages) || (has(self.split.stages.pool) != "
+        "(has(self.split.stages.stageSelectors) && size(self.split.stages.stageSelectors) > 0))",
+        check=lambda s: s.split.stages is None
+        or ((s.split.stages.pool is not None) != bool(s.split.stages.stage_selectors)),
+    ),
+    CrossFieldRule(
+        field="spec.split.link",
+        message="a pipeline needs the default link between stages, e.g. link: {bandwidthMbitS: 100, rttMs: 2} "
+        "(rttMs may stay empty to use the measured one)",
+        cel="!has(self.split) || !has(self.split.stages) || has(self.split.link)",
+        check=lambda s: s.split.stages is None or s.split.link is not None,
     ),
     CrossFieldRule(
         field="spec.split.quantizeParts",

@@ -347,6 +347,23 @@ def _feeds(data: Dataset, batch: int, limit: int) -> list[dict[str, np.ndarray]]
     return list(data.take(max(batch, min(limit, len(data)) // batch * batch)).batches(batch))
 
 
+def _build_stages(model: EdgeModel, exported: Path, inputs: _Inputs, fixed_batch: int | None, workdir: Path,
+                  threads: int, progress: Progress) -> list[Path]:
+    """spec.split.stages: the stage files and chain.json (edgemodel/convert/stages.py); none without it."""
+    if model.spec.split.stages is None:
+        return []
+    from edgemodel.convert.stages import build_stages
+
+    progress.stage("Building the pipeline stages", 3 if model.spec.split.stages.cuts else 4)
+    try:
+        paths, summary = build_stages(model.spec.split, exported, _feeds(inputs.evaluation, fixed_batch or 1,
+                                      SPLIT_SAMPLES), workdir, threads, progress.advance)
+    except UserError as exc:
+        raise _split_error(exc) from exc
+    log.info("Pipeline: %s", summary)
+    return paths
+
+
 def _build_split(model: EdgeModel, exported: Path, inputs: _Inputs, fixed_batch: int | None, workdir: Path,
                  threads: int, options: ConvertOptions, progress: Progress, rounds: int) -> ManifestSplit:
     """Cut the exported FP32 model (spec.split), verify and write head/tail/split.json; the manifest's summary.
@@ -493,6 +510,7 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
     notes += _targets_missed(spec, choices)
     split = (_build_split(model, info.path, inputs, fixed_batch, workdir / "split", threads, options, progress, rounds)
              if spec.split.enabled else None)
+    stage_files = _build_stages(model, info.path, inputs, fixed_batch, workdir / "stages", threads, progress)
 
     progress.stage("Choosing, writing and signing", 1)
     out = workdir / "out"
@@ -505,6 +523,9 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
         for name in SPLIT_FILES:
             shutil.copyfile(workdir / "split" / name, out / name)
             files[name] = out / name
+    for path in stage_files:  # spec.split.stages: signed with the rest of the revision
+        shutil.copyfile(path, out / path.name)
+        files[path.name] = out / path.name
     for hw, choice in choices.items():
         c = choice.candidate
         built_path = next(b.path for b in built if b.plan.name == c.name and b.plan.hardware_class == hw)

@@ -28,6 +28,9 @@ class Pki:
     other_ca: Path
     rogue_client_cert: Path
     rogue_client_key: Path
+    peer_cert: Path | None = None
+    """A pipeline stage's cert: serverAuth and clientAuth (it serves its upstream and calls its downstream)."""
+    peer_key: Path | None = None
 
 
 def _name(cn: str) -> x509.Name:
@@ -61,7 +64,7 @@ def _ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
 
 
 def _leaf(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, cn: str,
-          server: bool) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+          server: bool, client_too: bool = False) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
@@ -70,7 +73,9 @@ def _leaf(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, cn: str
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
-                                                     else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+                                                     else ExtendedKeyUsageOID.CLIENT_AUTH]
+                                                    + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client_too else [])),
+                              critical=False))
     if server:
         builder = builder.add_extension(x509.SubjectAlternativeName(
             [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
@@ -85,6 +90,7 @@ def make_pki(directory: Path) -> Pki:
     client_key, client_cert = _leaf(ca_key, ca_cert, "edge-agent", server=False)
     other_key, other_cert = _ca("someone-else-ca")
     rogue_key, rogue_cert = _leaf(other_key, other_cert, "rogue-agent", server=False)
+    peer_key, peer_cert = _leaf(ca_key, ca_cert, "pipeline-stage", server=True, client_too=True)
     return Pki(
         ca=_write_cert(ca_cert, directory / "ca.pem"),
         server_cert=_write_cert(server_cert, directory / "server.pem"),
@@ -94,4 +100,6 @@ def make_pki(directory: Path) -> Pki:
         other_ca=_write_cert(other_cert, directory / "other-ca.pem"),
         rogue_client_cert=_write_cert(rogue_cert, directory / "rogue.pem"),
         rogue_client_key=_write_key(rogue_key, directory / "rogue.key"),
+        peer_cert=_write_cert(peer_cert, directory / "peer.pem"),
+        peer_key=_write_key(peer_key, directory / "peer.key"),
     )

@@ -386,8 +386,14 @@ def make_tail_app(session_runner: PartRunner | TailRegistry, *, model: str = "mo
             if cut_name is not None and cut_name not in features:
                 return web.Response(status=400, text=f"the body holds {sorted(features)}, not the cut {cut_name!r}")
             loop = asyncio.get_running_loop()
+            handle = getattr(runner, "handle", None)  # a pipeline stage that forwards (edgemodel.split.stages)
             try:
-                outputs, tail_s = await loop.run_in_executor(executor, _timed, runner, features)
+                if handle is not None:
+                    outputs, tail_s = await handle(features, executor)
+                else:
+                    outputs, tail_s = await loop.run_in_executor(executor, _timed, runner, features)
+            except SplitUnavailable as exc:
+                return web.Response(status=503, text=str(exc))
             except KeyError as exc:
                 return web.Response(status=400, text=f"features do not fit the tail: {exc.args[0] if exc.args else exc}")
             except Exception:

@@ -23,6 +23,8 @@ from edgemodel.api import (
 BUILD_FIELDS = ("source", "inputs", "optimization", "validation")
 SPLIT_IN_PLACE = ("fallback", "cloud")
 """spec.split fields that apply to the current revision without a rebuild (the rest are BUILD_FIELDS too)."""
+STAGES_IN_PLACE = ("pool", "stageSelectors")
+"""spec.split.stages fields that only move stages between nodes (the operator re-assigns, no rebuild)."""
 IN_FLIGHT = (RevisionOutcome.CONVERTING, RevisionOutcome.ROLLING_OUT)
 
 
@@ -30,8 +32,11 @@ def build_hash(spec: EdgeModelSpec) -> str:
     """sha256 over the normalised build-relevant spec (defaults applied, camelCase, sorted keys)."""
     wire = spec.to_k8s()
     relevant = {key: wire.get(key) for key in BUILD_FIELDS}
-    if spec.split.enabled:  # only the parts that change head/tail (the fallback and the cloud apply in place)
-        relevant["split"] = {k: v for k, v in wire["split"].items() if k not in SPLIT_IN_PLACE}
+    if spec.split.enabled or spec.split.pipelined:  # only what changes the parts (fallback and cloud apply in place)
+        split = {k: v for k, v in wire["split"].items() if k not in SPLIT_IN_PLACE}
+        if "stages" in split:  # which nodes host the stages does not change the stage files
+            split["stages"] = {k: v for k, v in split["stages"].items() if k not in STAGES_IN_PLACE}
+        relevant["split"] = split
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
