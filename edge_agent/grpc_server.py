@@ -96,6 +96,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.decode_limits = limits.decode
         self._token = token.encode() if token else None
         self._decode_off_loop = decode
+        self.observer: Callable[[Any, InferRequest, Any], None] | None = None
+        """Sees each answered request (continual learning's capture, like ``RestApi.observer``)."""
 
     # -- helpers -----------------------------------------------------------------------------
     def _authorize(self, context: Context[Req, Resp]) -> None:
@@ -206,6 +208,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 infer_request = await self._decode(request, mv.model.input_by_name)  # type: ignore[arg-type]
                 outputs = await self.dataplane.infer(mv, infer_request)
+                if self.observer is not None:
+                    self.observer(mv, infer_request, outputs)
                 response = encode_infer_response(mv.name, mv.version, infer_request.id, outputs)
             finally:
                 mv.release()

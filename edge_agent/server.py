@@ -212,6 +212,7 @@ class AgentServer:
 
         s = self.settings
         servicer = grpc_server.InferenceServicer(self.dataplane, request_limits(s), self.token, decode=self.api.decode_off_loop)
+        servicer.observer = self.api.observer  # the same capture as REST (docs/continual.md)
         credentials = grpc_server.server_credentials(s.tls_cert, s.tls_key) if s.tls_cert and s.tls_key else None
         self._grpc = grpc_server.GrpcServer(servicer, s.host, s.grpc_port or 0, s.max_body_bytes, credentials)
         await self._grpc.start()

@@ -355,7 +355,7 @@ async def follow(runtime: Runtime, body: Mapping[str, Any], em: EdgeModel, statu
     """Check the round's Job; when it ended, record the gate and (on pass) point spec.source at the new model."""
     meta = body["metadata"]
     namespace, name = meta.get("namespace", "default"), meta["name"]
-    job = await runtime.client.get(Paths.job(namespace, status.active_job))
+    job = await runtime.client.get(Paths.job(namespace, status.active_job), missing_ok=True)
     current = status.rounds[-1] if status.rounds else None
     if job is not None and job_state(job).phase == JobPhase.RUNNING:
         return

@@ -61,7 +61,7 @@ class FederatedController:
 
     async def reconcile(self, namespace: str, name: str) -> bool:
         """One pass; True when the training is finished (nothing more to do)."""
-        body = await self.client.get(training_path(namespace, name))
+        body = await self.client.get(training_path(namespace, name), missing_ok=True)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return True
         outcome = Outcome()
@@ -104,7 +104,7 @@ class FederatedController:
         nodes = fl.select_nodes(await self.client.list(Paths.nodes()), spec.selector)
         edgemodel_exists = None
         if spec.edge_model:
-            edgemodel_exists = await self.client.get(Paths.edgemodel(namespace, spec.edge_model)) is not None
+            edgemodel_exists = await self.client.get(Paths.edgemodel(namespace, spec.edge_model), missing_ok=True) is not None
         problems = fl.spec_problems(spec, nodes, edgemodel_exists)
         if problems:
             outcome.finished = True
@@ -167,7 +167,7 @@ class FederatedController:
             outcome.finished = True
             await self.cleanup(namespace, name)
             return self._fail(new, bad[0], bad[1], generation, outcome)
-        server = await self.client.get(Paths.job(namespace, fl.server_name(name)))
+        server = await self.client.get(Paths.job(namespace, fl.server_name(name)), missing_ok=True)
         if server is None:
             outcome.finished = True
             await self.cleanup(namespace, name)
@@ -347,7 +347,7 @@ class FederatedController:
         while asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(1.0)
             try:
-                body = await self.client.get(Paths.edgemodel(namespace, edgemodel))
+                body = await self.client.get(Paths.edgemodel(namespace, edgemodel), missing_ok=True)
                 history = ((body or {}).get("status") or {}).get("history") or []
                 for index, record in enumerate(history):
                     if record.get("generation") == generation:
