@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
 from dataclasses import asdict
 
 import grpc
 import numpy as np
 from grpc import aio
 
-from bench.agent.loadgen import LoadResult
+from bench.agent.loadgen import LoadResult, drive
 from edge_agent.grpc_proto import predict_v2_pb2 as pb
 from edge_agent.grpc_proto import predict_v2_pb2_grpc as pb_grpc
 
@@ -37,36 +36,17 @@ async def run_load(
     max_requests: int = 1_000_000,
 ) -> LoadResult:  # fmt: skip
     """Send ``request`` to ``target`` from ``concurrency`` workers for ``duration_s`` after a warm-up."""
-    latencies: list[float] = []
-    errors = 0
     async with aio.insecure_channel(target) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
 
-        async def worker(until: float, record: bool) -> None:
-            nonlocal errors
-            while time.perf_counter() < until and len(latencies) < max_requests:  # bounded in time and count
-                start = time.perf_counter()
-                try:
-                    await stub.ModelInfer(request, timeout=60)
-                    ok = True
-                except grpc.RpcError:
-                    ok = False
-                if record:
-                    if ok:
-                        latencies.append(time.perf_counter() - start)
-                    else:
-                        errors += 1
+        async def send() -> bool:
+            try:
+                await stub.ModelInfer(request, timeout=60)
+            except grpc.RpcError:
+                return False
+            return True
 
-        await asyncio.gather(*(worker(time.perf_counter() + warmup_s, False) for _ in range(concurrency)))
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(started + duration_s, True) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    values = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
-    return LoadResult(
-        concurrency=concurrency, requests=len(latencies), errors=errors, seconds=round(elapsed, 3),
-        p50_ms=round(float(np.percentile(values, 50)), 3), p99_ms=round(float(np.percentile(values, 99)), 3),
-        throughput=round(len(latencies) / elapsed, 1),
-    )  # fmt: skip
+        return await drive(send, concurrency, duration_s, warmup_s, max_requests)
 
 
 def main() -> None:

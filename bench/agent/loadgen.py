@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 
 import aiohttp
@@ -46,39 +47,51 @@ def build_request(input_name: str, shape: tuple[int, ...], binary: bool, seed: i
     return head + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}
 
 
-async def run_load(
-    url: str, body: bytes, headers: dict[str, str], concurrency: int, duration_s: float, warmup_s: float = 1.0,
-    max_requests: int = 1_000_000,
-) -> LoadResult:
-    """Send ``body`` to ``url`` from ``concurrency`` workers for ``duration_s`` after a warm-up."""
+async def drive(
+    send: Callable[[], Awaitable[bool]], concurrency: int, duration_s: float, warmup_s: float, max_requests: int,
+) -> LoadResult:  # fmt: skip
+    """Call ``send`` (True: a good answer) from ``concurrency`` workers for ``duration_s`` after a warm-up;
+    bounded in time and in count."""
     latencies: list[float] = []
     errors = 0
-    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
 
-        async def worker(until: float, record: bool) -> None:
-            nonlocal errors
-            while time.perf_counter() < until and len(latencies) < max_requests:  # bounded in time and count
-                start = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    ok = resp.status == 200
-                if record:
-                    if ok:
-                        latencies.append(time.perf_counter() - start)
-                    else:
-                        errors += 1
+    async def worker(until: float, record: bool) -> None:
+        nonlocal errors
+        while time.perf_counter() < until and len(latencies) < max_requests:
+            start = time.perf_counter()
+            ok = await send()
+            if record:
+                if ok:
+                    latencies.append(time.perf_counter() - start)
+                else:
+                    errors += 1
 
-        await asyncio.gather(*(worker(time.perf_counter() + warmup_s, False) for _ in range(concurrency)))
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(started + duration_s, True) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
+    await asyncio.gather(*(worker(time.perf_counter() + warmup_s, False) for _ in range(concurrency)))
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(started + duration_s, True) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
     values = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
     return LoadResult(
         concurrency=concurrency, requests=len(latencies), errors=errors, seconds=round(elapsed, 3),
         p50_ms=round(float(np.percentile(values, 50)), 3), p99_ms=round(float(np.percentile(values, 99)), 3),
         throughput=round(len(latencies) / elapsed, 1),
     )  # fmt: skip
+
+
+async def run_load(
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, duration_s: float, warmup_s: float = 1.0,
+    max_requests: int = 1_000_000,
+) -> LoadResult:
+    """Send ``body`` to ``url`` from ``concurrency`` workers for ``duration_s`` after a warm-up."""
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def send() -> bool:
+            async with session.post(url, data=body, headers=headers) as resp:
+                await resp.read()
+                return resp.status == 200
+
+        return await drive(send, concurrency, duration_s, warmup_s, max_requests)
 
 
 def main() -> None:

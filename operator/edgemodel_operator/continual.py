@@ -32,7 +32,7 @@ from edgemodel.api import ConditionStatus, EdgeModel, set_condition
 from edgemodel.api.continual import AgentContinualState, ContinualRound, ContinualStatus
 from edgemodel.continual.triggers import AgentReport, Decision, evaluate
 from edgemodel_operator.constants import EDGEMODELS, LABEL_MODEL, STORE_TOKEN_KEY
-from edgemodel_operator.jobs import JobPhase, job_state
+from edgemodel_operator.jobs import CONTAINER_SECURITY, JobPhase, converter_pod_security, job_state
 from edgemodel_operator.kube import Paths
 from edgemodel_operator.runtime import Runtime
 from edgemodel_operator.settings import OperatorSettings
@@ -158,12 +158,7 @@ def build_training_job(
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": settings.converter_run_as_user,
-                        "runAsGroup": settings.converter_run_as_group,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": converter_pod_security(settings, fs_group=False),
                     "containers": [
                         {
                             "name": "train",
@@ -215,11 +210,7 @@ def build_training_job(
                             },
                             "terminationMessagePolicy": "FallbackToLogsOnError",
                             "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "readOnlyRootFilesystem": True,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
+                            "securityContext": dict(CONTAINER_SECURITY),
                         }
                     ],
                     "volumes": [{"name": "scratch", "emptyDir": {}}],

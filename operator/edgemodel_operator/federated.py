@@ -29,6 +29,7 @@ from edgemodel.api.federated import (
     RoundRecord,
 )
 from edgemodel_operator.constants import LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGER, STORE_TOKEN_KEY
+from edgemodel_operator.jobs import CONTAINER_SECURITY, converter_pod_security
 from edgemodel_operator.settings import OperatorSettings
 
 FEDERATEDTRAININGS = (GROUP, "v1alpha1", "federatedtrainings")
@@ -213,11 +214,7 @@ def _container(
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [*mounts, {"name": "scratch", "mountPath": SCRATCH_DIR}],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": dict(CONTAINER_SECURITY),
     }
 
 
@@ -238,13 +235,7 @@ def _job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": settings.converter_run_as_user,
-            "runAsGroup": settings.converter_run_as_group,
-            "fsGroup": settings.converter_fs_group,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": converter_pod_security(settings),
         "containers": [container],
         "volumes": [*volumes, {"name": "scratch", "emptyDir": {}}],
     }

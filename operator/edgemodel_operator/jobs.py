@@ -81,6 +81,28 @@ def with_measured_rtt(spec: EdgeModelSpec, measured: tuple[float, int] | None) -
     return spec.model_copy(update={"split": split})
 
 
+CONTAINER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+"""The restricted container of every Job the operator runs with the converter image (conversion, training)."""
+
+
+def converter_pod_security(settings: OperatorSettings, *, fs_group: bool = True) -> dict[str, Any]:
+    """The pod securityContext of the converter image's Jobs: non-root with the configured user and group;
+    ``fs_group`` when a mounted Secret must be readable through the group (mode 0440)."""
+    context: dict[str, Any] = {
+        "runAsNonRoot": True,
+        "runAsUser": settings.converter_run_as_user,
+        "runAsGroup": settings.converter_run_as_group,
+    }
+    if fs_group:
+        context["fsGroup"] = settings.converter_fs_group
+    context["seccompProfile"] = {"type": "RuntimeDefault"}
+    return context
+
+
 def build_conversion_job(
     owner: Mapping[str, Any], spec: EdgeModelSpec, revision: int, spec_hash: str, settings: OperatorSettings
 ) -> dict[str, Any]:
@@ -118,24 +140,14 @@ def build_conversion_job(
             {"name": "signing-key", "mountPath": SIGNING_KEY_DIR, "readOnly": True},
             {"name": "scratch", "mountPath": SCRATCH_DIR},
         ],
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": dict(CONTAINER_SECURITY),
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         # Explicit user and fsGroup: the key is mounted owned by root with group fsGroup, mode 0440, so
         # the non-root converter reads it through its group (without fsGroup, 0400 root:root is unreadable).
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": settings.converter_run_as_user,
-            "runAsGroup": settings.converter_run_as_group,
-            "fsGroup": settings.converter_fs_group,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": converter_pod_security(settings),
         "containers": [container],
         "volumes": [
             {
