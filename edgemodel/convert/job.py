@@ -31,7 +31,7 @@ from edgemodel.convert.pipeline import (
     termination_message,
 )
 from edgemodel.convert.progress import LogProgress, Progress
-from edgemodel.convert.published_progress import PublishedProgress, http_put
+from edgemodel.convert.published_progress import PublishedProgress, http_put, http_remove
 from edgemodel.errors import UserError, describe_validation_error
 from edgemodel.store import RevisionExists, RevisionRef, RevisionStore, StoreError, open_store
 
@@ -181,6 +181,10 @@ def _run(revision: int, store_url: str, signing_key: Path, options: ConvertOptio
     published = PublishedProgress(http_put(store_url, os.environ.get("EDGEMODEL_STORE_TOKEN", ""), ref))
     try:
         return _convert(model, ref, store, signing_key, options, published)
+    except BaseException:
+        published.close()  # a failed conversion leaves nothing in the store, not even its progress
+        http_remove(store_url, os.environ.get("EDGEMODEL_STORE_TOKEN", ""), ref)()
+        raise
     finally:
         published.close()
 

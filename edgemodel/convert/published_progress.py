@@ -162,3 +162,20 @@ def http_put(base_url: str, token: str, ref: RevisionRef) -> Callable[[bytes], N
             store.put_file(key, path)
 
     return put
+
+
+def http_remove(base_url: str, token: str, ref: RevisionRef) -> Callable[[], None]:
+    """Remove the published progress of a failed conversion (a failed Job leaves nothing in the store; a
+    finished one leaves its last step beside the revision). Best effort: one attempt, short timeout, never raises."""
+    from edgemodel.store.client import HttpStore, StoreError
+
+    store = HttpStore(base_url, token, timeout_s=PUT_TIMEOUT_S, retries=0)
+    key = progress_key(ref)
+
+    def remove() -> None:
+        try:
+            store.delete(key)
+        except (StoreError, OSError) as exc:
+            log.debug("Could not remove the conversion progress %s: %s", key, exc)
+
+    return remove

@@ -56,7 +56,7 @@ class FakeClient:
         self.patches.append((path, copy.deepcopy(body)))
         return body
 
-    async def get(self, path: str) -> dict[str, Any] | None:
+    async def get(self, path: str, *, missing_ok: bool = False) -> dict[str, Any] | None:
         return self.jobs.get(path.rsplit("/", 1)[-1])
 
 
