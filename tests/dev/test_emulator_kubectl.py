@@ -37,7 +37,8 @@ def test_version_and_api_resources(cluster: LocalCluster, kubectl_path: Path) ->
     assert version["serverVersion"]["minor"] == "36"
     resources = cluster.kubectl("api-resources", "--api-group=edgemodel.io").stdout
     assert rows(resources)[1:] == [["edgeagents", "ea", "edgemodel.io/v1alpha1", "false", "EdgeAgent"],
-                                   ["edgemodels", "em", "edgemodel.io/v1alpha1", "true", "EdgeModel"]]
+                                   ["edgemodels", "em", "edgemodel.io/v1alpha1", "true", "EdgeModel"],
+                                   ["federatedtrainings", "fedt", "edgemodel.io/v1alpha1", "true", "FederatedTraining"]]
     assert "jobs" in cluster.kubectl("api-resources", "--api-group=batch").stdout
 
 
