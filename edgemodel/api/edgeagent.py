@@ -37,9 +37,9 @@ class SplitAssignment(ApiModel):
     """Head with fallback local: the whole model, run when the cloud is unreachable."""
     full_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     """sha256 of the whole model."""
-    next_url: str = Field(default="", pattern=r"^(https?://.+)?$")
+    next_url: str | None = Field(default=None, pattern=r"^https?://.+$")
     """Tail only, pipelines (spec.split.stages): a middle stage forwards its output to the next stage's split port
-    here and answers with what comes back; empty: the last stage (or a plain tail)."""
+    here and answers with what comes back; unset: the last stage (or a plain tail)."""
     next_cut: str | None = Field(default=None, min_length=1)
     """With nextUrl: the next stage's input tensor (this stage's output)."""
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Coroutine, Mapping
@@ -19,7 +20,9 @@ from typing import Any
 
 import kopf
 
+from edgemodel.convert.published_progress import progress_key
 from edgemodel.store.client import HttpStore, StoreError
+from edgemodel.store.layout import RevisionRef
 from edgemodel_operator.assignments import JsonPatch, patch_for, removal_patch, tails_patch
 from edgemodel_operator.decide import Decision, Event
 from edgemodel_operator.kube import JSON_PATCH, MERGE_PATCH, ApiError, ApiUnavailable, Paths
@@ -183,6 +186,8 @@ async def delete_artifacts(rt: Runtime, namespace: str, name: str, revisions: li
     failed = []
     for revision in revisions:
         key = f"{namespace}/{name}/{revision}"
+        with contextlib.suppress(StoreError):  # the conversion's last progress step, beside the revision folder
+            await asyncio.to_thread(store.delete, progress_key(RevisionRef(namespace, name, revision)))
         try:
             await asyncio.to_thread(store.delete, key)
         except StoreError as exc:

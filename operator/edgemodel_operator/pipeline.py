@@ -324,7 +324,7 @@ def stage_assignments(
             split = SplitAssignment(
                 cut=stage["cutIn"],
                 wire=wire,
-                next_url="" if last else endpoints[nodes[k + 1]],
+                next_url=None if last else endpoints[nodes[k + 1]],
                 next_cut=None if last else stage["cutOut"],
             )
             out[node] = ModelAssignment(**common, role=ModelRole.TAIL, split=split)

@@ -221,7 +221,7 @@ def test_stage_assignments_refuse_a_chain_that_does_not_fit_the_nodes() -> None:
         "c" * 64,
     )
     assert tail.split is not None
-    assert (tail.split.cut, tail.split.next_url) == ("c1", "")
+    assert (tail.split.cut, tail.split.next_url) == ("c1", None)
     with pytest.raises(PlanError, match="2 stages for 3 nodes"):
         stage_assignments(chain, artifact, "ns", "m", 3, ["e", "s2", "s3"], {})
     with pytest.raises(PlanError, match="no split endpoint"):
