@@ -75,3 +75,31 @@ def test_signals_during_shutdown_do_not_leave_processes_behind(tmp_path: Path) -
     assert "SIGTERM received again: still stopping" in text
     assert "SIGINT received again: still stopping" in text
     assert leftovers(workdir) == "", f"processes left running:\n{leftovers(workdir)}"
+
+
+def test_after_a_signalled_shutdown_late_signals_are_noted_then_ignored() -> None:
+    """The interpreter's teardown restores default handlers: a late Ctrl-C must not turn exit 143 into death by
+    SIGINT, so the guard notes the rest of the burst for a moment, then ignores SIGINT/SIGTERM."""
+    from edgemodel_dev.demo.shutdown import SIGNALS, SignalGuard
+
+    saved = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    notes: list[str] = []
+    try:
+        quiet = SignalGuard(notes.append).install()
+        quiet.stopping()  # a shutdown without a signal: nothing to linger for, handlers stay
+        started = time.monotonic()
+        quiet.finish(linger_s=5)
+        assert time.monotonic() - started < 1
+        assert signal.getsignal(signal.SIGINT) == quiet._handle
+
+        guard = SignalGuard(notes.append).install()
+        with pytest.raises(SystemExit) as exited:
+            signal.raise_signal(signal.SIGTERM)  # the handler runs at once, in this thread
+        assert exited.value.code == 143
+        guard.finish(linger_s=0.05)
+        assert all(signal.getsignal(sig) == signal.SIG_IGN for sig in SIGNALS)
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: this test goes on
+        assert notes == ["SIGTERM received: stopping every process the demo started"]
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

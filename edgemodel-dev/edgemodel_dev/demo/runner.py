@@ -414,3 +414,5 @@ def run_demo(options: DemoOptions, console: Console | None = None, guard: Signal
             guard.stopping()
         console.print("Stopping every process the demo started")
         demo.close()
+        if guard is not None:
+            guard.finish()

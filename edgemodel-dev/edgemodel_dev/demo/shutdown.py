@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -19,6 +20,8 @@ from edgemodel.errors import UserError
 
 MARKER = ".edgemodel-demo"
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+LINGER_S = 1.0
+"""After a signal-started shutdown: how long the demo keeps noting the rest of the signal burst before it exits."""
 # What a demo run writes at the top of its folder: a folder holding only these (and "kube") was made
 # by a demo from before the marker existed.
 DEMO_ENTRIES = frozenset({MARKER, "kube", "logs", "models", "pki", "prometheus", "signing", "store"})
@@ -34,6 +37,20 @@ class SignalGuard:
     def __init__(self, note: Callable[[str], None] | None = None) -> None:
         self.note = note or (lambda text: print(text, file=sys.stderr, flush=True))
         self.shutting_down = False
+        self.signalled = False
+
+    def finish(self, linger_s: float = LINGER_S) -> None:
+        """The shutdown is done. After a signal, wait ``linger_s`` for the rest of its burst (GNU timeout's
+        second SIGTERM, a repeated Ctrl-C: each is noted), then ignore SIGINT/SIGTERM: the interpreter's own
+        teardown (which can take a while after torch) restores the default handlers, and a late signal would
+        otherwise kill the process and replace the exit status (143 / 130) with death by signal."""
+        if not self.signalled:
+            return
+        deadline = time.monotonic() + linger_s
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(left)
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
     def install(self) -> SignalGuard:
         for sig in SIGNALS:
@@ -49,6 +66,7 @@ class SignalGuard:
             self.note(f"{name} received again: still stopping every process the demo started")
             return
         self.shutting_down = True
+        self.signalled = True
         self.note(f"{name} received: stopping every process the demo started")
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
