@@ -30,7 +30,6 @@ import orjson
 from pydantic import ValidationError
 
 from edge_agent.control.decide import LeaseFacts, SpecChange, agent_conditions, apply_retry_delay, spec_change
-from edge_agent.control.kube import ApiError, ApiUnavailable, KubeClient, resource_path
 from edge_agent.control.lease import LeaseRenewer
 from edge_agent.control.reconciler import ApplyFailed, Reconciler
 from edgemodel.api import (
@@ -45,6 +44,7 @@ from edgemodel.api import (
     set_condition,
 )
 from edgemodel.errors import describe_validation_error
+from edgemodel.kube import ApiError, ApiUnavailable, KubeClient, resource_path
 from edgemodel.retry import Backoff
 
 log = logging.getLogger(__name__)
