@@ -113,6 +113,32 @@ class ChainCosts:
     def segments(self) -> int:
         return len(self.segment_ms)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The costs as chain.json keeps them (the operator re-plans with them, ``from_dict``)."""
+        return {
+            "cuts": list(self.cuts),
+            "segmentMs": [round(v, 4) for v in self.segment_ms],
+            "featureBytes": list(self.feature_bytes),
+            "outputBytes": self.output_bytes,
+            "segmentBytes": list(self.segment_bytes),
+            "codecMs": [round(v, 4) for v in self.codec_ms],
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ChainCosts:
+        """Costs from :meth:`to_dict`; :class:`PlanError` naming the field when one is missing or malformed."""
+        try:
+            return cls(
+                tuple(str(c) for c in doc["cuts"]),
+                tuple(float(v) for v in doc["segmentMs"]),
+                tuple(int(v) for v in doc["featureBytes"]),
+                int(doc["outputBytes"]),
+                tuple(int(v) for v in doc.get("segmentBytes") or ()),
+                tuple(float(v) for v in doc.get("codecMs") or ()),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"chain.json plan.costs: missing or malformed ({exc}); rebuild the revision") from exc
+
     @classmethod
     def from_cumulative(
         cls,
