@@ -281,6 +281,7 @@ def main() -> int:
     profile = profile_split(model, {"input": image}, threads=1, runs=6, warmup=1, wire_formats=(args.wire,))
     costs = chain_costs(profile, args.wire)  # robust to a noisy reference: segments sum to the whole model
     pki = make_pki(args.workdir / "pki")
+    load_start = os.getloadavg()
     results: dict[str, Any] = {
         "settings": vars(args) | {"workdir": str(args.workdir), "out": str(args.out)},
         "cpus": CPUS,
@@ -346,6 +347,7 @@ def main() -> int:
         "faultFirstAnswerAfterKillS": results["fault"].get("firstAnswerAfterKillS"),
         "faultLongestGapAfterKillS": results["fault"].get("longestGapAfterKillS"),
     }
+    results["loadAverage"] = {"start": list(load_start), "end": list(os.getloadavg())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(json.dumps(results["summary"], indent=2))
