@@ -36,7 +36,10 @@ def render(data: dict[str, Any]) -> str:
         f"Reference profile (unthrottled, 1 thread, this machine at the time): whole model "
         f"{data['referenceFullMs']:.1f} ms; {data['cuts']} candidate cuts. Measured slowdowns: "
         + ", ".join(f"{k} {v:.2f}x" for k, v in data["slowdown"].items())
-        + ".",
+        + "."
+        + (" Serving overhead per request (a trivial model, same request): "
+           + ", ".join(f"{k} {v:.1f} ms" for k, v in data["overheadMs"].items()) + "; the planner adds it to every "
+           "stage and the slowdowns exclude it." if data.get("overheadMs") else ""),
         "",
         load_note(data),
         "",
