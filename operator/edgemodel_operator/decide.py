@@ -455,6 +455,9 @@ def _rollout(ctx: _Context, status: EdgeModelStatus, newest: RevisionRecord) -> 
                                         for a in selection.fresh + selection.stale):
             # A chain rolls out as one unit: entries move once the revision's stage is Ready on every stage node.
             split_wait, failure = pipeline_rollout.gate(namespace, name, target, placed[target])
+            if placed[target].problem is not None and split_wait != status.rollout.message:
+                d.events.append(Event("Warning", "PipelineUnplaceable", split_wait or ""))
+                d.log(logging.WARNING, f"Cannot place the stages of EdgeModel {ctx.key}: {split_wait}")
             if failure is not None:
                 status = _transition(ctx, status, Transition.ROLLED_BACK, failure, target)
                 split_wait = None

@@ -242,3 +242,25 @@ def test_a_revision_without_chain_json_is_served_whole_and_pipeline_decisions_ar
     before = copy.deepcopy(snap.body)
     assert decide(snap, settings()) == decide(snap, settings())
     assert snap.body == before
+
+
+def test_a_chain_with_too_few_pool_nodes_waits_with_one_warning_and_rolls_out_when_one_joins() -> None:
+    w = world()
+    spare = w.agents.pop("p2"), w.agents.pop("p3")
+    w.step()
+    d = w.step()
+    assert w.entries("e1") == [], "no entry moves to a chain that cannot run"
+    assert [(e.type, e.reason) for e in d.events if e.reason == "PipelineUnplaceable"] == [
+        ("Warning", "PipelineUnplaceable")]
+    message = w.body["status"]["rollout"]["message"]
+    assert "revision 1: the chain has 3 stages but only 1 fresh node(s)" in message
+    assert "start more stage agents with --split-port" in message
+    assert conditions(w.body["status"])["Progressing"][0] == "True"
+    assert "PipelineUnplaceable" not in reasons(w.step()), "one warning, not one per reconcile"
+    w.agents["p2"] = spare[0]
+    w.step()
+    assert w.entries("p1") == [("tail", 1)]
+    assert w.entries("p2") == [("tail", 1)]
+    w.report_stages("p1", "p2")
+    w.step()
+    assert w.entries("e1") == [("head", 1)]
