@@ -394,6 +394,15 @@ def _convert(ctx: _Context, status: EdgeModelStatus, record: RevisionRecord, spe
                                 "spec.split.link.rttMs is empty)")
             d.events.append(Event("Normal", "SplitLinkMeasured", f"revision {revision} plans its cut for a "
                                   f"{measured[0]:.1f} ms RTT measured by {measured[1]} edge node(s)"))
+        if ctx.spec.split.pipelined:  # count auto: plan over the stage nodes there are
+            timeout = ctx.settings.heartbeat_timeout_seconds
+            selected = scheduling.select(ctx.spec, snap.namespace, snap.name, snap.agents, snap.seen_now, timeout)
+            job_spec, capped = pipeline_rollout.job_spec(
+                job_spec, [a for a in snap.agents if a.is_fresh(snap.seen_now, timeout)],
+                {a.name for a in selected.fresh + selected.stale})
+            if capped:
+                d.log(logging.INFO, f"The conversion of revision {revision} of {ctx.key} {capped}")
+                d.events.append(Event("Normal", "PipelineStagesCapped", f"revision {revision} {capped}"))
         manifest = jobs.build_conversion_job(snap.body, job_spec, revision, spec_hash, ctx.settings)
         d.job_create = JobCreate(jname, revision, manifest)
         return status_mod.conversion_running(status, revision, jname, "created", generation, now)

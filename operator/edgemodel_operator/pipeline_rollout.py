@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edgemodel.api import ArtifactRef, ModelPhase
+from edgemodel.api import ArtifactRef, EdgeModelSpec, ModelPhase
 from edgemodel.api.edgemodel import Split
 from edgemodel.split.chain_planner import ChainCosts, ChainObjective, Device, cost_plan
 from edgemodel.split.planner import PlanError
@@ -58,25 +58,50 @@ class ChainNodes:
         return {a.name: a.split_endpoint for a in self.nodes}
 
 
+def stage_hosts(split: Split, candidates: Sequence[AgentView], entries: set[str]) -> list[AgentView]:
+    """The ``candidates`` (fresh agents) that may host stages 2..N, in pool order, with a split endpoint.
+
+    Raises :class:`PlanError` when a stageSelector matches nobody."""
+    usable = {a.name: a for a in candidates if a.name not in entries and not a.is_cloud and not a.deleting}
+    infos = [NodeInfo(a.name, dict(a.labels), split.edge_slowdown, a.memory_bytes or None) for a in usable.values()]
+    return [usable[n.name] for n in stage_candidates(split, infos, entry="") if usable[n.name].split_endpoint]
+
+
 def chain_nodes(split: Split, chain: Mapping[str, Any], candidates: Sequence[AgentView],
                 entries: set[str]) -> ChainNodes:
     """Place stages 2..N of ``chain`` on the fresh ``candidates`` (entries excluded), in pool order."""
     need = stage_count(chain) - 1
     if need < 1:
         return ChainNodes(problem="chain.json lists fewer than 2 stages; rebuild the revision")
-    usable = {a.name: a for a in candidates if a.name not in entries and not a.is_cloud and not a.deleting}
-    infos = [NodeInfo(a.name, dict(a.labels), split.edge_slowdown, a.memory_bytes or None) for a in usable.values()]
     try:
-        ordered = stage_candidates(split, infos, entry="")
+        with_port = stage_hosts(split, candidates, entries)
     except PlanError as exc:
         return ChainNodes(problem=str(exc))
-    with_port = [usable[n.name] for n in ordered if usable[n.name].split_endpoint]
     if len(with_port) < need:
         return ChainNodes(problem=(
             f"the chain has {need + 1} stages but only {len(with_port)} fresh node(s) of spec.split.stages.pool/"
             f"stageSelectors (other than the entries) report a split endpoint ({', '.join(a.name for a in with_port) or 'none'}); "
             "start more stage agents with --split-port, label more nodes, or lower spec.split.stages.count"))
     return ChainNodes(tuple(with_port[:need]))
+
+
+def job_spec(spec: EdgeModelSpec, candidates: Sequence[AgentView], entries: set[str]) -> tuple[EdgeModelSpec, str]:
+    """The spec the conversion Job plans with: ``count: auto`` may use at most 1 + the fresh stage hosts
+    (a plan over the nodes there are; ``maxStages`` otherwise). Returns (spec, why it changed or '')."""
+    stages = spec.split.stages
+    if stages is None or stages.cuts or stages.fixed_count() is not None:
+        return spec, ""
+    try:
+        hosts = stage_hosts(spec.split, candidates, entries)
+    except PlanError:
+        return spec, ""
+    limit = max(2, 1 + len(hosts))
+    if limit >= stages.max_stages:
+        return spec, ""
+    split = spec.split.model_copy(update={"stages": stages.model_copy(update={"max_stages": limit})})
+    return spec.model_copy(update={"split": split}), (
+        f"plans at most {limit} stages: {len(hosts)} fresh pool node(s) can host stages 2..N "
+        f"({', '.join(a.name for a in hosts) or 'none'}; spec.split.stages.maxStages is {stages.max_stages})")
 
 
 def gate(namespace: str, name: str, revision: int, placed: ChainNodes) -> tuple[str | None, str | None]:

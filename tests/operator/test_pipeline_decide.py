@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import json
 from typing import Any
 
 from edgemodel.api import ConversionResult, EdgeModelStatus, RevisionOutcome
@@ -264,3 +265,30 @@ def test_a_chain_with_too_few_pool_nodes_waits_with_one_warning_and_rolls_out_wh
     w.report_stages("p1", "p2")
     w.step()
     assert w.entries("e1") == [("head", 1)]
+
+
+def test_an_auto_stage_count_is_planned_over_the_pool_nodes_there_are() -> None:
+    def job_object(w: World) -> tuple[dict[str, Any], Decision]:
+        d = w.step()  # opens revision 1 and creates its Job
+        assert d.job_create is not None
+        container = d.job_create.manifest["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        return dict(json.loads(str(env["EDGEMODEL_OBJECT"]))), d
+
+    auto = {"count": "auto", "maxStages": 4, "cuts": []}
+    w = world()
+    w.body = model_body(pipeline_spec(**auto))
+    w.stale.add("p3")
+    w.now += dt.timedelta(minutes=5)  # p3 is stale: only p1 and p2 can host stages 2..N
+    obj, d = job_object(w)
+    assert obj["spec"]["split"]["stages"]["maxStages"] == 3
+    assert w.body["spec"]["split"]["stages"]["maxStages"] == 4, "the user's spec is not changed"
+    event = next(e for e in d.events if e.reason == "PipelineStagesCapped")
+    assert "plans at most 3 stages: 2 fresh pool node(s) can host stages 2..N (p1, p2" in event.message
+    w = world()
+    w.body = model_body(pipeline_spec(**auto))
+    obj, d = job_object(w)
+    assert obj["spec"]["split"]["stages"]["maxStages"] == 4, "3 pool nodes: maxStages as written"
+    assert "PipelineStagesCapped" not in reasons(d)
+    obj, _ = job_object(world())
+    assert obj["spec"]["split"]["stages"]["count"] == 3, "a fixed count is the user's"
