@@ -206,6 +206,11 @@ def test_the_operator_places_gates_serves_and_replans_a_pipeline(stack: Pipeline
         got = infer(endpoint, images)
         assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.97, "INT8 features keep the predictions"
     assert metric(endpoint, "edgemodel_split_requests_total", path="split") >= 5
+    # The operator checks the plan against the entry's measured stage-1 compute (headMs in its status).
+    check = stack.wait_for("PipelinePlanCurrent from the entry's measured compute", lambda: (
+        c := stack.condition("PipelinePlanCurrent")) and c["reason"] in ("PlanHolds", "BetterPlanMeasured") and c,
+        60, detail=stack.status_text)
+    assert "ms" in check["message"]
     for node in (first, second):
         assert metric(stack.agent(node)["status"]["endpoint"], "edgemodel_split_tail_requests_total", result="ok") >= 5
 
