@@ -168,6 +168,8 @@ class TailPart:
         self.namespace = namespace
         self.cut = cut
         self.sha256 = model.sha256
+        self.next_hop: tuple[str | None, str | None] = (None, None)
+        """A pipeline's middle stage: (the next stage's URL, its input tensor) it forwards to."""
         self.provider = model.provider
         self._session = model.session  # kept here: in-flight requests finish after unload()
         self.input_names = [t.name for t in model.inputs]

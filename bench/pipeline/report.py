@@ -27,7 +27,7 @@ def render(data: dict[str, Any]) -> str:
     lines = [
         "# Pipeline benchmark (ResNet-18, 3 stage processes)",
         "",
-        f"Command: `nice -n 10 .venv/bin/python bench/pipeline/run.py --seconds {s['seconds']:g} "
+        f"Command: `flock /work/bench.lock nice -n 10 .venv/bin/python bench/pipeline/run.py --seconds {s['seconds']:g} "
         f"--alternatives {s['alternatives']}` then `.venv/bin/python bench/pipeline/report.py`.",
         f"Devices (cores, cgroup v1 quota): {cpus}; the entry receives every request. Links {s['mbit']:g} Mbit/s, "
         f"{s['rtt_ms']:g} ms RTT (shaping proxies between stages), {s['wire']} features, mTLS on every hop; "
@@ -36,12 +36,12 @@ def render(data: dict[str, Any]) -> str:
         f"Reference profile (unthrottled, 1 thread, this machine at the time): whole model "
         f"{data['referenceFullMs']:.1f} ms; {data['cuts']} candidate cuts. Measured slowdowns: "
         + ", ".join(f"{k} {v:.2f}x" for k, v in data["slowdown"].items())
-        + ".",
+        + "."
+        + (" Serving overhead per request (a trivial model, same request): "
+           + ", ".join(f"{k} {v:.1f} ms" for k, v in data["overheadMs"].items()) + "; the planner adds it to every "
+           "stage and the slowdowns exclude it." if data.get("overheadMs") else ""),
         "",
-        "**Taken on a shared, heavily loaded 2-core machine** (7 helpers at work; ResNet-18 takes ~12.5 ms with 2 "
-        "ORT threads on this CPU when it is quiet): the load changes between the reference profile, the single-node "
-        "runs and the plans, so predictions and the 1:2:4 device ratio hold only roughly. The lead re-runs on a "
-        "quiet machine.",
+        load_note(data),
         "",
         "| plan (devices@cuts) | latency ms | throughput req/s | predicted latency ms | predicted req/s | requests "
         "| errors |",
@@ -68,6 +68,18 @@ def render(data: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def load_note(data: dict[str, Any]) -> str:
+    """The machine's load during the run (1/5/15-minute load averages, 2 shared cores)."""
+    load = data.get("loadAverage")
+    if not load:
+        return ("**Taken on a shared, heavily loaded 2-core machine** (no load average recorded): predictions and "
+                "the 1:2:4 device ratio hold only roughly.")
+    fmt = lambda v: "/".join(f"{x:.2f}" for x in v)  # noqa: E731
+    singles = sum(r["throughputRps"] for r in data["singleNode"].values())
+    return (f"Load average (1/5/15 min, 2 shared cores) {fmt(load['start'])} at the start, {fmt(load['end'])} at "
+            f"the end. The single nodes together answer {singles:.1f} req/s: the capacity no plan can pass.")
 
 
 def main() -> int:

@@ -196,8 +196,9 @@ def first_step(snap: Snapshot, a: ModelAssignment) -> FirstStep:
         if (
             loaded is not None
             and a.split is not None
-            and (loaded.sha256, loaded.cut) == (a.sha256, a.split.cut)
-        ):
+            and (loaded.sha256, loaded.cut, loaded.next_url, loaded.next_cut)
+            == (a.sha256, a.split.cut, a.split.next_url, a.split.next_cut)
+        ):  # a pipeline stage whose next stage moved (the operator re-planned) is registered again
             return Satisfied(f"serving the tail of revision {a.revision} on the split port")
     else:
         serving = snap.serving.get(a.name)

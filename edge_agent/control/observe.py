@@ -53,10 +53,12 @@ class ServingFacts:
 
 @dataclass(frozen=True)
 class TailFacts:
-    """A tail registered in the tail server."""
+    """A tail registered in the tail server (a pipeline's middle stage: with the next stage it forwards to)."""
 
     sha256: str
     cut: str
+    next_url: str | None = None
+    next_cut: str | None = None
 
 
 def _frozen(mapping: Mapping[object, object] | None) -> Mapping[object, object]:

@@ -178,7 +178,7 @@ class Reconciler:
                     loaded.add(v.full_sha256)
         models = [ModelFacts(t.assignment, t.state, t.failures, t.retry_at, t.task is not None and not t.task.done())
                   for t in self.tracked.values()]  # fmt: skip
-        tails = {key: TailFacts(part.sha256, part.cut) for key, part in self.tails.items()}
+        tails = {key: TailFacts(part.sha256, part.cut, *part.next_hop) for key, part in self.tails.items()}
         return snapshot(time.monotonic() if now is None else now, models, serving, tails, loaded, self.server.split_port)
 
     # -- desired state -----------------------------------------------------------------------
@@ -470,6 +470,7 @@ class Reconciler:
                 raise
             self.server.tails.add(a.name, str(a.revision), pipeline.served(part, a, self.server.split_tls, self),
                                   cut=a.split.cut)  # pipelines: a middle stage forwards (edge_agent/pipeline.py)
+            part.next_hop = (a.split.next_url, a.split.next_cut)
             previous = self.tails.get(key)
             self.tails[key] = part
             if previous is not None and previous is not part:

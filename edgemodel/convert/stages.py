@@ -18,7 +18,7 @@ import numpy as np
 
 from edgemodel.api.edgemodel import DEFAULT_SPLIT_RTT_MS, Split
 from edgemodel.errors import UserError
-from edgemodel.split.chain import CHAIN_MANIFEST, build_chain, plan_cuts
+from edgemodel.split.chain import CHAIN_MANIFEST, build_chain, chain_costs, plan_cuts
 from edgemodel.split.chain_planner import ChainLinks, ChainObjective, Device
 from edgemodel.split.planner import Link, PlanError
 
@@ -44,7 +44,7 @@ def build_stages(
         devices = [Device(f"stage-{k + 1}", split.edge_slowdown) for k in range(count or stages.max_stages)]
         rtt = DEFAULT_SPLIT_RTT_MS if split.link.rtt_ms is None else split.link.rtt_ms
         try:
-            chosen, _ = plan_cuts(
+            chosen, profile = plan_cuts(
                 exported,
                 samples,
                 devices,
@@ -58,7 +58,8 @@ def build_stages(
             )
         except PlanError as exc:
             raise UserError(f"spec.split.stages: {exc}") from exc
-        cuts, plan = chosen.cuts, chosen.to_dict()
+        # the costs go with the plan: the operator re-plans with each stage node's measured speed
+        cuts, plan = chosen.cuts, {**chosen.to_dict(), "costs": chain_costs(profile, split.wire).to_dict()}
         step(f"planned {len(chosen.stages)} stages at {cuts}")
     result = build_chain(exported, samples, workdir, cuts, wire=split.wire, plan=plan, on_step=step)
     summary = {

@@ -9,7 +9,8 @@ stage per device:
 
 - a stage's compute on device ``d`` = the sum of its reference segment latencies x ``d.slowdown``
   (measured speed: ms on the device / ms on the reference), plus the encode/decode time of the
-  features it sends (``codec_ms``, also scaled by the sender);
+  features it sends (``codec_ms``, also scaled by the sender), plus ``d.overhead_ms``, what serving
+  one request costs the device beyond the model (mTLS, HTTP, decoding the request; 0 when unmeasured);
 - the hop from stage ``i`` to ``i + 1`` costs ``link.transfer_ms(features, output)``: one RTT plus
   the features forward and the model's output back (answers return along the chain);
 - a stage's weights must fit ``d.memory_bytes`` (when set).
@@ -43,17 +44,24 @@ class ChainObjective(StrEnum):
 
 @dataclass(frozen=True)
 class Device:
-    """One device that may host a stage: ``slowdown`` = its ms / the reference's ms (measured)."""
+    """One device that may host a stage: ``slowdown`` = its ms / the reference's ms (measured).
+
+    ``overhead_ms``: what serving one request costs the device beyond the model (receiving and decoding
+    the request, mTLS, answering), added once to every stage it hosts (measured with a trivial model).
+    """
 
     name: str
     slowdown: float = 1.0
     memory_bytes: int | None = None
+    overhead_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.slowdown) and self.slowdown > 0):
             raise PlanError(
                 f"devices[{self.name}].slowdown: {self.slowdown} must be a positive number, e.g. 4"
             )
+        if not (math.isfinite(self.overhead_ms) and self.overhead_ms >= 0):
+            raise PlanError(f"devices[{self.name}].overheadMs: {self.overhead_ms} must be a number >= 0")
         if self.memory_bytes is not None and self.memory_bytes <= 0:
             raise PlanError(f"devices[{self.name}].memoryBytes: {self.memory_bytes} must be > 0 or unset")
 
@@ -112,6 +120,32 @@ class ChainCosts:
     @property
     def segments(self) -> int:
         return len(self.segment_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The costs as chain.json keeps them (the operator re-plans with them, ``from_dict``)."""
+        return {
+            "cuts": list(self.cuts),
+            "segmentMs": [round(v, 4) for v in self.segment_ms],
+            "featureBytes": list(self.feature_bytes),
+            "outputBytes": self.output_bytes,
+            "segmentBytes": list(self.segment_bytes),
+            "codecMs": [round(v, 4) for v in self.codec_ms],
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> ChainCosts:
+        """Costs from :meth:`to_dict`; :class:`PlanError` naming the field when one is missing or malformed."""
+        try:
+            return cls(
+                tuple(str(c) for c in doc["cuts"]),
+                tuple(float(v) for v in doc["segmentMs"]),
+                tuple(int(v) for v in doc["featureBytes"]),
+                int(doc["outputBytes"]),
+                tuple(int(v) for v in doc.get("segmentBytes") or ()),
+                tuple(float(v) for v in doc.get("codecMs") or ()),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(f"chain.json plan.costs: missing or malformed ({exc}); rebuild the revision") from exc
 
     @classmethod
     def from_cumulative(
@@ -251,7 +285,7 @@ class _Evaluator:
 
     def stage(self, device: int, first: int, last: int, next_device: int | None) -> Stage:
         c, d = self.costs, self.devices[device]
-        compute = (self.prefix_ms[last + 1] - self.prefix_ms[first]) * d.slowdown
+        compute = (self.prefix_ms[last + 1] - self.prefix_ms[first]) * d.slowdown + d.overhead_ms
         hop = send = 0.0
         if next_device is not None:
             cut = last  # cut index ``last`` ends segment ``last``

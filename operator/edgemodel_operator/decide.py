@@ -21,14 +21,26 @@ from pydantic import ValidationError
 
 from edgemodel.api import (
     ArtifactRef,
+    ConditionStatus,
     ConversionResult,
     EdgeModelSpec,
     EdgeModelStatus,
     ModelPhase,
     RevisionOutcome,
     RevisionRecord,
+    get_condition,
+    set_condition,
 )
-from edgemodel_operator import conversion_progress, jobs, revisions, scheduling, split_check, validation
+from edgemodel_operator import (
+    conversion_progress,
+    jobs,
+    pipeline,
+    pipeline_rollout,
+    revisions,
+    scheduling,
+    split_check,
+    validation,
+)
 from edgemodel_operator import status as status_mod
 from edgemodel_operator.analysis import (
     Check,
@@ -100,6 +112,8 @@ class Snapshot:
     """Prometheus' numbers for one analysis request (or why it could not answer)."""
     plans: Mapping[int, split_check.PlannedCuts | None] = field(default_factory=dict)
     """Revision -> the split plan in its split.json (None: none, or it could not be read)."""
+    chains: Mapping[int, Mapping[str, Any] | None] = field(default_factory=dict)
+    """Revision -> its chain.json (spec.split.stages; None: the revision has none)."""
 
 
 def analysis_key(request: AnalysisRequest) -> AnalysisKey:
@@ -151,9 +165,11 @@ class Wants:
     """Ask Prometheus for this analysis window."""
     plan: tuple[int, str] | None = None
     """(revision, split.json URI): read the revision's split plan."""
+    chains: tuple[int, ...] = ()
+    """Revisions whose chain.json (pipeline stages) to read."""
 
     def __bool__(self) -> bool:
-        return self.job is not None or self.analysis is not None or self.plan is not None
+        return self.job is not None or self.analysis is not None or self.plan is not None or bool(self.chains)
 
 
 @dataclass
@@ -378,6 +394,15 @@ def _convert(ctx: _Context, status: EdgeModelStatus, record: RevisionRecord, spe
                                 "spec.split.link.rttMs is empty)")
             d.events.append(Event("Normal", "SplitLinkMeasured", f"revision {revision} plans its cut for a "
                                   f"{measured[0]:.1f} ms RTT measured by {measured[1]} edge node(s)"))
+        if ctx.spec.split.pipelined:  # count auto: plan over the stage nodes there are
+            timeout = ctx.settings.heartbeat_timeout_seconds
+            selected = scheduling.select(ctx.spec, snap.namespace, snap.name, snap.agents, snap.seen_now, timeout)
+            job_spec, capped = pipeline_rollout.job_spec(
+                job_spec, [a for a in snap.agents if a.is_fresh(snap.seen_now, timeout)],
+                {a.name for a in selected.fresh + selected.stale})
+            if capped:
+                d.log(logging.INFO, f"The conversion of revision {revision} of {ctx.key} {capped}")
+                d.events.append(Event("Normal", "PipelineStagesCapped", f"revision {revision} {capped}"))
         manifest = jobs.build_conversion_job(snap.body, job_spec, revision, spec_hash, ctx.settings)
         d.job_create = JobCreate(jname, revision, manifest)
         return status_mod.conversion_running(status, revision, jname, "created", generation, now)
@@ -419,6 +444,34 @@ def _rollout(ctx: _Context, status: EdgeModelStatus, newest: RevisionRecord) -> 
     url = cloud_url(spec, cloud)
     target = newest.revision if newest.outcome == RevisionOutcome.ROLLING_OUT else None
     split_wait: str | None = None
+    chains: dict[int, Mapping[str, Any]] = {}
+    placed: dict[int, pipeline_rollout.ChainNodes] = {}
+    if spec.split.pipelined:
+        needed = {r for r in (target, status.revision, *(a.assigned_revision(namespace, name) for a in agents))
+                  if r is not None and artifacts.get(r)}
+        missing = tuple(sorted(r for r in needed if r not in snap.chains))
+        if missing:
+            d.wants = Wants(chains=missing)
+            return status
+        entry_names = {a.name for a in selection.fresh + selection.stale}
+        candidates = [a for a in agents if a.is_fresh(snap.seen_now, timeout)]
+        for revision in needed:
+            chain = snap.chains.get(revision)
+            if chain:
+                chains[revision] = chain
+                placed[revision] = pipeline_rollout.chain_nodes(spec.split, chain, candidates, entry_names)
+        if target in chains and not any(a.assigned_revision(namespace, name) == target
+                                        for a in selection.fresh + selection.stale):
+            # A chain rolls out as one unit: entries move once the revision's stage is Ready on every stage node.
+            split_wait, failure = pipeline_rollout.gate(namespace, name, target, placed[target])
+            if placed[target].problem is not None and split_wait != status.rollout.message:
+                d.events.append(Event("Warning", "PipelineUnplaceable", split_wait or ""))
+                d.log(logging.WARNING, f"Cannot place the stages of EdgeModel {ctx.key}: {split_wait}")
+            if failure is not None:
+                status = _transition(ctx, status, Transition.ROLLED_BACK, failure, target)
+                split_wait = None
+            if split_wait is not None or failure is not None:
+                target = None
     if target is not None and spec.split.enabled and has_split(artifacts.get(target, [])) and not any(
             a.assigned_revision(namespace, name) == target for a in selection.fresh + selection.stale):
         # A split revision reaches the edge only once its tail serves on every fresh cloud agent.
@@ -470,13 +523,20 @@ def _rollout(ctx: _Context, status: EdgeModelStatus, newest: RevisionRecord) -> 
     checked = _check_split_cut(ctx, status, artifacts)
     if checked is None:
         return status
-    status = checked
+    status = _check_pipeline(ctx, checked, selection, chains, placed)
     d.status_patch = status_patch(snap.body.get("status") or {}, status, generation)
-    d.agent_writes = _agent_writes(ctx, status, plan.desired, {a.name: a for a in agents}, url)
-    tails = tail_revisions(namespace, name, agents, plan.desired, artifacts, spec.split.enabled,
-                           newest.revision if split_wait is not None else None)
-    d.tail_revisions = tuple(sorted(tails))
-    d.tail_writes = _tail_writes(ctx, artifacts, agents, cloud, tails)
+    d.agent_writes = _agent_writes(ctx, status, plan.desired, {a.name: a for a in agents}, url, chains, placed)
+    pending = newest.revision if split_wait is not None else None
+    if spec.split.pipelined:
+        entry_revisions = {a.name: r for a in agents if (r := a.assigned_revision(namespace, name)) is not None}
+        entry_revisions |= {n: r for n, r in plan.desired.items() if r is not None}
+        keep = pipeline.revisions_to_keep(entry_revisions, pending) & chains.keys()
+        d.tail_revisions = tuple(sorted(keep))
+        d.tail_writes = _stage_writes(ctx, artifacts, agents, {r: (chains[r], placed[r]) for r in keep})
+    else:
+        tails = tail_revisions(namespace, name, agents, plan.desired, artifacts, spec.split.enabled, pending)
+        d.tail_revisions = tuple(sorted(tails))
+        d.tail_writes = _tail_writes(ctx, artifacts, agents, cloud, tails)
     d.node_counts = {k: v for k, v in counts.items() if k in ("ready", "updating", "failed", "stale", "unassigned")}
     if plan.requeue_after is not None:
         d.requeue(plan.requeue_after)
@@ -553,8 +613,60 @@ def _check_split_cut(ctx: _Context, status: EdgeModelStatus,
     return status
 
 
+def _check_pipeline(ctx: _Context, status: EdgeModelStatus, selection: Selection,
+                    chains: Mapping[int, Mapping[str, Any]],
+                    placed: Mapping[int, pipeline_rollout.ChainNodes]) -> EdgeModelStatus:
+    """PipelinePlanCurrent for the serving chain (removed without one), with an event when its verdict changes."""
+    snap, d, revision = ctx.snap, ctx.d, status.revision
+    namespace, name = snap.namespace, snap.name
+    previous = get_condition(status.conditions, pipeline.CONDITION)
+    if revision is None or revision not in chains:
+        if previous is None:
+            return status
+        new = status.model_copy(deep=True)
+        new.conditions = [c for c in new.conditions if c.type != pipeline.CONDITION]
+        return new
+    serving = [a for a in selection.fresh if a.assigned_revision(namespace, name) == revision]
+    head_ms = [r.head_ms for a in serving if (r := a.report(namespace, name)) is not None
+               and r.serving_revision == revision and r.head_ms is not None]
+    check = pipeline_rollout.plan_current(ctx.spec.split, chains[revision], placed[revision], serving, head_ms)
+    value = ConditionStatus.TRUE if check.current else ConditionStatus.FALSE
+    if previous is not None and previous.status == value and previous.reason == check.reason:
+        return status  # the same verdict: numbers in the message move every reconcile, the condition need not
+    if check.reason == pipeline_rollout.STAGE_NODES_LOST:
+        d.events.append(Event("Warning", "PipelineReplanned", f"revision {revision}: {check.message}"))
+        d.log(logging.WARNING, f"Re-planned the pipeline of EdgeModel {ctx.key}: {check.message}")
+    elif previous is not None and previous.reason == pipeline_rollout.STAGE_NODES_LOST:
+        d.events.append(Event("Normal", "PipelineReplanned", f"revision {revision}: the chain runs again on "
+                              f"{[a.name for a in placed[revision].nodes]}"))
+        d.log(logging.INFO, f"Re-planned the pipeline of EdgeModel {ctx.key}: the chain runs again")
+    if check.reason == "BetterPlanMeasured":
+        d.events.append(Event("Normal", "PipelinePlanStale", check.message))
+        d.log(logging.INFO, f"Found a better pipeline plan for EdgeModel {ctx.key}: {check.message}")
+    new = status.model_copy(deep=True)
+    new.conditions = set_condition(new.conditions, pipeline.CONDITION, value, check.reason, check.message[:32000],
+                                   ctx.generation, ctx.now)
+    return new
+
+
+def _stage_writes(ctx: _Context, artifacts: Mapping[int, list[ArtifactRef]], agents: Sequence[AgentView],
+                  keep: Mapping[int, tuple[Mapping[str, Any], pipeline_rollout.ChainNodes]]) -> list[TailWrite]:
+    """Every stage node gets exactly the stages of ``keep``'s revisions it hosts; every other agent loses its own."""
+    namespace, name, settings = ctx.snap.namespace, ctx.snap.name, ctx.settings
+    tails = pipeline_rollout.stage_tails(namespace, name, keep, artifacts, settings.store_url,
+                                         settings.agent_base_url)
+    writes = []
+    for agent in agents:
+        want = tails.get(agent.name, {})
+        if tails_patch(agent, namespace, name, want) is not None:
+            writes.append(TailWrite(agent, want))
+    return writes
+
+
 def _agent_writes(ctx: _Context, status: EdgeModelStatus, desired: Mapping[str, int | None],
-                  by_name: Mapping[str, AgentView], split_url: str) -> list[AgentWrite]:
+                  by_name: Mapping[str, AgentView], split_url: str,
+                  chains: Mapping[int, Mapping[str, Any]] | None = None,
+                  placed: Mapping[int, pipeline_rollout.ChainNodes] | None = None) -> list[AgentWrite]:
     snap, spec, settings, d = ctx.snap, ctx.spec, ctx.settings, ctx.d
     namespace, name = snap.namespace, snap.name
     artifacts = {r.revision: r.artifacts for r in status.history}
@@ -565,7 +677,20 @@ def _agent_writes(ctx: _Context, status: EdgeModelStatus, desired: Mapping[str, 
         if agent is None:
             continue
         want: dict[str, Any] | None = None
-        if revision is not None:
+        if revision is not None and chains and placed and revision in chains:
+            chain_placed = placed[revision]
+            if chain_placed.problem is None:
+                want = pipeline_rollout.entry_assignment(namespace, name, revision, agent, artifacts.get(revision, []),
+                                                         chains[revision], chain_placed, settings.store_url,
+                                                         settings.agent_base_url)
+            else:  # too few stage nodes: the entry serves the whole model (one stage) until they are back
+                want = desired_assignment(namespace, name, revision, agent, artifacts.get(revision, []),
+                                          spec.serving, settings.store_url, settings.agent_base_url)
+            if want is None:
+                d.log(logging.WARNING, f"Left EdgeAgent {agent_name} unchanged: revision {revision} of {ctx.key} has "
+                                       f"no artifact for class {agent.hardware_class}")
+                continue
+        elif revision is not None:
             key = (revision, agent.hardware_class)
             if key not in entries:
                 entries[key] = desired_assignment(namespace, name, revision, agent, artifacts.get(revision, []),

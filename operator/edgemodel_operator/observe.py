@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+from typing import Any
 
 from edgemodel.api import ConversionResult
 from edgemodel.store.client import StoreError
@@ -25,6 +26,7 @@ from edgemodel_operator.analysis import Measurements, PrometheusError, measure_w
 from edgemodel_operator.constants import LABEL_MODEL, LABEL_REVISION
 from edgemodel_operator.decide import JobSeen, Snapshot, Wants, analysis_key
 from edgemodel_operator.kube import Paths
+from edgemodel_operator.pipeline_rollout import CHAIN_FILE
 from edgemodel_operator.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ async def snapshot(rt: Runtime, namespace: str, name: str) -> Snapshot | None:
         return None
     return Snapshot(
         namespace=namespace, name=name, body=body, now=dt.datetime.now(dt.UTC), agents=tuple(rt.fleet.snapshot()),
-        seen_now=rt.liveness.now(), plans=rt.plans.of(namespace, name),
+        seen_now=rt.liveness.now(), plans=rt.plans.of(namespace, name), chains=rt.chains.of(namespace, name),
     )
 
 
@@ -59,6 +61,9 @@ async def more(rt: Runtime, snap: Snapshot, wants: Wants) -> Snapshot:
         revision, manifest_uri = wants.plan
         planned = await planned_cuts(rt, snap.namespace, snap.name, revision, manifest_uri)
         snap = dataclasses.replace(snap, plans={**snap.plans, revision: planned})
+    if wants.chains:
+        read = {r: await chain_doc(rt, snap.namespace, snap.name, r) for r in wants.chains}
+        snap = dataclasses.replace(snap, chains={**snap.chains, **read})
     return snap
 
 
@@ -117,3 +122,27 @@ async def planned_cuts(rt: Runtime, namespace: str, name: str, revision: int,
     planned = split_check.PlannedCuts.from_split_json(doc)
     rt.plans.put(namespace, name, revision, planned)
     return planned
+
+
+async def chain_doc(rt: Runtime, namespace: str, name: str, revision: int) -> dict[str, Any] | None:
+    """A revision's chain.json (pipeline stages), read once from the store: None when it has none (cached too)
+    or it is malformed; a store that cannot be reached is retried on the next reconcile."""
+    if rt.chains.has(namespace, name, revision):
+        return rt.chains.get(namespace, name, revision)
+    key = f"{namespace}/{name}/{revision}/{CHAIN_FILE}"
+    try:
+        data = await asyncio.to_thread(rt.store.get_bytes, key)
+    except StoreError as exc:
+        if exc.status != 404:
+            log.warning("Could not read %s: %s", rt.store.url(key), exc)
+            return None
+        rt.chains.put(namespace, name, revision, None)
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        log.warning("Ignored the malformed %s of %s/%s revision %s: %s", CHAIN_FILE, namespace, name, revision, exc)
+        doc = None
+    doc = doc if isinstance(doc, dict) else None
+    rt.chains.put(namespace, name, revision, doc)
+    return doc

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 
@@ -25,25 +26,29 @@ STORE_TIMEOUT_SECONDS = 15.0
 STORE_RETRIES = 1
 
 
-class PlanCache:
-    """The split plans of revisions read from the store (immutable per revision), at most ``size``."""
+T = TypeVar("T")
+
+
+class PlanCache(Generic[T]):
+    """Per-revision documents read from the store (immutable per revision: split plans, chain.json), at most
+    ``size``."""
 
     def __init__(self, size: int = PLAN_CACHE_SIZE) -> None:
         self.size = size
-        self._plans: dict[tuple[str, str, int], PlannedCuts | None] = {}
+        self._plans: dict[tuple[str, str, int], T | None] = {}
 
     def has(self, namespace: str, name: str, revision: int) -> bool:
         return (namespace, name, revision) in self._plans
 
-    def get(self, namespace: str, name: str, revision: int) -> PlannedCuts | None:
+    def get(self, namespace: str, name: str, revision: int) -> T | None:
         return self._plans.get((namespace, name, revision))
 
-    def put(self, namespace: str, name: str, revision: int, plan: PlannedCuts | None) -> None:
+    def put(self, namespace: str, name: str, revision: int, plan: T | None) -> None:
         while len(self._plans) >= self.size:
             self._plans.pop(next(iter(self._plans)))
         self._plans[(namespace, name, revision)] = plan
 
-    def of(self, namespace: str, name: str) -> dict[int, PlannedCuts | None]:
+    def of(self, namespace: str, name: str) -> dict[int, T | None]:
         """The cached plans of one EdgeModel, by revision."""
         return {rev: plan for (ns, nm, rev), plan in self._plans.items() if ns == namespace and nm == name}
 
@@ -85,8 +90,10 @@ class Runtime:
     locks: dict[ModelKey, asyncio.Lock] = field(default_factory=dict)
     http: aiohttp.ClientSession | None = None
     """For Prometheus and the artifact store (opened on startup)."""
-    plans: PlanCache = field(default_factory=PlanCache)
+    plans: PlanCache[PlannedCuts] = field(default_factory=PlanCache)
     """Split plans of revisions (what the SplitCutCurrent check compares against)."""
+    chains: PlanCache[dict[str, Any]] = field(default_factory=PlanCache)
+    """chain.json of pipeline revisions (their stages, what the operator assigns)."""
     store: HttpStore = field(init=False)
     """The artifact store's client (reads are open; retention deletes add the token)."""
     liveness: Liveness = field(init=False)

@@ -153,6 +153,16 @@ def test_a_registered_tail_with_the_same_bytes_and_cut_is_satisfied() -> None:
     )
 
 
+def test_a_pipeline_stage_whose_next_stage_moved_is_registered_again() -> None:
+    t = assignment(sha=3, role="tail", split={"cut": "h", "nextUrl": "https://b:8443", "nextCut": "k"})
+    same = {("default", "m", 1): TailFacts(SHA[3], "h", "https://b:8443", "k")}
+    moved = {("default", "m", 1): TailFacts(SHA[3], "h", "https://c:8443", "k")}
+    plain = {("default", "m", 1): TailFacts(SHA[3], "h")}
+    assert isinstance(decide.first_step(snap(tails=same, split_port=9443), t), Satisfied)
+    assert decide.first_step(snap(tails=moved, split_port=9443), t) == Fetch()
+    assert decide.first_step(snap(tails=plain, split_port=9443), t) == Fetch(), "a last stage that became a middle one"
+
+
 @pytest.mark.parametrize(
     ("entry", "split_port", "reason"),
     [

@@ -14,6 +14,7 @@ from edgemodel.api import EdgeModel
 from edgemodel.convert.errors import ConversionError, Reason
 from edgemodel.convert.pipeline import ConvertOptions, convert
 from edgemodel.signing import load_private_key, load_public_key, sha256_file, verify
+from edgemodel.split.chain_planner import ChainCosts
 from edgemodel.split.graph import find_cut_candidates
 from edgemodel_dev.examples_models import DigitsExample
 from tests.convert.conftest import Keys, digits_doc
@@ -76,6 +77,10 @@ def test_stages_are_built_verified_and_signed_as_one_revision(
     else:
         assert chain["plan"]["objective"] == "throughput"
         assert len(chain["plan"]["stages"]) == 3
+        # the profiled costs travel with the plan: the operator re-costs it with the nodes' measured speeds
+        costs = ChainCosts.from_dict(chain["plan"]["costs"])
+        assert [costs.cuts.index(c) + 1 for c in chain["cuts"]] == [s["segments"][0] for s in chain["plan"]["stages"][1:]]
+        assert sum(costs.segment_ms) > 0
     assert chain["verification"]["wire"]["top1Agreement"] == 1.0
     assert output.manifest.split is None  # no single-cut head/tail beside a pipeline
     with np.load(digits.val_npz) as data:

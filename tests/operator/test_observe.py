@@ -84,3 +84,25 @@ def test_the_plan_cache_drops_the_oldest_first() -> None:
     assert cache.has("b", "m", 1)
     assert len(cache) == 2
     assert cache.of("a", "m") == {2: None}
+
+
+async def test_a_chain_json_is_read_once_and_a_revision_without_one_is_remembered() -> None:
+    chain = {"kind": "edgemodel-chain/v1", "cuts": ["c1"], "stages": [{"file": "stage-1.onnx"}, {"file": "stage-2.onnx"}]}
+    store = FakeStore({"ns/m/3/chain.json": json.dumps(chain).encode(), "ns/m/4/chain.json": b"{not json"})
+    rt = runtime(store)
+    assert await observe.chain_doc(rt, "ns", "m", 3) == chain
+    assert await observe.chain_doc(rt, "ns", "m", 3) == chain
+    assert await observe.chain_doc(rt, "ns", "m", 4) is None, "malformed: no chain (the entry serves the whole model)"
+    assert await observe.chain_doc(rt, "ns", "m", 5) is None, "no chain.json: not a pipeline revision"
+    assert await observe.chain_doc(rt, "ns", "m", 5) is None
+    assert store.reads == ["ns/m/3/chain.json", "ns/m/4/chain.json", "ns/m/5/chain.json"], "each read once"
+    assert rt.chains.of("ns", "m") == {3: chain, 4: None, 5: None}
+
+    class Down(FakeStore):
+        def get_bytes(self, key: str) -> bytes:
+            raise StoreError("connection refused", retryable=True)
+
+    rt.store = Down({})  # type: ignore[assignment]
+    assert await observe.chain_doc(rt, "ns", "m", 6) is None
+    assert not rt.chains.has("ns", "m", 6), "an unreachable store: tried again next time"
+    await rt.close()

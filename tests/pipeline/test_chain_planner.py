@@ -33,7 +33,7 @@ def random_instance(rng: random.Random) -> tuple[ChainCosts, list[Device], Chain
     )
     n = rng.randint(1, 4)
     memory = [rng.choice([None, rng.randint(500, 4000)]) for _ in range(n)]
-    devices = [Device(f"d{i}", rng.uniform(0.5, 8), memory[i]) for i in range(n)]
+    devices = [Device(f"d{i}", rng.uniform(0.5, 8), memory[i], rng.choice([0.0, rng.uniform(0, 10)])) for i in range(n)]
     between = {
         (f"d{i}", f"d{j}"): Link(rng.choice([1, 10, 100, 1000]), rng.uniform(0, 20))
         for i in range(n)
@@ -153,3 +153,24 @@ def test_from_cumulative_reproduces_measured_heads() -> None:
     )
     assert list(costs.segment_ms) == [3.0, 4.0, 3.0]
     assert list(costs.segment_bytes) == [100, 200, 100]
+
+
+def test_a_per_request_overhead_counts_once_per_stage_and_can_make_more_stages_lose() -> None:
+    # 3 equal segments on 3 equal devices with 12 ms of serving work per request each: throughput
+    # still splits 3 ways (period 10 + 12 = 22 against 30 + 12 = 42 on one), latency keeps one stage
+    # (every extra stage pays the 12 ms again, plus its hop).
+    costs = ChainCosts(["a", "b"], [10, 10, 10], [1000, 1000], 40)
+    links = ChainLinks(Link(1000, 1))
+    plain = [Device("e0"), Device("e1"), Device("e2")]
+    busy = [Device(d.name, 1.0, None, 12.0) for d in plain]
+    thr = plan_chain(costs, busy, links, ChainObjective.THROUGHPUT)
+    assert thr.period_ms == pytest.approx(22)
+    lat = plan_chain(costs, busy, links, ChainObjective.LATENCY)
+    assert lat.devices == ["e0"]
+    assert lat.latency_ms == pytest.approx(42)
+    # an entry whose serving work alone is the bottleneck: more stages cannot lower the period below it
+    heavy_entry = [Device("e0", 1.0, None, 25.0), *plain[1:]]
+    assert plan_chain(costs, heavy_entry, links, ChainObjective.THROUGHPUT).period_ms >= 25
+    assert plan_chain(costs, plain, links, ChainObjective.THROUGHPUT).period_ms == pytest.approx(10)
+    with pytest.raises(PlanError, match="overheadMs"):
+        Device("x", 1.0, None, -1.0)

@@ -1,0 +1,294 @@
+"""decide() for pipelines (spec.split.stages): stage nodes, the chain gate, entries, re-planning, PipelinePlanCurrent.
+
+A scripted world as in test_decide: one entry (``e1``, selected by the EdgeModel) and three pool nodes
+(``p1``..``p3``, labelled for spec.split.stages.pool, each reporting a split endpoint). ``step`` plays
+observe (the Job, chain.json) and act (agent entries and stage tails written into the bodies).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+import json
+from typing import Any
+
+from edgemodel.api import ConversionResult, EdgeModelStatus, RevisionOutcome
+from edgemodel_operator.decide import Decision, JobSeen, Wants, decide
+from tests.operator.builders import NOW, agent_body, artifacts, report, rfc
+from tests.operator.test_decide import (
+    conditions,
+    job,
+    model_body,
+    reasons,
+    settings,
+    snapshot,
+    status_after,
+    wire_spec,
+)
+
+POOL = {"edgemodel.io/stage-pool": "shelf"}
+CUTS = ["c1", "c2"]
+
+
+def chain_doc(plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    bounds: list[str | None] = [None, *CUTS, None]
+    return {"kind": "edgemodel-chain/v1", "cuts": CUTS, "wire": "int8",
+            "stages": [{"index": k + 1, "file": f"stage-{k + 1}.onnx", "sha256": str(k) * 64,
+                        "cutIn": bounds[k], "cutOut": bounds[k + 1]} for k in range(3)],
+            "plan": plan}
+
+
+def pipeline_spec(**stages: Any) -> dict[str, Any]:
+    return wire_spec(split={"wire": "int8", "link": {"bandwidthMbitS": 100, "rttMs": 2},
+                            "stages": {"count": 3, "cuts": CUTS, "pool": {"matchLabels": POOL}, **stages}},
+                     rollout={"strategy": "AllAtOnce", "analysis": {"windowSeconds": 10, "minRequests": 0}})
+
+
+def pool_node(name: str) -> dict[str, Any]:
+    body = agent_body(name, labels=dict(POOL))
+    body["status"]["splitEndpoint"] = f"https://{name}:8443"
+    return body
+
+
+@dataclasses.dataclass
+class World:
+    body: dict[str, Any]
+    agents: dict[str, dict[str, Any]]
+    chain: dict[str, Any] | None = dataclasses.field(default_factory=chain_doc)
+    now: dt.datetime = NOW
+    stale: set[str] = dataclasses.field(default_factory=set)
+    observed: list[Wants] = dataclasses.field(default_factory=list)
+
+    def step(self) -> Decision:
+        for name, agent in self.agents.items():
+            if name not in self.stale:
+                agent["status"]["heartbeatTime"] = rfc(self.now)
+        snap = snapshot(self.body, list(self.agents.values()), now=self.now, seen_now=self.now)
+        d = decide(snap, settings())
+        while d.wants:
+            self.observed.append(d.wants)
+            if d.wants.job is not None:
+                created = bool((self.body.get("status") or {}).get("history"))
+                result = ConversionResult(ok=True, revision=1, artifacts=artifacts(1))
+                snap = dataclasses.replace(snap, job=JobSeen(d.wants.job[0], job(self.body, "Complete") if created
+                                                             else None, result if created else None))
+            if d.wants.chains:
+                snap = dataclasses.replace(snap, chains={**snap.chains, **{r: self.chain for r in d.wants.chains}})
+            d = decide(snap, settings())
+        self.body = {**self.body, "status": status_after(self.body, d)}
+        for write in d.agent_writes:
+            agent = self.agents[write.agent.name]
+            models = [m for m in agent["spec"]["models"] if m["name"] != "digits" or m.get("role") == "tail"]
+            if write.entry is not None:
+                models.append(dict(write.entry))
+            agent["spec"]["models"] = models
+            agent["metadata"]["generation"] += 1
+        for tails in d.tail_writes:
+            agent = self.agents[tails.agent.name]
+            models = [m for m in agent["spec"]["models"] if m["name"] != "digits" or m.get("role") != "tail"]
+            agent["spec"]["models"] = models + [dict(e) for _, e in sorted(tails.tails.items())]
+            agent["metadata"]["generation"] += 1
+        return d
+
+    def entries(self, node: str) -> list[tuple[str, int]]:
+        return [(m.get("role", "full"), m["revision"]) for m in self.agents[node]["spec"]["models"]]
+
+    def entry(self, node: str, role: str) -> dict[str, Any]:
+        return next(m for m in self.agents[node]["spec"]["models"] if m.get("role", "full") == role)
+
+    def report_stages(self, *nodes: str, state: str = "Ready") -> None:
+        for node in nodes:
+            self.agents[node]["status"]["models"] = [{**report(m["revision"], state, reason="LoadFailed" if state ==
+                                                              "Failed" else ""), "role": "tail"}
+                                                     for m in self.agents[node]["spec"]["models"]]
+
+    def report_entry(self, revision: int, role: str = "head", **kw: Any) -> None:
+        self.agents["e1"]["status"]["models"] = [{**report(revision), "role": role, **kw}]
+
+
+def world(plan: dict[str, Any] | None = None) -> World:
+    agents = {"e1": agent_body("e1", labels={"edge": "true"}), **{n: pool_node(n) for n in ("p1", "p2", "p3")}}
+    return World(model_body(pipeline_spec()), agents, chain_doc(plan))
+
+
+def available(w: World) -> None:
+    """Drive revision 1 from conversion to Available (stages Ready, the entry Ready, the window passed)."""
+    w.step()  # the Job
+    d = w.step()  # converted: the stages go to the pool, the entry waits for them
+    assert Wants(chains=(1,)) in w.observed
+    assert w.entries("e1") == []
+    assert w.entries("p1") == [("tail", 1)]
+    assert w.entries("p2") == [("tail", 1)]
+    assert w.entries("p3") == [], "a 3-stage chain needs 2 pool nodes: the first two in pool order"
+    assert "waiting for the stages of revision 1 to be Ready on p1, p2" in w.body["status"]["rollout"]["message"]
+    assert d.tail_revisions == (1,)
+    w.report_stages("p1", "p2")
+    w.step()  # the gate opens: the entry gets stage 1
+    assert w.entries("e1") == [("head", 1)]
+    w.report_entry(1)
+    w.step()
+    w.now += dt.timedelta(seconds=11)
+    d = w.step()
+    assert "RolloutComplete" in reasons(d)
+    assert w.body["status"]["phase"] == "Available"
+
+
+def test_a_pipeline_rolls_out_stages_first_then_the_entries() -> None:
+    w = world()
+    available(w)
+    head = w.entry("e1", "head")
+    assert head["artifactUri"].endswith("/1/stage-1.onnx")
+    assert head["sha256"] == "0" * 64
+    assert head["split"]["cut"] == "c1"
+    assert head["split"]["cloudUrl"] == "https://p1:8443"
+    assert head["split"]["fallback"] == "local"
+    assert head["split"]["fullArtifactUri"].endswith("/1/model-cpu.onnx"), "the whole model is the fallback"
+    middle, last = w.entry("p1", "tail"), w.entry("p2", "tail")
+    assert (middle["artifactUri"].rsplit("/", 1)[1], middle["split"]["cut"]) == ("stage-2.onnx", "c1")
+    assert (middle["split"]["nextUrl"], middle["split"]["nextCut"]) == ("https://p2:8443", "c2")
+    assert (last["artifactUri"].rsplit("/", 1)[1], last["split"]["cut"]) == ("stage-3.onnx", "c2")
+    assert "nextUrl" not in last["split"]
+    assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("True", "ManualCuts")
+    steady = w.step()
+    assert steady.agent_writes == []
+    assert steady.tail_writes == []
+
+
+def test_a_failed_stage_rolls_the_revision_back_before_any_entry_moves() -> None:
+    w = world()
+    w.step()
+    w.step()
+    w.report_stages("p1")
+    w.report_stages("p2", state="Failed")
+    d = w.step()
+    assert "RolledBack" in reasons(d)
+    assert "stage of revision 1 failed on node p2" in next(e.message for e in d.events if e.reason == "RolledBack")
+    assert w.entries("e1") == []
+    status = EdgeModelStatus.model_validate(w.body["status"])
+    assert status.history[0].outcome == RevisionOutcome.ROLLED_BACK
+
+
+def test_a_lost_stage_node_moves_its_stage_to_the_next_pool_node() -> None:
+    w = world()
+    available(w)
+    w.stale.add("p1")
+    w.now += dt.timedelta(minutes=5)
+    w.step()
+    assert w.entry("e1", "head")["split"]["cloudUrl"] == "https://p2:8443"
+    assert w.entries("p1") == [], "the lost node's stage is taken off"
+    assert w.entry("p2", "tail")["artifactUri"].endswith("/stage-2.onnx")
+    assert w.entry("p2", "tail")["split"]["nextUrl"] == "https://p3:8443"
+    assert w.entry("p3", "tail")["artifactUri"].endswith("/stage-3.onnx")
+
+
+def test_too_few_stage_nodes_leave_the_whole_model_on_the_entry_until_they_return() -> None:
+    w = world()
+    available(w)
+    w.stale |= {"p2", "p3"}
+    w.now += dt.timedelta(minutes=5)
+    d = w.step()
+    assert w.entries("e1") == [("full", 1)], "fewer stages: the entry serves the whole model"
+    assert w.entry("e1", "full")["artifactUri"].endswith("/1/model-cpu.onnx")
+    assert "PipelineReplanned" in reasons(d)
+    event = next(e for e in d.events if e.reason == "PipelineReplanned")
+    assert event.type == "Warning"
+    assert "only 1 fresh node(s)" in event.message
+    assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("False", "StageNodesLost")
+    assert "PipelineReplanned" not in reasons(w.step()), "one event per change"
+    w.stale.clear()
+    d = w.step()
+    assert w.entries("e1") == [("head", 1)]
+    assert [(e.type, e.reason) for e in d.events if e.reason == "PipelineReplanned"] == [("Normal", "PipelineReplanned")]
+    assert conditions(w.body["status"])["PipelinePlanCurrent"][1] != "StageNodesLost"
+
+
+def costs_plan() -> dict[str, Any]:
+    """An auto plan over 6 equal segments (5 ms each on the reference), two per stage, with its costs."""
+    return {"objective": "latency", "devices": ["stage-1", "stage-2", "stage-3"], "cuts": CUTS,
+            "stages": [{"device": f"stage-{k + 1}", "segments": [2 * k, 2 * k + 1]} for k in range(3)],
+            "costs": {"cuts": ["a", "c1", "b", "c2", "d"], "segmentMs": [5.0] * 6, "featureBytes": [1000] * 5,
+                      "outputBytes": 40, "segmentBytes": [], "codecMs": [0.1] * 5}}
+
+
+def test_the_plan_check_uses_the_entries_measured_stage_1_compute() -> None:
+    w = world(costs_plan())
+    available(w)
+    assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("True", "NotMeasured")
+    predicted = 4.0 * (5.0 + 5.0 + 0.1)  # spec.split.edgeSlowdown (4) x stage 1's segments and codec
+    w.report_entry(1, headMs=predicted)
+    w.step()
+    assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("True", "PlanHolds")
+    w.report_entry(1, headMs=8 * predicted)  # the entry is 8x slower than planned: stage 1 should shrink
+    d = w.step()
+    assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("False", "BetterPlanMeasured")
+    assert "PipelinePlanStale" in reasons(d)
+    assert "cut at ['a', 'c1']" in next(e.message for e in d.events if e.reason == "PipelinePlanStale")
+    w.report_entry(1, headMs=predicted * 1.02)
+    w.step()
+    assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("True", "PlanHolds")
+
+
+def test_a_revision_without_chain_json_is_served_whole_and_pipeline_decisions_are_pure() -> None:
+    w = world()
+    w.chain = None
+    w.step()
+    w.step()
+    assert w.entries("e1") == [("full", 1)]
+    assert all(w.entries(p) == [] for p in ("p1", "p2", "p3"))
+    assert "PipelinePlanCurrent" not in conditions(w.body["status"])
+    w2 = world()
+    available(w2)
+    snap = snapshot(w2.body, list(w2.agents.values()), chains={1: chain_doc()})
+    before = copy.deepcopy(snap.body)
+    assert decide(snap, settings()) == decide(snap, settings())
+    assert snap.body == before
+
+
+def test_a_chain_with_too_few_pool_nodes_waits_with_one_warning_and_rolls_out_when_one_joins() -> None:
+    w = world()
+    spare = w.agents.pop("p2"), w.agents.pop("p3")
+    w.step()
+    d = w.step()
+    assert w.entries("e1") == [], "no entry moves to a chain that cannot run"
+    assert [(e.type, e.reason) for e in d.events if e.reason == "PipelineUnplaceable"] == [
+        ("Warning", "PipelineUnplaceable")]
+    message = w.body["status"]["rollout"]["message"]
+    assert "revision 1: the chain has 3 stages but only 1 fresh node(s)" in message
+    assert "start more stage agents with --split-port" in message
+    assert conditions(w.body["status"])["Progressing"][0] == "True"
+    assert "PipelineUnplaceable" not in reasons(w.step()), "one warning, not one per reconcile"
+    w.agents["p2"] = spare[0]
+    w.step()
+    assert w.entries("p1") == [("tail", 1)]
+    assert w.entries("p2") == [("tail", 1)]
+    w.report_stages("p1", "p2")
+    w.step()
+    assert w.entries("e1") == [("head", 1)]
+
+
+def test_an_auto_stage_count_is_planned_over_the_pool_nodes_there_are() -> None:
+    def job_object(w: World) -> tuple[dict[str, Any], Decision]:
+        d = w.step()  # opens revision 1 and creates its Job
+        assert d.job_create is not None
+        container = d.job_create.manifest["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        return dict(json.loads(str(env["EDGEMODEL_OBJECT"]))), d
+
+    auto = {"count": "auto", "maxStages": 4, "cuts": []}
+    w = world()
+    w.body = model_body(pipeline_spec(**auto))
+    w.stale.add("p3")
+    w.now += dt.timedelta(minutes=5)  # p3 is stale: only p1 and p2 can host stages 2..N
+    obj, d = job_object(w)
+    assert obj["spec"]["split"]["stages"]["maxStages"] == 3
+    assert w.body["spec"]["split"]["stages"]["maxStages"] == 4, "the user's spec is not changed"
+    event = next(e for e in d.events if e.reason == "PipelineStagesCapped")
+    assert "plans at most 3 stages: 2 fresh pool node(s) can host stages 2..N (p1, p2" in event.message
+    w = world()
+    w.body = model_body(pipeline_spec(**auto))
+    obj, d = job_object(w)
+    assert obj["spec"]["split"]["stages"]["maxStages"] == 4, "3 pool nodes: maxStages as written"
+    assert "PipelineStagesCapped" not in reasons(d)
+    obj, _ = job_object(world())
+    assert obj["spec"]["split"]["stages"]["count"] == 3, "a fixed count is the user's"
