@@ -201,6 +201,15 @@ class RestApi:
         status, payload, headers = await self.infer_bytes(head, lambda: read_body(request, self.limits), name, version)
         return web.Response(status=status, body=payload, headers=headers)
 
+    def needs_no_task(self, name: str, version: str | None) -> bool:
+        """True when ``infer_bytes`` for this model may start outside an asyncio task (``hotpath.run_eagerly``):
+        a plain model without batching (its waits are futures: executor, semaphore), or a refusal."""
+        try:
+            mv = self.dataplane.repository.resolve(name, version)
+        except AgentError:
+            return True
+        return type(mv) is ModelVersion and mv.batcher is None
+
     async def infer_bytes(
         self, head: RequestHead, body: bytes | bytearray | BodyReader, name: str, version: str | None
     ) -> tuple[int, bytes, dict[str, str]]:

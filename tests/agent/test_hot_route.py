@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -200,3 +201,43 @@ def test_anything_else_goes_to_aiohttp(raw: bytes) -> None:
 @pytest.mark.parametrize("raw", [b"PO", b"POST /v2/models/m/in", request_bytes("/v2/models/m/infer", b"{}")[:-1]])
 def test_a_partial_hot_request_waits_for_the_rest(raw: bytes) -> None:
     assert hotpath.parse(raw) is hotpath._INCOMPLETE
+
+
+async def test_run_eagerly_answers_at_once_and_continues_a_waiting_coroutine_in_a_task() -> None:
+    loop = asyncio.get_running_loop()
+    steps: list[str] = []
+
+    async def instant() -> None:
+        steps.append("instant")
+
+    gate: asyncio.Future[str] = loop.create_future()
+
+    async def waiting() -> None:
+        steps.append("before")
+        steps.append(await gate)
+        await asyncio.sleep(0)  # and any later waits
+        steps.append(f"in a task: {asyncio.current_task() is not None}")
+
+    hotpath.run_eagerly(instant(), loop)
+    assert steps == ["instant"]  # done within the call: no task, no loop iteration
+    hotpath.run_eagerly(waiting(), loop)
+    assert steps == ["instant", "before"]
+    gate.set_result("resumed")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert steps == ["instant", "before", "resumed", "in a task: True"]
+
+    cancelled = asyncio.Event()
+
+    async def forever() -> None:
+        try:
+            await loop.create_future()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    hotpath.run_eagerly(forever(), loop)
+    await asyncio.sleep(0)
+    (task,) = [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__qualname__", "") == "_Resumed.wait"]
+    task.cancel()
+    await asyncio.wait_for(cancelled.wait(), 5)
