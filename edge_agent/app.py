@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.control.cache import ArtifactCache
 from edge_agent.control.capabilities import probe
-from edge_agent.control.plane import ControlPlane, default_endpoint
+from edge_agent.control.plane import ControlPlane, default_endpoint, grpc_endpoint
 from edge_agent.control.reconciler import Reconciler
 from edge_agent.heap import return_large_buffers
 from edge_agent.server import AgentServer, read_token
@@ -79,6 +79,10 @@ class Agent:
                 split_endpoint=(
                     default_endpoint(self.server.split_scheme, s.host, self.server.split_port)
                     if self.server.split_port is not None else ""
+                ),
+                grpc=(
+                    grpc_endpoint(s.endpoint, s.host, self.server.grpc_port, tls=self.server.scheme == "https")
+                    if self.server.grpc_port is not None else None
                 ),
                 labels=s.labels,
                 heartbeat_interval_s=s.heartbeat_interval_s,

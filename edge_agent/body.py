@@ -92,9 +92,9 @@ async def _next_chunk(request: web.BaseRequest, limits: RequestLimits, received:
         ) from None
 
 
-def content_encoding(request: web.BaseRequest) -> str:
-    """The body's Content-Encoding ("" for none), refused with 415 unless the agent decodes it."""
-    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+def encoding_of(header: str) -> str:
+    """A Content-Encoding header's value as ``decompress`` takes it ("" for none); 415 unless the agent decodes it."""
+    encoding = header.strip().lower()
     if encoding in ("", "identity"):
         return ""
     if encoding not in ENCODINGS:

@@ -11,12 +11,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
-from edge_agent.body import RequestLimits, content_encoding, decompress, read_body
+from edge_agent.body import RequestLimits, decompress, encoding_of, read_body
 from edge_agent.codec import InferRequest, TensorSpec, decode_request, encode_response
 from edge_agent.dataplane import DataPlane
 from edge_agent.errors import AgentError, InvalidInput, PayloadTooLarge, Unauthorized
@@ -67,11 +68,29 @@ def _decode_body(
     return decode_request(data, header_length, limits.decode, model_inputs)
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def error_body(message: str, headers: dict[str, str] | None = None) -> tuple[bytes, dict[str, str]]:
+    """The ``{"error": message}`` body and its headers."""
     message = message.encode("utf-8", "replace").decode()  # header bytes echoed in a message may be surrogates
-    return web.Response(
-        status=status, body=orjson.dumps({"error": message}), headers={**JSON_HEADERS, **(headers or {})}
-    )
+    return orjson.dumps({"error": message}), {**JSON_HEADERS, **(headers or {})}
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    body, all_headers = error_body(message, headers)
+    return web.Response(status=status, body=body, headers=all_headers)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """What an inference request's answer depends on besides its body and its model."""
+
+    path: str
+    authorization: str
+    header_length: str | None
+    """The Inference-Header-Content-Length header (binary tensor extension), if any."""
+    content_encoding: str
+
+
+BodyReader = Callable[[], Awaitable[bytes | bytearray]]
 
 
 def json_response(payload: Any, status: int = 200) -> web.Response:
@@ -114,17 +133,20 @@ class RestApi:
         if not bearer_matches(request.headers.get("Authorization", ""), self._token):
             raise Unauthorized("missing or wrong bearer token; send Authorization: Bearer <token>")
 
-    async def _decode(self, request: web.BaseRequest, model_inputs: Mapping[str, TensorSpec]) -> InferRequest:
+    async def _decode(
+        self, head: RequestHead, body: bytes | bytearray | BodyReader, model_inputs: Mapping[str, TensorSpec]
+    ) -> InferRequest:
         """Read, decompress and decode the body under the limits (large or compressed ones off the event loop)."""
-        header = request.headers.get(HEADER_LENGTH)
+        header = head.header_length
         header_length: int | None = None
         if header is not None:
             try:
                 header_length = int(header)
             except ValueError:
                 raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got {header!r:.40}") from None
-        encoding = content_encoding(request)
-        body = await read_body(request, self.limits)
+        encoding = encoding_of(head.content_encoding)
+        if not isinstance(body, (bytes, bytearray)):
+            body = await body()
         if not encoding and len(body) <= INLINE_DECODE_BYTES:
             return decode_body(body, encoding, header_length, self.limits, model_inputs)
         loop = asyncio.get_running_loop()
@@ -174,15 +196,38 @@ class RestApi:
 
     async def infer_model(self, request: web.BaseRequest, name: str, version: str | None) -> web.Response:
         """POST .../infer for the model ``name`` (``version``: None routes to its default version)."""
+        h = request.headers
+        head = RequestHead(request.path, h.get("Authorization", ""), h.get(HEADER_LENGTH), h.get("Content-Encoding", ""))
+        status, payload, headers = await self.infer_bytes(head, lambda: read_body(request, self.limits), name, version)
+        return web.Response(status=status, body=payload, headers=headers)
+
+    def needs_no_task(self, name: str, version: str | None) -> bool:
+        """True when ``infer_bytes`` for this model may start outside an asyncio task (``hotpath.run_eagerly``):
+        a plain model without batching (its waits are futures: executor, semaphore), or a refusal."""
+        try:
+            mv = self.dataplane.repository.resolve(name, version)
+        except AgentError:
+            return True
+        return type(mv) is ModelVersion and mv.batcher is None
+
+    async def infer_bytes(
+        self, head: RequestHead, body: bytes | bytearray | BodyReader, name: str, version: str | None
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """One inference request, HTTP-framing free: (status, body, headers) of the answer, errors included.
+
+        ``body`` is the raw body, or a coroutine function reading it under the limits (aiohttp's path);
+        the hot path (``edge_agent.hotpath``) and the aiohttp handler both answer through here.
+        """
         started = time.perf_counter()
         mv: ModelVersion | None = None
         status = 500
         try:
-            self._authorize(request)
+            if self._token is not None and not bearer_matches(head.authorization, self._token):
+                raise Unauthorized("missing or wrong bearer token; send Authorization: Bearer <token>")
             mv = self.dataplane.repository.resolve(name, version)
             mv.acquire()
             try:
-                infer_request = await self._decode(request, mv.model.input_by_name)
+                infer_request = await self._decode(head, body, mv.model.input_by_name)
                 outputs = await self.dataplane.infer(mv, infer_request)
                 if self.observer is not None:
                     self.observer(mv, infer_request, outputs)
@@ -191,18 +236,16 @@ class RestApi:
                 mv.release()
             status = 200
             if json_length is None:
-                return web.Response(body=payload, headers=JSON_HEADERS)
-            return web.Response(
-                body=payload, headers={"Content-Type": "application/octet-stream", HEADER_LENGTH: str(json_length)}
-            )
+                return 200, payload, JSON_HEADERS
+            return 200, payload, {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(json_length)}
         except AgentError as exc:
             status = exc.status
             if status >= 500:
-                log.error("Inference on %s failed: %s", request.path, exc.message)
-            return error_response(status, exc.message, {"Retry-After": "1"} if status == 503 else None)
+                log.error("Inference on %s failed: %s", head.path, exc.message)
+            return status, *error_body(exc.message, {"Retry-After": "1"} if status == 503 else None)
         except Exception as exc:
-            log.exception("Inference on %s failed unexpectedly", request.path)
-            return error_response(500, f"internal error: {type(exc).__name__}: {exc}"[:500])
+            log.exception("Inference on %s failed unexpectedly", head.path)
+            return 500, *error_body(f"internal error: {type(exc).__name__}: {exc}"[:500])
         finally:
             if mv is not None:
                 mv.record(status, time.perf_counter() - started)

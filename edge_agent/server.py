@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 
@@ -22,6 +22,7 @@ from edge_agent.capture_worker import attach_continual
 from edge_agent.cgroup import available_cpus, thread_count
 from edge_agent.dataplane import DataPlane
 from edge_agent.errors import LoadError
+from edge_agent.hotpath import HotPathHandler
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model import ModelOptions, OnnxModel, SessionFactory, TensorMeta
 from edge_agent.pool import InferencePool
@@ -105,7 +106,18 @@ class _AgentRunner(JsonErrorAppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.request_handler = hot_route(self._api, server.request_handler)
+        server.__class__ = _HotPathServer
+        cast(_HotPathServer, server).api = self._api
         return server
+
+
+class _HotPathServer(web.Server):
+    """Connections get ``HotPathHandler``: plain inference requests skip aiohttp's request objects."""
+
+    api: RestApi
+
+    def __call__(self) -> HotPathHandler:
+        return HotPathHandler(self, loop=self._loop, api=self.api, **self._kwargs)
 
 
 class AgentServer:

@@ -13,7 +13,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 
-class _JsonErrorHandler(RequestHandler):
+class JsonErrorHandler(RequestHandler):
     """The per-connection protocol; only the error page changes."""
 
     def handle_error(
@@ -32,7 +32,7 @@ class _JsonErrorHandler(RequestHandler):
 
 class _JsonErrorServer(web.Server):
     def __call__(self) -> RequestHandler:
-        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+        return JsonErrorHandler(self, loop=self._loop, **self._kwargs)
 
 
 class JsonErrorAppRunner(web.AppRunner):

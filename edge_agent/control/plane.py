@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import ValidationError
@@ -39,6 +40,7 @@ from edgemodel.api import (
     Capabilities,
     Condition,
     EdgeAgentSpec,
+    GrpcEndpoint,
     ModelAssignment,
     now_rfc3339,
     set_condition,
@@ -69,6 +71,7 @@ class ControlPlane:
         endpoint: str,
         labels: dict[str, str],
         split_endpoint: str = "",
+        grpc: GrpcEndpoint | None = None,
         heartbeat_interval_s: float = 10.0,
         status_min_interval_s: float = 1.0,
         stats_interval_s: float = 10.0,
@@ -85,6 +88,8 @@ class ControlPlane:
         self.endpoint = endpoint
         self.split_endpoint = split_endpoint
         """URL of this agent's tail server ('' without --split-port), reported as status.splitEndpoint."""
+        self.grpc = grpc
+        """This agent's gRPC endpoint (None without --grpc-port), reported as status.grpc."""
         self.labels = labels
         self.heartbeat_interval_s = heartbeat_interval_s
         self.status_min_interval_s = status_min_interval_s
@@ -294,6 +299,7 @@ class ControlPlane:
             "heartbeatTime": now_rfc3339(),
             "endpoint": self.endpoint,
             "splitEndpoint": self.split_endpoint,
+            "grpc": self.grpc.to_k8s() if self.grpc is not None else None,
             "models": [m.to_k8s() for m in models],
             "conditions": [c.to_k8s() for c in self._conditions],
         }
@@ -363,9 +369,22 @@ def _fingerprint(spec: dict[str, Any]) -> bytes:
     return orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)
 
 
-def default_endpoint(scheme: str, host: str, port: int) -> str:
-    """Where clients reach this agent: POD_IP (downward API) when set, else the bind host."""
+def advertised_address(host: str) -> str:
+    """The address clients reach this agent at: POD_IP (downward API) when set, else the bind host ([v6])."""
     address = os.environ.get("POD_IP") or ("127.0.0.1" if host in ("0.0.0.0", "") else host)
     if ":" in address and not address.startswith("["):
         address = f"[{address}]"
-    return f"{scheme}://{address}:{port}"
+    return address
+
+
+def default_endpoint(scheme: str, host: str, port: int) -> str:
+    """Where clients reach this agent's HTTP port: POD_IP (downward API) when set, else the bind host."""
+    return f"{scheme}://{advertised_address(host)}:{port}"
+
+
+def grpc_endpoint(endpoint: str, host: str, port: int, tls: bool) -> GrpcEndpoint:
+    """The gRPC endpoint reported in status: on the host of the REST endpoint (``--endpoint`` when given)."""
+    hostname = urlsplit(endpoint).hostname if endpoint else None
+    if hostname and ":" in hostname:
+        hostname = f"[{hostname}]"
+    return GrpcEndpoint(target=f"{hostname or advertised_address(host)}:{port}", port=port, tls=tls)

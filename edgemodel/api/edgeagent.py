@@ -163,6 +163,17 @@ class ModelState(StatusModel):
     """Head only: median head compute per request in ms over the recent window (the edge's side of the split)."""
 
 
+class GrpcEndpoint(StatusModel):
+    """Where the agent serves the Open Inference Protocol over gRPC (docs/grpc.md)."""
+
+    target: str = Field(min_length=1)
+    """host:port, as gRPC clients take it (e.g. tritonclient.grpc's url)."""
+    port: int = Field(ge=1, le=65535)
+    """The gRPC port."""
+    tls: bool = False
+    """True: TLS only, with the agent's HTTPS certificate; false: plaintext."""
+
+
 class EdgeAgentStatus(StatusModel):
     """Observed state of the node, written by its agent."""
 
@@ -173,6 +184,8 @@ class EdgeAgentStatus(StatusModel):
     """URL of the agent's Open Inference Protocol endpoint."""
     split_endpoint: str = ""
     """URL of the agent's split-tail server (cloud agents started with a split port)."""
+    grpc: GrpcEndpoint | None = None
+    """The agent's gRPC endpoint (agents started with a gRPC port); unset: REST only."""
     models: list[ModelState] = Field(default_factory=list)
     """State of every assigned model."""
     conditions: list[Condition] = Field(default_factory=list)

@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 
 from edge_agent.app import Agent
+from edge_agent.control.plane import grpc_endpoint
+from edge_agent.grpc_proto import predict_v2_pb2 as pb
 from edge_agent.settings import AgentSettings
-from edgemodel.api import API_VERSION, ModelAssignment
+from edgemodel.api import API_VERSION, GrpcEndpoint, ModelAssignment
 from edgemodel_dev.cluster import LocalCluster
 from tests.agent.artifacts import ArtifactStore, Keys, make_keys
 from tests.agent.polling import eventually
+from tests.agent.test_auth_tls import self_signed
 
 NODE = "edge-0"
 BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 1, 1, 1]}]}
@@ -112,6 +116,7 @@ async def test_registers_heartbeats_and_serves_its_assignment(
     assert caps["hardwareClass"] == "cpu"
     assert caps["cpuCount"] >= 1
     assert status["endpoint"] == agent.server.url
+    assert status.get("grpc") is None  # started without --grpc-port: REST only
     lease = await eventually(lambda: cluster.get("coordination.k8s.io/v1", "Lease", NODE, "default"), "the Lease")
     assert lease["spec"]["holderIdentity"] == NODE
     first_beat = lease["spec"]["renewTime"]
@@ -137,6 +142,39 @@ async def test_registers_heartbeats_and_serves_its_assignment(
     await asyncio.sleep(1.5)
     assert agent.control is not None
     assert agent.control.status_writes - writes <= 3
+
+
+async def test_the_grpc_endpoint_is_reported_and_reaches_the_agent_over_tls(
+    cluster: LocalCluster, keys: Keys, tmp_path: Path
+) -> None:
+    cert, key = self_signed(tmp_path)
+    agent = Agent(agent_settings(cluster, keys, tmp_path / "cache", grpc_port=0, tls_cert=cert, tls_key=key))
+    await agent.start()
+    try:
+        status = await eventually(lambda: (edgeagent(cluster).get("status") or {}).get("heartbeatTime") and edgeagent(cluster)["status"],
+                                  "registration")  # fmt: skip
+        assert status["endpoint"] == agent.server.url
+        assert agent.server.grpc_port is not None
+        assert agent.server.grpc_port > 0
+        assert status["grpc"] == {"target": f"127.0.0.1:{agent.server.grpc_port}", "port": agent.server.grpc_port, "tls": True}
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        async with grpc.aio.secure_channel(status["grpc"]["target"], credentials) as channel:
+            live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive",
+                                       request_serializer=pb.ServerLiveRequest.SerializeToString,
+                                       response_deserializer=pb.ServerLiveResponse.FromString)  # fmt: skip
+            assert (await live(pb.ServerLiveRequest(), timeout=10)).live is True
+    finally:
+        await agent.stop()
+
+
+def test_the_reported_grpc_endpoint_follows_the_advertised_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POD_IP", raising=False)
+    assert grpc_endpoint("", "0.0.0.0", 8081, tls=False) == GrpcEndpoint(target="127.0.0.1:8081", port=8081, tls=False)
+    assert grpc_endpoint("https://agent-0.example:8443", "0.0.0.0", 8081, tls=True).target == "agent-0.example:8081"
+    assert grpc_endpoint("http://[fd00::7]:8080", "::", 9000, tls=False).target == "[fd00::7]:9000"
+    monkeypatch.setenv("POD_IP", "10.1.2.3")
+    assert grpc_endpoint("", "0.0.0.0", 8081, tls=False).target == "10.1.2.3:8081"
+    assert GrpcEndpoint.model_validate(grpc_endpoint("", "0.0.0.0", 8081, tls=True).to_k8s()).tls is True
 
 
 async def test_a_bad_revision_is_reported_and_the_old_one_keeps_serving_then_unassign(
