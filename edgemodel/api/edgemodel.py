@@ -189,6 +189,9 @@ class DistillationOptions(ApiModel):
     """Weight of the soft-target loss; 1 - alpha weighs the labels (alpha is 1 without labels)."""
     epochs: int = Field(default=30, ge=1, le=1000)
     """Training epochs of the student."""
+    mixup: bool = True
+    """Train the student on mixtures of pairs of training inputs, labelled by the teacher on the fly (function
+    matching): soft targets on inputs no label describes. Needs floating-point inputs (ignored otherwise)."""
 
 
 class Optimization(ApiModel):

@@ -187,3 +187,46 @@ def test_pruned_widths_stay_multiples_of_the_ort_channel_block() -> None:
     odd = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(12, 10)).eval()
     assert alignment(lift(torch.export.export(odd, (_x(),)).module(), (_x(),), DYNAMIC)) is None
+
+
+def test_qat_folds_batch_norms_first_so_convert_skips_torchaos_refold(captured: Any) -> None:
+    """A batch norm left in makes convert_pt2e re-export ~100 pattern graphs (minutes under load); none is left."""
+    folded = qat.fold_batch_norms(captured)
+    assert not [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [m for m in captured.modules() if isinstance(m, torch.nn.BatchNorm2d)], "the original is untouched"
+    x = _x(6, seed=3)
+    assert torch.allclose(predict(folded, [x]), predict(captured, [x]), atol=1e-5)
+    prepared = qat.prepare(captured, (_x(2),), DYNAMIC)
+    targets = {str(n.target) for n in prepared.graph.nodes if n.op == "call_function"}
+    assert not [t for t in targets if "batch_norm" in t], targets
+
+
+def test_mixup_mixes_inputs_and_labels_and_the_teacher_labels_the_mixture() -> None:
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+    x = _x(8, seed=4)
+    y = torch.arange(8) % 3
+    generator = torch.Generator().manual_seed(0)
+    (mixed,), (soft,), labels = distill.mixup(teacher)([x], [torch.zeros(8, 3)], y, generator)
+    assert isinstance(labels, distill.MixedLabels)
+    w = labels.lam.view(-1, 1, 1, 1)
+    assert torch.all((labels.lam >= 0) & (labels.lam <= 1))
+    # each mixed sample is lam * itself + (1 - lam) * some sample of the batch
+    partner = (mixed - w * x) / (1 - w).clamp_min(1e-6)
+    assert all(any(torch.allclose(partner[i], x[j], atol=1e-3) for j in range(8)) for i in range(8) if w[i] < 0.99)
+    assert not torch.allclose(mixed, x)
+    assert torch.allclose(soft, teacher(mixed).detach()), "soft targets are the teacher's outputs on the mixture"
+    assert torch.equal(labels.first, y)
+    assert torch.equal(labels.dominant(), torch.where(labels.lam >= 0.5, y, labels.second))
+    again = distill.mixup(teacher)([x], [torch.zeros(8, 3)], y, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0][0], mixed), "seeded: the same generator gives the same mixture"
+    assert distill.mixable([x]) and not distill.mixable([torch.zeros(2, 3, dtype=torch.int64)])
+
+
+def test_distillation_loss_weighs_mixed_labels_by_their_share() -> None:
+    out = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    labels = distill.MixedLabels(torch.tensor([0, 1]), torch.tensor([2, 0]), torch.tensor([0.75, 0.5]))
+    loss = distill.kd_loss(temperature=2.0, alpha=0.0)(out, [out.clone()], labels)
+    ce = torch.nn.functional.cross_entropy
+    expected = (0.75 * ce(out[:1], labels.first[:1]) + 0.25 * ce(out[:1], labels.second[:1])
+                + 0.5 * ce(out[1:], labels.first[1:]) + 0.5 * ce(out[1:], labels.second[1:])) / 2
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)

@@ -219,14 +219,19 @@ def _distill(c: _Context, deadline: float) -> tuple[Made, str]:
                           else "spec.optimization.distillation.widthFactor")
     soft = predict(teacher, inputs)
     alpha = opt.alpha if labels is not None else 1.0
+    mixup = opt.mixup and distill.mixable(inputs)
     fitted = fit(student, TrainSet(inputs, labels, [soft]), distill.kd_loss(opt.temperature, alpha), opt.epochs,
-                 t.learning_rate, t.batch_size, t.seed, deadline, "student", progress)
+                 t.learning_rate, t.batch_size, t.seed, deadline, "student", progress,
+                 transform=distill.mixup(teacher) if mixup else None)
     student.eval()
     macs, params = count(student, example)
-    settings = {"student": kind, "temperature": opt.temperature, "alpha": alpha, "epochs": fitted.epochs,
+    settings = {"student": kind, "temperature": opt.temperature, "alpha": alpha, "mixup": mixup, "epochs": fitted.epochs,
                 "parameters": params, "macsOfTeacher": round(macs / max(teacher_macs, 1), 4)}
     note = "" if labels is not None else ("Distillation trained on soft targets alone: the training data has no "
                                           "labels (alpha 1).")
+    if opt.mixup and not mixup:
+        note = (note + " " if note else "") + ("Distillation ran without mixup: an input is not floating-point "
+                                               "(spec.optimization.distillation.mixup needs float inputs).")
     return (student, "distilled-fp32", Precision.FP32, macs, True, settings, fitted), note
 
 
