@@ -219,7 +219,8 @@ def test_mixup_mixes_inputs_and_labels_and_the_teacher_labels_the_mixture() -> N
     assert torch.equal(labels.dominant(), torch.where(labels.lam >= 0.5, y, labels.second))
     again = distill.mixup(teacher)([x], [torch.zeros(8, 3)], y, torch.Generator().manual_seed(0))
     assert torch.equal(again[0][0], mixed), "seeded: the same generator gives the same mixture"
-    assert distill.mixable([x]) and not distill.mixable([torch.zeros(2, 3, dtype=torch.int64)])
+    assert distill.mixable([x])
+    assert not distill.mixable([torch.zeros(2, 3, dtype=torch.int64)])
 
 
 def test_distillation_loss_weighs_mixed_labels_by_their_share() -> None:
