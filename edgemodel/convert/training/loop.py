@@ -96,7 +96,8 @@ def _epochs(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, optimiser:
             loss.backward()
             optimiser.step()
             losses.append(float(loss.detach()))
-            truth = labels.dominant() if hasattr(labels, "dominant") else labels
+            dominant = getattr(labels, "dominant", None)  # mixed labels (distillation's mixup)
+            truth = dominant() if dominant is not None else labels
             truth = truth if truth is not None else extras[0].argmax(1) if extras else None
             right += 0 if truth is None else int((out.detach().argmax(1) == truth).sum())
         scheduler.step()
