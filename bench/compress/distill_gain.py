@@ -2,14 +2,14 @@
 
 Run on demand (never from pytest):
 
-    .venv/bin/python bench/compress/distill_gain.py --samples 360 --epochs 60 --seeds 5
+    .venv/bin/python bench/compress/distill_gain.py --samples 360 --epochs 60 --seeds 5 --lr 3e-3
 
 Trains the teacher (``DigitsWideCNN(32)``, 15 epochs, all 1,437 training images) once, then per seed
 draws a random subset of ``--samples`` labelled images and trains ``DigitsWideCNN(8)`` (the student
 ``widthFactor: 0.25`` builds) twice with the conversion's own code (``edgemodel.convert.training``:
 ``fit``, ``kd_loss``, ``mixup``; learning rate, batch size and seed as in ``spec.optimization.training``):
 on labels only (cross-entropy), and distilled (alpha * T^2 * KL + (1 - alpha) * CE, with mixup unless
-``--mixup no``). Same seed, subset, initialisation, data order and epochs for both. Prints every
+``--mixup no``); ``--mixup-baseline`` adds labels only with mixup (no teacher). Same seed, subset, initialisation, data order and epochs for both. Prints every
 seed's top-1 on the 360 held-out images and the mean gain; no seed is picked.
 """
 
@@ -40,11 +40,11 @@ def student(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, n: 
     xs, ys = x[idx], y[idx]
     torch.manual_seed(seed)
     model = DigitsWideCNN(8)
-    if kd:
+    if kd or use_mixup:  # labels only with mixup: alpha 0 (the teacher's outputs are computed but weigh nothing)
         with torch.no_grad():
             soft = teacher(xs)
-        fit(model, TrainSet([xs], ys, [soft]), kd_loss(args.temperature, args.alpha), args.epochs, args.lr, 64,
-            seed, float("inf"), "student", transform=mixup(teacher) if use_mixup else None)
+        fit(model, TrainSet([xs], ys, [soft]), kd_loss(args.temperature, args.alpha if kd else 0.0), args.epochs,
+            args.lr, 64, seed, float("inf"), "student", transform=mixup(teacher) if use_mixup else None)
     else:
         fit(model, TrainSet([xs], ys, []), cross_entropy, args.epochs, args.lr, 64, seed, float("inf"), "student")
     return model.eval()
@@ -59,6 +59,8 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.7)
     parser.add_argument("--lr", type=float, default=1e-3, help="spec.optimization.training.learningRate")
     parser.add_argument("--mixup", choices=["both", "yes", "no"], default="yes")
+    parser.add_argument("--mixup-baseline", action="store_true",
+                        help="also train on labels only with mixup (is the gain the teacher's or mixup's?)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
@@ -77,6 +79,10 @@ def main() -> None:
     for n in (int(s) for s in args.samples.split(",")):
         start = time.monotonic()
         labels = [top1(student(teacher, x, y, seed, n, False, args, False)) for seed in range(args.seeds)]
+        if args.mixup_baseline:
+            mixed = [top1(student(teacher, x, y, seed, n, False, args, True)) for seed in range(args.seeds)]
+            print(f"samples {n} epochs {args.epochs}: labels only with mixup (no teacher) {np.mean(mixed):.4f} "
+                  f"{[round(a, 4) for a in mixed]}", flush=True)
         for use_mixup in {"both": (False, True), "yes": (True,), "no": (False,)}[args.mixup]:
             soft = [top1(student(teacher, x, y, seed, n, True, args, use_mixup)) for seed in range(args.seeds)]
             print(f"samples {n} epochs {args.epochs} alpha {args.alpha} T {args.temperature:g} mixup {use_mixup}: "

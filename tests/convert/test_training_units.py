@@ -231,3 +231,34 @@ def test_distillation_loss_weighs_mixed_labels_by_their_share() -> None:
     expected = (0.75 * ce(out[:1], labels.first[:1]) + 0.25 * ce(out[:1], labels.second[:1])
                 + 0.5 * ce(out[1:], labels.first[1:]) + 0.5 * ce(out[1:], labels.second[1:])) / 2
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_unlabelled_samples_learn_soft_targets_only() -> None:
+    out = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 3.0]])
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    labels = torch.tensor([0, -1, 2])  # the middle sample has no label
+    hard_only = distill.kd_loss(temperature=2.0, alpha=0.0)
+    ce = torch.nn.functional.cross_entropy
+    expected = (ce(out[:1], labels[:1]) + ce(out[2:], labels[2:])) / 2
+    assert float(hard_only(out, [teacher], labels)) == pytest.approx(float(expected), rel=1e-5)
+    none_labelled = torch.tensor([-1, -1, -1])
+    assert float(hard_only(out, [teacher], none_labelled)) == pytest.approx(0.0, abs=1e-6)
+    soft_only = distill.kd_loss(temperature=2.0, alpha=1.0)
+    both = distill.kd_loss(temperature=2.0, alpha=0.5)
+    assert float(both(out, [teacher], labels)) == pytest.approx(
+        0.5 * float(soft_only(out, [teacher], labels)) + 0.5 * float(expected), rel=1e-5)
+
+
+def test_fit_reports_accuracy_over_labelled_samples_and_fine_tuning_skips_unlabelled(tiny: Any) -> None:
+    from edgemodel.convert.training import _labelled
+
+    x = _x(6, seed=5)
+    labels = torch.tensor([1, -1, 2, -1, 0, 3])
+    kept = _labelled([x], labels)
+    assert torch.equal(kept.labels, torch.tensor([1, 2, 0, 3]))
+    assert torch.equal(kept.inputs[0], x[[0, 2, 4, 5]])
+    soft = predict(tiny, [x])
+    fitted = fit(clone(tiny), TrainSet([x], labels, [soft]), distill.kd_loss(4.0, 0.7), 2, 1e-3, 4, 0,
+                 time.monotonic() + 60, "student")
+    assert fitted.epochs == 2
+    assert np.isfinite(fitted.loss)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgemodel.convert.errors import ConversionError, Reason
-from edgemodel.convert.training.loop import Transform
+from edgemodel.convert.training.loop import UNLABELLED, Transform
 
 
 @dataclass
@@ -63,7 +63,9 @@ def kd_loss(temperature: float, alpha: float) -> Any:
     """alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy(labels); alpha 1 without labels.
 
     Labels may be :class:`MixedLabels` (mixup): the cross-entropy is then weighted between both labels.
+    Samples labelled -1 (unlabelled) learn the soft targets only.
     """
+    import torch
     import torch.nn.functional as F
 
     def loss(out: Any, extras: list[Any], labels: Any) -> Any:
@@ -72,11 +74,12 @@ def kd_loss(temperature: float, alpha: float) -> Any:
                         reduction="batchmean", log_target=True) * (temperature * temperature)
         if labels is None or alpha >= 1.0:
             return soft
-        if isinstance(labels, MixedLabels):
-            hard = (labels.lam * F.cross_entropy(out, labels.first, reduction="none")
-                    + (1 - labels.lam) * F.cross_entropy(out, labels.second, reduction="none")).mean()
-        else:
-            hard = F.cross_entropy(out, labels)
+        mixed = labels if isinstance(labels, MixedLabels) else MixedLabels(labels, labels, torch.ones(len(labels)))
+        parts = ((mixed.lam, mixed.first), (1 - mixed.lam, mixed.second))
+        # unlabelled samples (-1) add no cross-entropy: the mean runs over the labelled share of the batch
+        total = sum((w * F.cross_entropy(out, y, reduction="none", ignore_index=UNLABELLED)).sum() for w, y in parts)
+        share = sum((w * (y >= 0)).sum() for w, y in parts)
+        hard = total / torch.clamp(share, min=1e-6)
         return alpha * soft + (1.0 - alpha) * hard
 
     return loss

@@ -81,7 +81,7 @@ def _epochs(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, optimiser:
     for epoch in range(epochs):
         order = torch.randperm(len(data), generator=generator)
         losses: list[float] = []
-        right = 0
+        right = seen = 0
         for first in range(0, len(data), batch):
             idx = order[first:first + batch]
             inputs = [x[idx] for x in data.inputs]
@@ -99,10 +99,13 @@ def _epochs(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, optimiser:
             dominant = getattr(labels, "dominant", None)  # mixed labels (distillation's mixup)
             truth = dominant() if dominant is not None else labels
             truth = truth if truth is not None else extras[0].argmax(1) if extras else None
-            right += 0 if truth is None else int((out.detach().argmax(1) == truth).sum())
+            if truth is not None:
+                known = truth >= 0  # -1: an unlabelled sample
+                right += int(((out.detach().argmax(1) == truth) & known).sum())
+                seen += int(known.sum())
         scheduler.step()
         done, last = epoch + 1, float(np.mean(losses))
-        score = f", {measure} {right / max(len(data), 1):.4f}" if measure else ""
+        score = f", {measure} {right / max(seen, 1):.4f}" if measure else ""
         log.info("Trained %s: epoch %d/%d, loss %.4f%s, %.1fs", what, done, epochs, last, score,
                  time.monotonic() - start)
         if progress is not None:
@@ -114,6 +117,10 @@ def _epochs(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, optimiser:
                 progress.add_steps(-(epochs - done))
             return Fitted(done, epochs, time.monotonic() - start, last, True)
     return Fitted(done, epochs, time.monotonic() - start, last, False)
+
+
+UNLABELLED = -1
+"""The label of a sample without one: distillation learns its soft targets only; fine-tuning skips it."""
 
 
 def cross_entropy(out: Any, extras: list[Any], labels: Any) -> Any:
