@@ -9,7 +9,8 @@ draws a random subset of ``--samples`` labelled images and trains ``DigitsWideCN
 ``widthFactor: 0.25`` builds) twice with the conversion's own code (``edgemodel.convert.training``:
 ``fit``, ``kd_loss``, ``mixup``; learning rate, batch size and seed as in ``spec.optimization.training``):
 on labels only (cross-entropy), and distilled (alpha * T^2 * KL + (1 - alpha) * CE, with mixup unless
-``--mixup no``); ``--mixup-baseline`` adds labels only with mixup (no teacher). Same seed, subset, initialisation, data order and epochs for both. Prints every
+``--mixup no``); ``--mixup-baseline`` adds labels only with mixup (no teacher); ``--unlabelled`` gives
+the distilled student the remaining training images too, with label -1 (soft targets only). Same seed, subset, initialisation, data order and epochs for both. Prints every
 seed's top-1 on the 360 held-out images and the mean gain; no seed is picked.
 """
 
@@ -36,8 +37,10 @@ from edgemodel_dev.examples_models import load_digits_data
 
 def student(teacher: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int, n: int, kd: bool,
             args: argparse.Namespace, use_mixup: bool) -> nn.Module:
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-    xs, ys = x[idx], y[idx]
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    xs, ys = x[order[:n]], y[order[:n]]
+    if kd and args.unlabelled:  # the other training images, without their labels (-1): soft targets only
+        xs, ys = x[order], torch.cat([ys, torch.full((len(x) - n,), -1, dtype=ys.dtype)])
     torch.manual_seed(seed)
     model = DigitsWideCNN(8)
     if kd or use_mixup:  # labels only with mixup: alpha 0 (the teacher's outputs are computed but weigh nothing)
@@ -59,6 +62,8 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.7)
     parser.add_argument("--lr", type=float, default=1e-3, help="spec.optimization.training.learningRate")
     parser.add_argument("--mixup", choices=["both", "yes", "no"], default="yes")
+    parser.add_argument("--unlabelled", action="store_true",
+                        help="the distilled student also sees the other training images, labelled -1 (unlabelled)")
     parser.add_argument("--mixup-baseline", action="store_true",
                         help="also train on labels only with mixup (is the gain the teacher's or mixup's?)")
     args = parser.parse_args()
@@ -85,7 +90,7 @@ def main() -> None:
                   f"{[round(a, 4) for a in mixed]}", flush=True)
         for use_mixup in {"both": (False, True), "yes": (True,), "no": (False,)}[args.mixup]:
             soft = [top1(student(teacher, x, y, seed, n, True, args, use_mixup)) for seed in range(args.seeds)]
-            print(f"samples {n} epochs {args.epochs} alpha {args.alpha} T {args.temperature:g} mixup {use_mixup}: "
+            print(f"samples {n}{' + unlabelled' if args.unlabelled else ''} epochs {args.epochs} alpha {args.alpha} T {args.temperature:g} mixup {use_mixup}: "
                   f"labels only {np.mean(labels):.4f} {[round(a, 4) for a in labels]}, distilled {np.mean(soft):.4f} "
                   f"{[round(a, 4) for a in soft]}: gain {100 * (np.mean(soft) - np.mean(labels)):+.2f} pp, "
                   f"{100 * (teacher_acc - np.mean(soft)):.2f} pp below the teacher "
