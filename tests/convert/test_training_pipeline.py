@@ -99,6 +99,20 @@ def test_qat_with_only_unlabelled_samples_is_refused_naming_the_field(
     assert "has no 'labels' array (every label is -1, unlabelled), which qat fine-tuning needs" in line
 
 
+def test_a_label_below_minus_one_is_refused_naming_the_field(
+        digits: DigitsExample, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = load_digits_data()
+    labels = data.y_train[:64].copy()
+    labels[3] = -3
+    uri = write_npz(tmp_path / "bad-label.npz", input=data.x_train[:64], labels=labels).as_uri()
+    doc = _doc(digits, tmp_path, distillation={"enabled": True, "widthFactor": 0.5, "epochs": 1})
+    doc["spec"]["optimization"]["training"]["dataUri"] = uri
+    code, line = convert_cli(doc, tmp_path, keys, capsys)
+    assert code == 2
+    assert line.startswith("InvalidData: spec.optimization.training.dataUri: ")
+    assert "has label -3; labels are classes 0, 1, ... or -1 for an unlabelled sample" in line
+
+
 def test_student_with_other_outputs_is_refused(digits: DigitsExample, keys: Keys, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     import torch

@@ -77,8 +77,12 @@ def _labelled(inputs: list[Any], labels: Any) -> TrainSet:
 
 
 def check_labels(spec: EdgeModelSpec, data: Dataset) -> None:
-    """InvalidData naming training.dataUri when pruning or QAT is on and the training data has no labels."""
+    """InvalidData naming training.dataUri for a label below -1, or when pruning or QAT is on and no sample has a
+    label."""
     opt = spec.optimization
+    if data.labels is not None and len(data.labels) and int(data.labels.min()) < -1:
+        raise ConversionError(Reason.INVALID_DATA, f"{DATA_FIELD}: {opt.training.data_uri} has label "
+                              f"{int(data.labels.min())}; labels are classes 0, 1, ... or -1 for an unlabelled sample")
     if (opt.pruning.enabled or opt.qat.enabled) and (data.labels is None or not (data.labels >= 0).any()):
         needs = " and ".join(m for m, on in (("pruning", opt.pruning.enabled), ("qat", opt.qat.enabled)) if on)
         raise ConversionError(Reason.INVALID_DATA, f"{DATA_FIELD}: {opt.training.data_uri} has no 'labels' array"
@@ -240,7 +244,7 @@ def _distill(c: _Context, deadline: float) -> tuple[Made, str]:
                                           "labels (alpha 1).")
     if labels is not None and not bool((labels >= 0).all()):
         note = (f"Distillation used {int((labels < 0).sum())} unlabelled samples (label -1) for soft targets only; "
-                f"pruning and QAT fine-tuned on the {int((labels >= 0).sum())} labelled ones.")
+                f"pruning and QAT (when on) fine-tune on the {int((labels >= 0).sum())} labelled ones.")
     if opt.mixup and not mixup:
         note = (note + " " if note else "") + ("Distillation ran without mixup: an input is not floating-point "
                                                "(spec.optimization.distillation.mixup needs float inputs).")
