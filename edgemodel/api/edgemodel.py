@@ -137,7 +137,8 @@ class TrainingOptions(ApiModel):
 
     data_uri: str | None = Field(default=None, pattern=URI_PATTERN)
     """An .npz with inputs (one array per input name) and a "labels" array (integer class per sample); labels
-    may be left out when only distillation trains (it then learns the teacher's soft targets alone)."""
+    may be left out when only distillation trains (it then learns the teacher's soft targets alone), and a
+    label of -1 marks an unlabelled sample: distillation learns its soft targets, fine-tuning skips it."""
     max_samples: int = Field(default=50000, ge=1, le=10_000_000)
     """How many training samples to use at most."""
     batch_size: int = Field(default=64, ge=1, le=4096)
@@ -189,6 +190,9 @@ class DistillationOptions(ApiModel):
     """Weight of the soft-target loss; 1 - alpha weighs the labels (alpha is 1 without labels)."""
     epochs: int = Field(default=30, ge=1, le=1000)
     """Training epochs of the student."""
+    mixup: bool = True
+    """Train the student on mixtures of pairs of training inputs, labelled by the teacher on the fly (function
+    matching): soft targets on inputs no label describes. Needs floating-point inputs (ignored otherwise)."""
 
 
 class Optimization(ApiModel):

@@ -54,6 +54,7 @@ def test_pruning_qat_and_distillation_become_gated_candidates(digits: DigitsExam
     teacher_macs = by_name["fp32-opt"]["settings"]["macs"]
     assert by_name["pruned-fp32"]["settings"]["macs"] * 2 < teacher_macs
     assert by_name["distilled-fp32"]["settings"]["macs"] * 2 < teacher_macs
+    assert by_name["distilled-fp32"]["settings"]["mixup"] is True, "mixup is on by default (float inputs)"
     qat = by_name[QAT]
     assert qat["precision"] == "int8"
     assert qat["error"] == ""
@@ -83,6 +84,33 @@ def test_pruning_without_labels_is_refused_before_training(digits: DigitsExample
     assert code == 2
     assert line.startswith("InvalidData: spec.optimization.training.dataUri: ")
     assert "has no 'labels' array, which pruning fine-tuning needs" in line
+
+
+def test_qat_with_only_unlabelled_samples_is_refused_naming_the_field(
+        digits: DigitsExample, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = load_digits_data()
+    uri = write_npz(tmp_path / "minus-one.npz", input=data.x_train[:64],
+                    labels=np.full(64, -1, dtype=np.int64)).as_uri()
+    doc = _doc(digits, tmp_path, qat={"enabled": True})
+    doc["spec"]["optimization"]["training"]["dataUri"] = uri
+    code, line = convert_cli(doc, tmp_path, keys, capsys)
+    assert code == 2
+    assert line.startswith("InvalidData: spec.optimization.training.dataUri: ")
+    assert "has no 'labels' array (every label is -1, unlabelled), which qat fine-tuning needs" in line
+
+
+def test_a_label_below_minus_one_is_refused_naming_the_field(
+        digits: DigitsExample, keys: Keys, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = load_digits_data()
+    labels = data.y_train[:64].copy()
+    labels[3] = -3
+    uri = write_npz(tmp_path / "bad-label.npz", input=data.x_train[:64], labels=labels).as_uri()
+    doc = _doc(digits, tmp_path, distillation={"enabled": True, "widthFactor": 0.5, "epochs": 1})
+    doc["spec"]["optimization"]["training"]["dataUri"] = uri
+    code, line = convert_cli(doc, tmp_path, keys, capsys)
+    assert code == 2
+    assert line.startswith("InvalidData: spec.optimization.training.dataUri: ")
+    assert "has label -3; labels are classes 0, 1, ... or -1 for an unlabelled sample" in line
 
 
 def test_student_with_other_outputs_is_refused(digits: DigitsExample, keys: Keys, tmp_path: Path,

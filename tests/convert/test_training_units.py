@@ -54,7 +54,7 @@ def test_lift_gives_real_layers_with_the_same_outputs_at_any_batch(tiny: Any, fo
         source = torch.jit.script(tiny) if form == "TorchScript" else torch.export.export(tiny, (_x(),)).module()
         lifted = lift(source, (_x(),), DYNAMIC)
     kinds = sorted(type(m).__name__ for m in lifted.children())
-    assert kinds == ["BatchNorm2d", "Conv2d", "Conv2d", "Conv2d", "Linear"]
+    assert kinds == ["BatchNorm2d", "Conv2d", "Conv2d", "Conv2d", "Linear", "ReLU", "ReLU", "ReLU"]
     x = _x(7, seed=1)  # another batch size than the capture's
     assert torch.allclose(predict(lifted, [x]), predict(tiny, [x]), atol=1e-5)
     assert [type(m).__name__ for m in output_layers(lifted)] == ["Linear"]
@@ -187,3 +187,97 @@ def test_pruned_widths_stay_multiples_of_the_ort_channel_block() -> None:
     odd = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(12, 10)).eval()
     assert alignment(lift(torch.export.export(odd, (_x(),)).module(), (_x(),), DYNAMIC)) is None
+
+
+def test_qat_folds_batch_norms_first_so_convert_skips_torchaos_refold(captured: Any) -> None:
+    """A batch norm left in makes convert_pt2e re-export ~100 pattern graphs (minutes under load); none is left."""
+    folded = qat.fold_batch_norms(captured)
+    assert not [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [m for m in captured.modules() if isinstance(m, torch.nn.BatchNorm2d)], "the original is untouched"
+    x = _x(6, seed=3)
+    assert torch.allclose(predict(folded, [x]), predict(captured, [x]), atol=1e-5)
+    prepared = qat.prepare(captured, (_x(2),), DYNAMIC)
+    targets = {str(n.target) for n in prepared.graph.nodes if n.op == "call_function"}
+    assert not [t for t in targets if "batch_norm" in t], targets
+
+
+def test_mixup_mixes_inputs_and_labels_and_the_teacher_labels_the_mixture() -> None:
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+    x = _x(8, seed=4)
+    y = torch.arange(8) % 3
+    generator = torch.Generator().manual_seed(0)
+    (mixed,), (soft,), labels = distill.mixup(teacher)([x], [torch.zeros(8, 3)], y, generator)
+    assert isinstance(labels, distill.MixedLabels)
+    w = labels.lam.view(-1, 1, 1, 1)
+    assert torch.all((labels.lam >= 0) & (labels.lam <= 1))
+    # each mixed sample is lam * itself + (1 - lam) * some sample of the batch
+    partner = (mixed - w * x) / (1 - w).clamp_min(1e-6)
+    assert all(any(torch.allclose(partner[i], x[j], atol=1e-3) for j in range(8)) for i in range(8) if w[i] < 0.99)
+    assert not torch.allclose(mixed, x)
+    assert torch.allclose(soft, teacher(mixed).detach()), "soft targets are the teacher's outputs on the mixture"
+    assert torch.equal(labels.first, y)
+    assert torch.equal(labels.dominant(), torch.where(labels.lam >= 0.5, y, labels.second))
+    again = distill.mixup(teacher)([x], [torch.zeros(8, 3)], y, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0][0], mixed), "seeded: the same generator gives the same mixture"
+    assert distill.mixable([x])
+    assert not distill.mixable([torch.zeros(2, 3, dtype=torch.int64)])
+
+
+def test_distillation_loss_weighs_mixed_labels_by_their_share() -> None:
+    out = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    labels = distill.MixedLabels(torch.tensor([0, 1]), torch.tensor([2, 0]), torch.tensor([0.75, 0.5]))
+    loss = distill.kd_loss(temperature=2.0, alpha=0.0)(out, [out.clone()], labels)
+    ce = torch.nn.functional.cross_entropy
+    expected = (0.75 * ce(out[:1], labels.first[:1]) + 0.25 * ce(out[:1], labels.second[:1])
+                + 0.5 * ce(out[1:], labels.first[1:]) + 0.5 * ce(out[1:], labels.second[1:])) / 2
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_unlabelled_samples_learn_soft_targets_only() -> None:
+    out = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 1.0, 3.0]])
+    teacher = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    labels = torch.tensor([0, -1, 2])  # the middle sample has no label
+    hard_only = distill.kd_loss(temperature=2.0, alpha=0.0)
+    ce = torch.nn.functional.cross_entropy
+    expected = (ce(out[:1], labels[:1]) + ce(out[2:], labels[2:])) / 2
+    assert float(hard_only(out, [teacher], labels)) == pytest.approx(float(expected), rel=1e-5)
+    none_labelled = torch.tensor([-1, -1, -1])
+    assert float(hard_only(out, [teacher], none_labelled)) == pytest.approx(0.0, abs=1e-6)
+    soft_only = distill.kd_loss(temperature=2.0, alpha=1.0)
+    both = distill.kd_loss(temperature=2.0, alpha=0.5)
+    assert float(both(out, [teacher], labels)) == pytest.approx(
+        0.5 * float(soft_only(out, [teacher], labels)) + 0.5 * float(expected), rel=1e-5)
+
+
+def test_fit_reports_accuracy_over_labelled_samples_and_fine_tuning_skips_unlabelled(tiny: Any) -> None:
+    from edgemodel.convert.training import _labelled
+
+    x = _x(6, seed=5)
+    labels = torch.tensor([1, -1, 2, -1, 0, 3])
+    kept = _labelled([x], labels)
+    assert torch.equal(kept.labels, torch.tensor([1, 2, 0, 3]))
+    assert torch.equal(kept.inputs[0], x[[0, 2, 4, 5]])
+    soft = predict(tiny, [x])
+    fitted = fit(clone(tiny), TrainSet([x], labels, [soft]), distill.kd_loss(4.0, 0.7), 2, 1e-3, 4, 0,
+                 time.monotonic() + 60, "student")
+    assert fitted.epochs == 2
+    assert np.isfinite(fitted.loss)
+
+
+def test_qat_of_a_torchscript_source_quantises_every_convolution_in_onnx_runtime(tiny: Any, tmp_path: Path) -> None:
+    """ReLUs are lifted to modules, so the quantizer sees conv + ReLU (+ folded batch norm) and quantises each
+    output: ONNX Runtime then runs every convolution as QLinearConv (an unquantised one ran 2.7x slower)."""
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lifted = lift(torch.jit.script(tiny), (_x(),), DYNAMIC)
+    prepared = qat.prepare(lifted, (_x(2),), DYNAMIC)
+    converted = qat.convert(prepared)
+    path = export_module(converted, INPUTS, {"input": _x(2).numpy()}, tmp_path / "qat.onnx", None, ["logits"])
+    optimised = tmp_path / "qat-opt.onnx"
+    ort_session(path, "all", 1, optimized_path=optimised)
+    ops = [n.op_type for n in onnx.load(str(optimised)).graph.node]
+    assert ops.count("QLinearConv") == 3, ops
+    assert "FusedConv" not in ops
+    assert "Conv" not in ops

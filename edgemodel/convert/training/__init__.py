@@ -65,16 +65,29 @@ def _tensors(data: Dataset, names: list[str]) -> tuple[list[Any], Any]:
 
     inputs = [torch.from_numpy(np.ascontiguousarray(data.inputs[n])) for n in names]
     labels = None if data.labels is None else torch.from_numpy(data.labels.astype(np.int64))
+    if labels is not None and not bool((labels >= 0).any()):
+        labels = None  # every sample unlabelled (-1)
     return inputs, labels
 
 
+def _labelled(inputs: list[Any], labels: Any) -> TrainSet:
+    """The labelled samples only (label >= 0): what pruning fine-tuning and QAT train on."""
+    keep = labels >= 0
+    return TrainSet([x[keep] for x in inputs], labels[keep], [])
+
+
 def check_labels(spec: EdgeModelSpec, data: Dataset) -> None:
-    """InvalidData naming training.dataUri when pruning or QAT is on and the training data has no labels."""
+    """InvalidData naming training.dataUri for a label below -1, or when pruning or QAT is on and no sample has a
+    label."""
     opt = spec.optimization
-    if (opt.pruning.enabled or opt.qat.enabled) and data.labels is None:
+    if data.labels is not None and len(data.labels) and int(data.labels.min()) < -1:
+        raise ConversionError(Reason.INVALID_DATA, f"{DATA_FIELD}: {opt.training.data_uri} has label "
+                              f"{int(data.labels.min())}; labels are classes 0, 1, ... or -1 for an unlabelled sample")
+    if (opt.pruning.enabled or opt.qat.enabled) and (data.labels is None or not (data.labels >= 0).any()):
         needs = " and ".join(m for m, on in (("pruning", opt.pruning.enabled), ("qat", opt.qat.enabled)) if on)
-        raise ConversionError(Reason.INVALID_DATA, f"{DATA_FIELD}: {opt.training.data_uri} has no 'labels' array, "
-                              f"which {needs} fine-tuning needs; add labels (one integer class per sample) or use "
+        raise ConversionError(Reason.INVALID_DATA, f"{DATA_FIELD}: {opt.training.data_uri} has no 'labels' array"
+                              f"{' (every label is -1, unlabelled)' if data.labels is not None else ''}, which "
+                              f"{needs} fine-tuning needs; add labels (one integer class per sample) or use "
                               "distillation only")
 
 
@@ -171,7 +184,7 @@ def _prune(c: _Context, deadline: float) -> tuple[Made, str]:
     progress.stage("Training: structured pruning", 1 + opt.fine_tune_epochs)
     pruned = prune_channels(clone(teacher), example, opt.target_speedup, t.seed)
     progress.advance(f"pruned channels: MACs {pruned.macs_before:,} -> {pruned.macs_after:,}")
-    fitted = fit(pruned.model, TrainSet(c.inputs, c.labels, []), cross_entropy, opt.fine_tune_epochs, t.learning_rate,
+    fitted = fit(pruned.model, _labelled(c.inputs, c.labels), cross_entropy, opt.fine_tune_epochs, t.learning_rate,
                  t.batch_size, t.seed, deadline, "pruned model", progress)
     pruned.model.eval()
     settings = {"library": "torch-pruning (MagnitudePruner, L1 channel importance)", "targetSpeedup": opt.target_speedup,
@@ -189,7 +202,7 @@ def _qat(c: _Context, deadline: float) -> tuple[Made, str]:
     began = time.monotonic()
     prepared = qat.prepare(teacher, example, c.dynamic)
     progress.advance(f"prepared fake quantisation (prepare_qat_pt2e) in {time.monotonic() - began:.1f}s")
-    fitted = fit(prepared, TrainSet(c.inputs, c.labels, []), cross_entropy, opt.epochs, t.learning_rate / 10,
+    fitted = fit(prepared, _labelled(c.inputs, c.labels), cross_entropy, opt.epochs, t.learning_rate / 10,
                  t.batch_size, t.seed, deadline, "QAT model", progress, train_mode=qat.train_mode)
     began = time.monotonic()
     converted = qat.convert(prepared)
@@ -219,14 +232,22 @@ def _distill(c: _Context, deadline: float) -> tuple[Made, str]:
                           else "spec.optimization.distillation.widthFactor")
     soft = predict(teacher, inputs)
     alpha = opt.alpha if labels is not None else 1.0
+    mixup = opt.mixup and distill.mixable(inputs)
     fitted = fit(student, TrainSet(inputs, labels, [soft]), distill.kd_loss(opt.temperature, alpha), opt.epochs,
-                 t.learning_rate, t.batch_size, t.seed, deadline, "student", progress)
+                 t.learning_rate, t.batch_size, t.seed, deadline, "student", progress,
+                 transform=distill.mixup(teacher) if mixup else None)
     student.eval()
     macs, params = count(student, example)
-    settings = {"student": kind, "temperature": opt.temperature, "alpha": alpha, "epochs": fitted.epochs,
+    settings = {"student": kind, "temperature": opt.temperature, "alpha": alpha, "mixup": mixup, "epochs": fitted.epochs,
                 "parameters": params, "macsOfTeacher": round(macs / max(teacher_macs, 1), 4)}
     note = "" if labels is not None else ("Distillation trained on soft targets alone: the training data has no "
                                           "labels (alpha 1).")
+    if labels is not None and not bool((labels >= 0).all()):
+        note = (f"Distillation used {int((labels < 0).sum())} unlabelled samples (label -1) for soft targets only; "
+                f"pruning and QAT (when on) fine-tune on the {int((labels >= 0).sum())} labelled ones.")
+    if opt.mixup and not mixup:
+        note = (note + " " if note else "") + ("Distillation ran without mixup: an input is not floating-point "
+                                               "(spec.optimization.distillation.mixup needs float inputs).")
     return (student, "distilled-fp32", Precision.FP32, macs, True, settings, fitted), note
 
 

@@ -91,6 +91,14 @@ def _batch_norm(gm: Any, node: Any) -> Any:
     return module, x
 
 
+def _relu(gm: Any, node: Any) -> Any:
+    """A ReLU module: quantizers (torchao's X86InductorQuantizer) find conv + ReLU patterns by their source module;
+    a TorchScript source's bare aten.relu calls would leave every conv output unfused (unquantised after QAT)."""
+    from torch import nn
+
+    return nn.ReLU(), node.args[0]
+
+
 def lift(model: Any, args: tuple[Any, ...], dynamic_shapes: Any = None, field: str = "spec.source.uri") -> Any:
     """``model`` (a TorchScript module or an ExportedProgram's module) as an ``fx.GraphModule`` with real layers.
 
@@ -119,7 +127,7 @@ def lift(model: Any, args: tuple[Any, ...], dynamic_shapes: Any = None, field: s
     aten = torch.ops.aten
     lifters = {aten.conv2d.default: _conv, aten.conv1d.default: _conv, aten.convolution.default: _conv,
                aten.linear.default: _linear, aten.batch_norm.default: _batch_norm,
-               aten._native_batch_norm_legit_no_training.default: _batch_norm}
+               aten._native_batch_norm_legit_no_training.default: _batch_norm, aten.relu.default: _relu}
     graph = gm.graph
     count = 0
     for node in list(graph.nodes):

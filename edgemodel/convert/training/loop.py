@@ -15,6 +15,8 @@ from edgemodel.convert.progress import Progress
 
 log = logging.getLogger(__name__)
 
+Transform = Callable[[list[Any], list[Any], Any, Any], tuple[list[Any], list[Any], Any]]
+"""(batch inputs, batch extras, batch labels or None, torch.Generator) -> the same, rewritten (e.g. mixup)."""
 LossFn = Callable[[Any, list[Any], Any], Any]
 """(first output of the model, per-sample extras such as teacher logits, labels or None) -> loss tensor."""
 
@@ -48,8 +50,11 @@ class TrainSet:
 
 def fit(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, lr: float, batch: int, seed: int,
         deadline: float, what: str, progress: Progress | None = None, params: Any = None,
-        train_mode: Callable[[Any], None] | None = None) -> Fitted:
-    """Adam with a cosine schedule for ``epochs`` or until ``deadline`` (time.monotonic()), one log line per epoch."""
+        train_mode: Callable[[Any], None] | None = None, transform: Transform | None = None) -> Fitted:
+    """Adam with a cosine schedule for ``epochs`` or until ``deadline`` (time.monotonic()), one log line per epoch.
+
+    ``transform`` (e.g. distillation's mixup) rewrites each batch (inputs, extras, labels) before the step.
+    """
     import torch
 
     torch.manual_seed(seed)
@@ -61,11 +66,12 @@ def fit(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, lr: float, bat
         # torchao's PT2E graphs use a pytree spec torch 2.13 deprecates (FutureWarning on every forward)
         warnings.simplefilter("ignore", FutureWarning)
         return _epochs(model, data, loss_fn, epochs, optimiser, scheduler, generator, batch, deadline, what,
-                       progress)
+                       progress, transform)
 
 
 def _epochs(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, optimiser: Any, scheduler: Any,
-            generator: Any, batch: int, deadline: float, what: str, progress: Progress | None) -> Fitted:
+            generator: Any, batch: int, deadline: float, what: str, progress: Progress | None,
+            transform: Transform | None = None) -> Fitted:
     import torch
 
     start = time.monotonic()
@@ -75,23 +81,31 @@ def _epochs(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, optimiser:
     for epoch in range(epochs):
         order = torch.randperm(len(data), generator=generator)
         losses: list[float] = []
-        right = 0
+        right = seen = 0
         for first in range(0, len(data), batch):
             idx = order[first:first + batch]
-            out = model(*[x[idx] for x in data.inputs])
-            out = out[0] if isinstance(out, (tuple, list)) else out
+            inputs = [x[idx] for x in data.inputs]
             labels = None if data.labels is None else data.labels[idx]
             extras = [e[idx] for e in data.extras]
+            if transform is not None:
+                inputs, extras, labels = transform(inputs, extras, labels, generator)
+            out = model(*inputs)
+            out = out[0] if isinstance(out, (tuple, list)) else out
             loss = loss_fn(out, extras, labels)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             losses.append(float(loss.detach()))
-            truth = labels if labels is not None else extras[0].argmax(1) if extras else None
-            right += 0 if truth is None else int((out.detach().argmax(1) == truth).sum())
+            dominant = getattr(labels, "dominant", None)  # mixed labels (distillation's mixup)
+            truth = dominant() if dominant is not None else labels
+            truth = truth if truth is not None else extras[0].argmax(1) if extras else None
+            if truth is not None:
+                known = truth >= 0  # -1: an unlabelled sample
+                right += int(((out.detach().argmax(1) == truth) & known).sum())
+                seen += int(known.sum())
         scheduler.step()
         done, last = epoch + 1, float(np.mean(losses))
-        score = f", {measure} {right / max(len(data), 1):.4f}" if measure else ""
+        score = f", {measure} {right / max(seen, 1):.4f}" if measure else ""
         log.info("Trained %s: epoch %d/%d, loss %.4f%s, %.1fs", what, done, epochs, last, score,
                  time.monotonic() - start)
         if progress is not None:
@@ -103,6 +117,10 @@ def _epochs(model: Any, data: TrainSet, loss_fn: LossFn, epochs: int, optimiser:
                 progress.add_steps(-(epochs - done))
             return Fitted(done, epochs, time.monotonic() - start, last, True)
     return Fitted(done, epochs, time.monotonic() - start, last, False)
+
+
+UNLABELLED = -1
+"""The label of a sample without one: distillation learns its soft targets only; fine-tuning skips it."""
 
 
 def cross_entropy(out: Any, extras: list[Any], labels: Any) -> Any:
