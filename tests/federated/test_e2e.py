@@ -55,6 +55,8 @@ class FederatedStack(SystemStack):
         for node, shard in self.files.shards.items():
             roots[node].mkdir(parents=True, exist_ok=True)
             (roots[node] / "train.npz").write_bytes(shard.read_bytes())
+        self.cluster.run_on_nodes(self.agent_command(), self.nodes)  # edge agents: the trained model rolls out
+        self.wait_for_agents(len(self.nodes), 90)
         token = self.cluster.add_token(operator_identity())
         kubeconfig = self.cluster.kubeconfig_for(token, "edgemodel-operator")
         self.run_operator(
@@ -137,7 +139,9 @@ def test_training_survives_a_killed_client_and_feeds_the_edgemodel(stack: Federa
             "spec": {
                 "source": {"uri": stack.files.model.resolve().as_uri(), "format": "TorchScript"},
                 "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
-                "suspend": True,
+                "validation": {"dataUri": stack.files.validation.resolve().as_uri()},
+                "rollout": {"strategy": "AllAtOnce"},
+                "suspend": True,  # nothing to serve before training: resumed once the trained model is its source
             },
         },
         "edgemodel.yaml",
@@ -216,6 +220,38 @@ def test_training_survives_a_killed_client_and_feeds_the_edgemodel(stack: Federa
         if (e.get("involvedObject") or {}).get("name") == "digits-fl"
     ]
     assert {"Started", "Completed", "ModelPublished"} <= {e.get("reason") for e in events}
+
+    # The trained model becomes a revision: converted, accuracy-gated and rolled out to the agents like any other.
+    stack.cluster.kubectl("patch", "em", "digits", "--type=merge", "-p", '{"spec": {"suspend": false}}')
+
+    def em_status() -> dict[str, Any]:
+        return (stack.cluster.get(*EM, "digits", NS) or {}).get("status") or {}
+
+    served = stack.wait_for(
+        "the trained model's revision to be Available on the agents",
+        lambda: em_status() if em_status().get("phase") in ("Available", "Failed", "Degraded") else None,
+        300,
+        lambda: str(em_status()),
+    )
+    assert served["phase"] == "Available", served
+    assert served["ready"] == f"{len(stack.nodes)}/{len(stack.nodes)}"
+    (record,) = served["history"]
+    assert record["outcome"] == "Available"
+    assert record["origin"] == {
+        "kind": "FederatedTraining",
+        "name": "default/digits-fl",
+        "reason": "completed 6 round(s)",
+        "metrics": {"round": 6.0, "validationAccuracy": round(final["model"]["accuracy"], 6)},
+    }
+    assert served["artifacts"]
+    assert all(a["uri"].startswith(stack.store_url) for a in served["artifacts"])
+    created = [
+        e.get("message")
+        for e in stack.cluster.list_objects("v1", "Event", NS)
+        if (e.get("involvedObject") or {}).get("name") == "digits" and e.get("reason") == "RevisionCreated"
+    ]
+    # generation 2 set the source while suspended; 3 resumed it, which opened the revision.
+    assert created == ["generation 3 opened revision 1 (from FederatedTraining default/digits-fl)"], created
 
 
 def test_a_selector_matching_no_node_starts_nothing(stack: FederatedStack) -> None:
