@@ -825,6 +825,19 @@ class RevisionOutcome(StrEnum):
     FAILED = "Failed"
 
 
+class RevisionOrigin(StatusModel):
+    """Where a revision's source came from when a controller, not a person, produced it."""
+
+    kind: str
+    """What produced it, e.g. FederatedTraining or ContinualLearning."""
+    name: str
+    """Which one (namespace/name for a namespaced object, or a round id)."""
+    reason: str = ""
+    """Why, in one line (e.g. the training's stop condition or the continual trigger)."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Numbers worth keeping, e.g. round and validationAccuracy."""
+
+
 class RevisionRecord(StatusModel):
     """One revision in the history."""
 
@@ -842,6 +855,8 @@ class RevisionRecord(StatusModel):
     """Artifacts of the revision."""
     spec_hash: str = ""
     """sha256 of the spec parts the revision was built from (source, inputs, optimization, validation)."""
+    origin: RevisionOrigin | None = None
+    """Set when the source was produced by a controller (from the ``edgemodel.io/revision-origin`` annotation)."""
 
 
 class EdgeModelStatus(StatusModel):

@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 DS = {"type": "prometheus", "uid": "${datasource}"}
 AGENT_SEL = 'namespace=~"$namespace", model=~"$model", node=~"$node"'
 OP_SEL = 'namespace=~"$namespace", model=~"$model"'
+FED_SEL = 'namespace=~"$namespace", training=~"$training"'
 RATE = "$__rate_interval"
 
 
@@ -31,20 +32,24 @@ def quantile(q: float, histogram: str, by: str, selector: str = AGENT_SEL, windo
     return f"histogram_quantile({q}, sum by (le, {by}) (rate({series}[{window}])))"
 
 
+def query_var(name: str, label: str, query: str) -> dict[str, Any]:
+    """A multi-value template variable filled from a label_values query (All selected)."""
+    return {
+        "name": name, "label": label, "type": "query", "datasource": DS,
+        "query": {"query": query, "refId": f"{name}-var"}, "definition": query,
+        "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "sort": 1,
+    }
+
+
+DATASOURCE_VAR = {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
+                  "current": {}, "hide": 0}
+
+
 def variables() -> list[dict[str, Any]]:
     """datasource, namespace, model and node template variables."""
-
-    def query_var(name: str, label: str, query: str) -> dict[str, Any]:
-        return {
-            "name": name, "label": label, "type": "query", "datasource": DS,
-            "query": {"query": query, "refId": f"{name}-var"}, "definition": query,
-            "refresh": 2, "includeAll": True, "multi": True, "allValue": ".*",
-            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "sort": 1,
-        }
-
     return [
-        {"name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
-         "current": {}, "hide": 0},
+        DATASOURCE_VAR,
         query_var("namespace", "Namespace", "label_values(edgemodel_operator_nodes, namespace)"),
         query_var("model", "Model", "label_values(edgemodel_model_info, model)"),
         query_var("node", "Node", "label_values(edgemodel_model_info, node)"),
@@ -54,8 +59,9 @@ def variables() -> list[dict[str, Any]]:
 class Board:
     """Collects panels on a 24-column grid."""
 
-    def __init__(self, uid: str, title: str, description: str) -> None:
+    def __init__(self, uid: str, title: str, description: str, variables: list[dict[str, Any]] | None = None) -> None:
         self.uid, self.title, self.description = uid, title, description
+        self.variables = variables
         self.panels: list[dict[str, Any]] = []
         self.x = self.y = self.row_h = 0
 
@@ -85,7 +91,7 @@ class Board:
             "tags": ["edgemodel"], "timezone": "browser", "editable": True, "graphTooltip": 1,
             "schemaVersion": 39, "version": 1, "refresh": "30s",
             "time": {"from": "now-3h", "to": "now"},
-            "templating": {"list": variables()},
+            "templating": {"list": self.variables if self.variables is not None else variables()},
             "annotations": {"list": []},
             "links": [{"title": "edgemodel dashboards", "type": "dashboards", "tags": ["edgemodel"], "asDropdown": True}],
             "panels": self.panels,
@@ -226,7 +232,48 @@ def conversion() -> Board:
     return b
 
 
-BOARDS = {"edgemodel-fleet.json": fleet, "edgemodel-latency.json": latency, "edgemodel-conversion.json": conversion}
+def federated() -> Board:
+    """FederatedTraining (docs/federated.md): the operator's edgemodel_federated_* series, per namespace/training."""
+    b = Board("edgemodel-federated", "edgemodel / Federated training",
+              "FederatedTrainings: rounds, validation accuracy of the global model, participating and dropped "
+              "clients, bytes exchanged and round time.",
+              [DATASOURCE_VAR,
+               query_var("namespace", "Namespace", "label_values(edgemodel_federated_round, namespace)"),
+               query_var("training", "Training", "label_values(edgemodel_federated_round, training)")])
+    for outcome in ("started", "succeeded", "failed"):
+        b.add("stat", f"Trainings {outcome}", [(
+            f'sum(increase(edgemodel_federated_trainings_total{{outcome="{outcome}"}}[$__range]))', outcome)],
+            w=8, h=4, description=f"FederatedTrainings {outcome} in the time range.")
+    b.add("timeseries", "Round", [(f"max by (namespace, training) (edgemodel_federated_round{{{FED_SEL}}})",
+                                   "{{namespace}}/{{training}}")],
+          w=12, description="Last finished round of each training.")
+    b.add("timeseries", "Validation accuracy", [(
+        f"max by (namespace, training) (edgemodel_federated_validation_accuracy{{{FED_SEL}}})", "{{namespace}}/{{training}}")],
+        w=12, unit="percentunit",
+        description="Accuracy of the global model on the validation set held in the cloud, after each round.")
+    b.add("timeseries", "Clients in the last round", [(
+        f"sum by (namespace, training, state) (edgemodel_federated_clients{{{FED_SEL}}})",
+        "{{namespace}}/{{training}} {{state}}")],
+        w=12, description="Clients aggregated (participating) and dropped (failed or silent past the round timeout).")
+    b.add("timeseries", "Dropped clients", [(
+        f"sum by (namespace, training) (increase(edgemodel_federated_dropped_clients_total{{{FED_SEL}}}[$__range]))",
+        "{{namespace}}/{{training}}")],
+        w=12, description="Client failures summed over the rounds in the time range.")
+    b.add("timeseries", "Bytes exchanged", [(
+        f"sum by (namespace, training) (rate(edgemodel_federated_bytes_total{{{FED_SEL}}}[{RATE}]))",
+        "{{namespace}}/{{training}}")],
+        w=12, unit="Bps", description="Model bytes sent to and received from the clients per second.")
+    b.add("timeseries", "Round time p50 / p95", [
+        (quantile(0.5, "edgemodel_federated_round_seconds", "namespace, training", FED_SEL, "$__range"),
+         "p50 {{namespace}}/{{training}}"),
+        (quantile(0.95, "edgemodel_federated_round_seconds", "namespace, training", FED_SEL, "$__range"),
+         "p95 {{namespace}}/{{training}}"),
+    ], w=12, unit="s", description="Wall time of one round (fit on the clients, aggregation, validation).")
+    return b
+
+
+BOARDS = {"edgemodel-fleet.json": fleet, "edgemodel-latency.json": latency, "edgemodel-conversion.json": conversion,
+          "edgemodel-federated.json": federated}
 
 
 def render(name: str) -> str:

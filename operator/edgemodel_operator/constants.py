@@ -19,6 +19,9 @@ ANNOTATION_SPEC_HASH = f"{GROUP}/spec-hash"
 """On a conversion Job: hash of the spec it converts (a stale Job is replaced, never reused)."""
 ANNOTATION_GENERATION = f"{GROUP}/generation"
 """On a conversion Job: the EdgeModel generation it was created for."""
+ANNOTATION_REVISION_ORIGIN = f"{GROUP}/revision-origin"
+"""On an EdgeModel, set by a controller together with spec.source: JSON of a RevisionOrigin plus the
+``sourceUri`` it belongs to; the revision opened for that source records it as ``origin``."""
 
 SIGNING_KEY_DIR = "/var/run/edgemodel/signing"
 SIGNING_KEY_FILE = "private.pem"

@@ -346,10 +346,15 @@ def decide(snap: Snapshot, settings: OperatorSettings) -> Decision:
     spec_hash = revisions.build_hash(spec)
     if revisions.needs_new_revision(status, spec_hash):
         superseded = sum(1 for r in status.history if r.outcome == RevisionOutcome.ROLLING_OUT)
-        status = revisions.open_revision(status, generation, spec_hash, now, settings.history_limit)
+        annotations = meta.get("annotations") or {}
+        status = revisions.open_revision(
+            status, generation, spec_hash, now, settings.history_limit, revisions.origin(annotations, spec)
+        )
         d.counters.append(("rollouts", "superseded", superseded))
+        opened = revisions.latest(status)
+        source = f" (from {opened.origin.kind} {opened.origin.name})" if opened and opened.origin else ""
         d.events.append(Event("Normal", "RevisionCreated",
-                              f"generation {generation} opened revision {status.target_revision}"))
+                              f"generation {generation} opened revision {status.target_revision}{source}"))
         d.log(logging.INFO, f"Opened revision {status.target_revision} of EdgeModel {ctx.key} for generation "
                             f"{generation}")
     newest = revisions.latest(status)

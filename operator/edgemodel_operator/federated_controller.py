@@ -4,7 +4,6 @@ cleans up. Called in a loop by the object's kopf daemon (federated_handlers)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -16,9 +15,10 @@ import aiohttp
 import kopf
 from pydantic import ValidationError
 
-from edgemodel.api import ConditionStatus, now_rfc3339, set_condition
+from edgemodel.api import ConditionStatus, RevisionOrigin, now_rfc3339, set_condition
 from edgemodel.api.federated import FederatedPhase, FederatedTraining, FederatedTrainingStatus, RoundRecord
 from edgemodel_operator import federated as fl
+from edgemodel_operator import revisions
 from edgemodel_operator.federated_metrics import FederatedMetrics
 from edgemodel_operator.federated_pki import make_server_tls
 from edgemodel_operator.jobs import JobPhase, job_state
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 STATUS_TIMEOUT = aiohttp.ClientTimeout(total=3)
 MAX_STATUS_BYTES = 2 * 1024 * 1024
-HISTORY_STAMP_SECONDS = 20.0
 
 
 def training_path(namespace: str, name: str) -> str:
@@ -273,8 +272,13 @@ class FederatedController:
         self.metrics.trainings.labels(outcome="succeeded").inc()
         log.info("Finished FederatedTraining %s/%s: %s", namespace, name, text)
         if obj.spec.edge_model:
+            reason = (
+                "reached the target validation accuracy"
+                if result.get("stoppedAtTarget")
+                else f"completed {model.round} round(s)"
+            )
             published = await self._publish(
-                namespace, name, body["metadata"].get("uid", ""), obj.spec.edge_model, model
+                namespace, name, body["metadata"].get("uid", ""), obj.spec.edge_model, model, reason
             )
             if published is None:
                 new.conditions = set_condition(
@@ -308,9 +312,12 @@ class FederatedController:
                 )
         return new
 
-    async def _publish(self, namespace: str, name: str, uid: str, edgemodel: str, model: Any) -> int | None:
-        """Point the EdgeModel's spec.source at the trained model, provenance in an annotation (and, best effort, in
-        the message of the revision record it opens); returns the EdgeModel's new generation."""
+    async def _publish(
+        self, namespace: str, name: str, uid: str, edgemodel: str, model: Any, reason: str
+    ) -> int | None:
+        """Point the EdgeModel's spec.source at the trained model, with its provenance in the annotations
+        ``edgemodel.io/trained-by`` and ``edgemodel.io/revision-origin`` (the revision the EdgeModel opens for
+        this source records the latter as its ``origin``); returns the EdgeModel's new generation."""
         provenance = {
             "federatedTraining": f"{namespace}/{name}",
             "uid": uid,
@@ -318,8 +325,18 @@ class FederatedController:
             "accuracy": round(model.accuracy, 6),
             "sha256": model.sha256,
         }
+        origin = RevisionOrigin(
+            kind="FederatedTraining",
+            name=f"{namespace}/{name}",
+            reason=reason,
+            metrics={"round": float(model.round), "validationAccuracy": round(model.accuracy, 6)},
+        )
+        annotations = {
+            fl.ANNOTATION_TRAINED_BY: json.dumps(provenance, sort_keys=True),
+            **revisions.origin_annotation(origin, model.uri),
+        }
         patch = {
-            "metadata": {"annotations": {fl.ANNOTATION_TRAINED_BY: json.dumps(provenance, sort_keys=True)}},
+            "metadata": {"annotations": annotations},
             "spec": {"source": {"uri": model.uri, "format": "TorchScript", "sha256": model.sha256}},
         }
         try:
@@ -328,65 +345,7 @@ class FederatedController:
             if exc.status == 404:
                 return None
             raise
-        generation = int(updated["metadata"].get("generation") or 0)
-        asyncio.get_running_loop().create_task(
-            self._stamp_history(namespace, edgemodel, generation, provenance)
-        )
-        return generation
-
-    async def _stamp_history(
-        self, namespace: str, edgemodel: str, generation: int, provenance: dict[str, Any]
-    ) -> None:
-        """Write the provenance into the message of the revision record of ``generation`` once the EdgeModel's
-        reconciler opened it (bounded wait; a JSON patch with a test, so a reordered history is never touched)."""
-        text = (
-            f"trained by FederatedTraining {provenance['federatedTraining']} (round {provenance['round']}, "
-            f"validation accuracy {provenance['accuracy']:.4f})"
-        )
-        deadline = asyncio.get_running_loop().time() + HISTORY_STAMP_SECONDS
-        while asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(1.0)
-            try:
-                body = await self.client.get(Paths.edgemodel(namespace, edgemodel), missing_ok=True)
-                history = ((body or {}).get("status") or {}).get("history") or []
-                for index, record in enumerate(history):
-                    if record.get("generation") == generation:
-                        ops = [
-                            {
-                                "op": "test",
-                                "path": f"/status/history/{index}/generation",
-                                "value": generation,
-                            },
-                            {
-                                "op": "add",
-                                "path": f"/status/history/{index}/message",
-                                "value": (record.get("message") + "; " if record.get("message") else "")
-                                + text,
-                            },
-                        ]
-                        await self.client.patch(
-                            Paths.edgemodel_status(namespace, edgemodel),
-                            ops,
-                            content_type="application/json-patch+json",
-                        )
-                        log.info(
-                            "Recorded the provenance in revision %s of EdgeModel %s/%s",
-                            record.get("revision"),
-                            namespace,
-                            edgemodel,
-                        )
-                        return
-            except ApiError as exc:
-                log.debug("Could not stamp the revision history of %s/%s yet (%s)", namespace, edgemodel, exc)
-        log.info(
-            "EdgeModel %s/%s opened no revision for generation %d within %.0f s (suspended?); provenance is in "
-            "its %s annotation",
-            namespace,
-            edgemodel,
-            generation,
-            HISTORY_STAMP_SECONDS,
-            fl.ANNOTATION_TRAINED_BY,
-        )
+        return int(updated["metadata"].get("generation") or 0)
 
     def _fail(
         self,

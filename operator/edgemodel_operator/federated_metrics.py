@@ -18,6 +18,8 @@ class FederatedMetrics:
             ["outcome"],
             registry=registry,
         )
+        for outcome in ("started", "succeeded", "failed"):  # exported at 0 from the start: increase() sees the 1st
+            self.trainings.labels(outcome=outcome)
         self.round = Gauge(
             "edgemodel_federated_round",
             "Last finished round of a FederatedTraining.",

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
+
+from pydantic import ValidationError
 
 from edgemodel.api import (
     ArtifactRef,
     EdgeModelSpec,
     EdgeModelStatus,
+    RevisionOrigin,
     RevisionOutcome,
     RevisionRecord,
 )
+from edgemodel_operator.constants import ANNOTATION_REVISION_ORIGIN
 
 BUILD_FIELDS = ("source", "inputs", "optimization", "validation")
 SPLIT_IN_PLACE = ("fallback", "cloud")
@@ -58,8 +63,38 @@ def needs_new_revision(status: EdgeModelStatus, spec_hash: str) -> bool:
     return newest is None or newest.spec_hash != spec_hash
 
 
+def origin(annotations: Mapping[str, str], spec: EdgeModelSpec) -> RevisionOrigin | None:
+    """The ``edgemodel.io/revision-origin`` annotation as a RevisionOrigin, if it belongs to ``spec.source``.
+
+    A controller that sets spec.source (federated training, continual learning) sets the annotation in the
+    same patch, with the ``sourceUri`` it wrote; a later hand edit of the source no longer matches it.
+    Unreadable annotations are ignored (the revision simply has no origin).
+    """
+    raw = annotations.get(ANNOTATION_REVISION_ORIGIN)
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("sourceUri") != spec.source.uri:
+            return None
+        return RevisionOrigin.model_validate(data)
+    except (ValueError, ValidationError):
+        return None
+
+
+def origin_annotation(record: RevisionOrigin, source_uri: str) -> dict[str, str]:
+    """The annotation a controller sets beside ``spec.source.uri = source_uri`` (inverse of :func:`origin`)."""
+    wire = {**record.to_k8s(), "sourceUri": source_uri}
+    return {ANNOTATION_REVISION_ORIGIN: json.dumps(wire, sort_keys=True, separators=(",", ":"))}
+
+
 def open_revision(
-    status: EdgeModelStatus, generation: int, spec_hash: str, now: str, history_limit: int
+    status: EdgeModelStatus,
+    generation: int,
+    spec_hash: str,
+    now: str,
+    history_limit: int,
+    origin: RevisionOrigin | None = None,
 ) -> EdgeModelStatus:
     """Open the next revision (Converting); in-flight older revisions become Superseded."""
     new = status.model_copy(deep=True)
@@ -77,6 +112,7 @@ def open_revision(
             created_at=now,
             message="conversion Job created",
             spec_hash=spec_hash,
+            origin=origin,
         )
     )
     new.target_revision = number

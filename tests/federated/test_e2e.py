@@ -1,12 +1,17 @@
 """FederatedTraining end to end in the emulated cluster: the real operator (under exactly its RBAC) starts Flower's
 server and one client per node as Pods of the local kubelet, over TLS; one client is killed mid-run and training
 still completes; the EdgeModel's source becomes the trained model. Bad input fails with a condition naming the field
-and leaves nothing running."""
+and leaves nothing running. A real Prometheus scrapes the operator throughout, and every query of the Federated
+training dashboard must return data at the end."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,8 +19,11 @@ from typing import Any
 import pytest
 
 from bench.federated.digits import DigitsFiles, write_digits
+from edgemodel_dev.demo.prometheus import Prometheus
 from edgemodel_dev.demo.stack import SystemStack
 from edgemodel_dev.net import free_port
+from tests.conftest import ROOT, require_tool
+from tests.helm.dashboards import board_queries, concrete
 from tests.operator.stack import operator_identity
 
 pytestmark = pytest.mark.slow
@@ -25,6 +33,7 @@ DATA_DIR = "/var/lib/edgemodel/federated"
 FT = ("edgemodel.io/v1alpha1", "FederatedTraining")
 EM = ("edgemodel.io/v1alpha1", "EdgeModel")
 TARGET = 0.85
+DASHBOARD = ROOT / "helm" / "dashboards" / "edgemodel-federated.json"
 
 
 class FederatedStack(SystemStack):
@@ -34,6 +43,8 @@ class FederatedStack(SystemStack):
         super().__init__(workdir)
         self.metrics_port = free_port()
         self.files: DigitsFiles | None = None
+        self.prometheus: Prometheus | None = None
+        self.started = 0.0
 
     def start(self) -> None:
         self.start_control_plane()
@@ -44,11 +55,16 @@ class FederatedStack(SystemStack):
         for node, shard in self.files.shards.items():
             roots[node].mkdir(parents=True, exist_ok=True)
             (roots[node] / "train.npz").write_bytes(shard.read_bytes())
+        self.cluster.run_on_nodes(self.agent_command(), self.nodes)  # edge agents: the trained model rolls out
+        self.wait_for_agents(len(self.nodes), 90)
         token = self.cluster.add_token(operator_identity())
         kubeconfig = self.cluster.kubeconfig_for(token, "edgemodel-operator")
         self.run_operator(
             "operator", self.metrics_port, free_port(), ["--standalone"], kubeconfig=kubeconfig, verbose=True
         )
+        self.prometheus = Prometheus(str(require_tool("prometheus")), self.dir / "prometheus", self.procs)
+        self.prometheus.start({"edgemodel-operator": [f"127.0.0.1:{self.metrics_port}"]})
+        self.started = time.time()
 
     def training(self, name: str) -> dict[str, Any]:
         return self.cluster.get(*FT, name, NS) or {}
@@ -123,7 +139,9 @@ def test_training_survives_a_killed_client_and_feeds_the_edgemodel(stack: Federa
             "spec": {
                 "source": {"uri": stack.files.model.resolve().as_uri(), "format": "TorchScript"},
                 "inputs": [{"name": "input", "dtype": "float32", "shape": [-1, 1, 8, 8]}],
-                "suspend": True,
+                "validation": {"dataUri": stack.files.validation.resolve().as_uri()},
+                "rollout": {"strategy": "AllAtOnce"},
+                "suspend": True,  # nothing to serve before training: resumed once the trained model is its source
             },
         },
         "edgemodel.yaml",
@@ -203,6 +221,38 @@ def test_training_survives_a_killed_client_and_feeds_the_edgemodel(stack: Federa
     ]
     assert {"Started", "Completed", "ModelPublished"} <= {e.get("reason") for e in events}
 
+    # The trained model becomes a revision: converted, accuracy-gated and rolled out to the agents like any other.
+    stack.cluster.kubectl("patch", "em", "digits", "--type=merge", "-p", '{"spec": {"suspend": false}}')
+
+    def em_status() -> dict[str, Any]:
+        return (stack.cluster.get(*EM, "digits", NS) or {}).get("status") or {}
+
+    served = stack.wait_for(
+        "the trained model's revision to be Available on the agents",
+        lambda: em_status() if em_status().get("phase") in ("Available", "Failed", "Degraded") else None,
+        300,
+        lambda: str(em_status()),
+    )
+    assert served["phase"] == "Available", served
+    assert served["ready"] == f"{len(stack.nodes)}/{len(stack.nodes)}"
+    (record,) = served["history"]
+    assert record["outcome"] == "Available"
+    assert record["origin"] == {
+        "kind": "FederatedTraining",
+        "name": "default/digits-fl",
+        "reason": "completed 6 round(s)",
+        "metrics": {"round": 6.0, "validationAccuracy": round(final["model"]["accuracy"], 6)},
+    }
+    assert served["artifacts"]
+    assert all(a["uri"].startswith(stack.store_url) for a in served["artifacts"])
+    created = [
+        e.get("message")
+        for e in stack.cluster.list_objects("v1", "Event", NS)
+        if (e.get("involvedObject") or {}).get("name") == "digits" and e.get("reason") == "RevisionCreated"
+    ]
+    # generation 2 set the source while suspended; 3 resumed it, which opened the revision.
+    assert created == ["generation 3 opened revision 1 (from FederatedTraining default/digits-fl)"], created
+
 
 def test_a_selector_matching_no_node_starts_nothing(stack: FederatedStack) -> None:
     stack.apply(
@@ -239,3 +289,34 @@ def test_a_node_without_data_fails_naming_the_field_and_cleans_up(stack: Federat
         30,
         lambda: str(stack.children("nodata")),
     )
+
+
+def test_every_federated_dashboard_query_has_data(stack: FederatedStack) -> None:
+    """Runs last: the scrapes cover one successful training (with a killed client) and two failed ones."""
+    prom = stack.prometheus
+    assert prom is not None
+    stack.wait_for(
+        "Prometheus to scrape both failures",
+        lambda: prom.query('edgemodel_federated_trainings_total{outcome="failed"} >= 2'),
+        30,
+    )
+    time.sleep(3)  # one more scrape after the last change
+    queries = board_queries(DASHBOARD)
+    assert len(queries) >= 11
+    for _board, title, expr in queries:
+        if expr.startswith("label_values("):
+            metric, label = expr.removeprefix("label_values(").removesuffix(")").split(", ")
+            url = f"{prom.url}/api/v1/label/{label}/values?" + urllib.parse.urlencode({"match[]": metric})
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                values = json.load(resp)["data"]
+            assert {"namespace": NS, "training": "digits-fl"}[label] in values, f"{title}: {values}"
+            continue
+        params = {"query": concrete(expr), "start": f"{stack.started:.3f}", "end": f"{time.time():.3f}", "step": "1"}
+        with urllib.request.urlopen(f"{prom.url}/api/v1/query_range?" + urllib.parse.urlencode(params), timeout=10) as r:
+            body = json.load(r)
+        assert body["status"] == "success", f"{title}: {body}"
+        values = [float(v) for series in body["data"]["result"] for _t, v in series["values"]]
+        finite = [v for v in values if v == v and abs(v) != float("inf")]
+        assert finite, f"{title}: no data for {concrete(expr)}"
+        if title in ("Round", "Validation accuracy", "Trainings succeeded", "Trainings failed"):
+            assert max(finite) > 0, f"{title}: {concrete(expr)} never rose above 0"

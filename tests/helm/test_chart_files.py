@@ -75,13 +75,16 @@ def test_dashboards_are_generated() -> None:
 
 def test_dashboards_are_well_formed_with_variables() -> None:
     boards = sorted(DASHBOARDS.glob("*.json"))
-    assert [b.name for b in boards] == ["edgemodel-conversion.json", "edgemodel-fleet.json", "edgemodel-latency.json"]
+    assert [b.name for b in boards] == ["edgemodel-conversion.json", "edgemodel-federated.json",
+                                        "edgemodel-fleet.json", "edgemodel-latency.json"]
     uids = set()
     for path in boards:
         board = json.loads(path.read_text())
         uids.add(board["uid"])
         names = [v["name"] for v in board["templating"]["list"]]
-        assert names == ["datasource", "namespace", "model", "node"], path.name
+        expected = ["datasource", "namespace", "training"] if path.name == "edgemodel-federated.json" else [
+            "datasource", "namespace", "model", "node"]
+        assert names == expected, path.name
         ids = [p["id"] for p in board["panels"]]
         assert len(ids) == len(set(ids))
         for panel in board["panels"]:
@@ -91,17 +94,22 @@ def test_dashboards_are_well_formed_with_variables() -> None:
             assert g["x"] + g["w"] <= 24
             for t in panel["targets"]:
                 assert t["expr"].count("(") == t["expr"].count(")"), t["expr"]
-    assert len(uids) == 3
+    assert len(uids) == 4
 
 
 def test_dashboard_queries_filter_by_the_variables() -> None:
-    """Agent panels filter by $model and $node; operator per-model panels by $namespace and $model."""
+    """Agent panels filter by $model and $node; operator per-model panels by $namespace and $model;
+    per-training federated panels by $namespace and $training."""
     for path in DASHBOARDS.glob("*.json"):
         for panel in json.loads(path.read_text())["panels"]:
             for t in panel["targets"]:
                 expr = t["expr"]
                 for metric in re.findall(r"(edgemodel_[a-z_]+)\{", expr):
-                    if metric.startswith("edgemodel_operator_") and metric not in (
+                    if metric.startswith("edgemodel_federated_"):
+                        if metric != "edgemodel_federated_trainings_total":  # by outcome only: no training label
+                            assert '$namespace' in expr, f"{panel['title']}: {expr}"
+                            assert '$training' in expr, f"{panel['title']}: {expr}"
+                    elif metric.startswith("edgemodel_operator_") and metric not in (
                             "edgemodel_operator_conversions_total", "edgemodel_operator_rollouts_total",
                             "edgemodel_operator_analysis_total", "edgemodel_operator_reconcile_duration_seconds_bucket",
                             "edgemodel_operator_agents"):  # fleet-wide liveness: no model

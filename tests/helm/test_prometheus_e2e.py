@@ -36,8 +36,11 @@ from edgemodel_dev import polling
 from edgemodel_dev.net import free_port
 from tests.conftest import ROOT, require_tool
 from tests.helm.cluster_stack import ClusterSide, broken_edgemodel
+from tests.helm.dashboards import board_queries, concrete
 
 DASHBOARDS = ROOT / "helm" / "dashboards"
+ELSEWHERE = {"edgemodel-federated": "tests/federated/test_e2e.py evaluates it on a real FederatedTraining"}
+"""Boards whose series this run cannot produce at all, and the test that evaluates them on real data."""
 ALERTS = ROOT / "helm" / "alerts" / "edgemodel-alerts.yaml"
 SCRAPE = "1s"
 #: Series this run cannot produce, and why. A query whose metrics are all here must evaluate; others must return data.
@@ -169,12 +172,6 @@ def query_range(prom_url: str, expr: str, start: float) -> list[dict[str, Any]]:
     return list(data["data"]["result"])
 
 
-def concrete(expr: str) -> str:
-    """A dashboard expression with Grafana's variables replaced as Grafana would (All selected)."""
-    return (expr.replace("$__rate_interval", "15s").replace("$__range", "2m")
-            .replace("$namespace", ".*").replace("$model", ".*").replace("$node", ".*"))
-
-
 def infer(agent: Agent, rows: int) -> int:
     data = np.random.default_rng(rows).standard_normal((rows, 16)).astype(np.float32)
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 16], "data": data.ravel().tolist()}]}
@@ -256,20 +253,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         side.close()
 
 
-def _panels() -> list[tuple[str, str, str]]:
-    out = []
-    for path in sorted(DASHBOARDS.glob("*.json")):
-        board = json.loads(path.read_text())
-        for var in board["templating"]["list"]:
-            if var["type"] == "query":
-                out.append((path.stem, f"variable {var['name']}", var["query"]["query"]))
-        for panel in board["panels"]:
-            for t in panel["targets"]:
-                out.append((path.stem, panel["title"], t["expr"]))
-    return out
-
-
-PANELS = _panels()
+PANELS = [q for path in sorted(DASHBOARDS.glob("*.json")) if path.stem not in ELSEWHERE for q in board_queries(path)]
 
 
 @pytest.mark.parametrize(("board", "title", "expr"), PANELS, ids=[f"{b}:{t}" for b, t, _ in PANELS])

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from edgemodel.api import ConversionResult, EdgeModelStatus, RevisionOutcome
+from edgemodel.api import ConversionResult, EdgeModelStatus, RevisionOrigin, RevisionOutcome
 from edgemodel_operator import revisions, validation
 from edgemodel_operator.analysis import Measurements
 from edgemodel_operator.constants import ANNOTATION_SPEC_HASH
@@ -155,6 +155,21 @@ def test_a_new_model_opens_revision_1_and_first_wants_its_job() -> None:
     assert d.wants == Wants(job=(1, JOB))
     assert d.status_patch is None, "nothing is done before the Job was observed"
     assert d.job_create is None
+
+
+def test_a_revision_opened_for_a_controller_written_source_records_its_origin() -> None:
+    body = model_body()
+    origin = RevisionOrigin(kind="FederatedTraining", name="default/fl", reason="completed 6 round(s)",
+                            metrics={"round": 6.0, "validationAccuracy": 0.95})
+    body["metadata"]["annotations"] = revisions.origin_annotation(origin, "file:///models/digits.pt")
+    d = decide(snapshot(body, job=JobSeen(1, None)), settings())
+    record = EdgeModelStatus.model_validate(status_after(body, d)).history[0]
+    assert record.origin == origin
+    assert d.events[0].message == "generation 1 opened revision 1 (from FederatedTraining default/fl)"
+    # An annotation left from an earlier source is not attributed to a hand-edited one.
+    body["metadata"]["annotations"] = revisions.origin_annotation(origin, "file:///models/older.pt")
+    d = decide(snapshot(body, job=JobSeen(1, None)), settings())
+    assert "origin" not in status_after(body, d)["history"][0]
 
 
 def test_an_absent_job_is_created_with_the_revision_opened() -> None:

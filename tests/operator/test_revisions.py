@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from edgemodel.api import EdgeModelStatus, RevisionOutcome
+import json
+
+from edgemodel.api import EdgeModelStatus, RevisionOrigin, RevisionOutcome
 from edgemodel_operator import revisions
+from edgemodel_operator.constants import ANNOTATION_REVISION_ORIGIN
 from tests.operator.builders import spec
 
 
@@ -52,3 +55,21 @@ def test_history_is_bounded_but_keeps_serving_and_rollback_revisions() -> None:
     assert len(kept) == 3
     assert 1 in kept, "the serving revision is never trimmed"
     assert kept[-1] == 7
+
+
+def test_the_origin_annotation_round_trips_and_binds_to_its_source() -> None:
+    origin = RevisionOrigin(kind="ContinualLearning", name="round-3", reason="drift on 2 node(s)",
+                            metrics={"newAccuracyAfter": 0.93})
+    annotations = revisions.origin_annotation(origin, "file:///models/digits.pt")
+    assert json.loads(annotations[ANNOTATION_REVISION_ORIGIN])["sourceUri"] == "file:///models/digits.pt"
+    assert revisions.origin(annotations, spec()) == origin
+    assert revisions.origin(annotations, spec(source={"uri": "file:///models/x.pt", "format": "TorchScript"})) is None
+    assert revisions.origin({}, spec()) is None
+    assert revisions.origin({ANNOTATION_REVISION_ORIGIN: "not json"}, spec()) is None
+    no_kind = json.dumps({"name": "x", "sourceUri": "file:///models/digits.pt"})
+    assert revisions.origin({ANNOTATION_REVISION_ORIGIN: no_kind}, spec()) is None
+    status = revisions.open_revision(EdgeModelStatus(), 1, "h1", "t", 10, origin)
+    assert status.history[0].origin == origin
+    assert status.to_k8s()["history"][0]["origin"] == {
+        "kind": "ContinualLearning", "name": "round-3", "reason": "drift on 2 node(s)",
+        "metrics": {"newAccuracyAfter": 0.93}}
