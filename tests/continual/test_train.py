@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -86,12 +92,32 @@ def test_an_unreachable_gain_is_rejected() -> None:
     assert "minAccuracyGain" in gate.message
 
 
-def test_the_job_entry_point_writes_the_model_and_the_report(tmp_path: Path) -> None:
-    """main() against a real artifact store folder served over HTTP (captures with manifests)."""
-    import hashlib
-    import http.server
-    import threading
+@dataclass
+class RoundJob:
+    """A served artifact-store folder with a model, replay/validation data and one node's capture bundle."""
 
+    root: Path
+    url: str
+    captures: Path
+
+    def run(self, out: str, *extra: str) -> tuple[int, dict[str, Any]]:
+        """main() as the training Job runs it; returns its exit code and report.json."""
+        code = main(
+            [
+                "--source-uri", (self.root / "model.pt").as_uri(),
+                "--captures-url", f"{self.url}/captures/ns/m/",
+                "--replay-uri", (self.root / "train.npz").as_uri(),
+                "--validation-uri", (self.root / "val.npz").as_uri(),
+                "--out-dir", str(self.root / out),
+                *extra,
+            ]
+        )
+        return code, json.loads((self.root / out / "report.json").read_text())
+
+
+@pytest.fixture
+def round_job(tmp_path: Path) -> Iterator[RoundJob]:
+    """The inputs of a round (3 blobs, drifted captures) behind a real HTTP server that lists folders."""
     import torch
 
     rng = np.random.default_rng(2)
@@ -130,59 +156,33 @@ def test_the_job_entry_point_writes_the_model_and_the_report(tmp_path: Path) -> 
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
-        code = main(
-            [
-                "--source-uri",
-                (tmp_path / "model.pt").as_uri(),
-                "--captures-url",
-                f"http://127.0.0.1:{server.server_port}/captures/ns/m/",
-                "--replay-uri",
-                (tmp_path / "train.npz").as_uri(),
-                "--validation-uri",
-                (tmp_path / "val.npz").as_uri(),
-                "--out-dir",
-                str(tmp_path / "out"),
-                "--epochs",
-                "30",
-                "--learning-rate",
-                "0.01",
-                "--max-drop",
-                "0.02",
-            ]
-        )
+        yield RoundJob(tmp_path, f"http://127.0.0.1:{server.server_port}", folder)
     finally:
         server.shutdown()
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+        server.server_close()
+        thread.join()
+
+
+def test_the_job_entry_point_writes_the_model_and_the_report(round_job: RoundJob) -> None:
+    """main() against a real artifact store folder served over HTTP (captures with manifests)."""
+    code, report = round_job.run("out", "--epochs", "30", "--learning-rate", "0.01", "--max-drop", "0.02")
     assert code == 0, report
     assert report["passed"]
     assert report["samples"] == 300
-    assert (tmp_path / "out" / "model.pt").exists()
-    assert report["modelSha256"] == hashlib.sha256((tmp_path / "out" / "model.pt").read_bytes()).hexdigest()
+    model = round_job.root / "out" / "model.pt"
+    assert model.exists()
+    assert report["modelSha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
 
-    (folder / "node-1.json").write_text(json.dumps({"sha256": "0" * 64, "bytes": len(data)}))  # tampered
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        code = main(
-            [
-                "--source-uri",
-                (tmp_path / "model.pt").as_uri(),
-                "--captures-url",
-                f"http://127.0.0.1:{server.server_port}/captures/ns/m/",
-                "--replay-uri",
-                (tmp_path / "train.npz").as_uri(),
-                "--validation-uri",
-                (tmp_path / "val.npz").as_uri(),
-                "--out-dir",
-                str(tmp_path / "bad"),
-            ]
-        )
-    finally:
-        server.shutdown()
+
+def test_the_job_refuses_a_tampered_capture_bundle(round_job: RoundJob) -> None:
+    size = (round_job.captures / "node-1.npz").stat().st_size
+    (round_job.captures / "node-1.json").write_text(json.dumps({"sha256": "0" * 64, "bytes": size}))
+    code, report = round_job.run("bad")
     assert code == 2
-    assert "bad input" in json.loads((tmp_path / "bad" / "report.json").read_text())["message"]
+    assert "bad input" in report["message"]
 
 
 @pytest.fixture(autouse=True)
