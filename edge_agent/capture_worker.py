@@ -323,25 +323,41 @@ class ContinualHub:
             )
             return None
 
-    def _reference(self, mv: ServedVersion) -> Reference | None:
-        """A shipped reference (reference-{version}.npz in the model's capture folder), if any."""
+    def _reference(self, mv: ServedVersion) -> tuple[Reference | None, str]:
+        """The version's PSI reference and where it came from: the signed manifest's driftReference (the
+        validation inputs' summary), else reference-{version}.npz in the model's capture folder, else none
+        (the detector then takes the first samples served, and says so: referenceSource first-served)."""
+        shipped = getattr(mv, "drift_reference", None)
+        if isinstance(shipped, Reference):
+            return shipped, "validation"
         if self.capture_dir is None:
-            return None
+            return None, ""
         path = (
             self.capture_dir
             / _SAFE.sub("_", f"{mv.namespace or '_'}.{mv.name}")
             / f"reference-{mv.version}.npz"
         )
         if not path.exists():
-            return None
+            return None, ""
         try:
             with np.load(path, allow_pickle=False) as z:
-                return Reference.from_npz(dict(z))
+                return Reference.from_npz(dict(z)), "validation-file"
         except (OSError, ValueError, KeyError) as exc:
             log.warning(
                 "Drift reference %s is unreadable (%s); using the first samples served instead", path, exc
             )
-            return None
+            return None, ""
+
+    def _monitor(self, mv: ServedVersion) -> DriftMonitor:
+        reference, source = self._reference(mv)
+        monitor = DriftMonitor(self._drift_settings(), reference, source or "validation")
+        if reference is None:
+            log.info(
+                "Model %s version %s: its manifest has no driftReference (no validation data); the PSI "
+                "reference is the first %d samples served (referenceSource first-served)",
+                mv.name, mv.version, self.settings.reference_samples,
+            )  # fmt: skip
+        return monitor
 
     def _drift_settings(self) -> DriftSettings:
         s = self.settings
@@ -356,14 +372,14 @@ class ContinualHub:
                     mv.namespace,
                     mv.name,
                     mv.version,
-                    DriftMonitor(self._drift_settings(), self._reference(mv)),
+                    self._monitor(mv),
                     self._store(mv),
                 )
                 w.correct = deque(maxlen=self.settings.accuracy_window)
                 self.watches[mv.name] = w
             elif w.version != mv.version:
                 w.version = mv.version
-                w.drift = DriftMonitor(self._drift_settings(), self._reference(mv))
+                w.drift = self._monitor(mv)
                 w.correct.clear()
             return w
 
