@@ -56,23 +56,25 @@ def test_capture_and_upload_to_the_release_store() -> None:
     assert agent.store_token_file == Path("/var/run/edgemodel/store-token/token")
 
 
-def test_a_separate_capture_store_with_its_own_token_and_a_host_path() -> None:
-    values = {"agent": {"continual": {
-        "capture": {"enabled": True, "hostPath": "/data/captures", "maxBytes": 1 << 28, "lowConfidence": 0.8},
-        "upload": {"enabled": True, "storeUrl": "https://captures.example.com", "tokenSecret": "capture-token",
-                   "intervalSeconds": 60},
-        "drift": {"psiWindow": 500, "phThreshold": 12},
-    }}}  # fmt: skip
+def test_a_host_path_capture_volume_tuned_detectors_and_the_agents_store_url() -> None:
+    values = {
+        "store": {"agentUrl": "https://artifacts.example.com"},
+        "agent": {"continual": {
+            "capture": {"enabled": True, "hostPath": "/data/captures", "maxBytes": 1 << 28, "lowConfidence": 0.8},
+            "upload": {"enabled": True, "intervalSeconds": 60},
+            "drift": {"psiWindow": 500, "phThreshold": 12},
+        }},
+    }  # fmt: skip
     spec, _ = _agent(values)
     settings = _continual(values)
-    assert settings.store_url == "https://captures.example.com"
+    assert settings.store_url == "https://artifacts.example.com"
     assert settings.upload_interval_s == 60
     assert settings.max_bytes == 1 << 28
     assert settings.low_confidence == 0.8
     assert (settings.psi_window, settings.ph_threshold) == (500, 12)
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["captures"]["hostPath"] == {"path": "/data/captures", "type": "DirectoryOrCreate"}
-    assert volumes["capture-store-token"]["secret"]["secretName"] == "capture-token"
+    assert volumes["capture-store-token"]["secret"]["secretName"] == full("store-token")
 
 
 def test_continual_off_and_bad_values_fail_with_the_field() -> None:
@@ -81,5 +83,5 @@ def test_continual_off_and_bad_values_fail_with_the_field() -> None:
     assert "agent.continual.upload.enabled needs agent.continual.capture.enabled" in err
     err = render_error({"agent": {"continual": {"capture": {"randomRate": 2}}}})
     assert "randomRate" in err
-    err = render_error({"agent": {"continual": {"upload": {"storeUrl": "ftp://x"}}}})
-    assert "storeUrl" in err
+    err = render_error({"agent": {"continual": {"drift": {"psiWindow": 3}}}})
+    assert "psiWindow" in err

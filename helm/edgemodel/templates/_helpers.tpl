@@ -274,15 +274,11 @@ tests/helm checks every name against that class. */}}
 {{/* Pod template of an agent (the edge DaemonSet and the cloud Deployment). Call with
 (dict "ctx" $ "component" "agent" "agent" <agent values> "labels" <EdgeAgent labels> ["cacheType" override]).
 Settings are EDGEMODEL_AGENT_* variables (edge_agent.settings.AgentSettings; tests/helm checks the names). */}}
-{{/* Secret with the write token of the capture uploads (empty: uploads off or a store without a token). */}}
+{{/* Secret with the store's write token for the capture uploads (empty: uploads off or a store without a token). */}}
 {{- define "edgemodel.captureUploadTokenSecret" -}}
 {{- $c := .agent.continual -}}
 {{- if and $c.capture.enabled $c.upload.enabled -}}
-{{- if $c.upload.tokenSecret -}}
-{{- $c.upload.tokenSecret -}}
-{{- else if not $c.upload.storeUrl -}}
 {{- include "edgemodel.storeTokenSecret" .ctx -}}
-{{- end -}}
 {{- end -}}
 {{- end -}}
 
@@ -323,7 +319,7 @@ the capture uploads; tests/helm checks every name against those classes. */}}
   value: {{ $c.capture.maxCapturesPerSecond | quote }}
 {{- if $c.upload.enabled }}
 - name: EDGEMODEL_AGENT_CONTINUAL_STORE_URL
-  value: {{ $c.upload.storeUrl | default $ctx.Values.store.agentUrl | default (include "edgemodel.storeUrl" $ctx) | quote }}
+  value: {{ $ctx.Values.store.agentUrl | default (include "edgemodel.storeUrl" $ctx) | quote }}
 - name: EDGEMODEL_AGENT_CONTINUAL_UPLOAD_INTERVAL_S
   value: {{ $c.upload.intervalSeconds | quote }}
 {{- if include "edgemodel.captureUploadTokenSecret" . }}
