@@ -582,12 +582,16 @@ class ContinualHub:
                     self.settings.upload_interval_s,
                 )
 
-    def upload(self, name: str, store: Any, node: str) -> dict[str, Any]:
+    def upload(self, name: str, store: Any, node: str, token: str = "") -> dict[str, Any]:
         """Upload the labelled samples of ``name`` to the artifact store (``edgemodel.store.client.HttpStore``):
-        ``captures/{namespace}/{name}/{node}-{time}.npz`` and its ``.json`` manifest (sha256, bytes, samples)."""
+        ``captures/{namespace}/{name}/{node}-{time}.npz``, its ``.json`` manifest (sha256, bytes, samples, node)
+        and, with a store token, ``.json.sig`` (the manifest's HMAC under that token, ``edgemodel.signing``)."""
         import tempfile
 
+        from edgemodel.signing import sign_bundle
+
         data, manifest, records = self.export(name)
+        manifest["node"] = node
         w = self.watches[name]
         stem = f"captures/{_SAFE.sub('_', w.namespace or 'default')}/{_SAFE.sub('_', name)}/{_SAFE.sub('_', node)}-{int(time.time() * 1000)}"
         with tempfile.TemporaryDirectory() as tmp:
@@ -596,6 +600,10 @@ class ContinualHub:
             manifest["uri"] = store.put_file(f"{stem}.npz", npz)
             meta = Path(tmp) / "manifest.json"
             meta.write_text(json.dumps(manifest, indent=1))
+            if token:  # the signature first: a reader never sees a manifest that should have one without it
+                sig = Path(tmp) / "manifest.json.sig"
+                sig.write_text(sign_bundle(meta.read_bytes(), token) + "\n")
+                store.put_file(f"{stem}.json.sig", sig)
             store.put_file(f"{stem}.json", meta)
         assert w.store is not None
         w.store.mark_uploaded(records)
@@ -670,7 +678,7 @@ def attach_continual(server: _Server) -> ContinualHub:
                 "capture upload to EDGEMODEL_AGENT_CONTINUAL_STORE_URL needs it"
             ) from exc
         store = HttpStore(settings.store_url, token=token)
-        hub.uploader = lambda name: hub.upload(name, store, agent.node_name or "standalone")
+        hub.uploader = lambda name: hub.upload(name, store, agent.node_name or "standalone", token)
     if settings.enabled:
         server.api.observer = hub.observe
     server.app.add_routes(FeedbackApi(hub, server.api._authorize, hub.uploader).routes())
