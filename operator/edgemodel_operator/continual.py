@@ -41,7 +41,6 @@ from edgemodel_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
-TICK_SECONDS = 15.0
 MAX_ROUNDS = 20
 LABEL_COMPONENT_CONTINUAL = "edgemodel.io/continual"
 ANNOTATION_TRIGGER = "edgemodel.io/continual-trigger"
@@ -476,7 +475,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         *EDGEMODELS,
         id="continual",
         registry=registry,
-        interval=TICK_SECONDS,
+        interval=runtime.settings.continual_tick_seconds,
         when=lambda spec, **_: bool((spec.get("continual") or {}).get("enabled")),
     )
     async def continual(body: kopf.Body, **_: Any) -> None:

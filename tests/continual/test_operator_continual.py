@@ -189,7 +189,7 @@ def test_the_timer_is_registered_for_edgemodels_with_continual_enabled() -> None
     handlers = [h for h in registry._spawning.get_all_handlers() if h.id == "continual"]
     assert len(handlers) == 1
     timer = handlers[0]
-    assert timer.interval == continual.TICK_SECONDS
+    assert timer.interval == 15.0  # OperatorSettings.continual_tick_seconds
     assert timer.when is not None
     assert timer.when(spec={"continual": {"enabled": True}}) is True  # type: ignore[call-arg]
     assert timer.when(spec={}) is False  # type: ignore[call-arg]
