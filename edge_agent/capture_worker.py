@@ -323,25 +323,41 @@ class ContinualHub:
             )
             return None
 
-    def _reference(self, mv: ServedVersion) -> Reference | None:
-        """A shipped reference (reference-{version}.npz in the model's capture folder), if any."""
+    def _reference(self, mv: ServedVersion) -> tuple[Reference | None, str]:
+        """The version's PSI reference and where it came from: the signed manifest's driftReference (the
+        validation inputs' summary), else reference-{version}.npz in the model's capture folder, else none
+        (the detector then takes the first samples served, and says so: referenceSource first-served)."""
+        shipped = getattr(mv, "drift_reference", None)
+        if isinstance(shipped, Reference):
+            return shipped, "validation"
         if self.capture_dir is None:
-            return None
+            return None, ""
         path = (
             self.capture_dir
             / _SAFE.sub("_", f"{mv.namespace or '_'}.{mv.name}")
             / f"reference-{mv.version}.npz"
         )
         if not path.exists():
-            return None
+            return None, ""
         try:
             with np.load(path, allow_pickle=False) as z:
-                return Reference.from_npz(dict(z))
+                return Reference.from_npz(dict(z)), "validation-file"
         except (OSError, ValueError, KeyError) as exc:
             log.warning(
                 "Drift reference %s is unreadable (%s); using the first samples served instead", path, exc
             )
-            return None
+            return None, ""
+
+    def _monitor(self, mv: ServedVersion) -> DriftMonitor:
+        reference, source = self._reference(mv)
+        monitor = DriftMonitor(self._drift_settings(), reference, source or "validation")
+        if reference is None:
+            log.info(
+                "Model %s version %s: its manifest has no driftReference (no validation data); the PSI "
+                "reference is the first %d samples served (referenceSource first-served)",
+                mv.name, mv.version, self.settings.reference_samples,
+            )  # fmt: skip
+        return monitor
 
     def _drift_settings(self) -> DriftSettings:
         s = self.settings
@@ -356,14 +372,14 @@ class ContinualHub:
                     mv.namespace,
                     mv.name,
                     mv.version,
-                    DriftMonitor(self._drift_settings(), self._reference(mv)),
+                    self._monitor(mv),
                     self._store(mv),
                 )
                 w.correct = deque(maxlen=self.settings.accuracy_window)
                 self.watches[mv.name] = w
             elif w.version != mv.version:
                 w.version = mv.version
-                w.drift = DriftMonitor(self._drift_settings(), self._reference(mv))
+                w.drift = self._monitor(mv)
                 w.correct.clear()
             return w
 
@@ -566,12 +582,16 @@ class ContinualHub:
                     self.settings.upload_interval_s,
                 )
 
-    def upload(self, name: str, store: Any, node: str) -> dict[str, Any]:
+    def upload(self, name: str, store: Any, node: str, token: str = "") -> dict[str, Any]:
         """Upload the labelled samples of ``name`` to the artifact store (``edgemodel.store.client.HttpStore``):
-        ``captures/{namespace}/{name}/{node}-{time}.npz`` and its ``.json`` manifest (sha256, bytes, samples)."""
+        ``captures/{namespace}/{name}/{node}-{time}.npz``, its ``.json`` manifest (sha256, bytes, samples, node)
+        and, with a store token, ``.json.sig`` (the manifest's HMAC under that token, ``edgemodel.signing``)."""
         import tempfile
 
+        from edgemodel.signing import sign_bundle
+
         data, manifest, records = self.export(name)
+        manifest["node"] = node
         w = self.watches[name]
         stem = f"captures/{_SAFE.sub('_', w.namespace or 'default')}/{_SAFE.sub('_', name)}/{_SAFE.sub('_', node)}-{int(time.time() * 1000)}"
         with tempfile.TemporaryDirectory() as tmp:
@@ -580,6 +600,10 @@ class ContinualHub:
             manifest["uri"] = store.put_file(f"{stem}.npz", npz)
             meta = Path(tmp) / "manifest.json"
             meta.write_text(json.dumps(manifest, indent=1))
+            if token:  # the signature first: a reader never sees a manifest that should have one without it
+                sig = Path(tmp) / "manifest.json.sig"
+                sig.write_text(sign_bundle(meta.read_bytes(), token) + "\n")
+                store.put_file(f"{stem}.json.sig", sig)
             store.put_file(f"{stem}.json", meta)
         assert w.store is not None
         w.store.mark_uploaded(records)
@@ -654,7 +678,7 @@ def attach_continual(server: _Server) -> ContinualHub:
                 "capture upload to EDGEMODEL_AGENT_CONTINUAL_STORE_URL needs it"
             ) from exc
         store = HttpStore(settings.store_url, token=token)
-        hub.uploader = lambda name: hub.upload(name, store, agent.node_name or "standalone")
+        hub.uploader = lambda name: hub.upload(name, store, agent.node_name or "standalone", token)
     if settings.enabled:
         server.api.observer = hub.observe
     server.app.add_routes(FeedbackApi(hub, server.api._authorize, hub.uploader).routes())

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgemodel.api.artifact import ManifestDriftReference
+
 MAX_FEATURES = 64
 """Inputs with more elements are reduced to this many block means before binning."""
 PSI_EPS = 1e-4
@@ -75,6 +77,14 @@ class Reference:
             out[f"edges_{i}"] = e
             out[f"expected_{i}"] = p
         return out
+
+    @classmethod
+    def from_manifest(cls, summary: ManifestDriftReference) -> Reference:
+        """The ``driftReference`` of a verified manifest (the converter's summary of the validation inputs)."""
+        return cls(
+            [np.asarray(e, dtype=np.float64) for e in summary.edges],
+            [np.asarray(p, dtype=np.float64) for p in summary.expected],
+        )
 
     @classmethod
     def from_npz(cls, arrays: dict[str, np.ndarray]) -> Reference:
@@ -233,14 +243,16 @@ class DriftSettings:
 class DriftMonitor:
     """Both detectors of one model version and its alarm episode."""
 
-    def __init__(self, settings: DriftSettings | None = None, reference: Reference | None = None) -> None:
+    def __init__(
+        self, settings: DriftSettings | None = None, reference: Reference | None = None, source: str = "validation"
+    ) -> None:
         self.settings = s = settings or DriftSettings()
         self.page_hinkley = PageHinkley(s.ph_delta, s.ph_threshold)
         self.psi: PsiDetector | None = None
         self._pending: list[np.ndarray] = []
         self.reference_source = "none"
         if reference is not None:
-            self.set_reference(reference, "validation")
+            self.set_reference(reference, source)
         self.samples = 0
         self.alarms = 0
         """Alarm episodes started."""

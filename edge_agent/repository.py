@@ -18,6 +18,7 @@ import orjson
 
 from edge_agent.batching import DynamicBatcher, RunResult
 from edge_agent.datatypes import FLOAT_DATATYPES
+from edge_agent.drift import Reference
 from edge_agent.errors import ModelNotFound, ModelNotReady
 from edge_agent.metrics import AgentMetrics, CounterChild
 from edge_agent.model import PLATFORM, OnnxModel
@@ -62,6 +63,8 @@ class ModelVersion:
         self.float_inputs = frozenset(t.name for t in model.inputs if t.datatype in FLOAT_DATATYPES)
         self.output_index = {name: i for i, name in enumerate(model.output_names)}
         self.revision_meta = revision_meta or {}
+        self.drift_reference: Reference | None = None
+        """The signed manifest's driftReference (the validation inputs' summary): the PSI reference of this version."""
         self.inflight = 0
         self.retired = False
         self.loaded_at = time.time()

@@ -1,14 +1,19 @@
-"""ed25519 signing of artifact manifests (converter signs, agents verify).
+"""ed25519 signing of artifact manifests (converter signs, agents verify); HMAC of capture bundles.
 
 The signature covers the exact bytes of ``manifest.json`` and is stored base64-encoded in
 ``manifest.json.sig`` and in each EdgeAgent assignment. Keys are PEM files (PKCS#8 private,
 SubjectPublicKeyInfo public), e.g. mounted from a Secret and a ConfigMap.
+
+Capture bundles travel the other way (agents upload, the training Job reads), and agents hold no private
+key: their manifest is signed with HMAC-SHA256 keyed by the artifact store's write token, the one secret
+both the uploading agent and the operator's training Job already hold (``sign_bundle`` / ``verify_bundle``).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -76,3 +81,20 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+BUNDLE_CONTEXT = b"edgemodel capture bundle v1\n"
+"""Domain separation: a bundle MAC is never valid as any other use of the store token."""
+
+
+def sign_bundle(manifest: bytes, token: str) -> str:
+    """Hex HMAC-SHA256 of a capture bundle's manifest bytes, keyed by the store write token."""
+    if not token:
+        raise SignatureError("a capture bundle is signed with the store token, and none is configured")
+    return hmac.new(token.encode(), BUNDLE_CONTEXT + manifest, hashlib.sha256).hexdigest()
+
+
+def verify_bundle(manifest: bytes, signature: str, token: str) -> None:
+    """Raise SignatureError unless ``signature`` is the bundle MAC of ``manifest`` under ``token``."""
+    if not hmac.compare_digest(sign_bundle(manifest, token), signature.strip()):
+        raise SignatureError("the capture bundle's signature does not match its manifest and the store token")

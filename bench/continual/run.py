@@ -127,6 +127,7 @@ def update(
     y_drift_test: np.ndarray,
     captured: int,
     seed: int,
+    epochs: int = 80,
 ) -> dict[str, Any]:
     from edgemodel.continual.train import RoundSettings, accuracy, run_round
 
@@ -146,7 +147,7 @@ def update(
         data.x_test,
         data.y_test,
         RoundSettings(
-            epochs=40,
+            epochs=epochs,
             learning_rate=2e-3,
             replay_ratio=2.0,
             holdout_fraction=0.2,
@@ -263,6 +264,7 @@ def main() -> None:
     parser.add_argument(
         "--captured", type=int, default=898, help="labelled drifted samples used for the update"
     )
+    parser.add_argument("--epochs", type=int, default=80, help="fine-tuning epochs of the update")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
@@ -303,7 +305,7 @@ def main() -> None:
         return
     log.info("Update: fine-tune with replay on %d labelled rotated digits", args.captured)
     results["update"] = update(
-        model, data, x_drift_train, y_drift_train, x_drift_test, y_drift_test, args.captured, args.seed
+        model, data, x_drift_train, y_drift_train, x_drift_test, y_drift_test, args.captured, args.seed, args.epochs
     )
     text = json.dumps(results, indent=1)
     print(text)

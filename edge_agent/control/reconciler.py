@@ -64,6 +64,7 @@ from edge_agent.control.observe import (
     snapshot,
     track_key,
 )
+from edge_agent.drift import Reference
 from edge_agent.repository import BatchingConfig, ModelVersion
 from edge_agent.server import AgentServer
 from edge_agent.settings import AgentSettings
@@ -391,6 +392,8 @@ class Reconciler:
                 await mv.close()
                 return
             mv.revision_meta = {"key": repr(load_key(a)), "namespace": a.namespace}
+            if manifest.drift_reference is not None:
+                mv.drift_reference = Reference.from_manifest(manifest.drift_reference)
             old = self.repository.swap(mv)
             for previous in old:
                 if previous.version != mv.version:

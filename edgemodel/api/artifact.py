@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from edgemodel.api.base import ApiModel, StatusModel
 from edgemodel.api.edgemodel import HardwareClass, Precision
@@ -150,6 +150,36 @@ class ManifestValidation(ManifestSection):
     """Something the reader should know about the validation."""
 
 
+class ManifestDriftReference(ManifestSection):
+    """``driftReference``: per-feature summary statistics of the validation inputs, the agents' PSI reference.
+
+    Each input row is flattened and reduced to at most 64 features (block means, ``edge_agent.drift.summarise``);
+    per feature: the inner quantile bin edges and the share of the validation rows in each bin. Signed with
+    the manifest, so an agent detects input drift against what the revision was validated on from its first
+    request (docs/continual.md)."""
+
+    input: str = Field(min_length=1)
+    """The input tensor summarised (spec.inputs[0])."""
+    data: str = ""
+    """Where the rows came from (spec.validation.dataUri)."""
+    samples: int = Field(ge=1)
+    """Validation rows summarised."""
+    bins: int = Field(ge=2)
+    edges: list[list[float]]
+    """Inner bin edges of each feature (empty for a constant feature, which is skipped)."""
+    expected: list[list[float]]
+    """Share of the validation rows in each bin of each feature (len(edges[i]) + 1 values)."""
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ManifestDriftReference:
+        if len(self.edges) != len(self.expected):
+            raise ValueError(f"edges has {len(self.edges)} features but expected has {len(self.expected)}")
+        for i, (e, p) in enumerate(zip(self.edges, self.expected, strict=True)):
+            if len(p) != len(e) + 1:
+                raise ValueError(f"expected[{i}] needs len(edges[{i}]) + 1 = {len(e) + 1} values, got {len(p)}")
+        return self
+
+
 class ManifestEnvironment(ManifestSection):
     """``environment``: where the candidates were measured."""
 
@@ -243,6 +273,8 @@ class ArtifactManifest(StatusModel):
     """Where candidates were measured: library versions, provider, threads, CPU, load average."""
     notes: list[str] = Field(default_factory=list)
     """Things the reader should know, e.g. that GPU latency was not measured."""
+    drift_reference: ManifestDriftReference | None = None
+    """Summary statistics of the validation inputs (the agents' PSI drift reference); None without validation data."""
     split: ManifestSplit | None = None
     """With spec.split on: the split's essentials (cut, wire, chosenBy auto|manual, predictedMs, featureBytes,
     maxAbsDiff, file names); head.onnx, tail.onnx and split.json (the full plan and profile) are in ``files``."""

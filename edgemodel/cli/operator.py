@@ -34,6 +34,7 @@ FLAGS: list[tuple[str, str, Any, str]] = [
     ("--heartbeat-timeout-seconds", "heartbeat_timeout_seconds", float, "S"),
     ("--lease-namespace", "lease_namespace", str, "NS"),
     ("--resync-seconds", "resync_seconds", float, "S"),
+    ("--continual-tick-seconds", "continual_tick_seconds", float, "S"),
     ("--history-limit", "history_limit", int, "N"),
     ("--max-parallel-writes", "max_parallel_writes", int, "N"),
     ("--metrics-port", "metrics_port", int, "N"),

@@ -5,7 +5,7 @@
         --store-url http://store --out-prefix continual/ns/digits/round-1
 
 The labelled captured samples (``captures/{namespace}/{name}/*.npz``, each with a ``.json`` manifest
-giving its sha256 and size, checked on download) are split into train and held-out parts. The model
+giving its sha256 and size and a ``.json.sig`` signing it, verified before the download) are split into train and held-out parts. The model
 (TorchScript) is fine-tuned on the train part mixed with ``replay_ratio`` times as many samples of the
 original training data, so it learns the new data without forgetting the old. The gate
 (``edgemodel.continual.gate``) compares the accuracies before and after on the held-out new samples
@@ -23,6 +23,7 @@ import logging
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,10 +166,24 @@ def _get(url: str, token: str = "") -> bytes:
         return bytes(response.read())
 
 
+def _get_optional(url: str, token: str) -> bytes | None:
+    """The bytes at ``url``, or None when it does not exist (404)."""
+    try:
+        return _get(url, token)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
 def load_captures(
     captures_url: str, input_name: str, work: Path, token: str = "", max_bytes: int = 1 << 30
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Every capture bundle under ``captures_url`` (a store folder), each checked against its manifest."""
+    """Every capture bundle under ``captures_url`` (a store folder), each verified before it is read: its
+    ``.json`` manifest's signature (HMAC under the store token, ``edgemodel.signing.verify_bundle``; required
+    whenever the Job has a token), then the bundle's size (the download stops there) and sha256. A bundle
+    whose manifest is not there yet is still being uploaded and is left for the next round."""
+    from edgemodel.signing import SignatureError, verify_bundle
     from edgemodel.store.client import download
 
     base = captures_url.rstrip("/") + "/"
@@ -179,15 +194,34 @@ def load_captures(
         name = str(entry.get("name", ""))
         if not name.endswith(".npz"):
             continue
-        manifest = json.loads(_get(base + name[:-4] + ".json", token))
+        stem = base + name[:-4]
+        raw = _get_optional(stem + ".json", token)
+        if raw is None:
+            log.info("Capture bundle %s has no manifest yet (upload in progress); left for the next round", name)
+            continue
+        if token:
+            sig = _get_optional(stem + ".json.sig", token)
+            if sig is None:
+                raise SignatureError(f"{stem}.json is not signed (no .json.sig): refused")
+            try:
+                verify_bundle(raw, sig.decode("ascii", "replace"), token)
+            except SignatureError as exc:
+                raise SignatureError(f"{stem}.json: {exc}: refused") from exc
+        manifest = json.loads(raw)
         size = int(manifest["bytes"])
         total += size
         if total > max_bytes:
             raise ValueError(
                 f"captured samples exceed {max_bytes} bytes; raise the bound or prune old captures"
             )
+
+        def bounded(done: int, _total: int | None, size: int = size, url: str = base + name) -> None:
+            if done > size:
+                raise ValueError(f"{url}: more than the {size} bytes its manifest says; download stopped")
+
         path = work / name
-        download(base + name, path, sha256=str(manifest["sha256"]))
+        download(base + name, path, sha256=str(manifest["sha256"]), on_bytes=bounded,
+                 headers={"Authorization": f"Bearer {token}"} if token else None)  # fmt: skip
         if path.stat().st_size != size:
             raise ValueError(f"{base + name}: {path.stat().st_size} bytes, its manifest says {size}")
         with np.load(path, allow_pickle=False) as z:

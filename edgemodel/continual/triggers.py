@@ -89,10 +89,13 @@ def evaluate(
     if last is not None and (now - last).total_seconds() < spec.cooldown_seconds:
         wait = spec.cooldown_seconds - (now - last).total_seconds()
         return Decision(False, f"{'; '.join(fired)}, but the cooldown lasts {wait:.0f} s more", samples)
-    if samples < spec.min_samples:
+    uploaded = sum(max(0, r.state.labelled_captured - r.state.labelled_waiting) for r in reports)
+    if uploaded < spec.min_samples:
+        waiting = samples - uploaded
+        more = f" ({waiting} more wait for the agents' next upload)" if waiting > 0 else ""
         return Decision(
             False,
-            f"{'; '.join(fired)}, but only {samples} labelled samples are captured (minSamples "
+            f"{'; '.join(fired)}, but only {uploaded} labelled samples are in the store{more} (minSamples "
             f"{spec.min_samples}); send feedback for captured requests",
             samples,
         )

@@ -27,6 +27,7 @@ from edgemodel.api import (
     EdgeModel,
     EdgeModelSpec,
     HardwareClass,
+    ManifestDriftReference,
     ManifestSplit,
     ManifestValidation,
     Precision,
@@ -44,6 +45,7 @@ from edgemodel.api.edgemodel import (
 )
 from edgemodel.convert import candidates as cands
 from edgemodel.convert.data import Dataset, generate, load_npz
+from edgemodel.convert.drift_reference import drift_reference
 from edgemodel.convert.environment import describe, gpu_provider
 from edgemodel.convert.errors import ConversionError, Reason, first_line
 from edgemodel.convert.export import check_export, export
@@ -123,6 +125,8 @@ class _Inputs:
     notes: list[str]
     training: Dataset | None = None
     student: LoadedSource | None = None
+    drift: ManifestDriftReference | None = None
+    """Summary of the validation inputs, the agents' PSI reference (None without validation data)."""
 
 
 def _fetch_and_load(model: EdgeModel, workdir: Path, progress: Progress) -> _Inputs:
@@ -204,7 +208,9 @@ def _fetch_and_load(model: EdgeModel, workdir: Path, progress: Progress) -> _Inp
             raise ConversionError(Reason.INVALID_SPEC, "spec.optimization.distillation.student.format: the student "
                                   "is trained, so it must be TorchScript or TorchExport, not ONNX")
         student = load_source(student_path, student_src.uri, student_src.format, spec.inputs)
-    return _Inputs(source, source_sha, calibration, evaluation, metric, notes, training, student)
+    drift = (drift_reference(validation, spec.inputs[0].name, str(spec.validation.data_uri))
+             if validation is not None else None)
+    return _Inputs(source, source_sha, calibration, evaluation, metric, notes, training, student, drift)
 
 
 def _reference(inputs: _Inputs, model: EdgeModel, batch: int, threads: int) -> list[np.ndarray]:
@@ -553,6 +559,7 @@ def convert(model: EdgeModel, signing_key: Ed25519PrivateKey, options: ConvertOp
                      "rule": "the simplest accepted candidate that the fastest does not beat by minSpeedup at the "
                              "lower bound of the 95% CI of the paired speed-up (edgemodel.timing.decide)"},
         candidates=results, choices=artifact_choices, environment=env_before, notes=notes, split=split,
+        drift_reference=inputs.drift,
     )
     plot_name = None
     if options.plot and render_plot(results, inputs.metric.value,

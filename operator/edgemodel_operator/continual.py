@@ -21,7 +21,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -29,17 +30,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
 from edgemodel.api import ConditionStatus, EdgeModel, set_condition
-from edgemodel.api.continual import AgentContinualState, ContinualRound, ContinualStatus
+from edgemodel.api.continual import ContinualRound, ContinualStatus
 from edgemodel.continual.triggers import AgentReport, Decision, evaluate
 from edgemodel_operator.constants import EDGEMODELS, LABEL_MODEL, STORE_TOKEN_KEY
 from edgemodel_operator.jobs import CONTAINER_SECURITY, JobPhase, converter_pod_security, job_state
 from edgemodel_operator.kube import Paths
 from edgemodel_operator.runtime import Runtime
+from edgemodel_operator.scheduling import AgentView
 from edgemodel_operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
-TICK_SECONDS = 15.0
 MAX_ROUNDS = 20
 LABEL_COMPONENT_CONTINUAL = "edgemodel.io/continual"
 ANNOTATION_TRIGGER = "edgemodel.io/continual-trigger"
@@ -93,29 +94,14 @@ def rfc3339(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def reports_for(agents: Sequence[Mapping[str, Any]], namespace: str, name: str) -> list[AgentReport]:
-    """The ``status.continual`` entries of this model in the EdgeAgents (malformed entries are skipped)."""
-    out: list[AgentReport] = []
-    for agent in agents:
-        node = (agent.get("metadata") or {}).get("name", "")
-        for entry in (agent.get("status") or {}).get("continual") or []:
-            if (
-                not isinstance(entry, dict)
-                or entry.get("name") != name
-                or entry.get("namespace", namespace) != namespace
-            ):
-                continue
-            try:
-                out.append(AgentReport(node, AgentContinualState.model_validate(entry)))
-            except ValidationError as exc:
-                log.warning(
-                    "EdgeAgent %s reports a malformed continual entry for %s/%s: %s",
-                    node,
-                    namespace,
-                    name,
-                    exc,
-                )
-    return out
+def reports_for(agents: Iterable[AgentView], namespace: str, name: str) -> tuple[AgentReport, ...]:
+    """The ``status.continual`` entries of this model in the fleet (entries that did not parse were dropped there)."""
+    return tuple(
+        AgentReport(view.name, entry)
+        for view in agents
+        for entry in view.continual
+        if entry.name == name and entry.namespace in ("", namespace)
+    )
 
 
 def round_prefix(namespace: str, name: str, number: int) -> str:
@@ -245,87 +231,40 @@ def emit(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None
         log.info("Event %s %s: %s", type_, reason, message)
 
 
-async def _write(runtime: Runtime, namespace: str, name: str, status: ContinualStatus) -> None:
-    body = {"status": {"continual": status.to_k8s()}}
-    await runtime.client.patch(Paths.edgemodel_status(namespace, name), body)
+@dataclass(frozen=True)
+class Snapshot:
+    """What one tick decides on: the EdgeModel, the agents' reports (fleet cache) and the running round."""
+
+    body: Mapping[str, Any]
+    namespace: str
+    name: str
+    em: EdgeModel
+    status: ContinualStatus
+    reports: tuple[AgentReport, ...]
+    now: dt.datetime
+    job: Mapping[str, Any] | None = None
+    """The active round's Job (None: no round running, or the Job is gone)."""
+    report: Mapping[str, Any] | None = None
+    """The active round's report.json, read once its Job is no longer running."""
 
 
-def _condition(status: ContinualStatus, value: bool, reason: str, message: str) -> None:
-    status.conditions = set_condition(
-        status.conditions,
-        CONDITION,
-        ConditionStatus.TRUE if value else ConditionStatus.FALSE,
-        reason,
-        message[:1000],
-    )
+@dataclass
+class Plan:
+    """What a tick does (``act``): create the Job, point spec.source at the new model, write status, tell."""
 
-
-async def tick(runtime: Runtime, body: Mapping[str, Any]) -> None:
-    """One look at one EdgeModel: follow the running round, or start one when a trigger fires."""
-    meta = body.get("metadata") or {}
-    namespace, name = meta.get("namespace", "default"), meta.get("name", "")
-    try:
-        em = EdgeModel.model_validate(dict(body))
-    except ValidationError:
-        return  # the reconciler reports an invalid spec
-    if not em.spec.continual.enabled:
-        return
-    m = metrics(runtime)
-    status = (em.status.continual if em.status and em.status.continual else None) or ContinualStatus()
-    if status.active_job:
-        await follow(runtime, body, em, status)
-        return
-    agents = await runtime.client.list(Paths.edgeagents())
-    reports = reports_for(agents, namespace, name)
-    m.drifting.labels(namespace, name).set(sum(1 for r in reports if r.state.drift_alarm))
-    m.samples.labels(namespace, name).set(sum(r.state.labelled_captured for r in reports))
-    decision: Decision = evaluate(
-        em.spec.continual, reports, status, now_utc(), em.status.revision if em.status else None
-    )
-    if not decision.fire:
-        waiting = decision.reason
-        old = next((c for c in status.conditions if c.type == CONDITION), None)
-        if waiting and (old is None or old.message != waiting[:1000]):
-            _condition(status, False, "Waiting", waiting)
-            await _write(runtime, namespace, name, status)
-            log.info("EdgeModel %s/%s: continual learning waits: %s", namespace, name, waiting)
-        return
-    problem = missing_inputs(em)
-    if problem:
-        _condition(status, False, "InvalidSpec", f"{decision.reason}, but {problem}")
-        await _write(runtime, namespace, name, status)
-        emit(body, "Warning", "ContinualInvalidSpec", problem)
-        return
-    await start_round(runtime, body, em, status, decision)
-
-
-async def start_round(
-    runtime: Runtime, body: Mapping[str, Any], em: EdgeModel, status: ContinualStatus, decision: Decision
-) -> None:
-    meta = body["metadata"]
-    namespace, name = meta.get("namespace", "default"), meta["name"]
-    number = (status.rounds[-1].round if status.rounds else 0) + 1
-    job = build_training_job(body, em, number, runtime.settings)
-    await runtime.client.create(Paths.jobs(namespace), job)
-    now = rfc3339(now_utc())
-    status.rounds = [
-        *status.rounds,
-        ContinualRound(round=number, trigger=decision.reason, started_at=now, samples=decision.samples),
-    ][-MAX_ROUNDS:]
-    status.active_job = job["metadata"]["name"]
-    status.last_round_at = now
-    _condition(status, True, "Training", f"round {number}: {decision.reason}; Job {status.active_job}")
-    await _write(runtime, namespace, name, status)
-    metrics(runtime).rounds.labels(namespace, name, "Started").inc()
-    emit(body, "Normal", "ContinualTriggered", f"round {number}: {decision.reason}")
-    log.info(
-        "EdgeModel %s/%s: continual round %d started (%s); Job %s",
-        namespace,
-        name,
-        number,
-        decision.reason,
-        status.active_job,
-    )
+    status: ContinualStatus | None = None
+    """The new status.continual (None: unchanged, nothing written)."""
+    job: dict[str, Any] | None = None
+    source_patch: dict[str, Any] | None = None
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    """(type, reason, message) Events on the EdgeModel."""
+    log: str = ""
+    outcome: str = ""
+    """edgemodel_continual_rounds_total label to count (Started, Passed, Rejected, Failed)."""
+    gate: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(dataset, model_state) -> accuracy of the gate that just ended."""
+    drifting: int | None = None
+    samples: int | None = None
 
 
 async def _report(runtime: Runtime, namespace: str, name: str, number: int) -> dict[str, Any] | None:
@@ -342,20 +281,104 @@ async def _report(runtime: Runtime, namespace: str, name: str, number: int) -> d
         return None
 
 
-async def follow(runtime: Runtime, body: Mapping[str, Any], em: EdgeModel, status: ContinualStatus) -> None:
-    """Check the round's Job; when it ended, record the gate and (on pass) point spec.source at the new model."""
-    meta = body["metadata"]
-    namespace, name = meta.get("namespace", "default"), meta["name"]
-    job = await runtime.client.get(Paths.job(namespace, status.active_job), missing_ok=True)
-    current = status.rounds[-1] if status.rounds else None
-    if job is not None and job_state(job).phase == JobPhase.RUNNING:
-        return
-    m = metrics(runtime)
-    report = await _report(runtime, namespace, name, current.round) if current is not None else None
-    if current is None:
-        status.active_job = ""
-        await _write(runtime, namespace, name, status)
-        return
+async def observe(runtime: Runtime, body: Mapping[str, Any]) -> Snapshot | None:
+    """The snapshot of one EdgeModel; None when it is invalid, has continual learning off, or the fleet is unsynced."""
+    meta = body.get("metadata") or {}
+    namespace, name = meta.get("namespace", "default"), meta.get("name", "")
+    try:
+        em = EdgeModel.model_validate(dict(body))
+    except ValidationError:
+        return None  # the reconciler reports an invalid spec
+    if not em.spec.continual.enabled:
+        return None
+    if not runtime.fleet.synced.is_set():
+        log.info("EdgeModel %s/%s: continual tick skipped: the EdgeAgent cache is not synced yet", namespace, name)
+        return None
+    status = (em.status.continual if em.status and em.status.continual else None) or ContinualStatus()
+    job = report = None
+    if status.active_job:
+        job = await runtime.client.get(Paths.job(namespace, status.active_job), missing_ok=True)
+        if (job is None or job_state(job).phase != JobPhase.RUNNING) and status.rounds:
+            report = await _report(runtime, namespace, name, status.rounds[-1].round)
+    return Snapshot(
+        body=body,
+        namespace=namespace,
+        name=name,
+        em=em,
+        status=status,
+        reports=reports_for(runtime.fleet.snapshot(), namespace, name),
+        now=now_utc(),
+        job=job,
+        report=report,
+    )
+
+
+def _condition(status: ContinualStatus, value: bool, reason: str, message: str) -> None:
+    status.conditions = set_condition(
+        status.conditions,
+        CONDITION,
+        ConditionStatus.TRUE if value else ConditionStatus.FALSE,
+        reason,
+        message[:1000],
+    )
+
+
+def decide(snap: Snapshot, settings: OperatorSettings) -> Plan:
+    """Pure: follow the running round, or start one when a trigger fires, or say why it waits."""
+    status = snap.status.model_copy(deep=True)
+    if status.active_job:
+        if snap.job is not None and job_state(snap.job).phase == JobPhase.RUNNING:
+            return Plan()
+        return finish(snap, status)
+    plan = Plan(
+        drifting=sum(1 for r in snap.reports if r.state.drift_alarm),
+        samples=sum(r.state.labelled_captured for r in snap.reports),
+    )
+    em = snap.em
+    decision: Decision = evaluate(
+        em.spec.continual, list(snap.reports), status, snap.now, em.status.revision if em.status else None
+    )
+    where = f"EdgeModel {snap.namespace}/{snap.name}"
+    if not decision.fire:
+        waiting = decision.reason
+        old = next((c for c in status.conditions if c.type == CONDITION), None)
+        if waiting and (old is None or old.message != waiting[:1000]):
+            _condition(status, False, "Waiting", waiting)
+            plan.status = status
+            plan.log = f"{where}: continual learning waits: {waiting}"
+        return plan
+    problem = missing_inputs(em)
+    if problem:
+        _condition(status, False, "InvalidSpec", f"{decision.reason}, but {problem}")
+        plan.status = status
+        plan.events.append(("Warning", "ContinualInvalidSpec", problem))
+        plan.log = f"{where}: continual round not started: {problem}"
+        return plan
+    number = (status.rounds[-1].round if status.rounds else 0) + 1
+    plan.job = build_training_job(snap.body, em, number, settings)
+    now = rfc3339(snap.now)
+    status.rounds = [
+        *status.rounds,
+        ContinualRound(round=number, trigger=decision.reason, started_at=now, samples=decision.samples),
+    ][-MAX_ROUNDS:]
+    status.active_job = plan.job["metadata"]["name"]
+    status.last_round_at = now
+    _condition(status, True, "Training", f"round {number}: {decision.reason}; Job {status.active_job}")
+    plan.status = status
+    plan.outcome = "Started"
+    plan.events.append(("Normal", "ContinualTriggered", f"round {number}: {decision.reason}"))
+    plan.log = f"{where}: continual round {number} started ({decision.reason}); Job {status.active_job}"
+    return plan
+
+
+def finish(snap: Snapshot, status: ContinualStatus) -> Plan:
+    """The round's Job ended (or disappeared): record the gate; on pass, point spec.source at the new model."""
+    plan = Plan(status=status)
+    status.active_job = ""
+    if not status.rounds:
+        return plan
+    current = status.rounds[-1]
+    report = snap.report
     gate = (report or {}).get("gate") or {}
     for field_, key in (
         ("new_accuracy_before", "new_before"),
@@ -368,15 +391,15 @@ async def follow(runtime: Runtime, body: Mapping[str, Any], em: EdgeModel, statu
     for dataset in ("new", "original"):
         for state in ("before", "after"):
             if isinstance(gate.get(f"{dataset}_{state}"), int | float):
-                m.gain.labels(namespace, name, dataset, state).set(float(gate[f"{dataset}_{state}"]))
+                plan.gate[(dataset, state)] = float(gate[f"{dataset}_{state}"])
     current.message = str(
-        (report or {}).get("message") or (job_state(job).message if job else "the Job disappeared")
+        (report or {}).get("message") or (job_state(snap.job).message if snap.job else "the Job disappeared")
     )[:1000]
     if report is not None and report.get("passed") and report.get("modelUri"):
         current.outcome = "Passed"
         current.model_uri = str(report["modelUri"])
-        current.revision = (em.status.revision or 0) + 1 if em.status else None
-        patch = {
+        current.revision = (snap.em.status.revision or 0) + 1 if snap.em.status else None
+        plan.source_patch = {
             "metadata": {
                 "annotations": {
                     ANNOTATION_TRIGGER: current.trigger[:1000],
@@ -385,7 +408,6 @@ async def follow(runtime: Runtime, body: Mapping[str, Any], em: EdgeModel, statu
             },
             "spec": {"source": {"uri": current.model_uri, "sha256": report.get("modelSha256")}},
         }
-        await runtime.client.patch(Paths.edgemodel(namespace, name), patch)
         _condition(
             status,
             True,
@@ -393,7 +415,7 @@ async def follow(runtime: Runtime, body: Mapping[str, Any], em: EdgeModel, statu
             f"round {current.round} passed the gate ({current.message}); "
             "the retrained model is converted and rolled out as a new revision",
         )
-        emit(body, "Normal", "ContinualGatePassed", f"round {current.round}: {current.message}")
+        plan.events.append(("Normal", "ContinualGatePassed", f"round {current.round}: {current.message}"))
     else:
         current.outcome = "Rejected" if report is not None and "gate" in report else "Failed"
         _condition(
@@ -402,19 +424,48 @@ async def follow(runtime: Runtime, body: Mapping[str, Any], em: EdgeModel, statu
             current.outcome,
             f"round {current.round}: {current.message}; the current revision keeps serving",
         )
-        emit(body, "Warning", f"Continual{current.outcome}", f"round {current.round}: {current.message}")
-    status.active_job = ""
+        plan.events.append(
+            ("Warning", f"Continual{current.outcome}", f"round {current.round}: {current.message}")
+        )
     status.rounds = [*status.rounds[:-1], current]
-    await _write(runtime, namespace, name, status)
-    m.rounds.labels(namespace, name, current.outcome).inc()
-    log.info(
-        "EdgeModel %s/%s: continual round %d %s: %s",
-        namespace,
-        name,
-        current.round,
-        current.outcome,
-        current.message,
+    plan.outcome = current.outcome
+    plan.log = (
+        f"EdgeModel {snap.namespace}/{snap.name}: continual round {current.round} {current.outcome}: "
+        f"{current.message}"
     )
+    return plan
+
+
+async def act(runtime: Runtime, snap: Snapshot, plan: Plan) -> None:
+    """Apply a plan: the Job first, then the new source, then status.continual (merge patch of that subtree)."""
+    namespace, name = snap.namespace, snap.name
+    m = metrics(runtime)
+    if plan.drifting is not None:
+        m.drifting.labels(namespace, name).set(plan.drifting)
+    if plan.samples is not None:
+        m.samples.labels(namespace, name).set(plan.samples)
+    if plan.job is not None:
+        await runtime.client.create(Paths.jobs(namespace), plan.job)
+    if plan.source_patch is not None:
+        await runtime.client.patch(Paths.edgemodel(namespace, name), plan.source_patch)
+    if plan.status is not None:
+        body = {"status": {"continual": plan.status.to_k8s()}}
+        await runtime.client.patch(Paths.edgemodel_status(namespace, name), body)
+    for (dataset, state), value in plan.gate.items():
+        m.gain.labels(namespace, name, dataset, state).set(value)
+    if plan.outcome:
+        m.rounds.labels(namespace, name, plan.outcome).inc()
+    for type_, reason, message in plan.events:
+        emit(snap.body, type_, reason, message)
+    if plan.log:
+        log.info("%s", plan.log)
+
+
+async def tick(runtime: Runtime, body: Mapping[str, Any]) -> None:
+    """One look at one EdgeModel: observe -> decide -> act."""
+    snap = await observe(runtime, body)
+    if snap is not None:
+        await act(runtime, snap, decide(snap, runtime.settings))
 
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
@@ -424,7 +475,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         *EDGEMODELS,
         id="continual",
         registry=registry,
-        interval=TICK_SECONDS,
+        interval=runtime.settings.continual_tick_seconds,
         when=lambda spec, **_: bool((spec.get("continual") or {}).get("enabled")),
     )
     async def continual(body: kopf.Body, **_: Any) -> None:

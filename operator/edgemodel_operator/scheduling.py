@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from edgemodel.api import ArtifactRef, EdgeModelSpec, HardwareClass, ModelRole
+from edgemodel.api.continual import AgentContinualState
 from edgemodel.api.edgeagent import Capabilities, EdgeAgentStatus, ModelState
 from edgemodel.api.edgemodel import CLOUD_TIER_LABEL
 
@@ -81,13 +82,19 @@ def agent_status(raw: Any) -> EdgeAgentStatus:
         capabilities = Capabilities.model_validate(raw.get("capabilities") or {})
     except ValidationError:
         capabilities = Capabilities()
+    continual = []
+    for entry in raw.get("continual") or []:
+        try:
+            continual.append(AgentContinualState.model_validate(entry))
+        except ValidationError:
+            continue
     fields: dict[str, Any] = {}
     for key in ("heartbeatTime", "endpoint", "splitEndpoint"):
         try:
             fields.update(EdgeAgentStatus.model_validate({key: raw.get(key)}).model_dump(include=_FIELD[key]))
         except ValidationError:
             continue
-    return EdgeAgentStatus(capabilities=capabilities, models=models, **fields)
+    return EdgeAgentStatus(capabilities=capabilities, models=models, continual=continual, **fields)
 
 
 _UNREAD = frozenset({"conditions"})
@@ -118,6 +125,8 @@ class AgentView:
     spec_models: tuple[Mapping[str, Any], ...] = ()
     """spec.models exactly as stored (the JSON patches index into this list)."""
     reported: tuple[ReportedModel, ...] = ()
+    continual: tuple[AgentContinualState, ...] = ()
+    """status.continual: drift, feedback and capture per served model (read by the continual controller)."""
     deleting: bool = False
     has_spec: bool = True
 
@@ -142,6 +151,7 @@ class AgentView:
             split_endpoint=status.split_endpoint,
             spec_models=tuple(spec.get("models") or ()),
             reported=tuple(ReportedModel.from_state(m) for m in status.models),
+            continual=tuple(status.continual),
             deleting=bool(meta.get("deletionTimestamp")),
             has_spec=isinstance(body.get("spec"), Mapping),
         )

@@ -73,6 +73,8 @@ class OperatorSettings(BaseSettings):
     """Namespace of the agents' heartbeat Leases (the product's namespace; $POD_NAMESPACE in a pod)."""
     resync_seconds: float = Field(default=10.0, gt=0, le=3600)
     """Longest time between two reconciles of one EdgeModel (events wake it earlier)."""
+    continual_tick_seconds: float = Field(default=15.0, gt=0, le=3600)
+    """How often the continual-learning timer looks at each EdgeModel with spec.continual.enabled (triggers, its Job)."""
     history_limit: int = Field(default=10, ge=1, le=100)
     """Revisions kept in status.history."""
     max_parallel_writes: int = Field(default=32, ge=1, le=1024)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from edge_agent.capture_worker import ContinualHub
 
 from edge_agent.drift import DriftMonitor, DriftSettings, PageHinkley, PsiDetector, Reference, psi, summarise
 
@@ -106,3 +112,73 @@ def test_vectorised_page_hinkley_matches_the_sequential_one() -> None:
     assert len(alarms_one) >= 2
     assert alarms_many == sorted({(i // 37) * 37 for i in alarms_one})
     assert many.score == pytest.approx(one.score)
+
+
+@dataclass
+class _Version:
+    """A served version as the hub sees it; ``drift_reference`` is what the agent sets from the signed manifest."""
+
+    namespace: str = "ml"
+    name: str = "m"
+    version: str = "1"
+    drift_reference: Reference | None = None
+
+
+@dataclass
+class _Tensor:
+    name: str
+    data: np.ndarray
+
+
+@dataclass
+class _Request:
+    id: str | None
+    inputs: list[_Tensor]
+
+
+def _serve(hub: ContinualHub, mv: _Version, x: np.ndarray) -> None:
+    logits = np.tile(np.array([[4.0, 0.0, 0.0]], dtype=np.float32), (len(x), 1))
+    for start in range(0, len(x), 25):
+        rows = x[start : start + 25]
+        hub.process(mv, _Request(None, [_Tensor("input", rows)]), [("logits", logits[: len(rows)], False)])
+
+
+def test_a_manifest_reference_detects_drift_from_the_first_requests_and_says_where_it_came_from() -> None:
+    """The signed manifest's driftReference (the validation inputs' summary) is the PSI reference from the
+    first request: traffic that is drifted from the start alarms; without one the first samples served
+    become the reference, so the same traffic looks normal, and status says referenceSource first-served."""
+    from prometheus_client import CollectorRegistry
+
+    from edge_agent.capture_worker import ContinualHub, ContinualSettings
+    from edgemodel.api import ManifestDriftReference
+
+    rng = np.random.default_rng(6)
+    validation = rng.normal(0, 1, (500, 16))
+    ref = Reference.from_samples(summarise(validation))
+    summary = ManifestDriftReference(
+        input="input", samples=500, bins=10,
+        edges=[e.tolist() for e in ref.edges], expected=[p.tolist() for p in ref.expected],
+    )  # fmt: skip
+    drifted = rng.normal(1.0, 1, (600, 16)).astype(np.float32)
+
+    shipped = ContinualHub(ContinualSettings(), CollectorRegistry())
+    _serve(shipped, _Version(drift_reference=Reference.from_manifest(summary)), drifted)
+    entry = shipped.status()[0]
+    assert entry["referenceSource"] == "validation"
+    assert entry["driftAlarm"] is True
+    assert entry["driftDetector"] == "psi"
+
+    fallback = ContinualHub(ContinualSettings(), CollectorRegistry())
+    _serve(fallback, _Version(), drifted)
+    entry = fallback.status()[0]
+    assert entry["referenceSource"] == "first-served"
+    assert entry["driftAlarm"] is False
+
+
+def test_a_manifest_reference_with_mismatched_shapes_is_refused_with_the_field() -> None:
+    from pydantic import ValidationError
+
+    from edgemodel.api import ManifestDriftReference
+
+    with pytest.raises(ValidationError, match=r"expected\[0\] needs len\(edges\[0\]\) \+ 1 = 3 values, got 2"):
+        ManifestDriftReference(input="input", samples=20, bins=10, edges=[[0.0, 1.0]], expected=[[0.5, 0.5]])

@@ -1,4 +1,5 @@
-"""The operator's continual-learning tick against a fake API: trigger -> Job -> gate report -> new source."""
+"""The operator's continual-learning tick against a fake API and a loaded fleet cache: trigger -> Job -> gate
+report -> new source; and ``decide`` on its own (pure)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from edgemodel_operator import continual
+from edgemodel_operator.fleet import Fleet
 from edgemodel_operator.settings import OperatorSettings
 
 EM: dict[str, Any] = {
@@ -44,9 +46,6 @@ class FakeClient:
         self.patches: list[tuple[str, Any]] = []
         self.jobs: dict[str, dict[str, Any]] = {}
 
-    async def list(self, path: str, label_selector: str | None = None) -> list[dict[str, Any]]:
-        return self.agents
-
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         self.created.append(body)
         self.jobs[body["metadata"]["name"]] = body
@@ -69,6 +68,9 @@ class FakeRuntime:
     def __init__(self, client: FakeClient) -> None:
         self.client = client
         self.metrics = FakeMetrics()
+        self.fleet = Fleet()  # what Fleet.run fills from the list + watch of EdgeAgents
+        self.fleet.load(client.agents)
+        self.fleet.synced.set()
         self.settings = OperatorSettings(
             store_url="http://store:8080",
             converter_image="conv:1",  # type: ignore[call-arg]
@@ -187,7 +189,7 @@ def test_the_timer_is_registered_for_edgemodels_with_continual_enabled() -> None
     handlers = [h for h in registry._spawning.get_all_handlers() if h.id == "continual"]
     assert len(handlers) == 1
     timer = handlers[0]
-    assert timer.interval == continual.TICK_SECONDS
+    assert timer.interval == 15.0  # OperatorSettings.continual_tick_seconds
     assert timer.when is not None
     assert timer.when(spec={"continual": {"enabled": True}}) is True  # type: ignore[call-arg]
     assert timer.when(spec={}) is False  # type: ignore[call-arg]
@@ -198,3 +200,65 @@ def test_the_operator_registry_includes_the_continual_timer() -> None:
 
     registry = build_registry(FakeRuntime(FakeClient([])))  # type: ignore[arg-type]
     assert [h.id for h in registry._spawning.get_all_handlers() if h.id == "continual"] == ["continual"]
+
+
+async def test_an_unsynced_fleet_cache_decides_nothing() -> None:
+    client = FakeClient([agent("n1", driftAlarm=True, driftSince="2020-01-01T00:00:00Z")])
+    runtime = FakeRuntime(client)
+    runtime.fleet.synced.clear()
+    await continual.tick(runtime, EM)  # type: ignore[arg-type]
+    assert not client.created
+    assert not client.patches
+
+
+def snapshot(body: dict[str, Any], agents: list[dict[str, Any]], **more: Any) -> continual.Snapshot:
+    from edgemodel.api import EdgeModel
+    from edgemodel.api.continual import ContinualStatus
+    from edgemodel_operator.scheduling import AgentView
+
+    em = EdgeModel.model_validate(body)
+    status = (em.status.continual if em.status else None) or ContinualStatus()
+    views = [AgentView.from_body(a) for a in agents]
+    return continual.Snapshot(
+        body=body, namespace="ml", name="digits", em=em, status=status,
+        reports=continual.reports_for(views, "ml", "digits"),
+        now=continual.now_utc(), **more,
+    )
+
+
+def test_decide_is_pure_and_reads_only_this_models_entries() -> None:
+    settings = FakeRuntime(FakeClient([])).settings
+    snap = snapshot(EM, [agent("n1", driftAlarm=True, driftSince="2020-01-01T00:00:00Z"),
+                         agent("n2", labelledCaptured=5)])
+    assert [r.node for r in snap.reports] == ["n1", "n2"]
+    plan = continual.decide(snap, settings)
+    assert plan.job is not None
+    assert plan.job["metadata"]["name"] == "digits-continual-1"
+    assert plan.outcome == "Started"
+    assert plan.drifting == 1
+    assert plan.samples == 45
+    assert plan.status is not None
+    assert plan.status.active_job == "digits-continual-1"
+    assert snap.status.active_job == ""  # the snapshot is not changed
+    assert plan.events[0][1] == "ContinualTriggered"
+
+
+def test_decide_waits_while_the_job_runs_and_fails_a_round_whose_job_vanished() -> None:
+    settings = FakeRuntime(FakeClient([])).settings
+    body = copy.deepcopy(EM)
+    body["status"]["continual"] = {
+        "activeJob": "digits-continual-1",
+        "rounds": [{"round": 1, "trigger": "x", "startedAt": "2026-01-01T00:00:00Z"}],
+    }
+    running = {"status": {"active": 1}}
+    plan = continual.decide(snapshot(body, [], job=running), settings)
+    assert plan.status is None
+    assert plan.job is None
+    assert not plan.events
+    plan = continual.decide(snapshot(body, [], job=None), settings)
+    assert plan.status is not None
+    assert plan.status.active_job == ""
+    assert plan.status.rounds[0].outcome == "Failed"
+    assert plan.status.rounds[0].message == "the Job disappeared"
+    assert plan.source_patch is None
+    assert plan.outcome == "Failed"

@@ -22,6 +22,7 @@ import requests
 
 from edge_agent.settings import AgentSettings, LocalModel
 from edgemodel.continual.train import main as train_main
+from edgemodel.signing import verify_bundle
 from edgemodel_operator import continual
 from tests.agent.conftest import AgentThread
 from tests.continual.models import classifier
@@ -84,6 +85,10 @@ def test_capture_feedback_upload_train_gate_and_new_source(
         manifest = requests.post(f"{base}/capture/upload", headers=AUTH, timeout=30).json()
         assert manifest["samples"] == 120
         assert manifest["uri"].startswith(f"{store}/captures/default/clf/standalone-")
+        stem = manifest["uri"][: -len(".npz")]
+        signed = requests.get(f"{stem}.json", timeout=10).content
+        verify_bundle(signed, requests.get(f"{stem}.json.sig", timeout=10).text, TOKEN)  # HMAC under the store token
+        assert json.loads(signed)["node"] == "standalone"
         status = requests.get(f"{base}/continual", headers=AUTH, timeout=10).json()
         assert status["labelledWaiting"] == 0
         assert status["lastUploadUri"] == manifest["uri"]

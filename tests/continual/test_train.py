@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from edgemodel.continual.gate import check
 from edgemodel.continual.train import RoundSettings, accuracy, main, run_round
+from edgemodel.signing import sign_bundle
 
 
 def test_gate_needs_the_gain_and_no_forgetting() -> None:
@@ -86,12 +93,44 @@ def test_an_unreachable_gain_is_rejected() -> None:
     assert "minAccuracyGain" in gate.message
 
 
-def test_the_job_entry_point_writes_the_model_and_the_report(tmp_path: Path) -> None:
-    """main() against a real artifact store folder served over HTTP (captures with manifests)."""
-    import hashlib
-    import http.server
-    import threading
+STORE_TOKEN = "store-token"
 
+
+def write_manifest(folder: Path, stem: str, **override: Any) -> None:
+    """The .json manifest of ``stem``.npz as an agent uploads it, and its .json.sig under the store token."""
+    data = (folder / f"{stem}.npz").read_bytes()
+    manifest = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "node": "n1", **override}
+    raw = json.dumps(manifest).encode()
+    (folder / f"{stem}.json").write_bytes(raw)
+    (folder / f"{stem}.json.sig").write_text(sign_bundle(raw, STORE_TOKEN) + "\n")
+
+
+@dataclass
+class RoundJob:
+    """A served artifact-store folder with a model, replay/validation data and one node's capture bundle."""
+
+    root: Path
+    url: str
+    captures: Path
+
+    def run(self, out: str, *extra: str) -> tuple[int, dict[str, Any]]:
+        """main() as the training Job runs it; returns its exit code and report.json."""
+        code = main(
+            [
+                "--source-uri", (self.root / "model.pt").as_uri(),
+                "--captures-url", f"{self.url}/captures/ns/m/",
+                "--replay-uri", (self.root / "train.npz").as_uri(),
+                "--validation-uri", (self.root / "val.npz").as_uri(),
+                "--out-dir", str(self.root / out),
+                *extra,
+            ]
+        )
+        return code, json.loads((self.root / out / "report.json").read_text())
+
+
+@pytest.fixture
+def round_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RoundJob]:
+    """The inputs of a round (3 blobs, drifted captures) behind a real HTTP server that lists folders."""
     import torch
 
     rng = np.random.default_rng(2)
@@ -104,10 +143,8 @@ def test_the_job_entry_point_writes_the_model_and_the_report(tmp_path: Path) -> 
     folder = tmp_path / "store" / "captures" / "ns" / "m"
     folder.mkdir(parents=True)
     np.savez(folder / "node-1.npz", input=x_new, labels=y_new)
-    data = (folder / "node-1.npz").read_bytes()
-    (folder / "node-1.json").write_text(
-        json.dumps({"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
-    )
+    write_manifest(folder, "node-1")
+    monkeypatch.setenv("EDGEMODEL_STORE_TOKEN", STORE_TOKEN)
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *a, **kw):  # type: ignore[no-untyped-def]
@@ -130,59 +167,68 @@ def test_the_job_entry_point_writes_the_model_and_the_report(tmp_path: Path) -> 
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
-        code = main(
-            [
-                "--source-uri",
-                (tmp_path / "model.pt").as_uri(),
-                "--captures-url",
-                f"http://127.0.0.1:{server.server_port}/captures/ns/m/",
-                "--replay-uri",
-                (tmp_path / "train.npz").as_uri(),
-                "--validation-uri",
-                (tmp_path / "val.npz").as_uri(),
-                "--out-dir",
-                str(tmp_path / "out"),
-                "--epochs",
-                "30",
-                "--learning-rate",
-                "0.01",
-                "--max-drop",
-                "0.02",
-            ]
-        )
+        yield RoundJob(tmp_path, f"http://127.0.0.1:{server.server_port}", folder)
     finally:
         server.shutdown()
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+        server.server_close()
+        thread.join()
+
+
+def test_the_job_entry_point_writes_the_model_and_the_report(round_job: RoundJob) -> None:
+    """main() against a real artifact store folder served over HTTP (captures with manifests)."""
+    code, report = round_job.run("out", "--epochs", "30", "--learning-rate", "0.01", "--max-drop", "0.02")
     assert code == 0, report
     assert report["passed"]
     assert report["samples"] == 300
-    assert (tmp_path / "out" / "model.pt").exists()
-    assert report["modelSha256"] == hashlib.sha256((tmp_path / "out" / "model.pt").read_bytes()).hexdigest()
+    model = round_job.root / "out" / "model.pt"
+    assert model.exists()
+    assert report["modelSha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
 
-    (folder / "node-1.json").write_text(json.dumps({"sha256": "0" * 64, "bytes": len(data)}))  # tampered
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        code = main(
-            [
-                "--source-uri",
-                (tmp_path / "model.pt").as_uri(),
-                "--captures-url",
-                f"http://127.0.0.1:{server.server_port}/captures/ns/m/",
-                "--replay-uri",
-                (tmp_path / "train.npz").as_uri(),
-                "--validation-uri",
-                (tmp_path / "val.npz").as_uri(),
-                "--out-dir",
-                str(tmp_path / "bad"),
-            ]
-        )
-    finally:
-        server.shutdown()
+
+def _resign_other_bytes(job: RoundJob) -> None:
+    """The bundle replaced by other bytes of the same size: the manifest (and its signature) are intact."""
+    path = job.captures / "node-1.npz"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda job: (job.captures / "node-1.json.sig").unlink(), "is not signed (no .json.sig): refused"),
+        (lambda job: (job.captures / "node-1.json").write_text(
+            (job.captures / "node-1.json").read_text().replace('"n1"', '"n2"')),
+         "signature does not match its manifest and the store token"),
+        (lambda job: write_manifest(job.captures, "node-1", sha256="0" * 64) or
+         (job.captures / "node-1.json.sig").write_text(sign_bundle(b"other", "another-token")),
+         "signature does not match"),
+        (_resign_other_bytes, "sha256"),
+        (lambda job: write_manifest(job.captures, "node-1", bytes=100), "more than the 100 bytes its manifest says"),
+    ],
+    ids=["unsigned", "manifest-edited", "signed-with-another-key", "bundle-replaced", "bigger-than-its-manifest"],
+)
+def test_the_job_refuses_a_capture_bundle_that_fails_verification(
+    round_job: RoundJob, tamper: Any, message: str
+) -> None:
+    tamper(round_job)
+    code, report = round_job.run("bad")
     assert code == 2
-    assert "bad input" in json.loads((tmp_path / "bad" / "report.json").read_text())["message"]
+    assert report["message"].startswith("bad input")
+    assert message in report["message"]
+    assert not (round_job.root / "bad" / "model.pt").exists()
+
+
+def test_a_bundle_still_uploading_is_left_for_the_next_round(round_job: RoundJob) -> None:
+    """An .npz whose manifest is not there yet is skipped; the signed bundles are used."""
+    np.savez(round_job.captures / "node-2.npz", input=np.zeros((5, 2), np.float32), labels=np.zeros(5, np.int64))
+    code, report = round_job.run("out", "--epochs", "30", "--learning-rate", "0.01", "--max-drop", "0.02")
+    assert code == 0, report
+    assert report["samples"] == 300
+    assert [u.rsplit("/", 1)[-1] for u in report["captures"]] == ["node-1.npz"]
 
 
 @pytest.fixture(autouse=True)

@@ -83,4 +83,10 @@ def test_cooldown_running_job_and_min_samples_hold_a_trigger_back() -> None:
     d = evaluate(spec(min_feedback_accuracy=0.9), few, None, NOW)
     assert not d.fire
     assert "only 10 labelled samples" in d.reason
+    # captured and labelled, but not uploaded yet: the training Job would not find them in the store
+    waiting = [AgentReport("n1", state(labelled_captured=600, labelled_waiting=580, feedback_accuracy=0.1,
+                                       labelled_rows=100))]
+    d = evaluate(spec(min_feedback_accuracy=0.9), waiting, None, NOW)
+    assert not d.fire
+    assert "only 20 labelled samples are in the store (580 more wait for the agents' next upload)" in d.reason
     assert not evaluate(Continual(enabled=False), reports, None, NOW).fire

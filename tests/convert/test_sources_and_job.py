@@ -124,3 +124,21 @@ def test_onnx_model_with_a_fixed_batch_is_fed_whole_batches(digits: DigitsExampl
     assert {s.batch_size for c in manifest.candidates for s in c.latency} == {4}
     assert manifest.choices[0].metric is not None
     assert manifest.choices[0].metric > 0.9
+    # the validation inputs' summary, signed with the manifest: the agents' PSI drift reference
+    import numpy as np
+
+    from edge_agent.drift import Reference, summarise
+
+    ref = manifest.drift_reference
+    assert ref is not None
+    assert ref.input == "input"
+    assert ref.samples == 200
+    assert len(ref.edges) == 64  # 8x8 images: one feature per pixel
+    with np.load(digits.val_npz) as z:
+        x = z["input"][:200]
+    expected = Reference.from_samples(summarise(x.reshape(len(x), -1)))
+    shipped = Reference.from_manifest(ref)
+    for got, want in zip(shipped.expected, expected.expected, strict=True):
+        assert np.allclose(got, want, rtol=1e-6)
+    for got, want in zip(shipped.edges, expected.edges, strict=True):
+        assert np.allclose(got, want, rtol=1e-6)

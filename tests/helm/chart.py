@@ -37,6 +37,7 @@ SWITCHES: dict[str, dict[str, Any]] = {
     "agent-hostpath-cache": {"agent": {"cache": {"type": "hostPath"}}},
     "agent-ephemeral-cache": {"agent": {"cache": {"type": "ephemeral", "ephemeral": {"storageClassName": "local-path"}}}},
     "agent-token": {"agent": {"tokenSecret": "agent-token"}},
+    "agent-continual": {"agent": {"continual": {"capture": {"enabled": True}, "upload": {"enabled": True}}}},
     "no-node-isolation": {"agent": {"nodeIsolation": False}},
     "no-agent": {"agent": {"enabled": False}},
     "cloud-agent": {"cloudAgent": {"enabled": True, "replicas": 2}},

@@ -49,9 +49,11 @@ def test_operator_env_names_are_operator_settings() -> None:
 
 
 def test_agent_env_names_are_agent_settings() -> None:
+    from edge_agent.capture_worker import ContinualSettings
     from edge_agent.settings import AgentSettings
 
     fields = {f"EDGEMODEL_AGENT_{n.upper()}" for n in AgentSettings.model_fields}
+    fields |= {f"EDGEMODEL_AGENT_CONTINUAL_{n.upper()}" for n in ContinualSettings.model_fields}
     used = _all_env("EDGEMODEL_AGENT_")
     assert used - fields == set(), f"unknown agent settings: {used - fields}"
     node = AgentSettings.model_fields["node_name"].validation_alias

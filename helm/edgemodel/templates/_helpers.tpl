@@ -274,10 +274,68 @@ tests/helm checks every name against that class. */}}
 {{/* Pod template of an agent (the edge DaemonSet and the cloud Deployment). Call with
 (dict "ctx" $ "component" "agent" "agent" <agent values> "labels" <EdgeAgent labels> ["cacheType" override]).
 Settings are EDGEMODEL_AGENT_* variables (edge_agent.settings.AgentSettings; tests/helm checks the names). */}}
+{{/* Secret with the store's write token for the capture uploads (empty: uploads off or a store without a token). */}}
+{{- define "edgemodel.captureUploadTokenSecret" -}}
+{{- $c := .agent.continual -}}
+{{- if and $c.capture.enabled $c.upload.enabled -}}
+{{- include "edgemodel.storeTokenSecret" .ctx -}}
+{{- end -}}
+{{- end -}}
+
+{{/* EDGEMODEL_AGENT_CONTINUAL_* (edge_agent.capture_worker.ContinualSettings) and the store token file of
+the capture uploads; tests/helm checks every name against those classes. */}}
+{{- define "edgemodel.agentContinualEnv" -}}
+{{- $ctx := .ctx -}}
+{{- $c := .agent.continual -}}
+{{- if and $c.upload.enabled (not $c.capture.enabled) -}}
+{{- fail "agent.continual.upload.enabled needs agent.continual.capture.enabled: true (only captured samples are uploaded)" -}}
+{{- end -}}
+- name: EDGEMODEL_AGENT_CONTINUAL_ENABLED
+  value: {{ $c.enabled | quote }}
+- name: EDGEMODEL_AGENT_CONTINUAL_PSI_WINDOW
+  value: {{ $c.drift.psiWindow | int64 | quote }}
+- name: EDGEMODEL_AGENT_CONTINUAL_PSI_THRESHOLD
+  value: {{ $c.drift.psiThreshold | quote }}
+- name: EDGEMODEL_AGENT_CONTINUAL_PH_DELTA
+  value: {{ $c.drift.phDelta | quote }}
+- name: EDGEMODEL_AGENT_CONTINUAL_PH_THRESHOLD
+  value: {{ $c.drift.phThreshold | quote }}
+- name: EDGEMODEL_AGENT_CONTINUAL_REFERENCE_SAMPLES
+  value: {{ $c.drift.referenceSamples | int64 | quote }}
+{{- if $c.capture.enabled }}
+- name: EDGEMODEL_AGENT_CONTINUAL_CAPTURE_DIR
+  value: /var/lib/edgemodel-captures
+- name: EDGEMODEL_AGENT_CONTINUAL_MAX_BYTES
+  value: {{ $c.capture.maxBytes | int64 | quote }}
+- name: EDGEMODEL_AGENT_CONTINUAL_MAX_RECORDS
+  value: {{ $c.capture.maxRecords | int64 | quote }}
+- name: EDGEMODEL_AGENT_CONTINUAL_LOW_CONFIDENCE
+  value: {{ $c.capture.lowConfidence | quote }}
+- name: EDGEMODEL_AGENT_CONTINUAL_HIGH_ENTROPY
+  value: {{ $c.capture.highEntropy | quote }}
+- name: EDGEMODEL_AGENT_CONTINUAL_RANDOM_RATE
+  value: {{ $c.capture.randomRate | quote }}
+- name: EDGEMODEL_AGENT_CONTINUAL_MAX_CAPTURES_PER_S
+  value: {{ $c.capture.maxCapturesPerSecond | quote }}
+{{- if $c.upload.enabled }}
+- name: EDGEMODEL_AGENT_CONTINUAL_STORE_URL
+  value: {{ $ctx.Values.store.agentUrl | default (include "edgemodel.storeUrl" $ctx) | quote }}
+- name: EDGEMODEL_AGENT_CONTINUAL_UPLOAD_INTERVAL_S
+  value: {{ $c.upload.intervalSeconds | quote }}
+{{- if include "edgemodel.captureUploadTokenSecret" . }}
+- name: EDGEMODEL_AGENT_STORE_TOKEN_FILE
+  value: /var/run/edgemodel/store-token/token
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{- define "edgemodel.agentPodTemplate" -}}
 {{- $ctx := .ctx -}}
 {{- $a := .agent -}}
 {{- $cacheType := default $a.cache.type .cacheType -}}
+{{- $cont := $a.continual -}}
+{{- $uploadToken := include "edgemodel.captureUploadTokenSecret" (dict "ctx" $ctx "agent" $a) -}}
 metadata:
   labels:
     {{- include "edgemodel.labels" (dict "ctx" $ctx "component" .component) | nindent 4 }}
@@ -363,6 +421,7 @@ spec:
         - name: EDGEMODEL_AGENT_SPLIT_TLS_KEY
           value: /etc/edgemodel/split-tls/tls.key
         {{- end }}
+        {{- include "edgemodel.agentContinualEnv" (dict "ctx" $ctx "agent" $a) | nindent 8 }}
         {{- with $a.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -421,7 +480,32 @@ spec:
           mountPath: /etc/edgemodel/split-tls
           readOnly: true
         {{- end }}
+        {{- if $cont.capture.enabled }}
+        - name: captures
+          mountPath: /var/lib/edgemodel-captures
+        {{- end }}
+        {{- if $uploadToken }}
+        - name: capture-store-token
+          mountPath: /var/run/edgemodel/store-token
+          readOnly: true
+        {{- end }}
   volumes:
+    {{- if $cont.capture.enabled }}
+    - name: captures
+      {{- if $cont.capture.hostPath }}
+      hostPath:
+        path: {{ $cont.capture.hostPath }}
+        type: DirectoryOrCreate
+      {{- else }}
+      emptyDir:
+        sizeLimit: {{ $cont.capture.sizeLimit }}
+      {{- end }}
+    {{- end }}
+    {{- if $uploadToken }}
+    - name: capture-store-token
+      secret:
+        secretName: {{ $uploadToken }}
+    {{- end }}
     - name: cache
       {{- if eq $cacheType "hostPath" }}
       hostPath:
