@@ -29,12 +29,13 @@ import kopf
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import ValidationError
 
-from edgemodel.api import ConditionStatus, EdgeModel, set_condition
+from edgemodel.api import ConditionStatus, EdgeModel, RevisionOrigin, set_condition
 from edgemodel.api.continual import ContinualRound, ContinualStatus
 from edgemodel.continual.triggers import AgentReport, Decision, evaluate
 from edgemodel_operator.constants import EDGEMODELS, LABEL_MODEL, STORE_TOKEN_KEY
 from edgemodel_operator.jobs import CONTAINER_SECURITY, JobPhase, converter_pod_security, job_state
 from edgemodel_operator.kube import Paths
+from edgemodel_operator.revisions import origin_annotation
 from edgemodel_operator.runtime import Runtime
 from edgemodel_operator.scheduling import AgentView
 from edgemodel_operator.settings import OperatorSettings
@@ -371,6 +372,20 @@ def decide(snap: Snapshot, settings: OperatorSettings) -> Plan:
     return plan
 
 
+def round_origin(name: str, current: ContinualRound) -> RevisionOrigin:
+    """The revision history's record of a passed round: why it was triggered and the numbers of its gate."""
+    numbers = {
+        "round": current.round,
+        "samples": current.samples,
+        "newAccuracyBefore": current.new_accuracy_before,
+        "newAccuracyAfter": current.new_accuracy_after,
+        "originalAccuracyBefore": current.original_accuracy_before,
+        "originalAccuracyAfter": current.original_accuracy_after,
+    }
+    return RevisionOrigin(kind="ContinualLearning", name=name, reason=current.trigger[:500],
+                          metrics={k: float(v) for k, v in numbers.items() if v is not None})
+
+
 def finish(snap: Snapshot, status: ContinualStatus) -> Plan:
     """The round's Job ended (or disappeared): record the gate; on pass, point spec.source at the new model."""
     plan = Plan(status=status)
@@ -404,6 +419,7 @@ def finish(snap: Snapshot, status: ContinualStatus) -> Plan:
                 "annotations": {
                     ANNOTATION_TRIGGER: current.trigger[:1000],
                     ANNOTATION_ROUND: str(current.round),
+                    **origin_annotation(round_origin(snap.name, current), current.model_uri),
                 }
             },
             "spec": {"source": {"uri": current.model_uri, "sha256": report.get("modelSha256")}},

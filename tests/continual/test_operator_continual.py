@@ -4,12 +4,14 @@ report -> new source; and ``decide`` on its own (pure)."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from edgemodel_operator import continual
+from edgemodel_operator.constants import ANNOTATION_REVISION_ORIGIN
 from edgemodel_operator.fleet import Fleet
 from edgemodel_operator.settings import OperatorSettings
 
@@ -123,6 +125,13 @@ async def test_a_persisting_drift_starts_a_round_and_a_passed_gate_sets_the_new_
     spec_patch = next(b for p, b in client.patches if not p.endswith("/status"))
     assert spec_patch["spec"]["source"] == {"uri": report["modelUri"], "sha256": "a" * 64}
     assert spec_patch["metadata"]["annotations"][continual.ANNOTATION_ROUND] == "1"
+    # The revision history records why the round ran and the numbers of its gate (RevisionRecord.origin).
+    origin = json.loads(spec_patch["metadata"]["annotations"][ANNOTATION_REVISION_ORIGIN])
+    assert origin["kind"] == "ContinualLearning"
+    assert origin["sourceUri"] == report["modelUri"]
+    assert origin["reason"] == st["rounds"][0]["trigger"]
+    assert origin["metrics"]["newAccuracyAfter"] == 0.97
+    assert origin["metrics"]["originalAccuracyAfter"] == 0.975
     st = status_of(client)
     assert st["activeJob"] == "" or "activeJob" not in st
     done = st["rounds"][0]
