@@ -136,6 +136,7 @@ class FederatedController:
         message = f"Started federated training on {len(nodes)} node(s): {', '.join(nodes)}"
         outcome.events.append(("Normal", "Started", message))
         self.metrics.trainings.labels(outcome="started").inc()
+        self.metrics.start(namespace, name)
         log.info("%s for FederatedTraining %s/%s", message, namespace, name)
         return new
 

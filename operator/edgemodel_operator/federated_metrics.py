@@ -58,6 +58,16 @@ class FederatedMetrics:
             buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600),
         )
 
+    def start(self, namespace: str, training: str) -> None:
+        """Create a training's series at zero when it starts, so the first round is an increase that
+        ``rate``/``increase`` see (a series born with its first observation shows no rate until the next)."""
+        self.round.labels(namespace, training).set(0)
+        for state in ("participating", "dropped"):
+            self.clients.labels(namespace, training, state).set(0)
+        self.bytes.labels(namespace, training)
+        self.dropped.labels(namespace, training)
+        self.round_seconds.labels(namespace, training)
+
     def observe_round(self, namespace: str, training: str, record: RoundRecord) -> None:
         self.round.labels(namespace, training).set(record.round)
         if record.accuracy is not None:
