@@ -123,6 +123,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FederatedStack]:
                 os.environ[key] = value
 
 
+def query_range(url: str, promql: str, start: float, step: str = "1") -> dict[str, Any]:
+    params = {"query": promql, "start": f"{start:.3f}", "end": f"{time.time():.3f}", "step": step}
+    with urllib.request.urlopen(f"{url}/api/v1/query_range?" + urllib.parse.urlencode(params), timeout=10) as r:
+        body: dict[str, Any] = json.load(r)
+    return body
+
+
+def raw_samples(stack: FederatedStack) -> str:
+    """The scraped samples behind the round panels (for a failure message): the round-time count and
+    round gauge of digits-fl, and the operator target's ``up``, as (seconds since start, value)."""
+    assert stack.prometheus is not None
+    out = []
+    for promql in (
+        'edgemodel_federated_round_seconds_count{training="digits-fl"}',
+        'edgemodel_federated_round{training="digits-fl"}',
+        "up",
+    ):
+        body = query_range(stack.prometheus.url, promql, stack.started - 5, "2")
+        series = [
+            [(round(float(t) - stack.started), v) for t, v in s["values"]] for s in body["data"]["result"]
+        ]
+        out.append(f"{promql}: {series}")
+    return "; ".join(out)
+
+
 def failed_condition(training: dict[str, Any]) -> dict[str, Any]:
     return next(
         (c for c in (training.get("status") or {}).get("conditions") or [] if c["type"] == "Failed"), {}
@@ -303,6 +328,9 @@ def test_every_federated_dashboard_query_has_data(stack: FederatedStack) -> None
     time.sleep(3)  # one more scrape after the last change
     queries = board_queries(DASHBOARD)
     assert len(queries) >= 11
+    # The board's time range as a person would set it to look at this run: since the stack started (the
+    # rounds happen in the first test; under a loaded CI a 2m window could miss every scrape around them).
+    time_range = f"{int(time.time() - stack.started) + 30}s"
     for _board, title, expr in queries:
         if expr.startswith("label_values("):
             metric, label = expr.removeprefix("label_values(").removesuffix(")").split(", ")
@@ -311,12 +339,11 @@ def test_every_federated_dashboard_query_has_data(stack: FederatedStack) -> None
                 values = json.load(resp)["data"]
             assert {"namespace": NS, "training": "digits-fl"}[label] in values, f"{title}: {values}"
             continue
-        params = {"query": concrete(expr), "start": f"{stack.started:.3f}", "end": f"{time.time():.3f}", "step": "1"}
-        with urllib.request.urlopen(f"{prom.url}/api/v1/query_range?" + urllib.parse.urlencode(params), timeout=10) as r:
-            body = json.load(r)
+        promql = concrete(expr, time_range)
+        body = query_range(prom.url, promql, stack.started)
         assert body["status"] == "success", f"{title}: {body}"
         values = [float(v) for series in body["data"]["result"] for _t, v in series["values"]]
         finite = [v for v in values if v == v and abs(v) != float("inf")]
-        assert finite, f"{title}: no data for {concrete(expr)}"
+        assert finite, f"{title}: no data for {promql}; what Prometheus holds: {raw_samples(stack)}"
         if title in ("Round", "Validation accuracy", "Trainings succeeded", "Trainings failed"):
-            assert max(finite) > 0, f"{title}: {concrete(expr)} never rose above 0"
+            assert max(finite) > 0, f"{title}: {promql} never rose above 0"

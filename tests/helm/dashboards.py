@@ -15,8 +15,9 @@ def board_queries(path: Path) -> list[tuple[str, str, str]]:
     return out
 
 
-def concrete(expr: str) -> str:
-    """A dashboard expression with Grafana's variables replaced as Grafana would (All selected)."""
+def concrete(expr: str, time_range: str = "2m") -> str:
+    """A dashboard expression with Grafana's variables replaced as Grafana would (All selected), with
+    ``$__range`` the dashboard's time range ``time_range``."""
     for variable in ("$namespace", "$model", "$node", "$training"):
         expr = expr.replace(variable, ".*")
-    return expr.replace("$__rate_interval", "15s").replace("$__range", "2m")
+    return expr.replace("$__rate_interval", "15s").replace("$__range", time_range)
