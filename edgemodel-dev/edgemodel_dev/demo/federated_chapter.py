@@ -70,13 +70,16 @@ def training_manifest(model: Path, validation: Path, target: float, rounds: int,
     return doc
 
 
-def round_line(record: dict[str, Any], nodes: int) -> str:
-    """One round of ``status.rounds`` as a progress line."""
+def round_line(record: dict[str, Any], nodes: list[str]) -> str:
+    """One round of ``status.rounds`` as a progress line (``nodes``: the training's selected nodes)."""
     accuracy = record.get("accuracy")
+    participating = record.get("participating") or []
     dropped = record.get("dropped") or []
+    absent = [n for n in nodes if n not in participating and n not in dropped]
     return (
-        f"round {record['round']:>2}: {len(record.get('participating') or [])}/{nodes} nodes participating"
+        f"round {record['round']:>2}: {len(participating)}/{len(nodes)} nodes participating"
         + (f" ({', '.join(dropped)} dropped)" if dropped else "")
+        + (f" ({', '.join(absent)} not connected)" if absent else "")
         + ("" if record.get("aggregated", True) else ", NOT aggregated")
         + ", validation accuracy " + ("-" if accuracy is None else f"{accuracy * 100:.2f}%")
         + f", {record.get('seconds', 0.0):.2f} s, {record.get('bytesExchanged', 0) / 1024:.0f} KiB exchanged"
@@ -120,7 +123,8 @@ class FederatedChapter:
         path = yaml.safe_load(EXAMPLE.read_text())["spec"]["data"]["path"]
         for node, shard in files.shards.items():
             stack.put_on_node(node, path, shard)
-        demo.console.print(self.data_table(files.shards, files.classes, path))
+        demo.say(f"Each edge node holds 2 digit classes of its own at {path} (the data never leaves the node)")
+        demo.console.print(self.data_table(files.shards, files.classes))
         out.data = ", ".join(f"{n} {'+'.join(map(str, c))}" for n, c in files.classes.items())
         out.revision1_torch_accuracy = files.model_accuracy
         demo.say(f"Revision 1: a 64-32-10 MLP trained in the cloud on only 20 labelled images (2 per class): "
@@ -188,7 +192,7 @@ class FederatedChapter:
                 if phase:
                     demo.console.print(f"    phase {phase}, nodes {', '.join(status.get('nodes') or []) or '-'}")
             for record in (status.get("rounds") or [])[printed:]:
-                demo.console.print("    " + round_line(record, len(stack.edge_nodes)))
+                demo.console.print("    " + round_line(record, status.get("nodes") or stack.edge_nodes))
                 printed += 1
             if phase in ("Succeeded", "Failed"):
                 break
@@ -220,11 +224,10 @@ class FederatedChapter:
         self.demo.say(f"Revision {revision} served {stats.ok} answers, {stats.errors} errors, accuracy "
                       f"{(stats.accuracy or 0.0) * 100:.2f}%")
 
-    def data_table(self, shards: dict[str, Path], classes: dict[str, list[int]], path: str) -> Table:
+    def data_table(self, shards: dict[str, Path], classes: dict[str, list[int]]) -> Table:
         import numpy as np
 
-        table = Table(title="Each node's own data (never leaves the node)", caption=f"{path} on each node",
-                      title_justify="left", caption_justify="left")
+        table = Table()
         for col in ("node", "site", "classes", "images"):
             table.add_column(col)
         sites = {n["metadata"]["name"]: (n["metadata"].get("labels") or {}).get("edgemodel.io/site", "")
