@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import jsonschema
 import numpy as np
@@ -14,7 +16,15 @@ import yaml
 
 from edgemodel.api.federated import FederatedTrainingSpec
 from edgemodel.crds import all_crds
-from edgemodel_dev.demo.federated_chapter import EXAMPLE, TRAINING, origin_text, round_line, training_manifest
+from edgemodel_dev.demo.federated_chapter import (
+    EXAMPLE,
+    TRAINING,
+    ChapterFailed,
+    FederatedChapter,
+    origin_text,
+    round_line,
+    training_manifest,
+)
 from edgemodel_dev.federated_digits import class_shards
 from tests.conftest import ROOT, require_tool
 
@@ -105,3 +115,54 @@ def test_the_federated_chapter_trains_on_the_nodes_and_rolls_the_result_out_as_r
     assert "demo finished: the federated chapter ran" in flat
     leftovers = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True, check=False)
     assert leftovers.stdout.strip() == "", f"processes left running: {leftovers.stdout}"
+
+
+class FakeCluster:
+    """What the chapter's training step reads: one FederatedTraining object, whatever its status."""
+
+    def __init__(self, training: dict[str, Any]) -> None:
+        self.training = training
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any]:
+        assert (api_version, kind, name, namespace) == ("edgemodel.io/v1alpha1", "FederatedTraining", TRAINING,
+                                                         "default")
+        return self.training
+
+
+def chapter_on(training: dict[str, Any], tmp_path: Path, timeout_s: float = 30.0) -> tuple[FederatedChapter, list[str]]:
+    """The chapter over a stand-in stack that holds ``training`` and records what the chapter applies and prints."""
+    printed: list[str] = []
+    stack = SimpleNamespace(edge_nodes=["edge-0", "edge-1"], cluster=FakeCluster(training),
+                            apply=lambda doc, name: printed.append(f"apply {name}") or "applied")
+    console = SimpleNamespace(print=lambda text="", *a, **k: printed.append(str(text)))
+    demo = SimpleNamespace(stack=stack, console=console, say=printed.append,
+                           opt=SimpleNamespace(stage_timeout_s=timeout_s, workdir=tmp_path))
+    return FederatedChapter(demo, target=0.9), printed  # type: ignore[arg-type]
+
+
+def test_a_failed_training_ends_the_chapter_naming_its_condition(tmp_path: Path) -> None:
+    training = {"status": {"phase": "Failed", "nodes": ["edge-0", "edge-1"], "rounds": [], "conditions": [
+        {"type": "Failed", "status": "True", "reason": "DataMissing",
+         "message": "node edge-1: spec.data.path: /var/lib/edgemodel/federated/digits.npz does not exist on node edge-1"}]}}
+    chapter, printed = chapter_on(training, tmp_path)
+    with pytest.raises(ChapterFailed, match=r"the FederatedTraining digits-fl failed: DataMissing: node edge-1: "
+                                            r"spec.data.path: .* does not exist on node edge-1"):
+        chapter.train(tmp_path / "r1.pt", tmp_path / "val.npz")
+    assert "apply digits-federatedtraining.yaml" in printed
+
+
+def test_a_training_that_never_finishes_ends_the_chapter_at_the_stage_timeout(tmp_path: Path) -> None:
+    record = {"round": 1, "participating": ["edge-0"], "dropped": [], "accuracy": 0.5, "seconds": 1.0,
+              "bytesExchanged": 2048}
+    training = {"status": {"phase": "Training", "nodes": ["edge-0", "edge-1"], "rounds": [record]}}
+    chapter, printed = chapter_on(training, tmp_path, timeout_s=1.0)
+    with pytest.raises(ChapterFailed, match=r"did not finish within 1 s \(phase Training, 1 round\(s\)\); see .*kube"):
+        chapter.train(tmp_path / "r1.pt", tmp_path / "val.npz")
+    assert any("round  1: 1/2 nodes participating (edge-1 not connected)" in line for line in printed), printed
+
+
+def test_the_cli_refuses_a_target_accuracy_outside_0_1() -> None:
+    result = subprocess.run([EDGEMODEL_DEV, "demo", "--chapter", "federated", "--target-accuracy", "92"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "argument --target-accuracy: '92' is not a fraction in (0, 1], e.g. 0.92" in result.stderr

@@ -7,6 +7,17 @@ from pathlib import Path
 from typing import Any
 
 
+def accuracy_fraction(text: str) -> float:
+    """``--target-accuracy``: a fraction in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1], e.g. 0.92")
+    return value
+
+
 def add_parser(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "demo", help="run the whole loop locally: emulated cluster, operator, 3 edge agents, Prometheus",
@@ -26,7 +37,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--chapter", choices=("rollout", "federated"), default="rollout",
                    help="rollout (default): train, canary, rollback, split inference; federated: 5 edge nodes with "
                    "2 digit classes each train together (Flower FedAvg), the result rolls out as revision 2")
-    p.add_argument("--target-accuracy", type=float, default=0.92,
+    p.add_argument("--target-accuracy", type=accuracy_fraction, default=0.92,
                    help="--chapter federated: stop training at this validation accuracy (default 0.92)")
 
 
