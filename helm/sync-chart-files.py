@@ -7,7 +7,7 @@ hold byte-identical copies:
   helm/alerts/edgemodel-alerts.yaml -> helm/edgemodel/files/alerts/ (PrometheusRule source)
   helm/dashboards/*.json            -> helm/edgemodel/files/dashboards/
   crds/*.yaml                       -> edgemodel-dev/edgemodel_dev/crds/ (package data: the emulator's default CRDs)
-  examples/digits-*edgemodel.yaml   -> edgemodel-dev/edgemodel_dev/demo/examples/ (package data: the demo's manifests)
+  examples/digits-*.yaml            -> edgemodel-dev/edgemodel_dev/demo/examples/ (package data: the demo's manifests)
 
 Run after `edgemodel crds --write crds` or after editing alerts or dashboards:
   .venv/bin/python helm/sync-chart-files.py          # write the copies
@@ -29,7 +29,7 @@ SOURCES: dict[Path, tuple[Path, str]] = {
     FILES / "alerts": (ROOT / "helm" / "alerts", "edgemodel-alerts.yaml"),
     FILES / "dashboards": (ROOT / "helm" / "dashboards", "*.json"),
     DEV / "crds": (ROOT / "crds", "*.yaml"),
-    DEV / "demo" / "examples": (ROOT / "examples", "digits-*edgemodel.yaml"),
+    DEV / "demo" / "examples": (ROOT / "examples", "digits-*.yaml"),
 }
 
 

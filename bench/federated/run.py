@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator")]
 
-from bench.federated.digits import INPUT, LABELS, write_digits  # noqa: E402
+from edgemodel_dev.federated_digits import INPUT, LABELS, write_digits  # noqa: E402
 from edgemodel_operator.federated_pki import make_server_tls  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")

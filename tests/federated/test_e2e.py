@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from bench.federated.digits import DigitsFiles, write_digits
 from edgemodel_dev.demo.prometheus import Prometheus
 from edgemodel_dev.demo.stack import SystemStack
+from edgemodel_dev.federated_digits import DigitsFiles, write_digits
 from edgemodel_dev.net import free_port
 from tests.conftest import ROOT, require_tool
 from tests.helm.dashboards import board_queries, concrete
@@ -50,11 +50,9 @@ class FederatedStack(SystemStack):
         self.start_control_plane()
         self.start_store()
         self.nodes = self.cluster.add_nodes(3)
-        roots = {n: self.cluster.kubelet.hostpath_root(n) / DATA_DIR.lstrip("/") for n in self.nodes}
         self.files = write_digits(self.dir / "digits", self.nodes, iid=True, arch="mlp")
         for node, shard in self.files.shards.items():
-            roots[node].mkdir(parents=True, exist_ok=True)
-            (roots[node] / "train.npz").write_bytes(shard.read_bytes())
+            self.put_on_node(node, f"{DATA_DIR}/train.npz", shard)
         self.cluster.run_on_nodes(self.agent_command(), self.nodes)  # edge agents: the trained model rolls out
         self.wait_for_agents(len(self.nodes), 90)
         token = self.cluster.add_token(operator_identity())

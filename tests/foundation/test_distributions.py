@@ -88,7 +88,8 @@ def test_dev_wheel_carries_its_package_data_and_entry_points(wheels: dict[str, P
         entry_points = wheel.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert {"edgemodel_dev/builtin-schemas.json", "edgemodel_dev/py.typed",
             "edgemodel_dev/demo/examples/digits-edgemodel.yaml",
-            "edgemodel_dev/demo/examples/digits-split-edgemodel.yaml"} <= names
+            "edgemodel_dev/demo/examples/digits-split-edgemodel.yaml",
+            "edgemodel_dev/demo/examples/digits-federatedtraining.yaml"} <= names
     assert {f"edgemodel_dev/crds/{p.name}" for p in (ROOT / "crds").glob("*.yaml")} <= names
     assert not any(n.startswith(("edgemodel/", "edge_agent/", "edgemodel_operator/")) for n in names)
     assert "[pytest11]\nedgemodel_dev = edgemodel_dev.testing" in entry_points
@@ -103,7 +104,7 @@ def test_package_data_copies_equal_their_sources() -> None:
     for crd in (ROOT / "crds").glob("*.yaml"):
         assert (DEFAULT_CRDS / crd.name).read_bytes() == crd.read_bytes(), (
             f"{DEFAULT_CRDS / crd.name} is stale: run `make crds`")
-    for name in ("digits-edgemodel.yaml", "digits-split-edgemodel.yaml"):
+    for name in ("digits-edgemodel.yaml", "digits-split-edgemodel.yaml", "digits-federatedtraining.yaml"):
         assert (EXAMPLES / name).read_bytes() == (ROOT / "examples" / name).read_bytes(), (
             f"{EXAMPLES / name} is stale: run `make crds`")
 

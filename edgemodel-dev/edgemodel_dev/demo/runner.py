@@ -19,6 +19,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
+from edgemodel_dev.demo import federated_chapter
+from edgemodel_dev.demo.federated_chapter import ChapterFailed, FederatedChapter, FederatedOutcome
 from edgemodel_dev.demo.shutdown import SignalGuard, reset_workdir
 from edgemodel_dev.demo.split_chapter import (
     SPLIT_MODEL,
@@ -36,6 +38,9 @@ log = logging.getLogger("edgemodel_dev.demo")
 # examples/digits-edgemodel.yaml, shipped as package data (copied by helm/sync-chart-files.py).
 EXAMPLES = Path(__file__).resolve().with_name("examples")
 MODEL = "digits"
+CHAPTERS = ("rollout", "federated")
+"""``rollout`` (the default, what `make demo` runs): train, canary, rollback, split; ``federated``: federated
+training on 5 edge nodes' non-IID data, rolled out as the next revision."""
 
 
 @dataclass
@@ -51,6 +56,8 @@ class DemoOptions:
     stage_timeout_s: float = 240.0
     split: bool = True
     split_traffic_seconds: float = 6.0
+    chapter: str = "rollout"
+    federated_target: float = 0.92
 
 
 @dataclass
@@ -71,6 +78,7 @@ class DemoResult:
     split_answers: str = ""
     split_fallback: str = ""
     split_ok: bool = True
+    federated: FederatedOutcome | None = None
     seconds: float = 0.0
 
 
@@ -107,7 +115,13 @@ class Demo:
     def __init__(self, options: DemoOptions, console: Console) -> None:
         self.opt = options
         self.console = console
-        self.stack = DemoStack(options.workdir, with_prometheus=options.prometheus, with_cloud=options.split)
+        if options.chapter not in CHAPTERS:
+            raise ValueError(f"chapter: {options.chapter!r} is not one of {', '.join(CHAPTERS)}")
+        federated = options.chapter == "federated"
+        self.stack = DemoStack(
+            options.workdir, with_prometheus=options.prometheus, with_cloud=options.split and not federated,
+            nodes=federated_chapter.NODES if federated else None,
+            operator_env=federated_chapter.OPERATOR_ENV if federated else None)
         self.traffic: TrafficThread | None = None
         self.result = DemoResult()
 
@@ -190,17 +204,24 @@ class Demo:
         return dict(doc)
 
     def run(self) -> DemoResult:
-        from edgemodel_dev.demo.models import write_slow_revision
-        from edgemodel_dev.examples_models import load_digits_data, write_digits_example
-
+        """The chosen chapter on a fresh stack."""
         started = time.monotonic()
+        self.start_stack()
+        if self.opt.chapter == "federated":
+            self.run_federated()
+        else:
+            self.run_rollout()
+        self.result.seconds = time.monotonic() - started
+        return self.result
+
+    def start_stack(self) -> None:
         with self.console.status("Starting the emulated control plane, kubelet and artifact store"):
             self.stack.start_control_plane()
             self.stack.start_store()
         self.say(f"Control plane on {self.stack.cluster.url} (kubeconfig {self.stack.cluster.kubeconfig}); "
                  f"artifact store on {self.stack.store_url}")
-        with self.console.status("Starting 3 edge agents on simulated k3s edge nodes"
-                                 + (" and a cloud agent" if self.opt.split else "")):
+        with self.console.status(f"Starting {len(self.stack.node_specs)} edge agents on simulated k3s edge nodes"
+                                 + (" and a cloud agent" if self.stack.with_cloud else "")):
             self.stack.start_agents()
         cloud = f" and cloud node {', '.join(self.stack.cloud_nodes)}" if self.stack.cloud_nodes else ""
         self.say(f"Edge nodes {', '.join(self.stack.edge_nodes)}{cloud} registered their EdgeAgents")
@@ -209,6 +230,23 @@ class Demo:
             self.stack.start_operator()
         self.say(f"Prometheus on {self.stack.prometheus.url}" if self.stack.prometheus else self.stack.prometheus_note)
         self.say("Operator running (kopf)")
+
+    def run_federated(self) -> None:
+        """The federated chapter; a step that did not happen ends it with ``ok`` False and a message naming it."""
+        chapter = FederatedChapter(self, target=self.opt.federated_target, eval_seconds=min(self.opt.traffic_seconds, 5.0))
+        self.result.federated = chapter.outcome
+        try:
+            chapter.run()
+        except (ChapterFailed, TimeoutError) as exc:
+            self.result.message = f"federated chapter: {exc}"
+            return
+        self.result.ok = True
+        self.result.message = "the federated chapter ran: trained on the nodes, rolled out as revision 2"
+
+    def run_rollout(self) -> None:
+        """Train, canary, rollback, then the split chapter."""
+        from edgemodel_dev.demo.models import write_slow_revision
+        from edgemodel_dev.examples_models import load_digits_data, write_digits_example
 
         with self.console.status(f"Training a CNN on scikit-learn's digits ({self.opt.epochs} epochs)"):
             example = write_digits_example(self.opt.workdir / "models" / MODEL, epochs=self.opt.epochs)
@@ -272,8 +310,6 @@ class Demo:
             self.result.ok = self.result.split_ok
             if not self.result.ok:
                 self.result.message = f"split inference: {self.result.split_answers}; {self.result.split_fallback}"
-        self.result.seconds = time.monotonic() - started
-        return self.result
 
     def run_split(self, example: Any, x: np.ndarray, y: np.ndarray) -> None:
         """The same CNN cut in two: heads on the edge nodes, the tail on the cloud node; then a cloud outage."""
@@ -359,6 +395,17 @@ class Demo:
         def pct(v: float | None) -> str:
             return "-" if v is None else f"{v * 100:.2f}%"
 
+        if r.federated is not None:
+            fed = r.federated
+            table.add_row("node data (classes)", fed.data or "-")
+            table.add_row("revision 1 (cloud, 20 images) torch accuracy", pct(fed.revision1_torch_accuracy))
+            table.add_row("federated training", fed.training or "-")
+            table.add_row("revision 2 origin", fed.origin or "-")
+            for revision in (1, 2):
+                table.add_row(f"revision {revision} served accuracy (held-out)",
+                              f"{pct(fed.accuracy.get(revision))} ({fed.requests.get(revision, 0)} answers)")
+            self.footer(table)
+            return table
         def ms(v: float | None) -> str:
             return "-" if v is None else f"{v:.2f} ms"
 
@@ -373,13 +420,18 @@ class Demo:
             table.add_row("split inference cut", r.split_cut or "-")
             table.add_row("split inference answers", r.split_answers or "-")
             table.add_row("cloud outage (split)", r.split_fallback or "-")
-        table.add_row("wall time", f"{r.seconds:.0f} s")
+        self.footer(table)
+        return table
+
+    def footer(self, table: Table) -> None:
+        """Wall time and where to look, the same for every chapter."""
+        table.add_row("wall time", f"{self.result.seconds:.0f} s")
         table.add_row("kubeconfig", str(self.stack.cluster.kubeconfig))
-        table.add_row("try (with --keep)", f"KUBECONFIG={self.stack.cluster.kubeconfig} kubectl get em,ea")
+        kinds = "em,ea,fedt" if self.opt.chapter == "federated" else "em,ea"
+        table.add_row("try (with --keep)", f"KUBECONFIG={self.stack.cluster.kubeconfig} kubectl get {kinds}")
         if self.stack.prometheus is not None:
             table.add_row("Prometheus UI", self.stack.prometheus.url)
         table.add_row("logs", str(self.opt.workdir / "logs"))
-        return table
 
     def close(self) -> None:
         """Stop the traffic and every process; safe to call again."""

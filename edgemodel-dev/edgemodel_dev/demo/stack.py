@@ -125,9 +125,18 @@ class SystemStack:
         wait_until(f"{count} edge agents to register", lambda: len(self.endpoints()) >= count, timeout,
                    interval=0.3, explain=lambda: log_tail(log))
 
+    def put_on_node(self, node: str, path: str, source: Path) -> Path:
+        """Copy ``source`` to the absolute ``path`` on ``node``'s file system (what a hostPath volume there sees)."""
+        dest = self.cluster.kubelet.hostpath_root(node) / path.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(source.read_bytes())
+        return dest
+
     def run_operator(self, name: str, metrics_port: int, liveness_port: int, args: list[str],
-                     kubeconfig: Path | None = None, verbose: bool = False) -> Process:
-        """``edgemodel operator`` as ``name`` (admin unless ``kubeconfig``) with ``args`` added; waits for its liveness probe."""
+                     kubeconfig: Path | None = None, verbose: bool = False,
+                     env: dict[str, str] | None = None) -> Process:
+        """``edgemodel operator`` as ``name`` (admin unless ``kubeconfig``) with ``args`` added and ``env`` set; waits
+        for its liveness probe."""
         argv = [
             EDGEMODEL, *(["-v"] if verbose else []), "operator",
             "--kubeconfig", str(kubeconfig or self.cluster.kubeconfig),
@@ -135,7 +144,7 @@ class SystemStack:
             "--signing-key-secret", self.signing_secret,
             "--metrics-port", str(metrics_port), "--liveness-port", str(liveness_port), *args,
         ]
-        env = {"PYTHONUNBUFFERED": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env = {"PYTHONUNBUFFERED": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
         proc = self.procs.start(name, argv, env=env)
         wait_http(f"http://127.0.0.1:{liveness_port}/healthz", 60, proc, proc.log)
         return proc
@@ -167,11 +176,14 @@ class SystemStack:
 
 
 class DemoStack(SystemStack):
-    """The demo: the edge :data:`NODES`, with ``with_cloud`` a cloud node (:data:`CLOUD_NODE`) serving split tails
+    """The demo: the edge :data:`NODES` (or ``nodes``), with ``with_cloud`` a cloud node (:data:`CLOUD_NODE`) serving split tails
     over mTLS, the operator as admin, Prometheus when installed. :meth:`close` stops everything."""
 
-    def __init__(self, workdir: Path, with_prometheus: bool = True, with_cloud: bool = True) -> None:
+    def __init__(self, workdir: Path, with_prometheus: bool = True, with_cloud: bool = True,
+                 nodes: list[dict[str, Any]] | None = None, operator_env: dict[str, str] | None = None) -> None:
         super().__init__(workdir)
+        self.node_specs = NODES if nodes is None else nodes
+        self.operator_env = operator_env or {}
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.with_prometheus = with_prometheus
@@ -182,8 +194,8 @@ class DemoStack(SystemStack):
         self.cloud_nodes: list[str] = []
 
     def start_agents(self) -> None:
-        """One Node per entry of NODES (and the cloud node) and an agent process on each."""
-        for node in NODES:
+        """One Node per entry of the node specs (and the cloud node) and an agent process on each."""
+        for node in self.node_specs:
             self.edge_nodes += self.cluster.add_nodes(1, sites=node["sites"], labels=node["labels"],
                                                       cpu=node["cpu"], memory=node["memory"])
         edge_flags = ""
@@ -225,7 +237,7 @@ class DemoStack(SystemStack):
                 "--resync-seconds", "3"]
         if self.prometheus is not None:
             args += ["--prometheus-url", self.prometheus.url]
-        self.run_operator("operator", self.metrics_port, self.liveness_port, args)
+        self.run_operator("operator", self.metrics_port, self.liveness_port, args, env=self.operator_env)
 
     def start(self) -> None:
         self.start_control_plane()
