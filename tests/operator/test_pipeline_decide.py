@@ -215,7 +215,7 @@ def test_the_plan_check_uses_the_entries_measured_stage_1_compute() -> None:
     w = world(costs_plan())
     available(w)
     assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("True", "NotMeasured")
-    predicted = 4.0 * (5.0 + 5.0 + 0.1)  # spec.split.edgeSlowdown (4) x stage 1's segments and codec
+    predicted = 4.0 * (5.0 + 5.0)  # spec.split.edgeSlowdown (4) x stage 1's segments (headMs excludes the encode)
     w.report_entry(1, headMs=predicted)
     w.step()
     assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("True", "PlanHolds")
@@ -223,7 +223,8 @@ def test_the_plan_check_uses_the_entries_measured_stage_1_compute() -> None:
     d = w.step()
     assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("False", "BetterPlanMeasured")
     assert "PipelinePlanStale" in reasons(d)
-    assert "cut at ['a', 'c1']" in next(e.message for e in d.events if e.reason == "PipelinePlanStale")
+    # stage 1 shrinks to the first segment (where stage 2 ends is a tie between equal pool nodes)
+    assert "cut at ['a', " in next(e.message for e in d.events if e.reason == "PipelinePlanStale")
     w.report_entry(1, headMs=predicted * 1.02)
     w.step()
     assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("True", "PlanHolds")
