@@ -402,6 +402,10 @@ def _convert(ctx: _Context, status: EdgeModelStatus, record: RevisionRecord, spe
             d.events.append(Event("Normal", "SplitLinkMeasured", f"revision {revision} plans its cut for a "
                                   f"{measured[0]:.1f} ms RTT measured by {measured[1]} edge node(s)"))
         devices = None
+        stages = ctx.spec.split.stages
+        if stages is not None and not stages.cuts and status.revision is not None and status.revision not in snap.chains:
+            d.wants = Wants(chains=(status.revision,))  # the serving chain's measured speeds plan the next one
+            return status
         if ctx.spec.split.pipelined:  # count auto: plan over the stage nodes there are
             timeout = ctx.settings.heartbeat_timeout_seconds
             selected = scheduling.select(ctx.spec, snap.namespace, snap.name, snap.agents, snap.seen_now, timeout)
