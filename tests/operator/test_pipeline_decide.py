@@ -327,7 +327,8 @@ def test_the_job_plans_auto_cuts_for_the_labelled_node_speeds_or_says_why_it_can
     w.agents["p1"]["metadata"]["labels"][STAGE_OVERHEAD_LABEL] = "2.5"
     w.agents["p2"]["status"]["capabilities"]["memoryBytes"] = 1 << 20
     devices, d = job_devices(w)
-    assert devices is not None and devices.known
+    assert devices is not None
+    assert devices.known
     # the entry first, then every stage host in pool order: the planner may skip one
     assert speeds(devices) == [("e1", 8.0, "label"), ("p1", 2.0, "label"), ("p2", 4.0, "label"),
                                ("p3", 1.5, "label")]
@@ -338,7 +339,8 @@ def test_the_job_plans_auto_cuts_for_the_labelled_node_speeds_or_says_why_it_can
 
     del w.agents["p3"]["metadata"]["labels"][STAGE_SLOWDOWN_LABEL]
     devices, d = job_devices(w)
-    assert devices is not None and not devices.known, "one unknown speed: identical devices, as before"
+    assert devices is not None
+    assert not devices.known, "one unknown speed: identical devices, as before"
     assert devices.reason.startswith(f"no speed known for node(s) p3: label them {STAGE_SLOWDOWN_LABEL}=")
     assert any("plans its pipeline for identical devices: no speed known for node(s) p3" in m for _, m in d.logs)
 
@@ -357,7 +359,8 @@ def test_a_new_revision_plans_with_the_speeds_every_stage_of_the_serving_chain_m
     w.body["spec"]["split"]["stages"]["objective"] = "throughput"  # opens revision 2
     w.body["metadata"]["generation"] = 2
     devices, d = job_devices(w)
-    assert devices is not None and devices.known
+    assert devices is not None
+    assert devices.known
     assert speeds(devices) == [("e1", 8.0, "measured"), ("p1", 2.0, "measured"), ("p2", 4.0, "measured"),
                                ("p3", 1.5, "label")]
     assert "(measured by revision 1)" in devices.reason
