@@ -162,8 +162,7 @@ class ModelState(StatusModel):
     head_ms: float | None = None
     """Head only: median head compute per request in ms over the recent window (the edge's side of the split)."""
     stage_ms: float | None = None
-    """Tail only: median compute of this node's part per request in ms over the recent window, without decoding
-    and without the stages after it (a pipeline stage's speed, checked by the operator's PipelinePlanCurrent)."""
+    """Tail only: median compute of this node's part per request in ms over the recent window (no later stages)."""
 
 
 class GrpcEndpoint(StatusModel):
