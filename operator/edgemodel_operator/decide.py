@@ -417,8 +417,9 @@ def _convert(ctx: _Context, status: EdgeModelStatus, record: RevisionRecord, spe
                 d.events.append(Event("Normal", "PipelineStagesCapped", f"revision {revision} {capped}"))
             devices = _pipeline_devices(ctx, status, selected.fresh, fresh, entries)
             if devices is not None:
-                d.log(logging.INFO, f"The conversion of revision {revision} of {ctx.key} plans its pipeline for "
-                                    + (devices.reason if devices.known else f"identical devices: {devices.reason}"))
+                what = devices.reason if devices.known else f"identical devices: {devices.reason}"
+                d.log(logging.INFO, f"The conversion of revision {revision} of {ctx.key} plans its pipeline for {what}")
+                d.events.append(Event("Normal", "PipelineDevices", f"revision {revision} plans its pipeline for {what}"))
         manifest = jobs.build_conversion_job(snap.body, job_spec, revision, spec_hash, ctx.settings,
                                              pipeline_devices=devices.to_json() if devices is not None else None)
         d.job_create = JobCreate(jname, revision, manifest)

@@ -343,6 +343,9 @@ def test_the_job_plans_auto_cuts_for_the_labelled_node_speeds_or_says_why_it_can
     assert not devices.known, "one unknown speed: identical devices, as before"
     assert devices.reason.startswith(f"no speed known for node(s) p3: label them {STAGE_SLOWDOWN_LABEL}=")
     assert any("plans its pipeline for identical devices: no speed known for node(s) p3" in m for _, m in d.logs)
+    event = next(e for e in d.events if e.reason == "PipelineDevices")
+    assert event.type == "Normal"
+    assert event.message.startswith("revision 1 plans its pipeline for identical devices: no speed known for node(s) p3")
 
     w.body = model_body(pipeline_spec())  # manual cuts: nothing to plan, no device list
     devices, _ = job_devices(w)
