@@ -129,7 +129,8 @@ def test_auto_cuts_are_planned_for_the_devices_the_operator_passes(
         (LABELLED, MEASURED, LABELLED), reason="the nodes cam-1, nuc-a, nuc-b",
     ) if known else PlanDevices(reason="no speed known for node(s) nuc-b: label them ...")
     monkeypatch.setenv(DEVICES_ENV, given.to_json())
-    stages = {"count": 3, "pool": {}, "objective": "throughput"}  # auto cuts (the digits CNN is too small for auto)
+    stages: dict[str, Any] = {"count": 3, "pool": {}, "objective": "throughput"}  # auto cuts (count: the CNN is tiny)
+    stages["links"] = [{"from": "nuc-a", "to": "cam-1", "bandwidthMbitS": 5, "rttMs": 7}]  # declared, by node name
     doc = digits_doc(digits, **{"spec.source.uri": digits_onnx.as_uri(), "spec.source.format": "ONNX",
                                 "spec.optimization.targets": FP32_ONLY,
                                 "spec.split": {"wire": "int8", "link": {"bandwidthMbitS": 100, "rttMs": 2},
@@ -148,7 +149,14 @@ def test_auto_cuts_are_planned_for_the_devices_the_operator_passes(
     assert plan["devicesFrom"] == "the nodes cam-1, nuc-a, nuc-b"
     assert "planning for the nodes cam-1 x20 (label), nuc-a x1 (measured), nuc-b x2 (label)" in logged
     assert plan["devices"] == ["cam-1", "nuc-a", "nuc-b"]
+    costs = ChainCosts.from_dict(plan["costs"])
+    cut = costs.cuts.index(plan["cuts"][0])
+    declared = Link(5, 7)  # the hop from cam-1 to nuc-a uses the declared link, the next one the default
+    assert plan["stages"][0]["sendMs"] == pytest.approx(declared.transfer_ms(costs.feature_bytes[cut], 0) - 7, abs=1e-3)
+    assert plan["stages"][0]["hopMs"] == pytest.approx(
+        declared.transfer_ms(costs.feature_bytes[cut], costs.output_bytes), abs=1e-3)
     # reproducible from chain.json alone: its costs and device list give the same plan's score again
-    again = plan_chain(ChainCosts.from_dict(plan["costs"]), [device_from_dict(d) for d in plan["deviceSpecs"]],
-                       ChainLinks(Link(100, 2)), ChainObjective.THROUGHPUT, stages=3)
+    links = ChainLinks(Link(100, 2), {("nuc-a", "cam-1"): declared})
+    again = plan_chain(costs, [device_from_dict(d) for d in plan["deviceSpecs"]], links, ChainObjective.THROUGHPUT,
+                       stages=3)
     assert again.period_ms == pytest.approx(plan["periodMs"], rel=1e-3, abs=1e-3)
