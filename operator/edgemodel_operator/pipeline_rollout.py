@@ -46,7 +46,7 @@ from edgemodel_operator.pipeline import (
     stage_reference_ms,
     stage_segments,
 )
-from edgemodel_operator.scheduling import AgentView, choose_artifact
+from edgemodel_operator.scheduling import AgentView, choose_artifact, is_tail
 
 CHAIN_FILE = "chain.json"
 STAGE_NODES_LOST = "StageNodesLost"
@@ -252,7 +252,7 @@ def measured_slowdowns(namespace: str, name: str, revision: int, chain: Mapping[
 
 
 def _tail_cut(agent: AgentView, namespace: str, name: str, revision: int) -> str | None:
-    entry = next((m for m in agent.spec_models if m.get("role") == "tail" and m.get("name") == name
+    entry = next((m for m in agent.spec_models if is_tail(m) and m.get("name") == name
                   and m.get("namespace") in (namespace, None, "") and int(m.get("revision") or 0) == revision), None)
     cut = ((entry or {}).get("split") or {}).get("cut")
     return str(cut) if cut else None
