@@ -6,6 +6,7 @@
    unthrottled (the reference), and measures each device's slowdown by serving the whole model in its
    CPU-quota cgroup (cgroup v1, 10 ms period): also the single-node baselines (latency, throughput).
 2. Plans with :func:`edgemodel.split.chain_planner.plan_chain` for the devices [entry 0.1, 0.4, 0.2]
+   (the per-node device list the operator passes to the conversion Job: measured slowdown and overhead)
    (the entry is the weakest: a camera-class device that receives the requests), links 100 Mbit/s,
    2 ms RTT (shaping proxies, ``edgemodel.split.shaping``, between consecutive stages), INT8 features,
    mTLS on every hop.
@@ -42,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.split import models  # noqa: E402
 from edgemodel.split.chain import build_chain, chain_costs  # noqa: E402
+from edgemodel.split.chain_devices import MEASURED, PlanDevices  # noqa: E402
 from edgemodel.split.chain_planner import (  # noqa: E402
     ChainLinks,
     ChainObjective,
@@ -324,7 +326,12 @@ def main() -> int:
         results["overheadMs"] = overhead
         slowdown = {n: max(0.05, r["latencyMinMs"] - overhead[n]) / profile.full_ms for n, r in singles.items()}
         results["slowdown"] = slowdown
-        devices = [Device(n, slowdown[n], overhead_ms=overhead[n]) for n in CPUS]
+        # the device list as the operator hands it to the conversion Job (EDGEMODEL_PIPELINE_DEVICES) and the
+        # Job records it in chain.json (plan.deviceSpecs): measured slowdowns and serving overheads per node
+        given = PlanDevices(tuple(Device(n, slowdown[n], overhead_ms=overhead[n]) for n in CPUS),
+                            (MEASURED,) * len(CPUS), reason="measured in their cgroups")
+        devices = list(PlanDevices.from_json(given.to_json()).devices)
+        results["deviceSpecs"] = given.specs()
         links = ChainLinks(Link(args.mbit, args.rtt_ms))
         objective = ChainObjective(args.objective)
         chosen = plan_chain(costs, devices, links, objective)

@@ -317,6 +317,7 @@ class Reconciler:
                     provider=part.provider if part is not None else "",
                     request_count=part.request_count if part is not None else 0,
                     error_count=part.error_count if part is not None else 0, p50_ms=p50, p95_ms=p95,
+                    stage_ms=p50,  # TailPart times its own session run only: the stage's compute
                 ))  # fmt: skip
                 continue
             serving = self.repository.default(a.name)

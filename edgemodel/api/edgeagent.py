@@ -161,6 +161,8 @@ class ModelState(StatusModel):
     """Head only: requests answered by the whole model on the edge because the cloud failed."""
     head_ms: float | None = None
     """Head only: median head compute per request in ms over the recent window (the edge's side of the split)."""
+    stage_ms: float | None = None
+    """Tail only: median compute of this node's part per request in ms over the recent window (no later stages)."""
 
 
 class GrpcEndpoint(StatusModel):

@@ -377,6 +377,11 @@ class PipelineObjective(StrEnum):
 
 PIPELINE_ORDER_LABEL = "edgemodel.io/pipeline-order"
 """Node label ordering the stage pool (numbers, ascending; then node name): stages run on the pool in that order."""
+STAGE_SLOWDOWN_LABEL = "edgemodel.io/edge-slowdown"
+"""Node label declaring the node's speed for pipeline planning: ms there / ms on the conversion Job's CPU
+(e.g. "4"); a speed measured by a chain serving on the node takes precedence (docs/split-inference.md)."""
+STAGE_OVERHEAD_LABEL = "edgemodel.io/serving-overhead-ms"
+"""Node label: what serving one request costs the node beyond the model, in ms (mTLS, HTTP, decoding), e.g. "8"."""
 MAX_PIPELINE_STAGES = 16
 
 

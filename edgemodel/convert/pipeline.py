@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -359,11 +360,19 @@ def _build_stages(model: EdgeModel, exported: Path, inputs: _Inputs, fixed_batch
     if model.spec.split.stages is None:
         return []
     from edgemodel.convert.stages import build_stages
+    from edgemodel.split.chain_devices import ENV, PlanDevices
+    from edgemodel.split.planner import PlanError
 
-    progress.stage("Building the pipeline stages", 3 if model.spec.split.stages.cuts else 4)
+    progress.stage("Building the pipeline stages", 3 if model.spec.split.stages.cuts else 5)
+    devices = None
+    if raw := os.environ.get(ENV, ""):
+        try:
+            devices = PlanDevices.from_json(raw)
+        except PlanError as exc:  # written by the operator: plan for identical devices and say why
+            devices = PlanDevices(reason=str(exc))
     try:
         paths, summary = build_stages(model.spec.split, exported, _feeds(inputs.evaluation, fixed_batch or 1,
-                                      SPLIT_SAMPLES), workdir, threads, progress.advance)
+                                      SPLIT_SAMPLES), workdir, threads, progress.advance, devices)
     except UserError as exc:
         raise _split_error(exc) from exc
     log.info("Pipeline: %s", summary)

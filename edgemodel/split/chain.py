@@ -331,16 +331,18 @@ def plan_cuts(
     wire: str = "int8",
     runs: int = 10,
     threads: int | None = None,
+    allowed: Sequence[frozenset[str] | None] | None = None,
 ) -> tuple[ChainPlan, SplitProfile]:
     """Profile every candidate cut here and plan the pipeline (``stages.cuts`` empty: the converter's auto).
 
     ``devices`` carry their slowdown relative to this machine (the conversion Job does not run on
-    the edge devices: the operator passes the speeds the agents measured, or spec.split.edgeSlowdown).
+    the edge devices: the operator passes the speeds the agents measured, or spec.split.edgeSlowdown);
+    ``allowed[k]`` restricts stage ``k`` to some device names (stageSelectors).
     """
     proto = load_model(model)
     profile = profile_split(proto, samples, threads=threads, runs=runs, warmup=1, wire_formats=(wire,))
     plan = plan_chain(
-        chain_costs(profile, wire), devices, links, objective, stages=stages, max_stages=max_stages
+        chain_costs(profile, wire), devices, links, objective, stages=stages, max_stages=max_stages, allowed=allowed
     )
     if len(plan.stages) < 2:
         raise UserError(

@@ -31,6 +31,8 @@ from edgemodel.api import (
     get_condition,
     set_condition,
 )
+from edgemodel.split.chain_devices import PlanDevices
+from edgemodel.split.planner import PlanError
 from edgemodel_operator import (
     conversion_progress,
     jobs,
@@ -399,16 +401,27 @@ def _convert(ctx: _Context, status: EdgeModelStatus, record: RevisionRecord, spe
                                 "spec.split.link.rttMs is empty)")
             d.events.append(Event("Normal", "SplitLinkMeasured", f"revision {revision} plans its cut for a "
                                   f"{measured[0]:.1f} ms RTT measured by {measured[1]} edge node(s)"))
+        devices = None
+        stages = ctx.spec.split.stages
+        if stages is not None and not stages.cuts and status.revision is not None and status.revision not in snap.chains:
+            d.wants = Wants(chains=(status.revision,))  # the serving chain's measured speeds plan the next one
+            return status
         if ctx.spec.split.pipelined:  # count auto: plan over the stage nodes there are
             timeout = ctx.settings.heartbeat_timeout_seconds
             selected = scheduling.select(ctx.spec, snap.namespace, snap.name, snap.agents, snap.seen_now, timeout)
-            job_spec, capped = pipeline_rollout.job_spec(
-                job_spec, [a for a in snap.agents if a.is_fresh(snap.seen_now, timeout)],
-                {a.name for a in selected.fresh + selected.stale})
+            fresh = [a for a in snap.agents if a.is_fresh(snap.seen_now, timeout)]
+            entries = {a.name for a in selected.fresh + selected.stale}
+            job_spec, capped = pipeline_rollout.job_spec(job_spec, fresh, entries)
             if capped:
                 d.log(logging.INFO, f"The conversion of revision {revision} of {ctx.key} {capped}")
                 d.events.append(Event("Normal", "PipelineStagesCapped", f"revision {revision} {capped}"))
-        manifest = jobs.build_conversion_job(snap.body, job_spec, revision, spec_hash, ctx.settings)
+            devices = _pipeline_devices(ctx, status, selected.fresh, fresh, entries)
+            if devices is not None:
+                what = devices.reason if devices.known else f"identical devices: {devices.reason}"
+                d.log(logging.INFO, f"The conversion of revision {revision} of {ctx.key} plans its pipeline for {what}")
+                d.events.append(Event("Normal", "PipelineDevices", f"revision {revision} plans its pipeline for {what}"))
+        manifest = jobs.build_conversion_job(snap.body, job_spec, revision, spec_hash, ctx.settings,
+                                             pipeline_devices=devices.to_json() if devices is not None else None)
         d.job_create = JobCreate(jname, revision, manifest)
         return status_mod.conversion_running(status, revision, jname, "created", generation, now)
 
@@ -594,6 +607,24 @@ def _transition(ctx: _Context, status: EdgeModelStatus, kind: Transition, messag
     return status
 
 
+def _pipeline_devices(ctx: _Context, status: EdgeModelStatus, entries: Sequence[AgentView],
+                      fresh: Sequence[AgentView], entry_names: set[str]) -> PlanDevices | None:
+    """The devices the Job plans auto cuts for (speeds measured by the serving chain, else node labels);
+    None with manual cuts."""
+    stages = ctx.spec.split.stages
+    if stages is None or stages.cuts:
+        return None
+    snap, serving = ctx.snap, status.revision
+    chain = snap.chains.get(serving) if serving is not None else None
+    measured = (pipeline_rollout.measured_slowdowns(snap.namespace, snap.name, serving, chain, fresh)
+                if serving is not None else {})
+    try:
+        hosts = pipeline_rollout.stage_hosts(ctx.spec.split, fresh, entry_names)
+    except PlanError as exc:
+        return PlanDevices(reason=str(exc))
+    return pipeline_rollout.job_devices(ctx.spec.split, entries, hosts, measured, serving)
+
+
 def _check_split_cut(ctx: _Context, status: EdgeModelStatus,
                      artifacts: Mapping[int, list[ArtifactRef]]) -> EdgeModelStatus | None:
     """SplitCutCurrent for the serving revision's auto cut against what the heads measure (advice only);
@@ -634,7 +665,10 @@ def _check_pipeline(ctx: _Context, status: EdgeModelStatus, selection: Selection
     serving = [a for a in selection.fresh if a.assigned_revision(namespace, name) == revision]
     head_ms = [r.head_ms for a in serving if (r := a.report(namespace, name)) is not None
                and r.serving_revision == revision and r.head_ms is not None]
-    check = pipeline_rollout.plan_current(ctx.spec.split, chains[revision], placed[revision], serving, head_ms)
+    stage_ms = {a.name: r.stage_ms for a in placed[revision].nodes
+                if (r := a.tail_report(namespace, name, revision)) is not None and r.stage_ms is not None}
+    check = pipeline_rollout.plan_current(ctx.spec.split, chains[revision], placed[revision], serving, head_ms,
+                                          stage_ms)
     value = ConditionStatus.TRUE if check.current else ConditionStatus.FALSE
     if previous is not None and previous.status == value and previous.reason == check.reason:
         return status  # the same verdict: numbers in the message move every reconcile, the condition need not

@@ -19,6 +19,7 @@ import kopf
 from pydantic import ValidationError
 
 from edgemodel.api import API_VERSION, ConversionResult, EdgeModelSpec
+from edgemodel.split.chain_devices import ENV as PIPELINE_DEVICES_ENV
 from edgemodel_operator.constants import (
     ANNOTATION_GENERATION,
     ANNOTATION_SPEC_HASH,
@@ -104,9 +105,11 @@ def converter_pod_security(settings: OperatorSettings, *, fs_group: bool = True)
 
 
 def build_conversion_job(
-    owner: Mapping[str, Any], spec: EdgeModelSpec, revision: int, spec_hash: str, settings: OperatorSettings
+    owner: Mapping[str, Any], spec: EdgeModelSpec, revision: int, spec_hash: str, settings: OperatorSettings,
+    pipeline_devices: str | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job converting ``revision`` of the EdgeModel ``owner`` (a body with metadata.uid)."""
+    """The batch/v1 Job converting ``revision`` of the EdgeModel ``owner`` (a body with metadata.uid);
+    ``pipeline_devices``: the devices a pipeline's auto cuts are planned for (``PlanDevices.to_json``)."""
     meta = owner["metadata"]
     name = meta["name"]
     labels = job_labels(name, revision)
@@ -114,6 +117,8 @@ def build_conversion_job(
         {"name": "EDGEMODEL_OBJECT", "value": edgemodel_object(owner, spec)},
         {"name": "TMPDIR", "value": SCRATCH_DIR},
     ]
+    if pipeline_devices is not None:
+        env.append({"name": PIPELINE_DEVICES_ENV, "value": pipeline_devices})
     if settings.store_token_secret:
         env.append({
             "name": "EDGEMODEL_STORE_TOKEN",

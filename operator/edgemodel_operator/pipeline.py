@@ -43,16 +43,38 @@ from edgemodel_operator.assignments import rebase_uri
 CONDITION = "PipelinePlanCurrent"
 MIN_GAIN = 0.10
 """Another plan must be predicted at least this much better before the serving one is called stale."""
+MIN_REFERENCE_MS = 0.2
+"""A stage whose segments take less on the reference cannot tell a node's speed (timer noise dominates)."""
+
+
+def stage_reference_ms(costs: ChainCosts, first: int, last: int) -> float:
+    """The reference ms of segments ``first..last`` (a stage's model compute on the conversion Job's CPU)."""
+    return float(sum(costs.segment_ms[first : last + 1]))
+
+
+def stage_segments(costs: ChainCosts, cut_in: str | None, cut_out: str | None) -> tuple[int, int]:
+    """(first, last) segment of the stage between ``cut_in`` and ``cut_out`` (None: the model's input/output)."""
+    cuts = list(costs.cuts)
+    try:
+        first = 0 if cut_in is None else cuts.index(cut_in) + 1
+        last = len(cuts) if cut_out is None else cuts.index(cut_out)
+    except ValueError as exc:
+        raise PlanError(f"chain.json: cut {exc} is not among plan.costs.cuts; rebuild the revision") from exc
+    if last < first:
+        raise PlanError(f"chain.json: stage {cut_in} -> {cut_out} is empty in plan.costs; rebuild the revision")
+    return first, last
 
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """A candidate node: its labels, measured slowdown (ms here / reference ms; None: unknown) and memory."""
+    """A candidate node: its labels, measured slowdown (ms here / reference ms; None: unknown), memory and
+    serving overhead per request (ms)."""
 
     name: str
     labels: Mapping[str, str]
     slowdown: float | None = None
     memory_bytes: int | None = None
+    overhead_ms: float = 0.0
 
 
 def _order_key(node: NodeInfo) -> tuple[float, str]:
@@ -134,7 +156,8 @@ def plan_for(
     stages = split.stages
     if stages is None:
         raise PlanError("spec.split.stages: not a pipeline")
-    devices = [Device(n.name, n.slowdown or default_slowdown, n.memory_bytes) for n in (entry, *candidates)]
+    devices = [Device(n.name, n.slowdown or default_slowdown, n.memory_bytes, n.overhead_ms)
+               for n in (entry, *candidates)]
     count = stages.fixed_count()
     allowed = None
     if stages.stage_selectors:  # stage k+2 on the node its selector picked
@@ -209,8 +232,11 @@ def check_plan(
 ) -> PlanCheck:
     """Re-plan with each stage node's measured speed and say whether the serving plan still holds.
 
-    A node's new slowdown = its planned slowdown x measured / predicted compute of its stage; nodes
-    that host no stage keep theirs. Advice only: a new plan means new stage artifacts (a revision).
+    ``measured_compute_ms``: per node, the median model compute of its stage per request (the entry's
+    ``headMs``, a stage node's ``stageMs``). A node's new slowdown = measured / the reference ms of its
+    stage's segments (:func:`stage_reference_ms`; for a stage too small to measure, planned slowdown x
+    measured / predicted compute); nodes that host no stage keep theirs. Advice only: a new plan means
+    new stage artifacts (a revision).
     """
     if not measured_compute_ms:
         return PlanCheck(
@@ -224,7 +250,10 @@ def check_plan(
         stage = next((s for s in serving.stages if s.device == node.name), None)
         measured = measured_compute_ms.get(node.name)
         slowdown = node.slowdown or 1.0
-        if stage is not None and measured is not None and stage.compute_ms > 0:
+        reference = stage_reference_ms(costs, stage.first, stage.last) if stage is not None else 0.0
+        if stage is not None and measured is not None and reference >= MIN_REFERENCE_MS:
+            slowdown = measured / reference
+        elif stage is not None and measured is not None and stage.compute_ms > 0:
             slowdown *= measured / stage.compute_ms
         updated.append(replace(node, slowdown=slowdown))
     entry = by_name[serving.devices[0]]
@@ -235,7 +264,7 @@ def check_plan(
     except PlanError as exc:
         return PlanCheck(True, "NotPlannable", str(exc))
     # the serving plan costed with the same measured speeds
-    devices = [Device(n.name, n.slowdown or 1.0, n.memory_bytes) for n in (entry_updated, *rest)]
+    devices = [Device(n.name, n.slowdown or 1.0, n.memory_bytes, n.overhead_ms) for n in (entry_updated, *rest)]
     now = cost_plan(
         costs,
         devices,

@@ -53,6 +53,7 @@ class ReportedModel:
     role: str = ModelRole.FULL.value
     cloud_rtt_ms: float | None = None
     head_ms: float | None = None
+    stage_ms: float | None = None
 
     @classmethod
     def from_state(cls, m: ModelState) -> ReportedModel:
@@ -60,7 +61,7 @@ class ReportedModel:
         return cls(name=m.name, namespace=m.namespace, revision=m.revision, state=m.state.value,
                    serving_revision=m.serving_revision, reason=m.reason, message=m.message,
                    request_count=m.request_count, error_count=m.error_count, p95_ms=m.p95_ms, role=m.role.value,
-                   cloud_rtt_ms=m.cloud_rtt_ms, head_ms=m.head_ms)
+                   cloud_rtt_ms=m.cloud_rtt_ms, head_ms=m.head_ms, stage_ms=m.stage_ms)
 
 
 def agent_status(raw: Any) -> EdgeAgentStatus:

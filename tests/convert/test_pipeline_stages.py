@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,11 @@ from edgemodel.api import EdgeModel
 from edgemodel.convert.errors import ConversionError, Reason
 from edgemodel.convert.pipeline import ConvertOptions, convert
 from edgemodel.signing import load_private_key, load_public_key, sha256_file, verify
-from edgemodel.split.chain_planner import ChainCosts
+from edgemodel.split.chain_devices import ENV as DEVICES_ENV
+from edgemodel.split.chain_devices import LABELLED, MEASURED, PlanDevices, device_from_dict
+from edgemodel.split.chain_planner import ChainCosts, ChainLinks, ChainObjective, Device, plan_chain
 from edgemodel.split.graph import find_cut_candidates
+from edgemodel.split.planner import Link
 from edgemodel_dev.examples_models import DigitsExample
 from tests.convert.conftest import Keys, digits_doc
 
@@ -113,3 +117,46 @@ def test_bad_stage_cuts_fail_with_invalid_split(
         run(doc, keys, tmp_path / "work")
     assert info.value.reason == Reason.INVALID_SPLIT
     assert str(info.value).startswith("spec.split.stages: the cuts")
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_auto_cuts_are_planned_for_the_devices_the_operator_passes(
+    digits: DigitsExample, digits_onnx: Path, keys: Keys, tmp_path: Path, known: bool,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    given = PlanDevices(
+        (Device("cam-1", 20.0, None, 1.0), Device("nuc-a", 1.0, 1 << 30), Device("nuc-b", 2.0)),
+        (LABELLED, MEASURED, LABELLED), reason="the nodes cam-1, nuc-a, nuc-b",
+    ) if known else PlanDevices(reason="no speed known for node(s) nuc-b: label them ...")
+    monkeypatch.setenv(DEVICES_ENV, given.to_json())
+    stages: dict[str, Any] = {"count": 3, "pool": {}, "objective": "throughput"}  # auto cuts (count: the CNN is tiny)
+    stages["links"] = [{"from": "nuc-a", "to": "cam-1", "bandwidthMbitS": 5, "rttMs": 7}]  # declared, by node name
+    doc = digits_doc(digits, **{"spec.source.uri": digits_onnx.as_uri(), "spec.source.format": "ONNX",
+                                "spec.optimization.targets": FP32_ONLY,
+                                "spec.split": {"wire": "int8", "link": {"bandwidthMbitS": 100, "rttMs": 2},
+                                               "stages": stages}})
+    with caplog.at_level(logging.INFO, logger="edgemodel.convert.stages"):
+        output = run(doc, keys, tmp_path / "work")
+    plan = json.loads((output.directory / "chain.json").read_text())["plan"]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    if not known:  # identical devices, as before, and the Job says why
+        assert plan["deviceSpecs"][0] == {"name": "stage-1", "slowdown": 4.0, "overheadMs": 0.0, "memoryBytes": None}
+        assert plan["devicesFrom"].startswith("identical devices (spec.split.edgeSlowdown 4): no speed known")
+        assert "planning for 3 identical devices" in logged
+        assert "no speed known for node(s) nuc-b" in logged
+        return
+    assert plan["deviceSpecs"] == given.specs()
+    assert plan["devicesFrom"] == "the nodes cam-1, nuc-a, nuc-b"
+    assert "planning for the nodes cam-1 x20 (label), nuc-a x1 (measured), nuc-b x2 (label)" in logged
+    assert plan["devices"] == ["cam-1", "nuc-a", "nuc-b"]
+    costs = ChainCosts.from_dict(plan["costs"])
+    cut = costs.cuts.index(plan["cuts"][0])
+    declared = Link(5, 7)  # the hop from cam-1 to nuc-a uses the declared link, the next one the default
+    assert plan["stages"][0]["sendMs"] == pytest.approx(declared.transfer_ms(costs.feature_bytes[cut], 0) - 7, abs=1e-3)
+    assert plan["stages"][0]["hopMs"] == pytest.approx(
+        declared.transfer_ms(costs.feature_bytes[cut], costs.output_bytes), abs=1e-3)
+    # reproducible from chain.json alone: its costs and device list give the same plan's score again
+    links = ChainLinks(Link(100, 2), {("nuc-a", "cam-1"): declared})
+    again = plan_chain(costs, [device_from_dict(d) for d in plan["deviceSpecs"]], links, ChainObjective.THROUGHPUT,
+                       stages=3)
+    assert again.period_ms == pytest.approx(plan["periodMs"], rel=1e-3, abs=1e-3)

@@ -14,6 +14,9 @@ import json
 from typing import Any
 
 from edgemodel.api import ConversionResult, EdgeModelStatus, RevisionOutcome
+from edgemodel.api.edgemodel import STAGE_OVERHEAD_LABEL, STAGE_SLOWDOWN_LABEL
+from edgemodel.split.chain_devices import ENV as DEVICES_ENV
+from edgemodel.split.chain_devices import PlanDevices
 from edgemodel_operator.decide import Decision, JobSeen, Wants, decide
 from tests.operator.builders import NOW, agent_body, artifacts, report, rfc
 from tests.operator.test_decide import (
@@ -215,7 +218,7 @@ def test_the_plan_check_uses_the_entries_measured_stage_1_compute() -> None:
     w = world(costs_plan())
     available(w)
     assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("True", "NotMeasured")
-    predicted = 4.0 * (5.0 + 5.0 + 0.1)  # spec.split.edgeSlowdown (4) x stage 1's segments and codec
+    predicted = 4.0 * (5.0 + 5.0)  # spec.split.edgeSlowdown (4) x stage 1's segments (headMs excludes the encode)
     w.report_entry(1, headMs=predicted)
     w.step()
     assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("True", "PlanHolds")
@@ -223,7 +226,8 @@ def test_the_plan_check_uses_the_entries_measured_stage_1_compute() -> None:
     d = w.step()
     assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("False", "BetterPlanMeasured")
     assert "PipelinePlanStale" in reasons(d)
-    assert "cut at ['a', 'c1']" in next(e.message for e in d.events if e.reason == "PipelinePlanStale")
+    # stage 1 shrinks to the first segment (where stage 2 ends is a tie between equal pool nodes)
+    assert "cut at ['a', " in next(e.message for e in d.events if e.reason == "PipelinePlanStale")
     w.report_entry(1, headMs=predicted * 1.02)
     w.step()
     assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("True", "PlanHolds")
@@ -292,3 +296,118 @@ def test_an_auto_stage_count_is_planned_over_the_pool_nodes_there_are() -> None:
     assert "PipelineStagesCapped" not in reasons(d)
     obj, _ = job_object(world())
     assert obj["spec"]["split"]["stages"]["count"] == 3, "a fixed count is the user's"
+
+
+def job_devices(w: World) -> tuple[PlanDevices | None, Decision]:
+    """The devices the Job of the next revision is told to plan for (None: no EDGEMODEL_PIPELINE_DEVICES)."""
+    snap = snapshot(w.body, list(w.agents.values()), now=w.now, seen_now=w.now)
+    d = decide(snap, settings())
+    while d.wants and d.job_create is None:
+        if d.wants.job is not None:
+            snap = dataclasses.replace(snap, job=JobSeen(d.wants.job[0], None, None))
+        if d.wants.chains:
+            snap = dataclasses.replace(snap, chains={**snap.chains, **{r: w.chain for r in d.wants.chains}})
+        d = decide(snap, settings())
+    assert d.job_create is not None
+    container = d.job_create.manifest["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    raw = env.get(DEVICES_ENV)
+    return (PlanDevices.from_json(str(raw)) if raw is not None else None), d
+
+
+def speeds(devices: PlanDevices) -> list[tuple[str, float, str]]:
+    return [(dev.name, round(dev.slowdown, 3), src) for dev, src in zip(devices.devices, devices.sources, strict=True)]
+
+
+def test_the_job_plans_auto_cuts_for_the_labelled_node_speeds_or_says_why_it_cannot() -> None:
+    w = world()
+    w.body = model_body(pipeline_spec(cuts=[]))
+    for node, slowdown in (("e1", "8"), ("p1", "2"), ("p2", "4"), ("p3", "1.5")):
+        w.agents[node]["metadata"]["labels"][STAGE_SLOWDOWN_LABEL] = slowdown
+    w.agents["p1"]["metadata"]["labels"][STAGE_OVERHEAD_LABEL] = "2.5"
+    w.agents["p2"]["status"]["capabilities"]["memoryBytes"] = 1 << 20
+    devices, d = job_devices(w)
+    assert devices is not None
+    assert devices.known
+    # the entry first, then every stage host in pool order: the planner may skip one
+    assert speeds(devices) == [("e1", 8.0, "label"), ("p1", 2.0, "label"), ("p2", 4.0, "label"),
+                               ("p3", 1.5, "label")]
+    assert [dev.overhead_ms for dev in devices.devices] == [0.0, 2.5, 0.0, 0.0]
+    assert devices.devices[2].memory_bytes == 1 << 20
+    assert not devices.pinned
+    assert any("plans its pipeline for the nodes e1 x8.00 (label)" in m for _, m in d.logs)
+
+    del w.agents["p3"]["metadata"]["labels"][STAGE_SLOWDOWN_LABEL]
+    devices, d = job_devices(w)
+    assert devices is not None
+    assert not devices.known, "one unknown speed: identical devices, as before"
+    assert devices.reason.startswith(f"no speed known for node(s) p3: label them {STAGE_SLOWDOWN_LABEL}=")
+    assert any("plans its pipeline for identical devices: no speed known for node(s) p3" in m for _, m in d.logs)
+    event = next(e for e in d.events if e.reason == "PipelineDevices")
+    assert event.type == "Normal"
+    assert event.message.startswith("revision 1 plans its pipeline for identical devices: no speed known for node(s) p3")
+
+    w.body = model_body(pipeline_spec())  # manual cuts: nothing to plan, no device list
+    devices, _ = job_devices(w)
+    assert devices is None
+
+
+def test_a_new_revision_plans_with_the_speeds_every_stage_of_the_serving_chain_measured() -> None:
+    w = World(model_body(pipeline_spec(cuts=[])), world().agents, chain_doc(costs_plan()))
+    available(w)
+    w.agents["p3"]["metadata"]["labels"][STAGE_SLOWDOWN_LABEL] = "1.5"  # p3 serves nothing: its label counts
+    w.agents["p1"]["metadata"]["labels"][STAGE_SLOWDOWN_LABEL] = "9"  # a measurement beats the label
+    w.report_entry(1, headMs=80.0)  # stage 1 = 10 reference ms: 8x
+    report_stage_ms(w, p1=20.0, p2=40.0)  # stages 2 and 3 = 10 reference ms each: 2x and 4x
+    w.body["spec"]["split"]["stages"]["objective"] = "throughput"  # opens revision 2
+    w.body["metadata"]["generation"] = 2
+    devices, d = job_devices(w)
+    assert devices is not None
+    assert devices.known
+    assert speeds(devices) == [("e1", 8.0, "measured"), ("p1", 2.0, "measured"), ("p2", 4.0, "measured"),
+                               ("p3", 1.5, "label")]
+    assert "(measured by revision 1)" in devices.reason
+
+
+def report_stage_ms(w: World, **stage_ms: float) -> None:
+    """Stage nodes report their stage of revision 1 Ready with its median compute (status stageMs)."""
+    for node, ms in stage_ms.items():
+        w.agents[node]["status"]["models"] = [{**report(1), "role": "tail", "stageMs": ms}]
+
+
+def test_the_plan_check_uses_every_stage_s_measured_compute() -> None:
+    w = world(costs_plan())
+    available(w)
+    w.report_entry(1, headMs=40.0)  # 4x (spec.split.edgeSlowdown) x 10 reference ms: as planned
+    report_stage_ms(w, p1=40.0, p2=40.0)
+    w.step()
+    assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("True", "PlanHolds")
+    report_stage_ms(w, p1=40.0, p2=320.0)  # the last stage's node is 8x slower than planned: it should shrink
+    d = w.step()
+    assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("False", "BetterPlanMeasured")
+    message = next(e.message for e in d.events if e.reason == "PipelinePlanStale")
+    assert "cut at ['c1', 'd']" in message or "cut at ['b', 'd']" in message, message
+    report_stage_ms(w, p1=40.0, p2=41.0)
+    w.step()
+    assert conditions(w.body["status"])["PipelinePlanCurrent"] == ("True", "PlanHolds")
+
+
+def test_stages_go_to_the_nodes_their_plan_was_made_for_and_a_lost_one_to_the_next_free_pool_node() -> None:
+    plan = {**costs_plan(), "devices": ["e1", "p2", "p3"]}  # planned for p2 and p3 (p1 skipped, e.g. slow)
+    w = world(plan)
+    w.step()
+    w.step()
+    assert w.entries("p1") == []
+    assert w.entries("p2") == [("tail", 1)]
+    assert w.entry("p2", "tail")["artifactUri"].endswith("/stage-2.onnx")
+    assert w.entry("p3", "tail")["artifactUri"].endswith("/stage-3.onnx")
+    w.report_stages("p2", "p3")
+    w.step()
+    assert w.entry("e1", "head")["split"]["cloudUrl"] == "https://p2:8443"
+    w.report_entry(1)
+    w.stale.add("p2")
+    w.now += dt.timedelta(minutes=5)
+    w.step()
+    assert w.entry("p1", "tail")["artifactUri"].endswith("/stage-2.onnx"), "the free pool node takes p2's stage"
+    assert w.entry("p1", "tail")["split"]["nextUrl"] == "https://p3:8443", "p3 keeps its stage"
+    assert w.entry("p3", "tail")["artifactUri"].endswith("/stage-3.onnx")

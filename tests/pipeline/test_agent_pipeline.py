@@ -182,6 +182,16 @@ async def test_three_agents_serve_the_chain_and_the_entry_falls_back_when_a_stag
     assert counted(last, "edgemodel_split_tail_requests_total", result="ok") == 3
     assert counted(middle, "edgemodel_pipeline_requests_total", stage=CUTS[0], path="chain") == 3
     assert counted(middle, "edgemodel_pipeline_stage_duration_seconds_count", phase="downstream") == 3
+    # every stage reports its own compute in status (stageMs; the entry's is headMs): the plan check reads them
+    for node in (middle, last):
+        (state,) = node.reconciler.states()
+        assert state.role.value == "tail"
+        assert state.stage_ms is not None
+        assert state.stage_ms > 0
+        assert state.to_k8s()["stageMs"] == state.stage_ms
+    (entry_state,) = first.reconciler.states()
+    assert entry_state.head_ms is not None
+    assert entry_state.stage_ms is None
 
     await last.close()  # the last stage's node is gone
     for _ in range(3):

@@ -23,7 +23,7 @@ def test_stage_server_imports_neither_onnx_nor_torch() -> None:
 
 def test_chain_planner_is_stdlib_only() -> None:
     result = run(
-        "import sys, edgemodel.split.chain_planner; "
+        "import sys, edgemodel.split.chain_planner, edgemodel.split.chain_devices; "
         "bad = [m for m in ('numpy', 'onnx', 'onnxruntime', 'aiohttp') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -192,6 +192,8 @@ def test_the_operator_places_gates_serves_and_replans_a_pipeline(stack: Pipeline
                                               timeout=10).read())
     assert [head["split"]["cut"], middle["split"]["nextCut"]] == chain["cuts"]
     assert chain["plan"]["costs"]["segmentMs"], "the Job's profile travels with the plan"
+    # no node is labelled with its speed and none has served a chain yet: identical devices, and the Job says why
+    assert chain["plan"]["devicesFrom"].startswith("identical devices (spec.split.edgeSlowdown 4): no speed known")
     assert stack.condition("PipelinePlanCurrent")["status"] == "True"
 
     # Requests enter at stage 1 on the entry and are answered there; every stage counts them.
@@ -211,6 +213,11 @@ def test_the_operator_places_gates_serves_and_replans_a_pipeline(stack: Pipeline
         c := stack.condition("PipelinePlanCurrent")) and c["reason"] in ("PlanHolds", "BetterPlanMeasured") and c,
         60, detail=stack.status_text)
     assert "ms" in check["message"]
+    # every stage node reports its own stage's compute (stageMs) in its EdgeAgent status for that check
+    for node in (first, second):
+        stack.wait_for(f"stageMs in the status of {node}", lambda n=node: any(
+            m.get("role") == "tail" and (m.get("stageMs") or 0) > 0
+            for m in stack.agent(n)["status"].get("models") or []), 60, detail=stack.status_text)
     for node in (first, second):
         assert metric(stack.agent(node)["status"]["endpoint"], "edgemodel_split_tail_requests_total", result="ok") >= 5
 
