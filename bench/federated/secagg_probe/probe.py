@@ -51,7 +51,8 @@ def descendants_of(pid: int, children: dict[int, list[int]]) -> list[int]:
     return out
 
 
-def run(secure: bool, clients: int, kill: bool, work: Path) -> list[str]:
+def run(secure: bool, args: argparse.Namespace, work: Path) -> list[str]:
+    clients = args.clients
     port = free_port()
     home = work / f"home-{int(secure)}"
     home.mkdir(parents=True, exist_ok=True)
@@ -61,7 +62,13 @@ def run(secure: bool, clients: int, kill: bool, work: Path) -> list[str]:
     out = work / f"rounds-{int(secure)}.txt"
     out.unlink(missing_ok=True)
     env = {**os.environ, "FLWR_HOME": str(home), "SECURE": str(int(secure)), "OUT": str(out),
-           "PYTHONPATH": str(HERE / "app"), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PYTHONPATH": str(HERE / "app"), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "FAST_GRID": str(int(args.tuned)), "FIX_DROPOUT": str(int(args.fix_dropout)),
+           "THRESHOLD": str(args.threshold), "TORCH_IN_FIT": str(int(args.torch)),
+           "MIN_AVAILABLE": str(clients - args.kill)}
+    if args.tuned:
+        env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = "0.1"
+    supernode = [str(BIN / "python"), str(HERE / "fast_supernode.py")] if args.tuned else [str(BIN / "flower-supernode")]
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(argv: list[str], log: str) -> subprocess.Popen[bytes]:
@@ -74,18 +81,20 @@ def run(secure: bool, clients: int, kill: bool, work: Path) -> list[str]:
         start([str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
                "--host", "127.0.0.1", "--port", str(port)], f"superlink-{int(secure)}.log")
         time.sleep(3)
-        nodes = [start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+        nodes = [start([*supernode, "--insecure", "--superlink", f"127.0.0.1:{port}",
                         "--port", str(free_port())], f"supernode-{int(secure)}-{i}.log") for i in range(clients)]
         time.sleep(3)
-        flwr = subprocess.Popen([str(BIN / "flwr"), "run", str(HERE / "app"), "probe", "--stream"], env=env,
+        flwr = subprocess.Popen([str(BIN / "flwr"), "run", str(HERE / "app"), "probe", "--stream",
+                                 "--run-config", f"clients={clients} rounds={args.rounds}"], env=env,
                                 stdout=(work / f"run-{int(secure)}.log").open("wb"), stderr=subprocess.STDOUT)
-        killed, deadline = False, time.time() + 240
+        killed, deadline = False, time.time() + args.deadline
         while flwr.poll() is None and time.time() < deadline:
             text = out.read_text() if out.exists() else ""
-            if kill and not killed and "ROUND 1 " in text:
-                os.killpg(nodes[-1].pid, signal.SIGKILL)
+            if args.kill and not killed and "ROUND 1 " in text:
+                for node in nodes[-args.kill:]:
+                    os.killpg(node.pid, signal.SIGKILL)
                 killed = True
-                print(f"  killed supernode {clients - 1} after round 1")
+                print(f"  killed {args.kill} supernode(s) after round 1")
             if "DONE" in text:
                 break
             time.sleep(0.2)
@@ -112,11 +121,20 @@ def run(secure: bool, clients: int, kill: bool, work: Path) -> list[str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clients", type=int, default=3)
-    p.add_argument("--kill", action="store_true")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--kill", type=int, default=0, help="SIGKILL this many SuperNodes once round 1 is aggregated")
+    p.add_argument("--tuned", action="store_true",
+                   help="poll every 0.05-0.1 s: ServerApp grid, SuperExec (env), SuperNode (fast_supernode.py)")
+    p.add_argument("--fix-dropout", action="store_true", help="SecAgg+ unmasks only share-keys survivors")
+    p.add_argument("--threshold", type=int, default=0, help="reconstruction threshold (default clients - 1)")
+    p.add_argument("--torch", action="store_true", help="the ClientApp imports torch in fit (as the product's)")
+    p.add_argument("--only", choices=["plain", "secure"], default=None)
+    p.add_argument("--deadline", type=float, default=240.0)
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="secagg-probe-") as tmp:
-        for secure in (False, True):
-            lines = run(secure, args.clients, args.kill, Path(tmp))
+        modes = [m == "secure" for m in ([args.only] if args.only else ["plain", "secure"])]
+        for secure in modes:
+            lines = run(secure, args, Path(tmp))
             stamp = {ln.split()[0]: float(ln.rsplit("t=", 1)[1]) for ln in lines if ln.startswith(("START", "DONE"))}
             rounds = [ln for ln in lines if ln.startswith("ROUND")]
             times = [float(r.rsplit("t=", 1)[1]) for r in rounds]
