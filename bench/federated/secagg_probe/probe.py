@@ -1,13 +1,17 @@
-"""SecAgg+ on Flower 1.42's Deployment Engine: round time secure vs plain, and one SuperNode killed.
+"""SecAgg+ on Flower 1.42's Deployment Engine: round time secure vs plain, and SuperNodes killed.
 
-    flock /work/bench.lock .venv/bin/python bench/federated/secagg_probe/probe.py [--clients 3] [--kill]
+    flock /work/bench.lock .venv/bin/python bench/federated/secagg_probe/probe.py [--clients 3] [--rounds 4]
+        [--tuned] [--torch] [--kill N [--threshold T] [--fix-dropout]] [--only plain|secure]
 
 Starts ``flower-superlink`` (insecure, 127.0.0.1, no runtime dependency installation) and one
 ``flower-supernode`` per client (subprocess isolation: each message runs the ClientApp in a fresh
-``flwr-clientapp`` process), then ``flwr run`` of ./app twice: SECURE=0 (DefaultWorkflow) and SECURE=1
-(SecAggPlusWorkflow + secaggplus_mod). With --kill, the last SuperNode's process group is SIGKILLed as
-soon as round 1 is aggregated. Prints each round's wall time (from the ServerApp's own timestamps).
-Not a product path: evidence for docs/federated.md (why secureAggregation is still refused).
+``flwr-clientapp`` process), then ``flwr run`` of ./app: SECURE=0 (DefaultWorkflow) and SECURE=1
+(SecAggPlusWorkflow + secaggplus_mod). --tuned cuts every poll interval (the ServerApp's Grid, the SuperExec,
+the SuperNode via fast_supernode.py); --torch makes the ClientApp import torch in fit, as the product's client;
+--kill N SIGKILLs the last N SuperNodes' process groups once round 1 is aggregated; --fix-dropout runs
+survivors.SurvivorsOnly instead of SecAggPlusWorkflow. Prints each round's and each SecAgg+ stage's wall time
+(from the ServerApp's own timestamps). Not a product path: evidence for docs/federated.md (why
+secureAggregation is still refused).
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def run(secure: bool, args: argparse.Namespace, work: Path) -> list[str]:
            "PYTHONPATH": str(HERE / "app"), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "FAST_GRID": str(int(args.tuned)), "FIX_DROPOUT": str(int(args.fix_dropout)),
            "THRESHOLD": str(args.threshold), "TORCH_IN_FIT": str(int(args.torch)),
-           "MIN_AVAILABLE": str(clients - args.kill)}
+           "MIN_AVAILABLE": str(clients - args.kill), "STAGE_TIMEOUT": str(args.stage_timeout)}
     if args.tuned:
         env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = "0.1"
     supernode = [str(BIN / "python"), str(HERE / "fast_supernode.py")] if args.tuned else [str(BIN / "flower-supernode")]
@@ -130,6 +134,7 @@ def main() -> int:
     p.add_argument("--torch", action="store_true", help="the ClientApp imports torch in fit (as the product's)")
     p.add_argument("--only", choices=["plain", "secure"], default=None)
     p.add_argument("--deadline", type=float, default=240.0)
+    p.add_argument("--stage-timeout", type=float, default=20.0, help="round (plain) / stage (SecAgg+) timeout")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="secagg-probe-") as tmp:
         modes = [m == "secure" for m in ([args.only] if args.only else ["plain", "secure"])]
@@ -138,7 +143,7 @@ def main() -> int:
             stamp = {ln.split()[0]: float(ln.rsplit("t=", 1)[1]) for ln in lines if ln.startswith(("START", "DONE"))}
             rounds = [ln for ln in lines if ln.startswith("ROUND")]
             times = [float(r.rsplit("t=", 1)[1]) for r in rounds]
-            per_round = [b - a for a, b in zip([stamp.get("START", 0.0), *times[:-1]], times, strict=True)]
+            per_round = [b - a for a, b in zip([stamp.get("START", 0.0), *times[:-1]], times, strict=False)]
             label = "SecAgg+" if secure else "plain"
             done = "finished" if "DONE" in stamp else "did not finish"
             print(f"{label}: {len(rounds)} round(s) aggregated, run {done}; round seconds "

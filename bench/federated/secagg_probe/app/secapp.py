@@ -84,14 +84,15 @@ def main(grid: Grid, context: Context) -> None:
         min_fit_clients=2, min_available_clients=int(os.environ.get("MIN_AVAILABLE", str(n - 1))), fraction_fit=1.0, fraction_evaluate=0.0,
     )
     legacy = LegacyContext(
-        context=context, config=ServerConfig(num_rounds=int(context.run_config["rounds"]), round_timeout=20),
+        context=context, config=ServerConfig(num_rounds=int(context.run_config["rounds"]), round_timeout=float(os.environ.get("STAGE_TIMEOUT", "20"))),
         strategy=strategy,
     )
     if FAST_GRID:
         grid.send_and_receive = types.MethodType(_send_and_receive, grid)  # type: ignore[method-assign]
     threshold = int(os.environ.get("THRESHOLD", "0")) or max(2, n - 1)
     workflow = SurvivorsOnly if FIX_DROPOUT else SecAggPlusWorkflow
-    fit = workflow(num_shares=n, reconstruction_threshold=threshold, timeout=20) if SECURE else None
+    fit = workflow(num_shares=n, reconstruction_threshold=threshold,
+                   timeout=float(os.environ.get("STAGE_TIMEOUT", "20"))) if SECURE else None
     _out(f"START t={time.time():.3f}")
     DefaultWorkflow(fit_workflow=fit)(grid, legacy)
     _out(f"DONE t={time.time():.3f}")
