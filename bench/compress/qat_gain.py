@@ -59,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--qat-epochs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -76,7 +77,7 @@ def main() -> None:
     np.savez(folder / "val.npz", input=d.x_test, labels=d.y_test)
     generate_keypair(folder / "key.pem", folder / "key.pub")
     key = load_private_key(folder / "key.pem")
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         torch.manual_seed(seed)
         model = train(eval(args.model, dict(MODELS)), torch.from_numpy(d.x_train), torch.from_numpy(d.y_train),
                       args.epochs, seed=seed)
