@@ -8,7 +8,8 @@ Each model expression (classes below) is trained like the benchmark teacher (ben
 Adam + cosine, 1-pixel shifts) on the 1,437 training images, exported to ONNX, and quantised with the
 product's fastest static setting (QDQ, U8 activations, S8 per-channel weights, MinMax, after
 ``quant_pre_process``) on ``--calibration`` training images, as ``spec.optimization.int8`` does;
-prints top-1 on the 360 held-out images for FP32 and INT8 per seed.
+prints per seed top-1 on the 360 held-out images for FP32 and INT8, the INT8 logits' SNR against FP32
+and how many predictions changed. Model families: ``MODELS`` below (results: docs/benchmarks.md).
 """
 
 from __future__ import annotations
