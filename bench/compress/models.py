@@ -29,11 +29,12 @@ class DigitsWideCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0, lr: float = 3e-3) -> nn.Module:
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0, lr: float = 3e-3,
+          label_smoothing: float = 0.0, weight_decay: float = 0.0) -> nn.Module:
     """Adam + cosine schedule with light augmentation (random 1-pixel shifts); returns the model in eval mode."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs)
     model.train()
     for _ in range(epochs):
@@ -43,7 +44,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed:
             shift = [int(s) for s in torch.randint(-1, 2, (2,), generator=generator)]
             xb = torch.roll(x[idx], shifts=shift, dims=(2, 3))
             optimiser.zero_grad()
-            nn.functional.cross_entropy(model(xb), y[idx]).backward()
+            nn.functional.cross_entropy(model(xb), y[idx], label_smoothing=label_smoothing).backward()
             optimiser.step()
         scheduler.step()
     return model.eval()

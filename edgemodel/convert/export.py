@@ -210,6 +210,31 @@ def export(source: LoadedSource, inputs: list[TensorSpec], sample: Batch, out: P
     return info
 
 
+def from_torchscript(model: Any, args: tuple[Any, ...]) -> Any:
+    """A TorchScript module as an ExportedProgram's module (``TS2EPConverter``), ready for the dynamo exporter.
+
+    The converter writes an absent optional upsampling scale (``float? scales_h=None``, as ``nn.Upsample`` and
+    ``F.interpolate`` call it) as ``-1.0``; the ONNX exporter then writes a Resize with scale -1, which fails
+    ONNX shape inference and ONNX Runtime. Those arguments are put back to None (the output size decides).
+    """
+    from torch._export.converter import TS2EPConverter
+
+    module = TS2EPConverter(model, args).convert().module()
+    changed = False
+    for node in module.graph.nodes:
+        schema = getattr(node.target, "_schema", None) if node.op == "call_function" else None
+        if schema is None or not schema.name.startswith("aten::upsample"):
+            continue
+        values = list(node.args)
+        for i, argument in enumerate(schema.arguments[:len(values)]):
+            if argument.name.startswith("scales") and isinstance(values[i], float) and values[i] < 0:
+                values[i], changed = None, True
+        node.args = tuple(values)
+    if changed:
+        module.recompile()
+    return module
+
+
 def _export_torch(source: LoadedSource, inputs: list[TensorSpec], sample: Batch, out: Path, opset: int | None,
                   wanted: list[str] | None = None) -> str:
     import torch
@@ -228,10 +253,7 @@ def _export_torch(source: LoadedSource, inputs: list[TensorSpec], sample: Batch,
         for label, how in candidates:
             try:
                 if how == "ts2ep":
-                    from torch._export.converter import TS2EPConverter
-
-                    program = TS2EPConverter(model, args).convert()
-                    _export_dynamo(program.module(), args, inputs, names, out, opset)
+                    _export_dynamo(from_torchscript(model, args), args, inputs, names, out, opset)
                 elif how == "legacy":
                     _export_legacy(model, args, inputs, names, out, opset)
                 else:

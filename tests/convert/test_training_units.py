@@ -12,10 +12,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgemodel.api import TensorSpec  # noqa: E402
+from edgemodel.api import SourceFormat, TensorSpec  # noqa: E402
 from edgemodel.convert.errors import ConversionError  # noqa: E402
-from edgemodel.convert.export import _dynamic_shapes, export_module  # noqa: E402
+from edgemodel.convert.export import _dynamic_shapes, export, export_module  # noqa: E402
 from edgemodel.convert.runners import ort_session  # noqa: E402
+from edgemodel.convert.source import LoadedSource  # noqa: E402
 from edgemodel.convert.training import distill, qat  # noqa: E402
 from edgemodel.convert.training.lift import clone, lift, output_layers  # noqa: E402
 from edgemodel.convert.training.loop import TrainSet, cross_entropy, fit, predict  # noqa: E402
@@ -281,3 +282,58 @@ def test_qat_of_a_torchscript_source_quantises_every_convolution_in_onnx_runtime
     assert ops.count("QLinearConv") == 3, ops
     assert "FusedConv" not in ops
     assert "Conv" not in ops
+
+
+def _depthwise_separable_upsampling(width: int = 8) -> Any:
+    """MobileNetV1-style on the 8x8 image upsampled 4x (nn.Upsample): depthwise + pointwise, batch norm, ReLU."""
+    from torch import nn
+
+    def sep(cin: int, cout: int, stride: int) -> list[Any]:
+        return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+                nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Upsample(scale_factor=4), nn.Conv2d(1, width, 3, 2, 1), nn.ReLU(), *sep(width, 2 * width, 2),
+                         *sep(2 * width, 2 * width, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(2 * width, 10)).eval()
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_a_torchscript_source_with_upsampling_exports_to_onnx_that_runs_like_the_model(mode: str, tmp_path: Path) -> None:
+    """TorchScript's converter writes an absent upsampling scale as -1; exported as is, the Resize failed onnx.checker
+    ("Inferred shape and existing shape differ ... (-8) vs (32)") and ONNX Runtime ("Scale value should be greater than 0")."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Upsample(scale_factor=2, mode=mode), nn.Conv2d(1, 4, 3), nn.ReLU(),
+                          nn.Upsample(size=(20, 20), mode=mode), nn.Conv2d(4, 2, 3)).eval()
+    source = LoadedSource(SourceFormat.TORCHSCRIPT, tmp_path / "m.pt", torch_model=torch.jit.script(model))
+    info = export(source, INPUTS, {"input": _x(2).numpy()}, tmp_path / "m.onnx", None)
+    assert info.exporter.startswith("torch.onnx dynamo (via TorchScript to ExportedProgram)"), info.exporter
+    x = _x(3, seed=1)
+    got = ort_session(info.path, "all", 1).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-5)
+
+
+def test_qat_of_a_depthwise_separable_torchscript_source_with_upsampling_quantises_every_convolution(
+        tmp_path: Path) -> None:
+    """Depthwise and pointwise convolutions (batch norms folded) all run as QLinearConv after QAT, with the model's
+    nn.Upsample (from TorchScript) exported as a valid Resize."""
+    import onnx
+
+    model = _depthwise_separable_upsampling()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lifted = lift(torch.jit.script(model), (_x(),), DYNAMIC)
+    converted = qat.convert(qat.prepare(lifted, (_x(2),), DYNAMIC))
+    path = export_module(converted, INPUTS, {"input": _x(2).numpy()}, tmp_path / "qat.onnx", None, ["logits"])
+    optimised = tmp_path / "qat-opt.onnx"
+    session = ort_session(path, "all", 1, optimized_path=optimised)
+    ops = [n.op_type for n in onnx.load(str(optimised)).graph.node]
+    assert ops.count("QLinearConv") == 5, ops
+    assert "Conv" not in ops, ops
+    assert "FusedConv" not in ops, ops
+    x = _x(3, seed=2)
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert got.shape == (3, 10)
+    np.testing.assert_allclose(got, converted(x).detach().numpy(), atol=0.05 * float(np.abs(got).max()) + 1e-3)

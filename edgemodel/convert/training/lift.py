@@ -112,9 +112,9 @@ def lift(model: Any, args: tuple[Any, ...], dynamic_shapes: Any = None, field: s
         with warnings.catch_warnings():  # the TorchScript converter warns about every specialised branch
             warnings.simplefilter("ignore")
             if isinstance(model, torch.jit.ScriptModule):
-                from torch._export.converter import TS2EPConverter
+                from edgemodel.convert.export import from_torchscript
 
-                model = TS2EPConverter(model, args).convert().module()
+                model = from_torchscript(model, args)
             program = torch.export.export(copy.deepcopy(model), args, dynamic_shapes=dynamic_shapes, strict=False)
             gm = program.module()
     except Exception as exc:
