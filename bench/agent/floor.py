@@ -127,10 +127,11 @@ def bare_server(kind: str) -> Iterator[str]:
     """A bare server in a child process: ``http``, or gRPC ``aio``, ``aio-asyncio``, ``sync``, ``sync-hop``;
     yields its host:port."""
     port = free_port()
-    ready = multiprocessing.Event()
+    spawn = multiprocessing.get_context("spawn")  # a forked child of a process that used grpcio has a broken grpcio
+    ready = spawn.Event()
     target = _serve_http if kind == "http" else _serve
     args = (port, ready) if kind == "http" else (kind, port, ready)
-    proc = multiprocessing.Process(target=target, args=args, daemon=True)
+    proc = spawn.Process(target=target, args=args, daemon=True)
     proc.start()
     try:
         if not ready.wait(30):
