@@ -120,16 +120,6 @@ class _HotPathServer(web.Server):
         return HotPathHandler(self, loop=self._loop, api=self.api, **self._kwargs)
 
 
-def standalone_batching(settings: AgentSettings, model: OnnxModel) -> BatchingConfig:
-    """Batching of a ``--model`` file: ``--batching`` / ``--no-batching`` as given; unset, on without queue
-    delay for batchable models whose warm-up takes at least ``auto_batching_min_ms`` (docs/benchmarks.md,
-    issue 19: ResNet-18 at concurrency 32)."""
-    if settings.batching is not None:
-        return BatchingConfig(settings.batching, settings.max_batch_size, settings.max_queue_delay_ms)
-    slow = model.warmup_seconds is not None and model.warmup_seconds * 1e3 >= settings.auto_batching_min_ms
-    return BatchingConfig(slow and model.batchable, settings.max_batch_size, 0.0)
-
-
 class AgentServer:
     """Everything that answers requests; start() binds the port, stop() drains and closes."""
 
@@ -299,7 +289,7 @@ class AgentServer:
         s = self.settings
         model = await self._load_model(name, version, source, sha256, accelerator, gpu_fallback_to_cpu, namespace)
         if batching is None:
-            batching = standalone_batching(s, model)
+            batching = BatchingConfig(s.batching, s.max_batch_size, s.max_queue_delay_ms)
         return ModelVersion(
             model, self.pool, self.metrics, batching=batching,
             allow_non_finite=s.allow_non_finite, stats_window_s=s.stats_window_s, inline_max_ms=s.inline_max_ms,

@@ -86,12 +86,8 @@ class AgentSettings(BaseSettings):
     """ONNX Runtime threads per inference; 0 sizes it to the container's CPU limit."""
     inference_workers: int = Field(default=0, ge=0)
     """Inferences run at the same time (thread pool size); 0 sizes it to the container's CPU limit."""
-    batching: bool | None = None
-    """Dynamic batching for standalone models: True, False, or None (the default): on, without queue
-    delay, for batchable models whose warm-up inference takes at least ``auto_batching_min_ms``
-    (requests that queue while a run is busy share the next run; a lone request never waits)."""
-    auto_batching_min_ms: float = Field(default=1.0, ge=0.0, le=60_000.0)
-    """With ``batching`` unset: the warm-up time from which a model is batched automatically."""
+    batching: bool = False
+    """Dynamic batching for standalone models."""
     max_batch_size: int = Field(default=8, ge=1, le=1024)
     """Rows per batched run."""
     max_queue_delay_ms: float = Field(default=2.0, ge=0.0, le=1000.0)

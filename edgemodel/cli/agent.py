@@ -56,9 +56,7 @@ def add_parser(sub: Any) -> None:
                          help="ONNX Runtime intra-op threads (default: the container's CPU limit)")
     serving.add_argument("--workers", type=int, dest="inference_workers", metavar="N",
                          help="inferences running at once (default: the container's CPU limit)")
-    serving.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
-                         help="dynamic batching for --model files (default: on, without queue delay, for batchable "
-                         "models whose warm-up inference takes 1 ms or more)")
+    serving.add_argument("--batching", action="store_true", default=None, help="dynamic batching for --model files")
     serving.add_argument("--max-batch-size", type=int, help="rows per batched run (default 8)")
     serving.add_argument("--max-queue-delay-ms", type=float, help="longest wait for a batch to fill (default 2)")
     serving.add_argument("--allow-non-finite", action="store_true", default=None, help="accept NaN/Inf inputs")

@@ -158,36 +158,3 @@ async def test_fixed_shape_models_are_served_unbatched(model_files: dict[str, Pa
         assert server.repository.resolve("fixed").batcher is None
     finally:
         await server.stop()
-
-
-@pytest.mark.parametrize(
-    ("settings", "batched"),
-    [
-        ({}, False),  # the default: a sub-millisecond model is not batched (its runs cost less than the wait)
-        ({"auto_batching_min_ms": 0.0}, True),  # a model as slow as the threshold is, without queue delay
-        ({"auto_batching_min_ms": 0.0, "batching": False}, False),  # --no-batching wins
-        ({"batching": True, "max_queue_delay_ms": 3.0}, True),  # --batching: every model, with the given delay
-    ],
-)
-async def test_batching_is_automatic_for_slow_models_unless_set(
-    model_files: dict[str, Path], settings: dict[str, object], batched: bool
-) -> None:
-    server = AgentServer(AgentSettings(port=0, **settings))  # type: ignore[arg-type]
-    try:
-        await server.load_local([LocalModel("gather", "1", model_files["gather"]), LocalModel("fixed", "1", model_files["fixed"])])
-        batcher = server.repository.resolve("gather").batcher
-        assert (batcher is not None) is batched
-        if batcher is not None:
-            assert batcher.max_queue_delay_s == (0.003 if settings.get("batching") else 0.0)
-        assert server.repository.resolve("fixed").batcher is None  # not batchable: never, and no warning either
-    finally:
-        await server.stop()
-
-
-def test_the_batching_flag_has_a_negative_form() -> None:
-    from edgemodel.cli import build_parser
-
-    parser = build_parser()
-    assert parser.parse_args(["agent", "--no-batching"]).batching is False
-    assert parser.parse_args(["agent", "--batching"]).batching is True
-    assert parser.parse_args(["agent"]).batching is None
