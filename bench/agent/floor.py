@@ -5,7 +5,8 @@ REST: a uvloop ``asyncio.Protocol`` that answers every request with a fixed smal
 beyond finding the end of each request). gRPC, here the subject of ``main``:
 No protobuf parsing, no work: a generic handler on ``/inference.GRPCInferenceService/ModelInfer`` with
 raw-bytes (de)serializers, served by ``grpc.aio`` (``aio``: on uvloop, as the agent; ``aio-asyncio``: on
-asyncio's own loop) or by the sync ``grpc.server`` with a thread pool (``sync``; ``sync-hop``: the answer
+asyncio's own loop; ``agent-fixed``: the agent's own ``GrpcServer`` with a servicer that answers at once)
+or by the sync ``grpc.server`` with a thread pool (``sync``; ``sync-hop``: the answer
 comes from an event loop in another thread, as the agent's data plane would), and driven by the load generator's clients (``aio``: the
 grpc.aio stub on one channel; ``sync``: blocking calls from one thread per worker on one channel).
 Whatever a real server adds over raw ORT cannot be lower than this server's p50 with the same client.
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 from bench.agent.grpc_loadgen import build_request, run_load
 from edgemodel_dev.net import free_port
@@ -68,7 +69,29 @@ def _serve(kind: str, port: int, ready: Any) -> None:
     async def answer(request: bytes, context: Any) -> bytes:
         return ANSWER
 
+    async def agent_fixed() -> None:
+        """The agent's own GrpcServer (options, handlers, protobuf parsing) with a servicer that does no work."""
+        from types import SimpleNamespace
+
+        from edge_agent import grpc_server
+        from edge_agent.grpc_proto import predict_v2_pb2 as pb
+
+        response = pb.ModelInferResponse(model_name="digits")
+
+        class Fixed(grpc_server.InferenceServicer):
+            async def ModelInfer(self, request: Any, context: Any) -> Any:
+                return response
+
+        servicer = Fixed(cast(Any, None), cast(Any, SimpleNamespace(decode=None)))
+        server = grpc_server.GrpcServer(servicer, "127.0.0.1", port, 1 << 20)
+        await server.start()
+        ready.set()
+        await asyncio.Event().wait()
+
     async def main() -> None:
+        if kind == "agent-fixed":
+            await agent_fixed()
+            return
         server = aio.server(options=[("grpc.so_reuseport", 0)])
         server.add_generic_rpc_handlers((_handler(grpc, answer),))
         server.add_insecure_port(f"127.0.0.1:{port}")
@@ -124,7 +147,7 @@ def _serve_http(port: int, ready: Any) -> None:
 
 @contextmanager
 def bare_server(kind: str) -> Iterator[str]:
-    """A bare server in a child process: ``http``, or gRPC ``aio``, ``aio-asyncio``, ``sync``, ``sync-hop``;
+    """A bare server in a child process: ``http``, or gRPC ``aio``, ``aio-asyncio``, ``agent-fixed``, ``sync``, ``sync-hop``;
     yields its host:port."""
     port = free_port()
     spawn = multiprocessing.get_context("spawn")  # a forked child of a process that used grpcio has a broken grpcio
