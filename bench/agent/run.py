@@ -1,9 +1,10 @@
 """The agent benchmark: raw ONNX Runtime vs this agent over HTTP and gRPC vs KServe's ModelServer.
 
 Same ONNX files (the digits CNN and ResNet-18 from ``bench.agent.models``), same machine, one
-run, concurrency 1, 8 and 32, load generators in their own process: keep-alive aiohttp for REST
-(``bench.agent.loadgen``: JSON and binary-extension bodies) and grpc.aio for gRPC
-(``bench.agent.grpc_loadgen``: ``raw_input_contents``). The agent is measured twice: with its
+run, concurrency 1, 8 and 32, load generators in their own process: keep-alive HTTP/1.1 for REST
+(``bench.agent.loadgen``: JSON and binary-extension bodies) and grpcio for gRPC
+(``bench.agent.grpc_loadgen``: ``raw_input_contents``), each with its fastest client by default;
+``--floors`` adds bare servers that answer at once (the load generators' own ceiling). The agent is measured twice: with its
 defaults, and with dynamic batching without queue delay (requests that queue while a run is busy
 share the next run). Every point measures raw ORT and each server back to back, and
 ``--repeats`` repeats the whole sequence (interleaved: the machine's load drifts between repeats,
@@ -32,7 +33,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.agent import raw_ort
+from bench.agent import floor, raw_ort
 from bench.agent.models import MODELS, build
 from edgemodel_dev.net import free_port
 from edgemodel_dev.polling import http_ok, wait_until
@@ -62,12 +63,18 @@ def server(argv: list[str], ready_url: str, log: Path, env: dict[str, str] | Non
                 proc.wait(10)
 
 
+CLIENTS = {"rest": "raw", "grpc": "sync"}
+"""The load generators' clients (``--rest-client``, ``--grpc-client``): the fastest of each by default."""
+
+
 def load(url: str, model: str, shape: tuple[int, ...], binary: bool, concurrency: int, duration: float) -> dict[str, float]:
     """One load-generator run against ``url`` (http://host:port: REST; grpc://host:port: gRPC)."""
     if url.startswith("grpc://"):
-        argv = [sys.executable, "-m", "bench.agent.grpc_loadgen", "--target", url.removeprefix("grpc://")]
+        argv = [sys.executable, "-m", "bench.agent.grpc_loadgen", "--target", url.removeprefix("grpc://"),
+                "--client", CLIENTS["grpc"]]  # fmt: skip
     else:
-        argv = [sys.executable, "-m", "bench.agent.loadgen", "--url", url] + (["--binary"] if binary else [])
+        argv = [sys.executable, "-m", "bench.agent.loadgen", "--url", url, "--client", CLIENTS["rest"]]
+        argv += ["--binary"] if binary else []
     argv += ["--model", model, "--shape", ",".join(map(str, shape)), "--concurrency", str(concurrency), "--duration", str(duration)]
     result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=duration + 300, check=True)
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
@@ -92,7 +99,13 @@ def main() -> None:
     parser.add_argument("--protocols", default="rest,grpc", help="rest, grpc or both (comma-separated)")
     parser.add_argument("--repeats", type=int, default=1, help="repeat every point this often, interleaved")
     parser.add_argument("--no-best", action="store_true", help="skip the raw ORT best-throughput search")
+    parser.add_argument("--floors", action="store_true",
+                        help="also measure bare servers that answer at once (bench.agent.floor: REST and grpc.aio): "
+                        "the load generators' own ceiling, in the same run")
+    parser.add_argument("--rest-client", choices=("raw", "aiohttp"), default=CLIENTS["rest"])
+    parser.add_argument("--grpc-client", choices=("sync", "aio"), default=CLIENTS["grpc"])
     args = parser.parse_args()
+    CLIENTS.update(rest=args.rest_client, grpc=args.grpc_client)
     protocols = set(args.protocols.split(","))
 
     paths = build(args.models_dir)
@@ -123,6 +136,14 @@ def main() -> None:
                     targets[name].append((label, f"http://127.0.0.1:{port}"))
                 if "grpc" in protocols and not env:
                     targets[name].append((f"{label} (gRPC)", f"grpc://127.0.0.1:{grpc_port}"))
+        if args.floors:
+            http_floor = stack.enter_context(floor.bare_server("http"))
+            grpc_floor = stack.enter_context(floor.bare_server("aio"))
+            for name in names:
+                if "rest" in protocols:
+                    targets[name].append(("bare HTTP server (floor)", f"http://{http_floor}"))
+                if "grpc" in protocols:
+                    targets[name].append(("bare grpc.aio server (floor) (gRPC)", f"grpc://{grpc_floor}"))
         if args.kserve_python:
             for name in names:
                 ks_port, ks_grpc = free_port(), free_port()
