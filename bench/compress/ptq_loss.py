@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -127,18 +128,26 @@ def mbv3(w: int = 16, up: int = 1, se: bool = True, act: type[nn.Module] = nn.Ha
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * w, 10))
 
 
+def _separable_net(
+    w: int, up: int, act: type[nn.Module], sep: Callable[[int, int, int], list[nn.Module]]
+) -> nn.Module:
+    """The MobileNetV1 trunk (stem, six separable blocks ``sep(cin, cout, stride)``, pooled linear head),
+    optionally on the image upsampled ``up`` times."""
+    stem: list[nn.Module] = [nn.Upsample(scale_factor=up)] if up > 1 else []
+    s = 2 if up > 1 else 1
+    return nn.Sequential(*stem, nn.Conv2d(1, w, 3, s, 1, bias=False), nn.BatchNorm2d(w), act(),
+                         *sep(w, 2 * w, 1), *sep(2 * w, 2 * w, s), *sep(2 * w, 4 * w, 1),
+                         *sep(4 * w, 4 * w, 2), *sep(4 * w, 8 * w, 1), *sep(8 * w, 8 * w, 1),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * w, 10))
+
+
 def mbv1(w: int = 32, up: int = 1, act: type[nn.Module] = nn.ReLU) -> nn.Module:
     """MobileNetV1-style depthwise-separable CNN with batch norm, optionally on the image upsampled ``up`` times."""
     def sep(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
         return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), act(),
                 nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), act()]
 
-    stem: list[nn.Module] = [nn.Upsample(scale_factor=up)] if up > 1 else []
-    s = 2 if up > 1 else 1
-    return nn.Sequential(*stem, nn.Conv2d(1, w, 3, s, 1, bias=False), nn.BatchNorm2d(w), act(),
-                         *sep(w, 2 * w), *sep(2 * w, 2 * w, 2 if up > 1 else 1), *sep(2 * w, 4 * w),
-                         *sep(4 * w, 4 * w, 2), *sep(4 * w, 8 * w), *sep(8 * w, 8 * w),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * w, 10))
+    return _separable_net(w, up, act, sep)
 
 
 class _Attention(nn.Module):
@@ -191,12 +200,7 @@ def xcep(w: int = 32, up: int = 1, act: type[nn.Module] = nn.ReLU) -> nn.Module:
         return [nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
                 nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), act()]
 
-    stem: list[nn.Module] = [nn.Upsample(scale_factor=up)] if up > 1 else []
-    s = 2 if up > 1 else 1
-    return nn.Sequential(*stem, nn.Conv2d(1, w, 3, s, 1, bias=False), nn.BatchNorm2d(w), act(),
-                         *sep(w, 2 * w), *sep(2 * w, 2 * w, 2 if up > 1 else 1), *sep(2 * w, 4 * w),
-                         *sep(4 * w, 4 * w, 2), *sep(4 * w, 8 * w), *sep(8 * w, 8 * w),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * w, 10))
+    return _separable_net(w, up, act, sep)
 
 
 class _PreAct(nn.Module):
