@@ -28,6 +28,7 @@ from edgemodel.split.remote import RemoteTail, TlsFiles
 from edgemodel.split.runtime import OrtPart
 from edgemodel.split.stages import StageProcess, start_chain
 from edgemodel_dev.examples_models import load_digits_data, train_digits_cnn
+from tests.serving import metric_total
 
 INPUT = "input"
 
@@ -89,14 +90,6 @@ def running_chain(
             p.stop()
 
 
-def metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def scrape(stage: StageProcess, tls: TlsFiles) -> str:
     with urllib.request.urlopen(stage.url + "/metrics", context=tls.client_context(), timeout=10) as r:
         return str(r.read().decode())
@@ -148,14 +141,14 @@ def test_three_processes_reproduce_the_model_exactly_with_fp32_features(
     assert accuracy > 0.85
     # every stage saw every request, none fell back; per-stage compute is measured on each
     for index, text in enumerate(texts, 1):
-        assert metric(text, "edgemodel_pipeline_requests_total", stage=str(index), path="chain") == len(
+        assert metric_total(text, "edgemodel_pipeline_requests_total", stage=str(index), path="chain") == len(
             images
         )
-        assert metric(
+        assert metric_total(
             text, "edgemodel_pipeline_stage_duration_seconds_count", stage=str(index), phase="compute"
         ) == len(images)
-    assert metric(texts[0], "edgemodel_pipeline_requests_total", path="local") == 0
-    assert metric(texts[0], "edgemodel_pipeline_bytes_total", stage="1") > 0
+    assert metric_total(texts[0], "edgemodel_pipeline_requests_total", path="local") == 0
+    assert metric_total(texts[0], "edgemodel_pipeline_bytes_total", stage="1") > 0
 
 
 @pytest.mark.parametrize("stopped", [2, 3])
@@ -181,10 +174,10 @@ def test_a_stage_stopped_under_load_loses_no_request(
     assert len(answers) == len(images)  # 0 failed requests: send_all raises on any error
     want = [int(np.argmax(full.run({INPUT: images[i : i + 1]})["logits"])) for i in range(len(images))]
     assert [int(np.argmax(a)) for a in answers] == want  # INT8 features, then the whole model: same top-1
-    local = metric(entry, "edgemodel_pipeline_requests_total", stage="1", path="local")
-    chained = metric(entry, "edgemodel_pipeline_requests_total", stage="1", path="chain")
+    local = metric_total(entry, "edgemodel_pipeline_requests_total", stage="1", path="local")
+    chained = metric_total(entry, "edgemodel_pipeline_requests_total", stage="1", path="chain")
     assert local >= 300, entry
     assert chained >= 150, entry
     assert local + chained == len(images), entry
-    assert metric(entry, "edgemodel_pipeline_requests_total", stage="1", path="unavailable") == 0
+    assert metric_total(entry, "edgemodel_pipeline_requests_total", stage="1", path="unavailable") == 0
     assert re.search(r'edgemodel_pipeline_stage_duration_seconds_count\{.*phase="local".*\} [1-9]', entry)

@@ -33,6 +33,7 @@ from edgemodel_dev.examples_models import (
     write_digits_example,
 )
 from tests.conftest import require_tool
+from tests.serving import infer_digits, scraped_metric
 
 NAME = "digits"
 ENTRY = {"edgemodel.io/pipeline-entry": "true"}
@@ -106,22 +107,6 @@ def example(stack: PipelineStack) -> DigitsExample:
     return write_digits_example(stack.dir / "models" / NAME, epochs=15, val_samples=128)
 
 
-def infer(endpoint: str, images: np.ndarray, timeout: float = 10.0) -> np.ndarray:
-    body = {"inputs": [{"name": DIGITS_INPUT_NAME, "datatype": "FP32", "shape": list(images.shape),
-                        "data": images.ravel().tolist()}]}
-    request = urllib.request.Request(f"{endpoint}/v2/models/{NAME}/infer", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        out = json.loads(response.read())["outputs"][0]
-    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
-
-
-def metric(endpoint: str, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(f"{endpoint}/metrics", timeout=10).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()))
-
-
 @dataclass
 class Load:
     """Requests to one endpoint from ``workers`` threads until stopped; every outcome counted."""
@@ -140,7 +125,7 @@ class Load:
     def _run(self) -> None:
         while not self.stop.is_set():
             try:
-                got = infer(self.endpoint, self.images, timeout=30)
+                got = infer_digits(self.endpoint, self.images, timeout=30)
                 same = bool((got.argmax(1) == self.expected.argmax(1)).mean() >= 0.97)
                 with self.lock:
                     self.ok += 1
@@ -205,9 +190,9 @@ def test_the_operator_places_gates_serves_and_replans_a_pipeline(stack: Pipeline
         None, {DIGITS_INPUT_NAME: images})[0]
     endpoint = stack.agent(stack.entry)["status"]["endpoint"]
     for _ in range(5):
-        got = infer(endpoint, images)
+        got = infer_digits(endpoint, images)
         assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.97, "INT8 features keep the predictions"
-    assert metric(endpoint, "edgemodel_split_requests_total", path="split") >= 5
+    assert scraped_metric(endpoint, "edgemodel_split_requests_total", path="split") >= 5
     # The operator checks the plan against the entry's measured stage-1 compute (headMs in its status).
     check = stack.wait_for("PipelinePlanCurrent from the entry's measured compute", lambda: (
         c := stack.condition("PipelinePlanCurrent")) and c["reason"] in ("PlanHolds", "BetterPlanMeasured") and c,
@@ -219,7 +204,8 @@ def test_the_operator_places_gates_serves_and_replans_a_pipeline(stack: Pipeline
             m.get("role") == "tail" and (m.get("stageMs") or 0) > 0
             for m in stack.agent(n)["status"].get("models") or []), 60, detail=stack.status_text)
     for node in (first, second):
-        assert metric(stack.agent(node)["status"]["endpoint"], "edgemodel_split_tail_requests_total", result="ok") >= 5
+        tail_endpoint = stack.agent(node)["status"]["endpoint"]
+        assert scraped_metric(tail_endpoint, "edgemodel_split_tail_requests_total", result="ok") >= 5
 
     # The last stage's node is lost under load: the entry answers at once, the operator re-plans: the
     # stage moves to the spare pool node and the chain runs again.
@@ -232,7 +218,8 @@ def test_the_operator_places_gates_serves_and_replans_a_pipeline(stack: Pipeline
                        and stack.entry_of(first)["split"].get("nextUrl") == stack.agent(spare)["status"]["splitEndpoint"],
                        90, detail=stack.status_text)
         stack.wait_for("the chain answering through the spare node",
-                       lambda: metric(spare_endpoint, "edgemodel_split_tail_requests_total", result="ok") >= 5, 60,
+                       lambda: scraped_metric(
+                           spare_endpoint, "edgemodel_split_tail_requests_total", result="ok") >= 5, 60,
                        detail=stack.status_text)
         moved = load.ok
         stack.wait_for("answers after the move", lambda: load.ok >= moved + 10, 60)
@@ -240,7 +227,8 @@ def test_the_operator_places_gates_serves_and_replans_a_pipeline(stack: Pipeline
     assert load.wrong == 0
     assert stack.entries(stack.entry) == [("head", 1)]
     assert stack.entries(second) == [], "the lost node's stage is taken off"
-    assert metric(endpoint, "edgemodel_split_requests_total", path="local") >= 1, "the fallback answered meanwhile"
+    assert scraped_metric(endpoint, "edgemodel_split_requests_total", path="local") >= 1, (
+        "the fallback answered meanwhile")
 
     # The spare goes too: one pool node is too few for 3 stages, the entry serves the whole model.
     with Load(endpoint, images, expected) as load:

@@ -29,6 +29,7 @@ from edgemodel_dev.examples_models import (
     write_digits_example,
 )
 from tests.conftest import require_tool
+from tests.serving import infer_digits, scraped_metric
 
 T = TypeVar("T")
 NAME = "digits"
@@ -77,25 +78,6 @@ def example(stack: SplitStack) -> DigitsExample:
     return write_digits_example(stack.dir / "models" / NAME, epochs=15, val_samples=128)
 
 
-def infer(endpoint: str, images: np.ndarray, timeout: float = 10.0) -> np.ndarray:
-    body = {"inputs": [{"name": DIGITS_INPUT_NAME, "datatype": "FP32", "shape": list(images.shape),
-                        "data": images.ravel().tolist()}]}
-    request = urllib.request.Request(f"{endpoint}/v2/models/{NAME}/infer", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        out = json.loads(response.read())["outputs"][0]
-    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
-
-
-def metric(endpoint: str, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(f"{endpoint}/metrics", timeout=10).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack: SplitStack,
                                                                            example: DigitsExample) -> None:
     doc = example.manifest(NAME)
@@ -139,16 +121,16 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
     expected = whole.run(None, {DIGITS_INPUT_NAME: images})[0]
     edges = [stack.agent(n)["status"]["endpoint"] for n in stack.edge_nodes]
     for endpoint in edges:
-        got = infer(endpoint, images)
+        got = infer_digits(endpoint, images)
         assert got.shape == expected.shape
         assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.97, "INT8 features keep the predictions"
         assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
-        assert metric(endpoint, "edgemodel_split_requests_total", path="split") >= 1
-        assert metric(endpoint, "edgemodel_split_transfer_bytes_total", direction="up") > 0
-        assert metric(endpoint, "edgemodel_split_stage_duration_seconds_count", stage="tail") >= 1
+        assert scraped_metric(endpoint, "edgemodel_split_requests_total", path="split") >= 1
+        assert scraped_metric(endpoint, "edgemodel_split_transfer_bytes_total", direction="up") > 0
+        assert scraped_metric(endpoint, "edgemodel_split_stage_duration_seconds_count", stage="tail") >= 1
     cloud_endpoint = stack.agent(cloud)["status"]["endpoint"]
-    assert metric(cloud_endpoint, "edgemodel_split_tail_requests_total", result="ok") >= len(edges)
-    assert metric(cloud_endpoint, "edgemodel_split_tail_duration_seconds_count") >= len(edges)
+    assert scraped_metric(cloud_endpoint, "edgemodel_split_tail_requests_total", result="ok") >= len(edges)
+    assert scraped_metric(cloud_endpoint, "edgemodel_split_tail_duration_seconds_count") >= len(edges)
     stack.wait_for("the heads' measured cloud RTT in status",
                    lambda: all(s.get("cloudRttMs") is not None for n in stack.edge_nodes for s in stack.states(n)),
                    30, detail=stack.status_text)
@@ -187,14 +169,14 @@ def test_a_split_revision_rolls_out_head_to_the_edge_and_tail_to_the_cloud(stack
     whole = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     expected = whole.run(None, {DIGITS_INPUT_NAME: images})[0]
     for endpoint in edges:
-        assert (infer(endpoint, images).argmax(1) == expected.argmax(1)).mean() >= 0.97
+        assert (infer_digits(endpoint, images).argmax(1) == expected.argmax(1)).mean() >= 0.97
 
     # The cloud goes away: the edge keeps answering with the whole model (fallback local).
     stack.cluster.node_processes[cloud].stop()
     for endpoint in edges:
-        got = infer(endpoint, images, timeout=30)
+        got = infer_digits(endpoint, images, timeout=30)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-        assert metric(endpoint, "edgemodel_split_requests_total", path="local") >= 1
+        assert scraped_metric(endpoint, "edgemodel_split_requests_total", path="local") >= 1
     stack.wait_for("fallbackCount in the edge agents' status",
                    lambda: all(s.get("fallbackCount", 0) >= 1 for n in stack.edge_nodes for s in stack.states(n)),
                    30, detail=stack.status_text)
