@@ -263,6 +263,8 @@ class World:
     """Agents whose heartbeat stops (the others report at every step)."""
     decisions: list[Decision] = dataclasses.field(default_factory=list)
     observed: list[Wants] = dataclasses.field(default_factory=list)
+    chain: dict[str, Any] | None = None
+    """What observe reads as chain.json for every revision (pipelines)."""
 
     def step(self) -> Decision:
         """One reconcile: observe (answering wants), decide, and act on the bodies."""
@@ -282,14 +284,21 @@ class World:
                 snap = dataclasses.replace(snap, measured=(analysis_key(d.wants.analysis), self.prometheus))
             if d.wants.plan is not None:
                 snap = dataclasses.replace(snap, plans={**snap.plans, d.wants.plan[0]: None})
+            if d.wants.chains:
+                snap = dataclasses.replace(snap, chains={**snap.chains, **{r: self.chain for r in d.wants.chains}})
             d = decide(snap, self.settings)
         self.body = {**self.body, "status": status_after(self.body, d)}
-        for write in d.agent_writes:
+        for write in d.agent_writes:  # an agent's entry is replaced; its pipeline stages (tails) stay
             agent = self.agents[write.agent.name]
-            models = [m for m in agent["spec"]["models"] if m["name"] != "digits"]
+            models = [m for m in agent["spec"]["models"] if m["name"] != "digits" or m.get("role") == "tail"]
             if write.entry is not None:
                 models.append(dict(write.entry))
             agent["spec"]["models"] = models
+            agent["metadata"]["generation"] += 1
+        for tails in d.tail_writes:  # the stages a node hosts are replaced as a set
+            agent = self.agents[tails.agent.name]
+            models = [m for m in agent["spec"]["models"] if m["name"] != "digits" or m.get("role") != "tail"]
+            agent["spec"]["models"] = models + [dict(e) for _, e in sorted(tails.tails.items())]
             agent["metadata"]["generation"] += 1
         self.decisions.append(d)
         return d

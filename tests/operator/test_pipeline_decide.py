@@ -13,20 +13,19 @@ import datetime as dt
 import json
 from typing import Any
 
-from edgemodel.api import ConversionResult, EdgeModelStatus, RevisionOutcome
+from edgemodel.api import EdgeModelStatus, RevisionOutcome
 from edgemodel.api.edgemodel import STAGE_OVERHEAD_LABEL, STAGE_SLOWDOWN_LABEL
 from edgemodel.split.chain_devices import ENV as DEVICES_ENV
 from edgemodel.split.chain_devices import PlanDevices
 from edgemodel_operator.decide import Decision, JobSeen, Wants, decide
-from tests.operator.builders import NOW, agent_body, artifacts, report, rfc
+from tests.operator.builders import agent_body, report
+from tests.operator.test_decide import World as DecideWorld
 from tests.operator.test_decide import (
     conditions,
-    job,
     model_body,
     reasons,
     settings,
     snapshot,
-    status_after,
     wire_spec,
 )
 
@@ -54,45 +53,8 @@ def pool_node(name: str) -> dict[str, Any]:
     return body
 
 
-@dataclasses.dataclass
-class World:
-    body: dict[str, Any]
-    agents: dict[str, dict[str, Any]]
-    chain: dict[str, Any] | None = dataclasses.field(default_factory=chain_doc)
-    now: dt.datetime = NOW
-    stale: set[str] = dataclasses.field(default_factory=set)
-    observed: list[Wants] = dataclasses.field(default_factory=list)
-
-    def step(self) -> Decision:
-        for name, agent in self.agents.items():
-            if name not in self.stale:
-                agent["status"]["heartbeatTime"] = rfc(self.now)
-        snap = snapshot(self.body, list(self.agents.values()), now=self.now, seen_now=self.now)
-        d = decide(snap, settings())
-        while d.wants:
-            self.observed.append(d.wants)
-            if d.wants.job is not None:
-                created = bool((self.body.get("status") or {}).get("history"))
-                result = ConversionResult(ok=True, revision=1, artifacts=artifacts(1))
-                snap = dataclasses.replace(snap, job=JobSeen(d.wants.job[0], job(self.body, "Complete") if created
-                                                             else None, result if created else None))
-            if d.wants.chains:
-                snap = dataclasses.replace(snap, chains={**snap.chains, **{r: self.chain for r in d.wants.chains}})
-            d = decide(snap, settings())
-        self.body = {**self.body, "status": status_after(self.body, d)}
-        for write in d.agent_writes:
-            agent = self.agents[write.agent.name]
-            models = [m for m in agent["spec"]["models"] if m["name"] != "digits" or m.get("role") == "tail"]
-            if write.entry is not None:
-                models.append(dict(write.entry))
-            agent["spec"]["models"] = models
-            agent["metadata"]["generation"] += 1
-        for tails in d.tail_writes:
-            agent = self.agents[tails.agent.name]
-            models = [m for m in agent["spec"]["models"] if m["name"] != "digits" or m.get("role") != "tail"]
-            agent["spec"]["models"] = models + [dict(e) for _, e in sorted(tails.tails.items())]
-            agent["metadata"]["generation"] += 1
-        return d
+class World(DecideWorld):
+    """test_decide's world with pipeline reports: stage nodes and the entry."""
 
     def entries(self, node: str) -> list[tuple[str, int]]:
         return [(m.get("role", "full"), m["revision"]) for m in self.agents[node]["spec"]["models"]]
@@ -112,7 +74,7 @@ class World:
 
 def world(plan: dict[str, Any] | None = None) -> World:
     agents = {"e1": agent_body("e1", labels={"edge": "true"}), **{n: pool_node(n) for n in ("p1", "p2", "p3")}}
-    return World(model_body(pipeline_spec()), agents, chain_doc(plan))
+    return World(model_body(pipeline_spec()), agents, settings(), chain=chain_doc(plan))
 
 
 def available(w: World) -> None:
@@ -353,7 +315,7 @@ def test_the_job_plans_auto_cuts_for_the_labelled_node_speeds_or_says_why_it_can
 
 
 def test_a_new_revision_plans_with_the_speeds_every_stage_of_the_serving_chain_measured() -> None:
-    w = World(model_body(pipeline_spec(cuts=[])), world().agents, chain_doc(costs_plan()))
+    w = World(model_body(pipeline_spec(cuts=[])), world().agents, settings(), chain=chain_doc(costs_plan()))
     available(w)
     w.agents["p3"]["metadata"]["labels"][STAGE_SLOWDOWN_LABEL] = "1.5"  # p3 serves nothing: its label counts
     w.agents["p1"]["metadata"]["labels"][STAGE_SLOWDOWN_LABEL] = "9"  # a measurement beats the label
