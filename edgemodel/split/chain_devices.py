@@ -85,8 +85,19 @@ class PlanDevices:
 
 def parse_slowdown(raw: str | None) -> float | None:
     """A positive finite number from a label value; None when absent or not one."""
+    return _label_number(raw, zero_allowed=False)
+
+
+def parse_overhead_ms(raw: str | None) -> float:
+    """A non-negative finite number of milliseconds from a label value; 0 when absent or not one."""
+    return _label_number(raw, zero_allowed=True) or 0.0
+
+
+def _label_number(raw: str | None, zero_allowed: bool) -> float | None:
     try:
         value = float(raw) if raw else None
     except ValueError:
         return None
-    return value if value is not None and math.isfinite(value) and value > 0 else None
+    if value is None or not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        return None
+    return value

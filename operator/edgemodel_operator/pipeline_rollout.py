@@ -22,7 +22,6 @@ chain gate, the entries and stage tails to write, and ``PipelinePlanCurrent``. P
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,14 @@ from typing import Any
 
 from edgemodel.api import ArtifactRef, EdgeModelSpec, ModelPhase
 from edgemodel.api.edgemodel import STAGE_OVERHEAD_LABEL, STAGE_SLOWDOWN_LABEL, Split
-from edgemodel.split.chain_devices import LABELLED, MEASURED, PlanDevices, device_from_dict, parse_slowdown
+from edgemodel.split.chain_devices import (
+    LABELLED,
+    MEASURED,
+    PlanDevices,
+    device_from_dict,
+    parse_overhead_ms,
+    parse_slowdown,
+)
 from edgemodel.split.chain_planner import ChainCosts, ChainObjective, Device, cost_plan
 from edgemodel.split.planner import PlanError
 from edgemodel_operator.pipeline import (
@@ -259,12 +265,7 @@ def _tail_cut(agent: AgentView, namespace: str, name: str, revision: int) -> str
 
 
 def _overhead(agent: AgentView) -> float:
-    raw = agent.labels.get(STAGE_OVERHEAD_LABEL)
-    try:
-        value = float(raw) if raw else 0.0
-    except ValueError:
-        return 0.0
-    return value if math.isfinite(value) and value >= 0 else 0.0
+    return parse_overhead_ms(agent.labels.get(STAGE_OVERHEAD_LABEL))
 
 
 def job_devices(split: Split, entries: Sequence[AgentView], hosts: Sequence[AgentView],

@@ -9,7 +9,14 @@ import pytest
 
 from edgemodel.api import EdgeModelSpec
 from edgemodel.api.edgemodel import STAGE_OVERHEAD_LABEL, STAGE_SLOWDOWN_LABEL
-from edgemodel.split.chain_devices import LABELLED, MEASURED, PlanDevices, device_from_dict, parse_slowdown
+from edgemodel.split.chain_devices import (
+    LABELLED,
+    MEASURED,
+    PlanDevices,
+    device_from_dict,
+    parse_overhead_ms,
+    parse_slowdown,
+)
 from edgemodel.split.chain_planner import ChainCosts, ChainLinks, ChainObjective, Device, plan_chain
 from edgemodel.split.planner import Link, PlanError
 from edgemodel_operator.pipeline_rollout import job_devices, measured_slowdowns, planned_nodes
@@ -95,6 +102,8 @@ def test_the_device_list_round_trips_through_the_job_env_and_chain_json() -> Non
         PlanDevices.from_json('{"devices": [{"name": "x"}]}')
     assert parse_slowdown("2.5") == 2.5
     assert [parse_slowdown(v) for v in ("", None, "0", "-1", "inf", "nan", "x")] == [None] * 7
+    assert [parse_overhead_ms(v) for v in ("1.5", "0")] == [1.5, 0.0]
+    assert [parse_overhead_ms(v) for v in ("", None, "-1", "inf", "nan", "x")] == [0.0] * 6
 
 
 def test_speeds_measured_by_a_serving_chain_are_its_stages_compute_over_their_reference_ms() -> None:
