@@ -62,6 +62,10 @@ class FederatedStack(SystemStack):
         )
         self.prometheus = Prometheus(str(require_tool("prometheus")), self.dir / "prometheus", self.procs)
         self.prometheus.start({"edgemodel-operator": [f"127.0.0.1:{self.metrics_port}"]})
+        # Ready is not scraping: a training whose rounds all end before the first scrape leaves the round
+        # histogram with one value and nothing for rate() (a loaded CI run showed the first scrape 7 s in).
+        prom = self.prometheus
+        self.wait_for("Prometheus to scrape the operator", lambda: prom.query('up{job="edgemodel-operator"} == 1'), 60)
         self.started = time.time()
 
     def training(self, name: str) -> dict[str, Any]:
