@@ -76,7 +76,13 @@ class DataPlane:
             "max_batch_size": mv.batcher.max_batch_size if mv.batcher else 0,
             "input": [tensor(t) for t in model.inputs],
             "output": [tensor(t) for t in model.outputs],
-            "parameters": {"provider": {"string_value": mv.provider}, "sha256": {"string_value": mv.sha256}},
+            "parameters": {
+                "provider": {"string_value": mv.provider},
+                "sha256": {"string_value": mv.sha256},
+                "concurrent_runs": {"string_value": str(mv.max_concurrent_runs)},
+                "intra_op_threads": {"string_value": f"{model.intra_op_threads} alone, {model.run_threads} overlapping"},
+                "run_plan": {"string_value": model.plan.describe() if model.options.plan_runs else "set by flags"},
+            },
         }
         if mv.batcher is not None:
             config["dynamic_batching"] = {"max_queue_delay_microseconds": int(mv.batcher.max_queue_delay_s * 1e6)}

@@ -186,6 +186,17 @@ class AgentMetrics:
             "1 for the current state of each assigned model version, 0 for the other states.",
             ["namespace", "model", "version", "state"], registry=r,
         )  # fmt: skip
+        self.concurrent_runs = Gauge(
+            "edgemodel_model_concurrent_runs",
+            "ONNX Runtime runs of a model version allowed at once (2+ on a multi-CPU node when the load-time "
+            "run plan chose one-thread runs for overlapping requests).",
+            ["namespace", "model", "version"], registry=r,
+        )  # fmt: skip
+        self.batching = Gauge(
+            "edgemodel_model_batching",
+            "1 when dynamic batching is on for a model version (set by flag or chosen by the load-time run plan), else 0.",
+            ["namespace", "model", "version"], registry=r,
+        )  # fmt: skip
         self.split = SplitMetrics(r)
         """Per-stage metrics of split requests (heads); docs/split-inference.md."""
 
@@ -202,6 +213,10 @@ class AgentMetrics:
         self._info_refs.pop(labels, None)
         with contextlib.suppress(KeyError):
             self.model_info.remove(*labels)
+
+    def info_served(self, labels: tuple[str, str, str, str, str]) -> bool:
+        """Whether another copy of this version (a reload overlapping) still holds ``labels``."""
+        return labels in self._info_refs
 
     def set_state(self, namespace: str, model: str, version: str, state: str) -> None:
         """Mark ``state`` as the current one of a model version (of the EdgeModel ``namespace/model``)."""

@@ -8,6 +8,7 @@ only compare against precomputed values.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import numpy as np
 from edge_agent import providers as providers_mod
 from edge_agent.datatypes import ORT_TO_V2, V2_TO_NUMPY
 from edge_agent.errors import LoadError
+from edge_agent.runplan import REPEATS, RunPlan, fits_budget, interleaved, prefer_batching, prefer_narrow
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,11 @@ class ModelOptions:
     """Models whose warm-up inference takes less than this get one intra-op thread: waking the
     thread pool costs more than it saves (measured: 13 µs vs 28 µs on the digits CNN)."""
     provider_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    plan_runs: bool = False
+    """Heavy CPU models: choose narrow runs and batching by measurement at load (``edge_agent.runplan``);
+    the server sets it unless --threads or --workers were given."""
+    plan_batch_rows: int = 8
+    """Rows of the batched run the batching measurement times (the batch size it would form)."""
 
 
 SessionFactory = Callable[[list[str]], Any]
@@ -98,6 +105,11 @@ class OnnxModel:
         """Median warm-up inference time; None when no warm-up ran."""
         self.warmup_elements = 0
         """Input elements of the warm-up request (to scale its time to other request sizes)."""
+        self.narrow_session: Any = None
+        """A one-thread session that runs overlapping the wide one use (None: one session only)."""
+        self.plan = RunPlan()
+        self._running = 0
+        self._running_lock = threading.Lock()
 
     # -- loading -----------------------------------------------------------------------------
     def _default_factory(self, intra_op_threads: int) -> SessionFactory:
@@ -146,16 +158,73 @@ class OnnxModel:
                 self.session, self.warmup_seconds = multi_session, multi_time
             else:
                 self.intra_op_threads = 1
+        if self.options.plan_runs:
+            if small:
+                self.plan = RunPlan(note=f"warm-up below {self.options.small_model_ms:g} ms: nothing to gain")
+            elif self.warmup_seconds is None or self.provider != providers_mod.CPU:
+                self.plan = RunPlan(note="no warm-up time to plan from" if self.warmup_seconds is None else f"runs on {self.provider}")
+            else:
+                self.plan = self._plan_runs()
         self.load_seconds = time.perf_counter() - started
         log.info(
-            "Loaded model %s version %s on %s with %d intra-op threads in %.3f s (warm-up median %s)",
+            "Loaded model %s version %s on %s with %d intra-op threads in %.3f s (warm-up median %s)%s",
             self.name,
             self.version,
             self.provider,
             self.intra_op_threads,
             self.load_seconds,
             f"{self.warmup_seconds * 1e3:.3f} ms" if self.warmup_seconds is not None else "n/a",
+            f"; run plan: {self.plan.describe()}" if self.options.plan_runs else "",
         )
+
+    @property
+    def run_threads(self) -> int:
+        """Intra-op threads of a run that overlaps others (1 with a narrow session)."""
+        return 1 if self.narrow_session is not None else self.intra_op_threads
+
+    def _plan_runs(self) -> RunPlan:
+        """Measure (interleaved) whether narrow runs and batching pay off for this model; keep what wins."""
+        threads = self.intra_op_threads
+        wide = self.session
+        feeds = self.warmup_feeds()
+        assert self.warmup_seconds is not None
+        run_s = self.warmup_seconds
+        wide_ms = narrow_ms = None
+        notes: list[str] = []
+        if threads > 1 and fits_budget(run_s, REPEATS * (1 + threads) + threads * self.options.warmup_runs):
+            factory = self._session_factory or self._default_factory(1)
+            narrow = factory([providers_mod.CPU])
+            for _ in range(max(1, self.options.warmup_runs)):
+                narrow.run(None, feeds)
+            wide_s, narrow_s = interleaved(lambda: wide.run(None, feeds), lambda: narrow.run(None, feeds))
+            wide_ms, narrow_ms = float(np.median(wide_s)) * 1e3, float(np.median(narrow_s)) * 1e3
+            if prefer_narrow(wide_s, narrow_s, threads):
+                self.narrow_session = narrow
+                run_s = narrow_ms / 1e3
+        elif threads > 1:
+            notes.append("too slow to measure narrow runs")
+        concurrent = self.narrow_session or wide
+        rows = self.options.plan_batch_rows
+        single_ms = batch_row_ms = None
+        batching = False
+        if not self.batchable or rows <= 1:
+            notes.append("not batchable")
+        elif fits_budget(run_s, (REPEATS + 1) * (rows + 1)):
+            batch = {k: np.repeat(v, rows, axis=0) for k, v in feeds.items()}
+            try:
+                concurrent.run(None, batch)
+            except Exception as exc:  # a model whose graph fixes the batch size despite its dynamic shapes
+                notes.append(f"a batched run failed: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}")
+            else:
+                single_s, batch_s = interleaved(lambda: concurrent.run(None, feeds), lambda: concurrent.run(None, batch))
+                single_ms, batch_row_ms = float(np.median(single_s)) * 1e3, float(np.median(batch_s)) * 1e3 / rows
+                batching = prefer_batching(single_s, batch_s, rows)
+        else:
+            notes.append("too slow to measure batching")
+        return RunPlan(
+            narrow_runs=self.narrow_session is not None, batching=batching, wide_ms=wide_ms, narrow_ms=narrow_ms,
+            batch_row_ms=batch_row_ms, single_ms=single_ms, note="; ".join(notes),
+        )  # fmt: skip
 
     def _create_session(self, intra_op_threads: int) -> None:
         factory = self._session_factory or self._default_factory(intra_op_threads)
@@ -216,10 +285,26 @@ class OnnxModel:
 
     # -- inference ---------------------------------------------------------------------------
     def predict(self, feeds: dict[str, np.ndarray], output_names: list[str] | None = None) -> list[np.ndarray]:
-        """Run the model; outputs in the order of ``output_names`` (all outputs when None)."""
-        result: list[np.ndarray] = self.session.run(output_names, feeds)
+        """Run the model; outputs in the order of ``output_names`` (all outputs when None).
+
+        With a narrow session, a run that starts while another is in flight uses it (a lone run keeps
+        the wide session and its latency).
+        """
+        narrow = self.narrow_session
+        if narrow is None:
+            result: list[np.ndarray] = self.session.run(output_names, feeds)
+            return result
+        with self._running_lock:
+            busy = self._running
+            self._running += 1
+        try:
+            result = (narrow if busy else self.session).run(output_names, feeds)
+        finally:
+            with self._running_lock:
+                self._running -= 1
         return result
 
     def unload(self) -> None:
         """Drop the session (ONNX Runtime frees it once no thread still runs on it)."""
         self.session = None
+        self.narrow_session = None

@@ -9,6 +9,7 @@ is unloaded afterwards. No request fails because of a swap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    enabled: bool = False
+    enabled: bool | None = False
+    """None: as the model's load-time run plan recommends, without queue delay (``edge_agent.runplan``)."""
     max_batch_size: int = 8
     max_queue_delay_ms: float = 2.0
 
@@ -78,9 +80,14 @@ class ModelVersion:
         """Requests up to this many input elements run on the event loop (see ``run``)."""
         if model.warmup_seconds is not None and model.warmup_elements and model.warmup_seconds * 1e3 < inline_max_ms:
             self.inline_max_elements = int(model.warmup_elements * (inline_max_ms / 1e3) / model.warmup_seconds)
-        self.max_concurrent_runs = max(1, pool.workers // max(1, model.intra_op_threads))
-        """Runs of this version at once: runs x intra-op threads never exceed the CPUs (no oversubscription)."""
+        self.max_concurrent_runs = max(1, pool.workers // max(1, model.run_threads))
+        """Runs of this version at once: runs x intra-op threads never exceed the CPUs (no oversubscription;
+        with a narrow session a lone run uses the wide one, the overlapping ones one thread each)."""
         self._run_slots = asyncio.Semaphore(self.max_concurrent_runs)
+        self.batching_chosen = batching is not None and batching.enabled is None
+        """Whether batching was left to the run plan (then on without queue delay when it recommends it)."""
+        if batching is not None and batching.enabled is None:
+            batching = BatchingConfig(model.plan.batching, batching.max_batch_size, 0.0)
         if batching is not None and batching.enabled:
             if model.batchable:
                 self.batcher = DynamicBatcher(
@@ -101,6 +108,8 @@ class ModelVersion:
         self._m_codes: dict[int, CounterChild] = {}
         self._info_labels = (namespace, self.name, self.version, self.sha256, self.provider)
         metrics.info_acquire(self._info_labels)
+        metrics.concurrent_runs.labels(namespace, self.name, self.version).set(self.max_concurrent_runs)
+        metrics.batching.labels(namespace, self.name, self.version).set(1 if self.batcher is not None else 0)
 
     # -- running -----------------------------------------------------------------------------
     def _timed_predict(
@@ -186,6 +195,10 @@ class ModelVersion:
             await self.batcher.close()
         self.model.unload()
         self.metrics.info_release(self._info_labels)
+        if not self.metrics.info_served(self._info_labels):  # no overlapping reload of this version holds them
+            for gauge in (self.metrics.concurrent_runs, self.metrics.batching):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(self.namespace, self.name, self.version)
 
 
 @dataclass

@@ -255,6 +255,8 @@ class AgentServer:
             gpu_fallback_to_cpu=s.gpu_fallback_to_cpu if gpu_fallback_to_cpu is None else gpu_fallback_to_cpu,
             intra_op_threads=self.intra_op_threads,
             warmup_runs=s.warmup_runs,
+            plan_runs=not s.intra_op_threads and not s.inference_workers,
+            plan_batch_rows=s.max_batch_size,
         )
         model = OnnxModel(
             name, version, source, options, sha256=sha256,

@@ -53,10 +53,14 @@ def add_parser(sub: Any) -> None:
     serving.add_argument("--no-gpu-fallback", dest="gpu_fallback_to_cpu", action="store_false", default=None,
                          help="with --accelerator gpu: fail instead of serving on CPU when no GPU provider loads")
     serving.add_argument("--threads", type=int, dest="intra_op_threads", metavar="N",
-                         help="ONNX Runtime intra-op threads (default: the container's CPU limit)")
+                         help="ONNX Runtime intra-op threads (default: the container's CPU limit, plus a one-thread "
+                         "session for overlapping runs of heavy models when measured faster)")
     serving.add_argument("--workers", type=int, dest="inference_workers", metavar="N",
                          help="inferences running at once (default: the container's CPU limit)")
-    serving.add_argument("--batching", action="store_true", default=None, help="dynamic batching for --model files")
+    serving.add_argument("--batching", action="store_true", default=None,
+                         help="dynamic batching for --model files (default: on without queue delay for models whose "
+                         "load-time measurement shows batched runs clearly cheaper per row)")
+    serving.add_argument("--no-batching", dest="batching", action="store_false", default=None, help="no dynamic batching")
     serving.add_argument("--max-batch-size", type=int, help="rows per batched run (default 8)")
     serving.add_argument("--max-queue-delay-ms", type=float, help="longest wait for a batch to fill (default 2)")
     serving.add_argument("--allow-non-finite", action="store_true", default=None, help="accept NaN/Inf inputs")
