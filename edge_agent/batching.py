@@ -3,7 +3,8 @@
 A request waits at most ``max_queue_delay`` for others; a batch holds at most ``max_batch_size``
 rows (first dimension). Requests are stacked only when every other dimension and dtype match.
 While every worker is busy, requests keep queueing and the next batch is formed from them, so
-under load batches grow without any added delay. If a batched run fails, its requests are re-run
+under load batches grow without any added delay. Without queue delay, a request that finds nothing
+queued and a run slot free runs at once from its own coroutine (no hand-off to the batching task). If a batched run fails, its requests are re-run
 one by one so that one bad request cannot fail its neighbours.
 """
 
@@ -74,6 +75,8 @@ class DynamicBatcher:
         self._slots = asyncio.Semaphore(concurrency or pool.workers)
         """Batched runs at once (each may use several intra-op threads)."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._direct: set[asyncio.Future[tuple[list[np.ndarray], float, float]]] = set()
+        """Lone runs started without the batching task (no queue delay, a slot free)."""
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -85,9 +88,20 @@ class DynamicBatcher:
         """Queue one request and wait for its share of a batched run."""
         if self._closed:
             raise ModelNotReady("model version is being unloaded; retry (the new version answers)")
-        self.start()
         first = next(iter(feeds.values()))
         rows = int(first.shape[0]) if first.ndim else 1
+        if self.max_queue_delay_s == 0 and not self._pending and not self._slots.locked():
+            # Nothing to batch with and a run slot free: run now, without the hand-off to the batching task.
+            await self._slots.acquire()
+            run = asyncio.get_running_loop().run_in_executor(self._pool.executor, timed_run, self._run, feeds, time.perf_counter())
+            self._direct.add(run)
+            try:
+                outputs, waited, compute = await run
+            finally:
+                self._direct.discard(run)
+                self._slots.release()
+            return RunResult(outputs, waited, compute, 1)
+        self.start()
         future: asyncio.Future[RunResult] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(feeds, rows, signature(feeds), time.perf_counter(), future))
         self._arrived.set()
@@ -189,5 +203,5 @@ class DynamicBatcher:
             p = self._pending.popleft()
             if not p.future.done():
                 p.future.set_exception(ModelNotReady("model version was unloaded before the request ran; retry"))
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks or self._direct:
+            await asyncio.gather(*self._tasks, *self._direct, return_exceptions=True)

@@ -158,3 +158,24 @@ async def test_fixed_shape_models_are_served_unbatched(model_files: dict[str, Pa
         assert server.repository.resolve("fixed").batcher is None
     finally:
         await server.stop()
+
+
+async def test_without_queue_delay_a_lone_request_runs_at_once_and_queued_ones_still_batch(make_batcher: MakeBatcher) -> None:
+    model, batcher = make_batcher(8, 0)
+    lone = await asyncio.wait_for(batcher.submit({"x": np.ones((1, 3), np.float32)}), timeout=5)
+    assert lone.batch_requests == 1
+    assert model.batches == [1]
+    assert batcher._loop_task is None, "a lone request needs no batching task"
+    model.gate.clear()  # the one slot is busy: the next requests queue and share a run
+    first = asyncio.create_task(batcher.submit({"x": np.zeros((1, 3), np.float32)}))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.create_task(batcher.submit({"x": np.full((1, 3), i, np.float32)})) for i in range(4)]
+    await asyncio.sleep(0.05)
+    closing_would_wait = not first.done()
+    model.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*queued), timeout=5)
+    await first
+    assert closing_would_wait
+    for i, r in enumerate(results):
+        np.testing.assert_array_equal(r.outputs[0], np.full((1, 3), 2 * i, np.float32))
+    assert model.batches == [1, 1, 4]
