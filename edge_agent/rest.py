@@ -203,12 +203,13 @@ class RestApi:
 
     def needs_no_task(self, name: str, version: str | None) -> bool:
         """True when ``infer_bytes`` for this model may start outside an asyncio task (``hotpath.run_eagerly``):
-        a plain model without batching (its waits are futures: executor, semaphore), or a refusal."""
+        a plain model without batching, or batching without queue delay (its waits are futures: executor,
+        semaphore, its batch's result), or a refusal."""
         try:
             mv = self.dataplane.repository.resolve(name, version)
         except AgentError:
             return True
-        return type(mv) is ModelVersion and mv.batcher is None
+        return type(mv) is ModelVersion and (mv.batcher is None or mv.batcher.max_queue_delay_s == 0)
 
     async def infer_bytes(
         self, head: RequestHead, body: bytes | bytearray | BodyReader, name: str, version: str | None

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -43,6 +44,7 @@ class FakeSession:
         self.inner = ort.InferenceSession(str(path), providers=[CPU])
         self.clock, self.fixed_ms, self.per_row_ms = clock, fixed_ms, per_row_ms
         self.runs = 0
+        self.rows: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
         self.running = threading.Event()
@@ -54,6 +56,7 @@ class FakeSession:
         rows = next(iter(feeds.values())).shape[0]
         self.clock.now += (self.fixed_ms + self.per_row_ms * rows) / 1e3
         self.runs += 1
+        self.rows.append(int(rows))
         self.running.set()
         self.gate.wait(30)
         return self.inner.run(names, feeds)
@@ -208,6 +211,44 @@ async def test_batching_by_default_follows_the_plan_without_queue_delay(model_fi
         np.testing.assert_allclose(result.outputs[0], np.full((1, 4), 3.0))
         assert result.batch_requests == 1
     finally:
+        await server.stop()
+
+
+async def test_over_http_two_runs_overlap_and_requests_queued_behind_them_share_a_run(
+    model_files: dict[str, Path], clock: Clock
+) -> None:
+    sessions = Sessions(model_files["affine1"], clock, wide=(10, 0), narrow=(2, 10))
+    server = await serve(model_files["affine1"], sessions)
+    url = f"{server.url}/v2/models/affine/infer"
+    try:
+        async with aiohttp.ClientSession() as client:
+
+            async def ask(value: float) -> list[float]:
+                body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [value] * 4}]}
+                async with client.post(url, json=body) as resp:
+                    assert resp.status == 200
+                    return list((await resp.json())["outputs"][0]["data"])
+
+            assert await ask(1.0) == [3.0] * 4  # a lone request: the fast path, on the wide session
+            for s in (sessions.wide, sessions.narrow):
+                s.gate.clear()
+                s.running.clear()
+                s.rows.clear()
+            first = asyncio.create_task(ask(2.0))
+            await asyncio.to_thread(sessions.wide.running.wait, 10)
+            second = asyncio.create_task(ask(3.0))
+            await asyncio.to_thread(sessions.narrow.running.wait, 10)  # two runs in flight at once
+            queued = [asyncio.create_task(ask(float(v))) for v in (4, 5, 6)]
+            await asyncio.sleep(0.2)
+            assert not any(t.done() for t in (first, second, *queued))
+            sessions.wide.gate.set()
+            sessions.narrow.gate.set()
+            answers = await asyncio.wait_for(asyncio.gather(first, second, *queued), 10)
+        assert answers == [[2.0 * v + 1] * 4 for v in (2, 3, 4, 5, 6)]
+        assert sorted(sessions.wide.rows + sessions.narrow.rows) == [1, 1, 3], "the three queued requests share one run"
+    finally:
+        sessions.wide.gate.set()
+        sessions.narrow.gate.set()
         await server.stop()
 
 
