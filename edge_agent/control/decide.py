@@ -384,15 +384,18 @@ def pinned(snap: Snapshot) -> set[str]:
 
 
 def ready_message(
-    a: ModelAssignment, provider: str, split_cut: str | None = None, local_fallback: bool = False
+    a: ModelAssignment, provider: str, split_cut: str | None = None, local_fallback: bool = False, overlapping_runs: int = 0
 ) -> str:
-    """Status message of a newly loaded full or head version; says when a GPU request fell back to CPU."""
+    """Status message of a newly loaded full or head version; says when a GPU request fell back to CPU
+    and when the load-time run plan lets ``overlapping_runs`` one-thread runs overlap (docs/architecture.md)."""
     note = ""
     if a.accelerator.value == "gpu" and provider == "CPUExecutionProvider":
         note = " (no GPU provider loads here; fell back to CPU per gpuFallbackToCpu)"
     if split_cut is not None:
         local = ", the whole model here for a local fallback" if local_fallback else ""
         note += f"; split at {split_cut!r}, tail at {a.split.cloud_url if a.split else ''}{local}"
+    if overlapping_runs > 1:
+        note += f"; up to {overlapping_runs} runs at once (a one-thread session for overlapping requests)"
     return f"serving revision {a.revision} on {provider}{note}"
 
 

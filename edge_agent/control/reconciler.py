@@ -403,8 +403,9 @@ class Reconciler:
             split = mv if isinstance(mv, SplitModelVersion) else None
             if split is not None:
                 self._in_background(self._first_rtt(split), f"rtt-{a.name}-{a.revision}")
+            overlapping = mv.max_concurrent_runs if type(mv) is ModelVersion and mv.model.narrow_session is not None else 0
             message = decide.ready_message(a, mv.provider, split.cut_names[0] if split is not None else None,
-                                           split is not None and split.full is not None)  # fmt: skip
+                                           split is not None and split.full is not None, overlapping)  # fmt: skip
             self._set(t, ModelPhase.READY, "Loaded", message)
             await asyncio.to_thread(self.cache.evict, self.pinned())
         except Exception as exc:

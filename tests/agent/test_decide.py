@@ -289,6 +289,13 @@ def test_a_head_says_where_it_is_cut_and_whether_it_can_fall_back() -> None:
                        "the whole model here for a local fallback")  # fmt: skip
 
 
+def test_the_status_says_when_runs_overlap_on_a_one_thread_session() -> None:
+    assert decide.ready_message(assignment(), "CPUExecutionProvider", overlapping_runs=2) == (
+        "serving revision 1 on CPUExecutionProvider; up to 2 runs at once (a one-thread session for overlapping requests)"
+    )
+    assert decide.ready_message(assignment(), "CPUExecutionProvider", overlapping_runs=1) == "serving revision 1 on CPUExecutionProvider"
+
+
 def test_unexpected_errors_become_internal_and_are_retried() -> None:
     assert decide.as_step_failure(RuntimeError("boom")) is None
     error = decide.internal_failure(RuntimeError("boom"))
