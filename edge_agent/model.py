@@ -193,14 +193,19 @@ class OnnxModel:
         notes: list[str] = []
         if threads > 1 and fits_budget(run_s, REPEATS * (1 + threads) + threads * self.options.warmup_runs):
             factory = self._session_factory or self._default_factory(1)
-            narrow = factory([providers_mod.CPU])
-            for _ in range(max(1, self.options.warmup_runs)):
-                narrow.run(None, feeds)
-            wide_s, narrow_s = interleaved(lambda: wide.run(None, feeds), lambda: narrow.run(None, feeds))
-            wide_ms, narrow_ms = float(np.median(wide_s)) * 1e3, float(np.median(narrow_s)) * 1e3
-            if prefer_narrow(wide_s, narrow_s, threads):
-                self.narrow_session = narrow
-                run_s = narrow_ms / 1e3
+            try:
+                narrow = factory([providers_mod.CPU])
+                for _ in range(max(1, self.options.warmup_runs)):
+                    narrow.run(None, feeds)
+            except Exception as exc:  # e.g. no memory for the weights a second time: serve with the wide session
+                log.warning("Run plan of %s:%s: no one-thread session (%s)", self.name, self.version, str(exc).strip()[:200])
+                notes.append("a one-thread session failed to load")
+            else:
+                wide_s, narrow_s = interleaved(lambda: wide.run(None, feeds), lambda: narrow.run(None, feeds))
+                wide_ms, narrow_ms = float(np.median(wide_s)) * 1e3, float(np.median(narrow_s)) * 1e3
+                if prefer_narrow(wide_s, narrow_s, threads):
+                    self.narrow_session = narrow
+                    run_s = narrow_ms / 1e3
         elif threads > 1:
             notes.append("too slow to measure narrow runs")
         concurrent = self.narrow_session or wide

@@ -152,6 +152,23 @@ def test_small_models_and_disabled_plans_are_not_measured(model_files: dict[str,
     assert not model.plan.batching
 
 
+def test_a_one_thread_session_that_fails_to_load_leaves_the_wide_one_serving(model_files: dict[str, Path], clock: Clock) -> None:
+    sessions = Sessions(model_files["affine1"], clock, wide=(10, 0), narrow=(2, 10))
+
+    def second_fails(providers: list[str]) -> FakeSession:
+        if sessions.made:
+            raise MemoryError("no memory for a second copy of the weights")
+        return sessions(providers)
+
+    model = OnnxModel("affine", "1", model_files["affine1"], ModelOptions(intra_op_threads=2, plan_runs=True),
+                      session_factory=second_fails, available_providers=[CPU])  # fmt: skip
+    model.load()
+    assert model.narrow_session is None
+    assert model.run_threads == 2
+    assert "a one-thread session failed to load" in model.plan.note
+    np.testing.assert_allclose(model.predict(feeds(1.0))[0], np.full((1, 4), 3.0))
+
+
 # -- serving with the plan --------------------------------------------------------------------
 async def serve(path: Path, sessions: Sessions, **settings: Any) -> AgentServer:
     server = AgentServer(AgentSettings(port=0, **settings), session_factory=sessions, available_providers=[CPU])
