@@ -33,7 +33,6 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from edgemodel.federated.survivors import SurvivorsOnly
 
-
 NODES = list(range(1, 11))  # 10 nodes, as in the benchmark
 SHAPE = (4, 3)
 
