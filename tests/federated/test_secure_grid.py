@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from edgemodel_operator.federated_pki import make_server_tls
 from flwr.app import Context
 from flwr.client import Client, NumPyClient
 from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
@@ -28,6 +27,7 @@ from edgemodel.federated.grid_http import serve_grid, server_tls
 from edgemodel.federated.progress import Progress
 from edgemodel.federated.secure import reconstruction_threshold, train_securely
 from edgemodel.federated.strategy import TrackedStrategy
+from edgemodel_operator.federated_pki import make_server_tls
 from tests.federated.test_spec import spec as make_spec
 
 SHAPE = (4, 3)

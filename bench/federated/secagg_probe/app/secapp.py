@@ -22,6 +22,7 @@ from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
+
 from edgemodel.federated.survivors import SurvivorsOnly
 
 SHAPES = [(64, 32), (32,), (32, 10), (10,)]
