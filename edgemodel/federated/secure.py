@@ -36,7 +36,7 @@ from edgemodel.federated.survivors import SurvivorsOnly
 log = logging.getLogger(__name__)
 
 RUN_ID = 1
-MIN_CLIENTS_WAIT = 86400.0
+MIN_CLIENTS_WAIT = 86400
 """How long a round waits for spec.minClients nodes (Flower's own sample() waits as long)."""
 FINISH_GRACE = 3.0
 """After the last round, how long the grid keeps answering so that polling nodes learn the run is over."""
