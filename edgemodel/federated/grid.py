@@ -3,8 +3,9 @@ HTTPS (``grid_http``). Flower's SecAgg+ workflow runs on the server against this
 in one long-lived process (``grid_client``). Messages travel as Flower's own protobuf (``message_to_proto``).
 
 A node registers (name -> a fresh int node id), long-polls for its messages, posts its replies and sends a heartbeat;
-``get_node_ids`` lists the nodes heard from within ``heartbeat_window`` seconds, so a killed node disappears within
-a few seconds, and ``send_and_receive`` stops waiting for a node as soon as it is no longer live.
+``get_node_ids`` lists the nodes heard from within ``heartbeat_window`` seconds whose connections are not all closed:
+a killed node's connections close at once (its kernel resets them), so it disappears immediately (a hung one within
+the window), and ``send_and_receive`` stops waiting for a node as soon as it is no longer live.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class _Node:
     inbox: deque[bytes] = field(default_factory=deque)
     replaced: bool = False
     told_over: bool = False
+    connections: int = 0
+    """Open HTTPS connections of this node; when the last one closes (the process died) it is gone at once."""
+    closed: bool = False
 
 
 class HttpGrid(Grid):
@@ -163,6 +167,22 @@ class HttpGrid(Grid):
         with self._cv:
             self._node(node_id).last_seen = time.monotonic()
 
+    def connection_opened(self, node_id: int) -> None:
+        with self._cv:
+            node = self._nodes.get(node_id)
+            if node is not None:
+                node.connections += 1
+                node.closed = False
+
+    def connection_closed(self, node_id: int) -> None:
+        """A node's connection ended; with none left (a killed process) waiting rounds stop waiting for it now."""
+        with self._cv:
+            node = self._nodes.get(node_id)
+            if node is not None:
+                node.connections -= 1
+                node.closed = node.connections <= 0
+                self._cv.notify_all()
+
     def next_message(self, node_id: int, wait: float) -> bytes | None:
         """The node's next message (protobuf), or None after ``wait`` seconds; GridError 410 once the run is over."""
         deadline = time.monotonic() + wait
@@ -206,4 +226,4 @@ class HttpGrid(Grid):
         return node
 
     def _live(self, node: _Node, now: float) -> bool:
-        return not node.replaced and now - node.last_seen <= self.heartbeat_window
+        return not node.replaced and not node.closed and now - node.last_seen <= self.heartbeat_window

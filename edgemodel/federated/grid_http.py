@@ -43,10 +43,20 @@ def _handler(grid: HttpGrid, max_message_bytes: int, poll_wait: float) -> type[B
         protocol_version = "HTTP/1.1"
         timeout = REQUEST_TIMEOUT
 
+        node_seen: int | None = None
+        """The node id this connection carried (its close tells the grid the node may be gone)."""
+
         def setup(self) -> None:
             super().setup()
             if isinstance(self.connection, ssl.SSLSocket):
                 self.connection.do_handshake()  # here, in the connection's thread, not in accept()
+
+        def finish(self) -> None:
+            try:
+                super().finish()
+            finally:
+                if self.node_seen is not None:
+                    grid.connection_closed(self.node_seen)
 
         def do_POST(self) -> None:
             try:
@@ -89,7 +99,13 @@ def _handler(grid: HttpGrid, max_message_bytes: int, poll_wait: float) -> type[B
             raw = self.headers.get("X-Node-Id", "")
             if not raw.isdigit():
                 raise GridError(400, "X-Node-Id: must be the node id /v1/register returned")
-            return int(raw)
+            node_id = int(raw)
+            if self.node_seen != node_id:
+                if self.node_seen is not None:
+                    grid.connection_closed(self.node_seen)
+                grid.connection_opened(node_id)
+                self.node_seen = node_id
+            return node_id
 
         def _register(self) -> tuple[int, bytes, str]:
             try:

@@ -153,8 +153,14 @@ def test_bad_requests_get_4xx_and_the_grid_keeps_going(served: tuple[HttpGrid, i
     assert status == 200
     node_id = json.loads(body)["nodeId"]
     assert list(grid.get_node_ids()) == [node_id]
-    # oversized body: refused before it is read
-    assert _raw(port, ca, "/v1/push", b"x" * (MAX_BODY + 1), {"X-Node-Id": str(node_id)})[0] == 413
+    # oversized body: refused from its Content-Length, before any of it is read
+    big = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ssl.create_default_context(cafile=ca))
+    big.putrequest("POST", "/v1/push")
+    big.putheader("Content-Length", str(MAX_BODY + 1))
+    big.putheader("X-Node-Id", str(node_id))
+    big.endheaders()
+    assert big.getresponse().status == 413
+    big.close()
     # garbage instead of a Flower message
     assert conn.post("/v1/push", b"\xff\x00garbage" * 10, node_id)[0] == 400
     # unknown node
@@ -194,3 +200,24 @@ def test_a_silent_node_leaves_the_grid_and_a_restarted_one_replaces_it(served: t
     time.sleep(0.6)
     assert list(grid.get_node_ids()) == [new]  # edge-1 was silent for more than the 1 s window
 
+
+
+def test_a_node_whose_connections_all_close_is_gone_at_once(tls_dir: Path) -> None:
+    grid = HttpGrid(heartbeat_window=60.0)  # far longer than the test: only the closed connections can remove it
+    port = free_port()
+    with serve_grid(grid, "127.0.0.1", port, server_tls(tls_dir / "tls.crt", tls_dir / "tls.key")):
+        first, second = (GridConnection(f"127.0.0.1:{port}", tls_dir / "ca.pem") for _ in range(2))
+        status, body = first.post("/v1/register", b'{"node": "edge-0"}')
+        node_id = json.loads(body)["nodeId"]
+        assert first.post("/v1/heartbeat", node_id=node_id)[0] == 204
+        assert second.post("/v1/pull", node_id=node_id)[0] == 204
+        first.close()  # one connection left: still live
+        time.sleep(0.3)
+        assert list(grid.get_node_ids()) == [node_id]
+        second.close()  # as when the process is killed: the kernel closes its sockets
+        deadline = time.monotonic() + 5
+        while list(grid.get_node_ids()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(grid.get_node_ids()) == []
+        assert second.post("/v1/heartbeat", node_id=node_id)[0] == 204  # it comes back when it speaks again
+        assert list(grid.get_node_ids()) == [node_id]
