@@ -1,5 +1,5 @@
 """The node side of secure aggregation: one long-lived process registers with the server's grid (``grid_http``),
-long-polls for messages, runs Flower's ``ClientApp(client_fn, mods=[secaggplus_mod])`` in-process with one
+long-polls for messages (posting a reply is also the next poll), runs Flower's ``ClientApp(client_fn, mods=[secaggplus_mod])`` in-process with one
 persistent Context (the SecAgg+ keys live in it across the four stages of a round) and posts each reply.
 
 It exits when the server says the run is over (410) or has been unreachable for ``GONE_AFTER`` seconds; a 404 (the
@@ -28,8 +28,9 @@ from edgemodel.federated.errors import FederatedError, Reason
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_INTERVAL = 0.5
-"""Seconds between heartbeats (the server's liveness window is several of them)."""
+HEARTBEAT_INTERVAL = 1.0
+"""Seconds between heartbeats (the server's liveness window is 3 of them; a killed node's closed connections
+remove it at once, the heartbeat only catches hung ones)."""
 GONE_AFTER = 10.0
 """A registered node stops once the server has been unreachable this long (the run ended or the server died)."""
 RETRY_PAUSE = 0.5
@@ -136,10 +137,12 @@ def run_grid_client(
     heartbeat.start()
     log.info("Node %s joined the secure-aggregation run as %d", node, node_id)
     unreachable_since: float | None = None
+    answer: tuple[int, bytes] | None = None
+    """What the last push answered: the next message already (the push long-polls too), or nothing yet."""
     try:
         while True:
             try:
-                status, body = conn.post("/v1/pull", node_id=node_id)
+                status, body = answer if answer is not None else conn.post("/v1/pull", node_id=node_id)
             except (OSError, http.client.HTTPException) as exc:
                 unreachable_since = unreachable_since or time.monotonic()
                 if time.monotonic() - unreachable_since > GONE_AFTER:
@@ -147,7 +150,7 @@ def run_grid_client(
                     return
                 time.sleep(RETRY_PAUSE)
                 continue
-            unreachable_since = None
+            answer, unreachable_since = None, None
             if status == 410:
                 log.info("The server says the run is over")
                 return
@@ -157,7 +160,7 @@ def run_grid_client(
                 heartbeat.node_id = node_id
                 log.info("Node %s registered again as %d", node, node_id)
                 continue
-            if status == 204:
+            if status in (204, 409, 400):  # nothing yet; or our last reply was refused (logged below)
                 continue
             if status != 200:
                 raise FederatedError(Reason.TRAINING_FAILED, f"the server answered a poll with {status}: {body[:200]!r}")
@@ -165,12 +168,12 @@ def run_grid_client(
             proto.ParseFromString(body)
             reply = handle(app, message_from_proto(proto), context)
             try:
-                status, body = conn.post("/v1/push", message_to_proto(reply).SerializeToString(), node_id)
+                answer = conn.post("/v1/push", message_to_proto(reply).SerializeToString(), node_id)
             except (OSError, http.client.HTTPException) as exc:
                 log.warning("Could not post a reply (%s); the server counts this node as dropped", exc)
                 continue
-            if status not in (204, 404, 409):
-                log.warning("The server refused a reply (%d): %r", status, body[:200])
+            if answer[0] in (400, 409, 413):
+                log.warning("The server refused a reply (%d): %r", answer[0], answer[1][:200])
     finally:
         heartbeat.stopped.set()
         conn.close()

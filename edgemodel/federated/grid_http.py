@@ -6,7 +6,7 @@ at most ``MAX_POLL_WAIT`` seconds, an unknown node id gets 404, garbage 400; non
     POST /v1/register   {"node": NAME}                 -> 200 {"nodeId": N, "runId": R}
     POST /v1/heartbeat  header X-Node-Id                -> 204
     POST /v1/pull       header X-Node-Id                -> 200 protobuf Message | 204 nothing yet | 410 run over
-    POST /v1/push       header X-Node-Id, protobuf body -> 204
+    POST /v1/push       header X-Node-Id, protobuf body -> as /v1/pull (a reply is also the next poll)
 """
 
 from __future__ import annotations
@@ -132,8 +132,12 @@ def _handler(grid: HttpGrid, max_message_bytes: int, poll_wait: float) -> type[B
 
         def _push(self) -> tuple[int, bytes, str]:
             body = self._body(max_message_bytes)
-            grid.post_reply(self._node_id(), body)
-            return 204, b"", "text/plain"
+            node_id = self._node_id()
+            grid.post_reply(node_id, body)
+            message = grid.next_message(node_id, poll_wait)  # the push is also the node's next poll
+            if message is None:
+                return 204, b"", "text/plain"
+            return 200, message, PROTOBUF
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
             return
