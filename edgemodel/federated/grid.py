@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_WINDOW = 3.0
 """Seconds after its last request a node still counts as live."""
+MAX_NODES = 10000
+"""Registered node processes at most (live or not yet forgotten); registration answers 429 above."""
+FORGET_AFTER = 60.0
+"""A node silent this long (or replaced by a newer process of the same node) is forgotten at the next registration."""
 LIVENESS_CHECK = 0.2
 """How often a waiting send_and_receive re-checks liveness (replies themselves wake it at once)."""
 
@@ -150,6 +154,9 @@ class HttpGrid(Grid):
     def register(self, name: str) -> int:
         """A fresh node id for a (re)starting node process; an older process of the same node is dropped."""
         with self._cv:
+            self._forget_stale(time.monotonic())
+            if len(self._nodes) >= MAX_NODES:
+                raise GridError(429, f"{MAX_NODES} nodes are registered already")
             for old in self._nodes.values():
                 if old.name == name:
                     old.replaced = True
@@ -218,6 +225,14 @@ class HttpGrid(Grid):
             del self._pending[reply_to]
             self._replies[reply_to] = reply
             self._cv.notify_all()
+
+    def _forget_stale(self, now: float) -> None:
+        """Drop nodes replaced or silent for ``FORGET_AFTER`` seconds that owe no reply (bounds memory)."""
+        owing = set(self._pending.values())
+        for node_id, node in list(self._nodes.items()):
+            stale = node.replaced or now - node.last_seen > FORGET_AFTER
+            if stale and node_id not in owing:
+                del self._nodes[node_id]
 
     def _node(self, node_id: int) -> _Node:
         node = self._nodes.get(node_id)

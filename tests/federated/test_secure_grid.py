@@ -221,3 +221,23 @@ def test_a_node_whose_connections_all_close_is_gone_at_once(tls_dir: Path) -> No
         assert list(grid.get_node_ids()) == []
         assert second.post("/v1/heartbeat", node_id=node_id)[0] == 204  # it comes back when it speaks again
         assert list(grid.get_node_ids()) == [node_id]
+
+
+def test_registrations_are_bounded_and_stale_nodes_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgemodel.federated.grid as grid_module
+    from edgemodel.federated.grid import GridError
+
+    monkeypatch.setattr(grid_module, "MAX_NODES", 3)
+    grid = HttpGrid()
+    first = grid.register("edge-0")
+    grid.register("edge-0")  # replaces the first: forgotten at the next registration
+    grid.register("edge-1")
+    assert first not in grid._nodes
+    grid.register("edge-2")
+    with pytest.raises(GridError) as refused:
+        grid.register("edge-3")
+    assert refused.value.status == 429
+    monkeypatch.setattr(grid_module, "FORGET_AFTER", 0.0)  # every silent node is stale now
+    time.sleep(0.01)
+    grid.register("edge-3")
+    assert grid.not_told() == ["edge-3"]
