@@ -223,9 +223,11 @@ def federatedtraining_crd() -> dict[str, Any]:
     """The FederatedTraining CRD."""
     spec = structural_schema(FederatedTrainingSpec)
     spec["x-kubernetes-validations"] = [
-        {"rule": "!has(self.secureAggregation) || !self.secureAggregation",
-         "message": "spec.secureAggregation: SecAgg+ is not available in this version; set false",
-         "fieldPath": ".secureAggregation"},
+        {"rule": "!has(self.secureAggregation) || !self.secureAggregation || !has(self.minClients) "
+                 "|| self.minClients >= 2",
+         "message": "spec.minClients: secure aggregation (SecAgg+) needs at least 2 clients per round; "
+                    "set minClients >= 2 or secureAggregation false",
+         "fieldPath": ".minClients"},
         {"rule": "has(self.data.path) != has(self.data.uri)",
          "message": "spec.data: set exactly one of path (a file on each node) or uri (fetched by each node)",
          "fieldPath": ".data"},

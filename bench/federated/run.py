@@ -6,7 +6,9 @@
 Scenarios: centralised (same model, same optimiser, all data in one place); IID (target: within 1 pp of centralised
 in <= 10 rounds); non-IID, 2 classes per node (<= 50 rounds); IID with 3 of 10 clients SIGKILLed in every round
 (and restarted: they rejoin when up again) with spec.maxDropFraction 0.5; the same with maxDropFraction 0, i.e. a
-design that needs every selected client's update (Sedna-like): its rounds are never aggregated.
+design that needs every selected client's update (Sedna-like): its rounds are never aggregated. ``iid_secure`` and
+``dropout30_secure`` are iid and dropout30 with spec.secureAggregation (SecAgg+); the run prints the ratio of mean
+round times secure / plain for every pair it ran (interleave them with --only iid iid_secure iid iid_secure).
 """
 
 from __future__ import annotations
@@ -190,13 +192,31 @@ def summarise(name: str, result: dict[str, Any], target: float) -> dict[str, Any
     return row
 
 
+def _secure_ratios(rows: list[dict[str, Any]]) -> None:
+    """Mean round time with secureAggregation over the same scenario's plain mean, for each pair that ran."""
+    for plain in ("iid", "dropout30"):
+        a = [r["mean_round_s"] for r in rows if r["scenario"] == plain]
+        b = [r["mean_round_s"] for r in rows if r["scenario"] == f"{plain}_secure"]
+        if a and b:
+            ratio = (sum(b) / len(b)) / (sum(a) / len(a))
+            row = {"scenario": f"{plain}: secure/plain round time", "ratio": round(ratio, 2), "plain": a, "secure": b}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nodes", type=int, default=10)
     p.add_argument("--work", type=Path, default=Path("/tmp/edgemodel-bench-federated"))
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "federated.json")
     p.add_argument("--port", type=int, default=29460)
-    p.add_argument("--only", nargs="*", default=None, help="scenarios to run (iid noniid dropout allwait)")
+    p.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="scenarios to run, in this order, repeats allowed (iid noniid dropout30 allwait_dropout30 iid_secure "
+        "dropout30_secure), e.g. --only iid iid_secure iid iid_secure to interleave plain and secure",
+    )
     args = p.parse_args()
     nodes = [f"edge-{i}" for i in range(args.nodes)]
     iid = write_digits(args.work / "iid", nodes, iid=True, arch="mlp")
@@ -231,10 +251,16 @@ def main() -> int:
             300,
         ),
     ]
+    # The same settings with spec.secureAggregation (Flower's SecAgg+ over the product's HTTPS grid).
+    scenarios += [(f"{name}_secure", files, {**spec, "secureAggregation": True}, kills, timeout)
+                  for name, files, spec, kills, timeout in scenarios if name in ("iid", "dropout30")]
+    by_name = {s[0]: s for s in scenarios}
+    unknown = [n for n in args.only or [] if n not in by_name]
+    if unknown:
+        p.error(f"--only: unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(by_name)}")
+    order = [by_name[n] for n in args.only] if args.only else scenarios
     rows: list[dict[str, Any]] = [{"scenario": "centralised", "accuracy": round(central, 4)}]
-    for i, (name, files, spec, kills, timeout) in enumerate(scenarios):
-        if args.only and name not in args.only:
-            continue
+    for i, (name, files, spec, kills, timeout) in enumerate(order):
         full = {
             **base,
             **spec,
@@ -242,9 +268,10 @@ def main() -> int:
         }
         if kills:  # no early stop: show the whole course under dropouts
             full["validation"] = {"dataUri": files.validation.resolve().as_uri()}
-        fed = Federation(args.work / name, files, full, args.port + 2 * i)
+        fed = Federation(args.work / f"{name}-{i}", files, full, args.port + 2 * i)
         fed.start()
         rows.append(summarise(name, fed.run(timeout, kill_per_round=kills), target))
+    _secure_ratios(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({"nodes": args.nodes, "centralised": central, "target": target, "rows": rows}, indent=1)

@@ -115,7 +115,7 @@ class FederatedTrainingSpec(ApiModel):
     round_timeout_seconds: int = Field(default=120, ge=1, le=86400)
     """A client that has not answered within this time counts as dropped for the round."""
     secure_aggregation: bool = False
-    """SecAgg+ (the server sees only the sum of updates). Not available in this version: must be false."""
+    """SecAgg+ (Flower's SecAggPlusWorkflow): the server sees only the weighted sum of a round's updates."""
     edge_model: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
     """Name of an EdgeModel in the same namespace whose spec.source becomes the trained model on success."""
     port: int = Field(default=9092, ge=1024, le=65535)
@@ -126,10 +126,10 @@ class FederatedTrainingSpec(ApiModel):
     @model_validator(mode="after")
     def _rules(self) -> FederatedTrainingSpec:
         problems = []
-        if self.secure_aggregation:
+        if self.secure_aggregation and self.min_clients < 2:
             problems.append(
-                "spec.secureAggregation: SecAgg+ needs Flower's Deployment Engine (SuperLink/SuperNode), "
-                "which this version does not run yet; set false"
+                "spec.minClients: secure aggregation (SecAgg+) needs at least 2 clients per round; "
+                "set minClients >= 2 or secureAggregation false"
             )
         if self.data.uri is not None and NODE_PLACEHOLDER not in self.data.uri:
             problems.append(f"spec.data.uri: must contain {NODE_PLACEHOLDER} so each node reads its own data")

@@ -7,7 +7,11 @@ from pathlib import Path
 
 
 def server_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bind", default="0.0.0.0", help="address the gRPC and status servers listen on")
+    p.add_argument(
+        "--bind",
+        default="0.0.0.0",
+        help="address the aggregation (gRPC, or HTTPS with secureAggregation) and status servers listen on",
+    )
     tls = p.add_mutually_exclusive_group(required=True)
     tls.add_argument("--tls-dir", type=Path, help="folder with ca.pem, tls.crt and tls.key of the server")
     tls.add_argument("--insecure", action="store_true", help="no TLS (local experiments only)")

@@ -1,5 +1,6 @@
 """The training client of one node (edge side, one process per node): loads the node's data and the model, connects
-to the aggregation server over TLS and trains locally each round; only model updates leave the node.
+to the aggregation server over TLS and trains locally each round; only model updates leave the node (with
+``spec.secureAggregation`` only SecAgg+-masked ones, through ``grid_client``).
 
 ``python -m edgemodel.federated.client --node NAME --server HOST:PORT --ca ca.pem [--data FILE]`` with the object
 in ``EDGEMODEL_FEDERATED_OBJECT``; exit 0 ok, 2 bad input (e.g. no data on the node), 1 retryable.
@@ -80,6 +81,15 @@ def run_client(obj: FederatedTraining, args: argparse.Namespace, work: Path) -> 
         datasets.fetch_file(obj.spec.model.uri, work / "model.pt", "spec.model.uri", Reason.MODEL_UNREADABLE),
         "spec.model.uri",
     )
+    if obj.spec.secure_aggregation:
+        from edgemodel.federated.grid_client import run_grid_client
+
+        log.info("Connecting node %s to %s for secure aggregation (%s)", args.node, args.server,
+                 "TLS" if args.ca else "no TLS")
+        run_grid_client(
+            args.server, args.ca, args.node, lambda _: make_client(module, data, args.node), args.connect_wait_seconds
+        )
+        return
     from flwr.compat.client.app import start_client
 
     root = args.ca.read_bytes() if args.ca else None

@@ -1,5 +1,5 @@
-"""The aggregation server of a FederatedTraining (cloud side, one process): Flower's gRPC server with TLS, the
-strategy from the spec, validation on the cloud's held-out set after each round, progress on ``/status``, and
+"""The aggregation server of a FederatedTraining (cloud side, one process): Flower's gRPC server with TLS (with
+``spec.secureAggregation``: Flower's SecAgg+ workflow over the HTTPS grid of ``secure``), the strategy from the spec, validation on the cloud's held-out set after each round, progress on ``/status``, and
 the trained model uploaded to the artifact store.
 
 ``python -m edgemodel.federated.server --tls-dir DIR [--store-url URL]`` with the object in
@@ -94,12 +94,19 @@ def train(obj: FederatedTraining, args: argparse.Namespace, progress: Progress, 
     if certificates is None:
         log.warning("Running WITHOUT TLS (--insecure): model updates travel in clear text")
     progress.set_state("WaitingForClients")
-    start_server(
-        server_address=f"{args.bind}:{spec.port}",
-        server=Server(client_manager=SimpleClientManager(), strategy=tracked),
-        config=ServerConfig(num_rounds=spec.rounds, round_timeout=float(spec.round_timeout_seconds)),
-        certificates=certificates,
-    )
+    if spec.secure_aggregation:
+        from edgemodel.federated.grid_http import server_tls
+        from edgemodel.federated.secure import train_securely
+
+        tls = server_tls(args.tls_dir / "tls.crt", args.tls_dir / "tls.key") if certificates else None
+        train_securely(spec, tracked, args.bind, tls)
+    else:
+        start_server(
+            server_address=f"{args.bind}:{spec.port}",
+            server=Server(client_manager=SimpleClientManager(), strategy=tracked),
+            config=ServerConfig(num_rounds=spec.rounds, round_timeout=float(spec.round_timeout_seconds)),
+            certificates=certificates,
+        )
     if tracked.last_round == 0 or tracked.last_parameters is None:
         raise FederatedError(Reason.TRAINING_FAILED, "no round finished; see the server log")
     from flwr.common import parameters_to_ndarrays

@@ -84,6 +84,8 @@ class _Round:
     bytes_exchanged: int = 0
     participating: list[str] = field(default_factory=list)
     aggregated: bool = True
+    fitted: bool = False
+    """aggregate_fit was called (a SecAgg+ round that halts before unmasking never calls it)."""
     train_loss: float | None = None
 
 
@@ -158,6 +160,7 @@ class TrackedStrategy(FlowerStrategy):
         failures: list[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         current = self.current or _Round(server_round, time.monotonic())
+        current.fitted = True
         for proxy, res in results:
             current.bytes_exchanged += parameter_bytes(res.parameters)
             node = str(res.metrics.get(NODE_KEY, current.selected.get(proxy.cid, proxy.cid)))
@@ -215,7 +218,7 @@ class TrackedStrategy(FlowerStrategy):
                 round=server_round,
                 participating=sorted(current.participating),
                 dropped=sorted(selected_names - set(current.participating)),
-                aggregated=current.aggregated,
+                aggregated=current.aggregated and current.fitted,
                 train_loss=current.train_loss,
                 loss=result[0] if result else None,
                 accuracy=accuracy,

@@ -281,6 +281,38 @@ def test_training_survives_a_killed_client_and_feeds_the_edgemodel(stack: Federa
     assert created == ["generation 3 opened revision 1 (from FederatedTraining default/digits-fl)"], created
 
 
+def test_secure_aggregation_trains_through_the_operator(stack: FederatedStack) -> None:
+    # The same Pods, ports, arguments and TLS Secrets: only the object's spec.secureAggregation differs.
+    assert stack.files is not None
+    stack.apply(
+        stack.manifest(
+            "digits-secure",
+            rounds=3,
+            minClients=len(stack.nodes),
+            secureAggregation=True,
+            validation={"dataUri": stack.files.validation.resolve().as_uri()},
+        ),
+        "secure.yaml",
+    )
+
+    def status() -> dict[str, Any]:
+        return stack.training("digits-secure").get("status") or {}
+
+    final = stack.wait_for(
+        "the secure training to succeed",
+        lambda: status() if status().get("phase") in ("Succeeded", "Failed") else None,
+        180,
+        lambda: str(status()),
+    )
+    assert final["phase"] == "Succeeded", final
+    assert [r["round"] for r in final["rounds"]] == [1, 2, 3]
+    for record in final["rounds"]:
+        assert record["aggregated"], final["rounds"]
+        assert record["participating"] == sorted(stack.nodes)
+    assert final["rounds"][-1]["accuracy"] > final["rounds"][0]["accuracy"] - 0.05
+    stack.wait_for("the children to be deleted", lambda: stack.children("digits-secure") == [], 60)
+
+
 def test_a_selector_matching_no_node_starts_nothing(stack: FederatedStack) -> None:
     stack.apply(
         stack.manifest("nowhere", selector={"matchLabels": {"edgemodel.io/site": "mars"}}), "nowhere.yaml"

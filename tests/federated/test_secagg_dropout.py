@@ -1,5 +1,5 @@
 """Flower 1.42's SecAgg+ with nodes that die before share-keys: halts as is, aggregates the survivors
-with the probe's ``SurvivorsOnly`` (bench/federated/secagg_probe/app/survivors.py).
+with the product's ``SurvivorsOnly`` (edgemodel/federated/survivors.py).
 
 The protocol runs for real (SecAggPlusWorkflow in a DefaultWorkflow, secaggplus_mod on each ClientApp);
 only the transport is replaced by an in-process Grid that calls each node's ClientApp directly. A
@@ -10,11 +10,9 @@ which is what a SIGKILLed SuperNode looks like to the ServerApp until the SuperL
 from __future__ import annotations
 
 import copy
-import sys
 import time
 import uuid
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,8 +31,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "federated" / "secagg_probe" / "app"))
-from survivors import SurvivorsOnly
+from edgemodel.federated.survivors import SurvivorsOnly
 
 NODES = list(range(1, 11))  # 10 nodes, as in the issue's benchmark
 SHAPE = (4, 3)

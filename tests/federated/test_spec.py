@@ -38,8 +38,10 @@ def test_defaults_are_fedavg_over_ten_rounds() -> None:
     assert parsed.model.format == "TorchScript"
 
 
-def test_secure_aggregation_is_refused_naming_the_field() -> None:
-    assert "spec.secureAggregation" in error_text(spec(secureAggregation=True))
+def test_secure_aggregation_is_accepted_with_two_or_more_clients() -> None:
+    assert FederatedTrainingSpec.model_validate(spec(secureAggregation=True)).secure_aggregation
+    assert "spec.minClients" in error_text(spec(secureAggregation=True, minClients=1))
+    assert FederatedTrainingSpec.model_validate(spec(minClients=1)).min_clients == 1
 
 
 def test_data_needs_exactly_one_location() -> None:

@@ -93,3 +93,14 @@ def test_reaching_the_target_stops_asking_clients() -> None:
     strategy.evaluate(1, params)
     assert strategy.stopped_at == 1
     assert strategy.configure_fit(2, params, client_manager=None) == []  # type: ignore[arg-type]
+
+
+def test_a_round_whose_aggregation_never_ran_is_recorded_as_not_aggregated() -> None:
+    # A SecAgg+ round that halts before unmasking never calls aggregate_fit; the round is still recorded.
+    strategy = tracked(max_drop=0.5)
+    start_round(strategy, 3)
+    strategy.evaluate(3, Parameters(tensors=[], tensor_type="numpy.ndarray"))
+    record = strategy.progress.records[-1]
+    assert record.round == 3
+    assert not record.aggregated
+    assert record.participating == []

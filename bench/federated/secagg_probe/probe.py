@@ -9,7 +9,7 @@ Starts ``flower-superlink`` (insecure, 127.0.0.1, no runtime dependency installa
 (SecAggPlusWorkflow + secaggplus_mod). --tuned cuts every poll interval (the ServerApp's Grid, the SuperExec,
 the SuperNode via fast_supernode.py); --torch makes the ClientApp import torch in fit, as the product's client;
 --kill N SIGKILLs the last N SuperNodes' process groups once round 1 is aggregated; --fix-dropout runs
-survivors.SurvivorsOnly instead of SecAggPlusWorkflow. Prints each round's and each SecAgg+ stage's wall time
+edgemodel.federated.survivors.SurvivorsOnly instead of SecAggPlusWorkflow. Prints each round's and each SecAgg+ stage's wall time
 (from the ServerApp's own timestamps). Not a product path: evidence for docs/federated.md (why
 secureAggregation is still refused).
 """

@@ -22,12 +22,13 @@ from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
-from survivors import SurvivorsOnly
+
+from edgemodel.federated.survivors import SurvivorsOnly
 
 SHAPES = [(64, 32), (32,), (32, 10), (10,)]
 SECURE = os.environ.get("SECURE", "1") == "1"
 FAST_GRID = os.environ.get("FAST_GRID", "0") == "1"  # poll the SuperLink every 0.05 s instead of 3 s
-FIX_DROPOUT = os.environ.get("FIX_DROPOUT", "0") == "1"  # see survivors.py
+FIX_DROPOUT = os.environ.get("FIX_DROPOUT", "0") == "1"  # see edgemodel/federated/survivors.py
 
 
 def _out(line: str) -> None:

@@ -6,7 +6,7 @@ clients mask only with neighbours whose shares they received), yet the unmask st
 dropout to unmask and needs its shares: "Not enough shares to recover secret in unmask vectors stage",
 round halted. ``SurvivorsOnly`` restricts the sampled set and the neighbourhoods to the nodes that
 finished share-keys (the SecAgg+ paper's U2) right after that stage; the protocol itself (keys, shares,
-masks, unmasking) stays Flower's. Probe code: evidence for docs/federated.md, not a product path.
+masks, unmasking) stays Flower's. The secure-aggregation server (``grid_server``) runs it.
 """
 
 from __future__ import annotations
