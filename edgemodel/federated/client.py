@@ -87,7 +87,12 @@ def run_client(obj: FederatedTraining, args: argparse.Namespace, work: Path) -> 
         log.info("Connecting node %s to %s for secure aggregation (%s)", args.node, args.server,
                  "TLS" if args.ca else "no TLS")
         run_grid_client(
-            args.server, args.ca, args.node, lambda _: make_client(module, data, args.node), args.connect_wait_seconds
+            args.server,
+            args.ca,
+            args.node,
+            lambda _: make_client(module, data, args.node),
+            args.connect_wait_seconds,
+            samples=len(data),
         )
         return
     from flwr.compat.client.app import start_client

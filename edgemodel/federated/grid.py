@@ -51,6 +51,8 @@ class _Node:
     node_id: int
     name: str
     last_seen: float
+    samples: int = 0
+    """Training samples the node declared at registration (sizes SecAgg+'s ``max_weight``)."""
     inbox: deque[bytes] = field(default_factory=deque)
     replaced: bool = False
     told_over: bool = False
@@ -151,7 +153,7 @@ class HttpGrid(Grid):
 
     # --- node side (called by the HTTPS handlers) ---
 
-    def register(self, name: str) -> int:
+    def register(self, name: str, samples: int = 0) -> int:
         """A fresh node id for a (re)starting node process; an older process of the same node is dropped."""
         with self._cv:
             self._forget_stale(time.monotonic())
@@ -163,12 +165,18 @@ class HttpGrid(Grid):
             node_id = secrets.randbits(53) + 1  # fits Flower's sint64 records and a JSON number
             while node_id in self._nodes:
                 node_id = secrets.randbits(53) + 1
-            self._nodes[node_id] = _Node(node_id, name, time.monotonic())
+            self._nodes[node_id] = _Node(node_id, name, time.monotonic(), samples)
             self._cv.notify_all()
         log.info("Node %s registered as %d", name, node_id)
         if self.on_register is not None:
             self.on_register(node_id, name)
         return node_id
+
+    def largest_samples(self) -> int:
+        """The largest sample count a live node declared (0 when none did)."""
+        now = time.monotonic()
+        with self._cv:
+            return max((n.samples for n in self._nodes.values() if self._live(n, now)), default=0)
 
     def heartbeat(self, node_id: int) -> None:
         with self._cv:

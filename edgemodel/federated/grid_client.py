@@ -96,12 +96,12 @@ class _Heartbeat(threading.Thread):
         self.conn.close()
 
 
-def register(conn: GridConnection, node: str, wait: float) -> tuple[int, int]:
+def register(conn: GridConnection, node: str, wait: float, samples: int) -> tuple[int, int]:
     """(node id, run id) from the server; retries while it cannot be reached, for at most ``wait`` seconds."""
     deadline = time.monotonic() + wait
     while True:
         try:
-            status, body = conn.post("/v1/register", json.dumps({"node": node}).encode())
+            status, body = conn.post("/v1/register", json.dumps({"node": node, "samples": samples}).encode())
         except (OSError, http.client.HTTPException) as exc:
             if time.monotonic() >= deadline:
                 raise FederatedError(
@@ -126,12 +126,21 @@ def handle(app: ClientApp, msg: Message, context: Context) -> Message:
 
 
 def run_grid_client(
-    server: str, ca: Path | None, node: str, client_fn: Callable[[Context], Client], connect_wait: float
+    server: str,
+    ca: Path | None,
+    node: str,
+    client_fn: Callable[[Context], Client],
+    connect_wait: float,
+    samples: int = 0,
 ) -> None:
-    """Serve the node's ClientApp (with secaggplus_mod) until the run is over or the server is gone."""
+    """Serve the node's ClientApp (with secaggplus_mod) until the run is over or the server is gone.
+
+    ``samples`` (the node's training set size) is declared at registration: the server sizes SecAgg+'s
+    ``max_weight`` from it, so that a node's sample-weighted update is never clipped.
+    """
     app = ClientApp(client_fn=client_fn, mods=[secaggplus_mod])
     conn = GridConnection(server, ca)
-    node_id, run_id = register(conn, node, connect_wait)
+    node_id, run_id = register(conn, node, connect_wait, samples)
     context = Context(run_id=run_id, node_id=node_id, node_config={}, state=RecordDict(), run_config={})
     heartbeat = _Heartbeat(server, ca, node_id)
     heartbeat.start()
@@ -155,7 +164,7 @@ def run_grid_client(
                 log.info("The server says the run is over")
                 return
             if status == 404:  # forgotten (replaced or expired): start over as a new node
-                node_id, run_id = register(conn, node, connect_wait)
+                node_id, run_id = register(conn, node, connect_wait, samples)
                 context = Context(run_id=run_id, node_id=node_id, node_config={}, state=RecordDict(), run_config={})
                 heartbeat.node_id = node_id
                 log.info("Node %s registered again as %d", node, node_id)

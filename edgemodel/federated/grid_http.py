@@ -3,7 +3,7 @@
 Every request is network input and is bounded: bodies need a Content-Length below a limit (413 above), a poll waits
 at most ``MAX_POLL_WAIT`` seconds, an unknown node id gets 404, garbage 400; none of them stops the server.
 
-    POST /v1/register   {"node": NAME}                 -> 200 {"nodeId": N, "runId": R}
+    POST /v1/register   {"node": NAME, "samples": N}   -> 200 {"nodeId": N, "runId": R}
     POST /v1/heartbeat  header X-Node-Id                -> 204
     POST /v1/pull       header X-Node-Id                -> 200 protobuf Message | 204 nothing yet | 410 run over
     POST /v1/push       header X-Node-Id, protobuf body -> as /v1/pull (a reply is also the next poll)
@@ -34,6 +34,8 @@ MAX_POLL_WAIT = 5.0
 """Longest a pull waits for a message before answering 204 (the node polls again)."""
 REQUEST_TIMEOUT = 60.0
 """Socket timeout of one connection (TLS handshake, reading a body)."""
+MAX_SAMPLES = 2**31 - 1
+"""Largest sample count a node may declare."""
 NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 PROTOBUF = "application/x-protobuf"
 
@@ -109,12 +111,15 @@ def _handler(grid: HttpGrid, max_message_bytes: int, poll_wait: float) -> type[B
 
         def _register(self) -> tuple[int, bytes, str]:
             try:
-                name = json.loads(self._body(MAX_SMALL_BODY))["node"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise GridError(400, 'the body must be {"node": NAME}') from exc
+                request = json.loads(self._body(MAX_SMALL_BODY))
+                name, samples = request["node"], request.get("samples", 0)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise GridError(400, 'the body must be {"node": NAME, "samples": COUNT}') from exc
             if not isinstance(name, str) or not NODE_NAME.match(name):
                 raise GridError(400, "node: must be a Kubernetes node name")
-            node_id = grid.register(name)
+            if not isinstance(samples, int) or isinstance(samples, bool) or not 0 <= samples <= MAX_SAMPLES:
+                raise GridError(400, f"samples: must be the node's training sample count, 0..{MAX_SAMPLES}")
+            node_id = grid.register(name, samples)
             body = json.dumps({"nodeId": node_id, "runId": grid.run.run_id}).encode()
             return 200, body, "application/json"
 

@@ -42,13 +42,39 @@ FINISH_GRACE = 3.0
 """After the last round, how long the grid keeps answering so that polling nodes learn the run is over."""
 
 
-def reconstruction_threshold(max_drop_fraction: float) -> float:
-    """SecAgg+'s reconstruction threshold as a fraction of a round's nodes: 1 - spec.maxDropFraction.
+DEFAULT_MAX_WEIGHT = 1000.0
+MAJORITY = 0.65
+"""Lowest reconstruction threshold, as a fraction of a round's nodes: Flower rounds ``f * n`` (at least 2), and 0.65
+is the smallest round number that gives a strict majority for every round size (2 -> 2, 4 -> 3, 10 -> 6, 11 -> 7)."""
 
-    Flower rounds it (``round(f * n)``, at least 2), which never exceeds the survivors a round accepts
-    (``n - floor(maxDropFraction * n)``): every round the dropout bound lets through can also be unmasked.
+
+def reconstruction_threshold(max_drop_fraction: float) -> float:
+    """SecAgg+'s reconstruction threshold as a fraction of a round's nodes: ``1 - spec.maxDropFraction``, never
+    below a strict majority (:data:`MAJORITY`).
+
+    The majority keeps SecAgg+'s guarantee against a server that lies about who dropped (it cannot collect both the
+    mask-key shares and the self-mask shares of a live node). Within ``1 - threshold`` dropouts every round can be
+    unmasked; with ``maxDropFraction`` above that, a round that loses more nodes is not aggregated (see
+    :func:`tolerated_drop_fraction`).
     """
-    return round(1.0 - max_drop_fraction, 6)
+    return round(max(1.0 - max_drop_fraction, MAJORITY), 6)
+
+
+def tolerated_drop_fraction(max_drop_fraction: float) -> float:
+    """Share of a round's nodes that may drop and still be unmasked with secure aggregation."""
+    return round(min(max_drop_fraction, 1.0 - MAJORITY), 6)
+
+
+def max_weight(largest_samples: int) -> float:
+    """SecAgg+'s ``max_weight`` for a round: the largest declared sample count rounded up to a power of two.
+
+    Each node scales its update by ``samples / max_weight`` before quantising it into +-``clipping_range``; a
+    node above ``max_weight`` would be clipped (a wrong sum, only a warning in the node's log), one far below
+    loses precision. Flower's default (1000) stays when no node declared a count.
+    """
+    if largest_samples <= 0:
+        return DEFAULT_MAX_WEIGHT
+    return float(1 << (largest_samples - 1).bit_length())
 
 
 def fit_workflow(spec: FederatedTrainingSpec) -> SurvivorsOnly:
@@ -75,6 +101,7 @@ def run_rounds(
             cfg[WorkflowKey.CURRENT_ROUND] = current_round
             # The strategy sizes a round by the nodes available when it asks: let spec.minClients connect first.
             context.client_manager.wait_for(min_clients, timeout=MIN_CLIENTS_WAIT)
+            workflow.max_weight = max_weight(grid.largest_samples())
             workflow(grid, context)
             default_centralized_evaluation_workflow(grid, context)
             if tracked.stopped_at is not None:
@@ -105,9 +132,12 @@ def train_securely(
     grid.on_register = registered
     workflow = fit_workflow(spec)
     log.info(
-        "Secure aggregation (SecAgg+): shares to all nodes of a round, reconstruction threshold %.0f%% of them, "
-        "%d s per stage",
+        "Secure aggregation (SecAgg+): shares to all nodes of a round, reconstruction threshold %.0f%% of them "
+        "(a round may lose up to %.0f%% of its nodes%s), %d s per stage",
         100 * float(workflow.reconstruction_threshold),
+        100 * tolerated_drop_fraction(spec.max_drop_fraction),
+        "" if tolerated_drop_fraction(spec.max_drop_fraction) >= spec.max_drop_fraction
+        else f"; spec.maxDropFraction {spec.max_drop_fraction:g} is capped: the threshold stays a strict majority",
         spec.round_timeout_seconds,
     )
     with serve_grid(grid, bind, spec.port, tls):

@@ -25,7 +25,12 @@ from edgemodel.federated.grid import HttpGrid
 from edgemodel.federated.grid_client import GridConnection, run_grid_client
 from edgemodel.federated.grid_http import serve_grid, server_tls
 from edgemodel.federated.progress import Progress
-from edgemodel.federated.secure import reconstruction_threshold, train_securely
+from edgemodel.federated.secure import (
+    max_weight,
+    reconstruction_threshold,
+    tolerated_drop_fraction,
+    train_securely,
+)
 from edgemodel.federated.strategy import TrackedStrategy
 from edgemodel_operator.federated_pki import make_server_tls
 from tests.federated.test_spec import spec as make_spec
@@ -52,12 +57,13 @@ def free_port() -> int:
 
 
 class _Node(NumPyClient):
-    def __init__(self, k: int) -> None:
+    def __init__(self, k: int, per_k: int = 10) -> None:
         self.k = k
+        self.samples = per_k * k
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Scalar]) -> tuple[list[np.ndarray], int, dict]:
-        # Node k sends 0.1 * k everywhere, weighted by 10 * k samples.
-        return [np.full_like(p, 0.1 * self.k) for p in parameters], 10 * self.k, {"node": f"edge-{self.k}"}
+        # Node k sends 0.1 * k everywhere, weighted by per_k * k samples.
+        return [np.full_like(p, 0.1 * self.k) for p in parameters], self.samples, {"node": f"edge-{self.k}"}
 
 
 class _Recording(FedAvg):
@@ -78,18 +84,24 @@ def _weighted_mean(ks: list[int]) -> float:
     return sum(0.1 * k * 10 * k for k in ks) / sum(10 * k for k in ks)
 
 
-def _client(port: int, ca: Path, k: int) -> threading.Thread:
+def _client(port: int, ca: Path, k: int, per_k: int = 10) -> threading.Thread:
     def fn(_: Context) -> Client:
-        return _Node(k).to_client()
+        return _Node(k, per_k).to_client()
 
     thread = threading.Thread(
-        target=run_grid_client, args=(f"127.0.0.1:{port}", ca, f"edge-{k}", fn, 30.0), daemon=True
+        target=run_grid_client,
+        args=(f"127.0.0.1:{port}", ca, f"edge-{k}", fn, 30.0),
+        kwargs={"samples": per_k * k},
+        daemon=True,
     )
     thread.start()
     return thread
 
 
-def test_secagg_over_https_aggregates_the_weighted_mean_and_records_each_round(tls_dir: Path) -> None:
+# 10,000 samples per k: node 5 holds 50,000, far above Flower's default max_weight (1,000), where its
+# sample-weighted update (x50) would be clipped at +-8 and the sum come out wrong.
+@pytest.mark.parametrize("per_k", [10, 10_000])
+def test_secagg_over_https_aggregates_the_weighted_mean_and_records_each_round(tls_dir: Path, per_k: int) -> None:
     nodes = [1, 2, 3, 4, 5]
     port = free_port()
     spec = FederatedTrainingSpec.model_validate(
@@ -102,7 +114,7 @@ def test_secagg_over_https_aggregates_the_weighted_mean_and_records_each_round(t
     )
     progress = Progress(len(nodes), 2)
     tracked = TrackedStrategy(inner, progress, spec.max_drop_fraction, None)
-    clients = [_client(port, tls_dir / "ca.pem", k) for k in nodes]
+    clients = [_client(port, tls_dir / "ca.pem", k, per_k) for k in nodes]
     started = time.monotonic()
     train_securely(spec, tracked, "127.0.0.1", server_tls(tls_dir / "tls.crt", tls_dir / "tls.key"))
     assert time.monotonic() - started < 60
@@ -120,11 +132,36 @@ def test_secagg_over_https_aggregates_the_weighted_mean_and_records_each_round(t
         assert not thread.is_alive()
 
 
-def test_the_threshold_lets_every_round_the_dropout_bound_accepts_unmask() -> None:
-    for fraction in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9):
-        for n in range(2, 30):
-            survivors = n - int(fraction * n + 1e-9)
-            assert max(2, round(reconstruction_threshold(fraction) * n)) <= max(survivors, 2)
+def test_max_weight_covers_the_largest_declared_sample_count() -> None:
+    assert max_weight(0) == 1000.0  # nobody declared: Flower's default
+    for samples in (1, 2, 3, 150, 1000, 1024, 1025, 50_000):
+        weight = max_weight(samples)
+        assert samples <= weight < 2 * samples
+    grid = HttpGrid()
+    grid.register("edge-0", 120)
+    grid.register("edge-1", 4000)
+    grid.register("edge-1", 30)  # edge-1 restarted with less data: its old process no longer counts
+    assert grid.largest_samples() == 120
+
+
+def _flower_threshold(fraction: float, n: int) -> int:
+    """What SecAggPlusWorkflow makes of a float threshold with shares to all ``n`` nodes of a round."""
+    return max(2, round(reconstruction_threshold(fraction) * n))
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.3, 0.35, 0.5, 0.7, 0.9])
+def test_the_threshold_is_a_strict_majority_of_every_round(fraction: float) -> None:
+    for n in range(2, 2000):
+        assert _flower_threshold(fraction, n) > n / 2, (fraction, n)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.3, 0.35, 0.5, 0.7, 0.9])
+def test_every_round_within_the_tolerated_dropouts_can_unmask(fraction: float) -> None:
+    tolerated = tolerated_drop_fraction(fraction)
+    assert tolerated == min(fraction, 0.35)
+    for n in range(2, 2000):
+        survivors = n - int(tolerated * n + 1e-9)
+        assert _flower_threshold(fraction, n) <= max(survivors, 2), (fraction, n)
 
 
 @pytest.fixture
@@ -170,6 +207,9 @@ def test_bad_requests_get_4xx_and_the_grid_keeps_going(served: tuple[HttpGrid, i
     assert conn.post("/v1/pull")[0] == 400
     assert conn.post("/v1/register", b"not json")[0] == 400
     assert conn.post("/v1/register", json.dumps({"node": "../etc"}).encode())[0] == 400
+    for samples in (-1, 2**31, "many", True, 1.5):
+        assert conn.post("/v1/register", json.dumps({"node": "edge-1", "samples": samples}).encode())[0] == 400
+    assert conn.post("/v1/register", b'["edge-1"]')[0] == 400
     assert conn.post("/v1/nope", node_id=node_id)[0] == 404
     assert _raw(port, ca, "/v1/pull", b"", {"X-Node-Id": str(node_id), "Transfer-Encoding": "chunked"})[0] == 411
     # a reply to a message the node was never sent
