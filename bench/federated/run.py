@@ -63,9 +63,7 @@ class Federation:
     def __init__(self, work: Path, files: Any, spec: dict[str, Any], port: int) -> None:
         self.work, self.files, self.port = work, files, port
         work.mkdir(parents=True, exist_ok=True)
-        tls = make_server_tls("bench", ["127.0.0.1"])
-        for name, data in (("ca.pem", tls.ca), ("tls.crt", tls.cert), ("tls.key", tls.key)):
-            (work / name).write_bytes(data)
+        make_server_tls("bench", ["127.0.0.1"]).write_dir(work)
         obj = {
             "apiVersion": "edgemodel.io/v1alpha1",
             "kind": "FederatedTraining",

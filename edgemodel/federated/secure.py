@@ -131,12 +131,13 @@ def train_securely(
 
     grid.on_register = registered
     workflow = fit_workflow(spec)
+    tolerated = tolerated_drop_fraction(spec.max_drop_fraction)
     log.info(
         "Secure aggregation (SecAgg+): shares to all nodes of a round, reconstruction threshold %.0f%% of them "
         "(a round may lose up to %.0f%% of its nodes%s), %d s per stage",
         100 * float(workflow.reconstruction_threshold),
-        100 * tolerated_drop_fraction(spec.max_drop_fraction),
-        "" if tolerated_drop_fraction(spec.max_drop_fraction) >= spec.max_drop_fraction
+        100 * tolerated,
+        "" if tolerated >= spec.max_drop_fraction
         else f"; spec.maxDropFraction {spec.max_drop_fraction:g} is capped: the threshold stays a strict majority",
         spec.round_timeout_seconds,
     )

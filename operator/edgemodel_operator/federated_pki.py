@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,6 +26,13 @@ class ServerTls:
     ca: bytes
     cert: bytes
     key: bytes
+
+    def write_dir(self, directory: Path) -> Path:
+        """Write the server's ``--tls-dir`` (ca.pem, tls.crt, tls.key: the server Secret's keys) into ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in (("ca.pem", self.ca), ("tls.crt", self.cert), ("tls.key", self.key)):
+            (directory / name).write_bytes(data)
+        return directory
 
 
 def _name(cn: str) -> x509.Name:

@@ -32,6 +32,7 @@ from edgemodel.federated.secure import (
     train_securely,
 )
 from edgemodel.federated.strategy import TrackedStrategy
+from edgemodel_dev.net import free_port
 from edgemodel_operator.federated_pki import make_server_tls
 from tests.federated.test_spec import spec as make_spec
 
@@ -41,19 +42,7 @@ MAX_BODY = 64 * 1024
 
 @pytest.fixture(scope="module")
 def tls_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("tls")
-    tls = make_server_tls("grid-test", ["127.0.0.1"])
-    for name, data in (("ca.pem", tls.ca), ("tls.crt", tls.cert), ("tls.key", tls.key)):
-        (d / name).write_bytes(data)
-    return d
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return make_server_tls("grid-test", ["127.0.0.1"]).write_dir(tmp_path_factory.mktemp("tls"))
 
 
 class _Node(NumPyClient):

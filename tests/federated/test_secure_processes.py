@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgemodel_dev.federated_digits import write_digits
+from edgemodel_dev.net import free_port, is_free
 from edgemodel_operator.federated_pki import make_server_tls
 
 NODES = [f"edge-{i}" for i in range(10)]
@@ -25,13 +25,8 @@ ROUNDS = 6
 def _free_port() -> int:
     """A free port whose successor is free too (the server's /status listens on port + 1)."""
     while True:
-        with socket.socket() as s, socket.socket() as t:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-            try:
-                t.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        port = free_port()
+        if is_free(port + 1):
             return port
 
 
@@ -44,9 +39,7 @@ def _status(path: Path) -> dict[str, Any]:
 
 def test_secure_training_survives_three_of_ten_clients_killed(tmp_path: Path) -> None:
     files = write_digits(tmp_path / "data", NODES, iid=True, arch="mlp")
-    tls = make_server_tls("secure-test", ["127.0.0.1"])
-    for name, data in (("ca.pem", tls.ca), ("tls.crt", tls.cert), ("tls.key", tls.key)):
-        (tmp_path / name).write_bytes(data)
+    make_server_tls("secure-test", ["127.0.0.1"]).write_dir(tmp_path)
     port = _free_port()
     obj = {
         "apiVersion": "edgemodel.io/v1alpha1",
