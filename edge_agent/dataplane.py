@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.codec import InferRequest
-from edge_agent.errors import InvalidInput
+from edge_agent.errors import InvalidInput, first_line
 from edge_agent.metrics import AgentMetrics, CounterChild
 from edge_agent.model import PLATFORM
 from edge_agent.repository import ModelRepository, ModelVersion
@@ -136,8 +136,7 @@ class DataPlane:
             result = await mv.run(feeds, names)
         except Exception as exc:
             if type(exc).__name__ in _ORT_INPUT_ERRORS:
-                message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise InvalidInput(f"the model rejected the input: {message[:400]}") from exc
+                raise InvalidInput(f"the model rejected the input: {first_line(exc)}") from exc
             raise
         out_names = names if names is not None else mv.model.output_names
         return list(zip(out_names, result.outputs, flags, strict=True))

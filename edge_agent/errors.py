@@ -78,3 +78,9 @@ class LoadError(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

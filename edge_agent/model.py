@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_agent import providers as providers_mod
 from edge_agent.datatypes import ORT_TO_V2, V2_TO_NUMPY
-from edge_agent.errors import LoadError
+from edge_agent.errors import LoadError, first_line
 from edge_agent.runplan import REPEATS, RunPlan, fits_budget, interleaved, prefer_batching, prefer_narrow
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class OnnxModel:
             try:
                 concurrent.run(None, batch)
             except Exception as exc:  # a model whose graph fixes the batch size despite its dynamic shapes
-                notes.append(f"a batched run failed: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}")
+                notes.append(f"a batched run failed: {first_line(exc, 200)}")
             else:
                 single_s, batch_s = interleaved(lambda: concurrent.run(None, feeds), lambda: concurrent.run(None, batch))
                 single_ms, batch_row_ms = float(np.median(single_s)) * 1e3, float(np.median(batch_s)) * 1e3 / rows

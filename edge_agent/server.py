@@ -21,7 +21,7 @@ from edge_agent.body import RequestLimits
 from edge_agent.capture_worker import attach_continual
 from edge_agent.cgroup import available_cpus, thread_count
 from edge_agent.dataplane import DataPlane
-from edge_agent.errors import LoadError
+from edge_agent.errors import LoadError, first_line
 from edge_agent.hotpath import HotPathHandler
 from edge_agent.metrics import AgentMetrics
 from edge_agent.model import ModelOptions, OnnxModel, SessionFactory, TensorMeta
@@ -268,8 +268,7 @@ class AgentServer:
         except LoadError:
             raise
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LoadError("LoadFailed", f"ONNX Runtime cannot load {source.name}: {first[:400]}") from exc
+            raise LoadError("LoadFailed", f"ONNX Runtime cannot load {source.name}: {first_line(exc)}") from exc
         self.metrics.model_load_duration.labels(namespace, name, version).observe(time.perf_counter() - started)
         return model
 
